@@ -1,0 +1,1 @@
+"""Approval requests: named roles decide; the requester never approves their own."""

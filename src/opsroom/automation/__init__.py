@@ -1,0 +1,1 @@
+"""Rules: when a check changes state, run a runbook under a policy."""

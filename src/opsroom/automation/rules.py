@@ -1,0 +1,173 @@
+"""The rules engine: a check changes state -> a runbook runs, under the rule's policy.
+
+Rate-limit and cooldown state is kept in memory (seeded from the store at
+start) so the path from a hard CRITICAL to the first spawned process does not
+wait on a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from opsroom.access.identity import rule_actor
+from opsroom.automation.models import RuleRunRow
+from opsroom.automation.templates import evaluate, render
+from opsroom.catalog.schema import Rule
+from opsroom.errors import OpsroomError
+from opsroom.events import CheckStateChanged, ExecutionFinished, RuleEscalated, RuleHeld, RuleTriggered
+from opsroom.runbooks import service as runbooks
+from opsroom.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+def matches(rt: Runtime, rule: Rule, ev: CheckStateChanged) -> bool:
+    when = rule.when
+    if when.check is not None and when.check != ev.check:
+        return False
+    if when.service is not None and when.service != ev.service:
+        return False
+    if when.system is not None and when.system != ev.system:
+        return False
+    if ev.new_state not in when.state:
+        return False
+    if when.state_type != "any" and ev.state_type != when.state_type:
+        return False
+    if when.attempt is not None and (ev.state_type != "soft" or ev.attempt != when.attempt):
+        return False
+    if when.condition:
+        return evaluate(when.condition, _context(ev))
+    return True
+
+
+def _context(ev: CheckStateChanged) -> dict[str, Any]:
+    return {"check": ev.check, "service": ev.service, "system": ev.system, "state": ev.new_state,
+            "state_type": ev.state_type, "attempt": ev.attempt, "output": ev.output,
+            "environment": ev.environment, "event": ev.as_dict()}
+
+
+class RulesEngine:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.runs: dict[str, deque[float]] = defaultdict(deque)
+        self.pending_verify: dict[int, tuple[Rule, CheckStateChanged]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def load(self) -> None:
+        horizon = time.time() - max((r.policy.window for r in self.rt.catalog.rules.values()), default=0)
+        async with self.rt.read() as s:
+            rows = (await s.execute(select(RuleRunRow).where(RuleRunRow.at >= horizon,
+                                                             RuleRunRow.outcome == "triggered"))).scalars()
+            for row in rows:
+                self.runs[row.rule].append(row.at)
+
+    def attach(self) -> None:
+        self.rt.bus.subscribe(CheckStateChanged, self.on_state_changed)
+        self.rt.bus.subscribe(ExecutionFinished, self.on_execution_finished)
+
+    async def on_state_changed(self, ev: CheckStateChanged) -> None:
+        for rule in self.rt.catalog.rules.values():
+            if not rule.enabled:
+                continue
+            try:
+                if matches(self.rt, rule, ev):
+                    await self._fire(rule, ev)
+            except OpsroomError as exc:
+                log.warning("rule could not run", rule=rule.name, error=str(exc))
+                self.rt.bus.publish(RuleEscalated(rule=rule.name, check=ev.check, system=ev.system,
+                                                  reason=str(exc), correlation_id=ev.correlation_id))
+
+    def _held(self, rule: Rule, ev: CheckStateChanged, now: float) -> str | None:
+        monitor = self.rt.monitor
+        if monitor is not None and (st := monitor.status.get(ev.check)) is not None and st.flapping:
+            return f"{ev.check} is flapping"
+        runs = self.runs[rule.name]
+        while runs and runs[0] < now - rule.policy.window:
+            runs.popleft()
+        if runs and now - runs[-1] < rule.policy.cooldown:
+            return f"cooldown: last run {now - runs[-1]:.0f}s ago (cooldown {rule.policy.cooldown:g}s)"
+        if len(runs) >= rule.policy.max_runs:
+            return f"ran {len(runs)} times in the last {rule.policy.window:g}s (max {rule.policy.max_runs})"
+        return None
+
+    async def _fire(self, rule: Rule, ev: CheckStateChanged) -> None:
+        now = time.time()
+        held = self._held(rule, ev, now)
+        if held is not None:
+            self.rt.bus.publish(RuleHeld(rule=rule.name, check=ev.check, reason=held,
+                                         correlation_id=ev.correlation_id))
+            if rule.policy.escalate and "max" in held:
+                self.rt.bus.publish(RuleEscalated(rule=rule.name, check=ev.check, system=ev.system,
+                                                  reason=f"not retrying: {held}", correlation_id=ev.correlation_id))
+            self._record(rule.name, ev.check, None, "held")
+            return
+        self.runs[rule.name].append(now)
+        ctx = _context(ev)
+        params = {k: render(v, ctx) for k, v in rule.then.params.items()}
+        actor = rule_actor(rule.name, ev.correlation_id)
+        rooms = self.rt.catalog.rooms_for_system(ev.system)
+        execution = await runbooks.request_run(self.rt, actor=actor, runbook=rule.then.runbook, params=params,
+                                               room=rooms[0] if rooms else None, rule=rule.name,
+                                               approval=rule.policy.approval)
+        self.pending_verify[execution.id] = (rule, ev)
+        self.rt.bus.publish(RuleTriggered(
+            rule=rule.name, runbook=rule.then.runbook, summary=execution.summary, check=ev.check, system=ev.system,
+            execution_id=execution.id, needs_approval=execution.status == "awaiting_approval",
+            correlation_id=ev.correlation_id, source=f"rule:{rule.name}", room=execution.room))
+        self._record(rule.name, ev.check, execution.id, "triggered")
+
+    def _record(self, rule: str, check: str, execution_id: int | None, outcome: str) -> None:
+        async def write() -> None:
+            async with self.rt.write() as s:
+                s.add(RuleRunRow(rule=rule, check=check, execution_id=execution_id, outcome=outcome))
+        self._spawn(write())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def on_execution_finished(self, ev: ExecutionFinished) -> None:
+        pending = self.pending_verify.pop(ev.execution_id, None)
+        if pending is None:
+            return
+        rule, trigger = pending
+        if ev.status != "succeeded":
+            if rule.policy.escalate:
+                self.rt.bus.publish(RuleEscalated(
+                    rule=rule.name, check=trigger.check, system=trigger.system,
+                    reason=f"recovery runbook {ev.runbook} {ev.status} (execution #{ev.execution_id})",
+                    correlation_id=trigger.correlation_id))
+            return
+        verify = rule.policy.verify
+        if verify is None:
+            return
+        check = render(verify.check, _context(trigger)) if verify.check else trigger.check
+        ok = await self._verify(check, verify.deadline)
+        if not ok and rule.policy.escalate:
+            self.rt.bus.publish(RuleEscalated(
+                rule=rule.name, check=check, system=trigger.system,
+                reason=f"{check} is not OK {verify.deadline:g}s after the recovery runbook ran",
+                correlation_id=trigger.correlation_id))
+
+    async def _verify(self, check: str, deadline_s: float) -> bool:
+        monitor = self.rt.monitor
+        if monitor is None or check not in self.rt.catalog.checks:
+            return False
+        deadline = time.monotonic() + deadline_s
+        while True:
+            st = monitor.status.get(check)
+            if st is not None and st.state == "OK":
+                return True
+            if time.monotonic() > deadline:
+                return False
+            result = await monitor.run_check(check)
+            if result.state == "OK":
+                return True
+            await asyncio.sleep(min(1.0, max(0.1, deadline - time.monotonic())))

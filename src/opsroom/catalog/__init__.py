@@ -1,0 +1,1 @@
+"""The catalog: environments, systems, services, checks, runbooks, rules, rooms as YAML."""

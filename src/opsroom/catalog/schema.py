@@ -1,0 +1,339 @@
+"""Pydantic models of the catalog's YAML, one class per kind of object.
+
+Field names are what people write in the YAML; errors from these models are
+mapped back to file:line:column by the loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from opsroom.catalog.durations import Duration
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+STATES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+State = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+
+
+class Obj(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the object's canonical JSON: detects unapproved edits and binds approvals."""
+        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+class Environment(Obj):
+    name: Name
+    title: str | None = None
+    protected: bool = False
+
+    @property
+    def label(self) -> str:
+        return (self.title or self.name).upper()
+
+
+class System(Obj):
+    name: Name
+    title: str | None = None
+    environment: Name
+    description: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.title or self.name
+
+
+class Service(Obj):
+    name: Name
+    title: str | None = None
+    system: Name
+    environment: Name | None = None  # defaults to the system's
+    depends_on: list[Name] = []
+    aliases: list[str] = []  # other names people use in chat
+    description: str | None = None
+
+
+class _CheckBase(Obj):
+    name: Name
+    service: Name | None = None
+    system: Name | None = None  # for checks of a whole system (synthetic); else the service's
+    environment: Name | None = None
+    interval: Duration = 60.0
+    retry_interval: Duration | None = None  # while soft non-OK; defaults to interval
+    timeout: Duration = 10.0
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    flap_low: float = Field(default=0.25, ge=0.0, le=1.0)
+    flap_high: float = Field(default=0.5, ge=0.0, le=1.0)
+    enabled: bool = True
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _flap_order(self) -> _CheckBase:
+        if self.flap_low > self.flap_high:
+            raise ValueError("flap_low must not be above flap_high (they are the clear and raise thresholds)")
+        return self
+
+
+class HttpCheck(_CheckBase):
+    type: Literal["http"]
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT"] = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    expect_status: list[int] = [200]
+    body_match: str | None = None  # a regular expression the body must match
+    latency_warning_ms: float | None = None
+    latency_critical_ms: float | None = None
+    verify_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://", v):
+            raise ValueError("url must start with http:// or https://")
+        return v
+
+    @field_validator("body_match")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"body_match is not a valid regular expression: {exc}") from exc
+        return v
+
+
+class TcpCheck(_CheckBase):
+    type: Literal["tcp"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class ProcessCheck(_CheckBase):
+    type: Literal["process"]
+    process_name: str | None = None
+    pidfile: str | None = None
+    cmdline_match: str | None = None  # a regular expression over the joined command line
+    min_count: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ProcessCheck:
+        if not (self.process_name or self.pidfile or self.cmdline_match):
+            raise ValueError("a process check needs process_name, pidfile or cmdline_match")
+        return self
+
+
+class CommandCheck(_CheckBase):
+    type: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = {}
+
+
+Check = Annotated[HttpCheck | TcpCheck | ProcessCheck | CommandCheck, Field(discriminator="type")]
+CHECK_TYPES = ("http", "tcp", "process", "command")
+
+
+class Parameter(Obj):
+    type: Literal["string", "int", "bool", "service", "choice"] = "string"
+    description: str | None = None
+    required: bool = True
+    default: Any = None
+    choices: list[str] | None = None
+    pattern: str | None = None
+    secret: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Parameter:
+        if self.type == "choice" and not self.choices:
+            raise ValueError("a parameter of type choice needs a list of choices")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
+        return self
+
+
+class HttpCall(Obj):
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    expect_status: list[int] = [200, 201, 202, 204]
+
+
+class Step(Obj):
+    name: str | None = None
+    command: list[str] | None = None
+    check: str | None = None  # a check name (templated); waits until OK or the deadline
+    http: HttpCall | None = None
+    timeout: Duration = 60.0
+    deadline: Duration = 30.0  # for check steps
+    poll: Duration = 0.5  # for check steps
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    continue_on_error: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        kinds = [k for k in ("command", "check", "http") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a step needs exactly one of command (an argv list), check (a check name) or http"
+                + (f"; this one has {', '.join(kinds)}" if kinds else "")
+            )
+        if self.command is not None and not self.command:
+            raise ValueError("command must be a non-empty argv list, e.g. [systemctl, restart, nginx]")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "command" if self.command is not None else "check" if self.check is not None else "http"
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.command is not None:
+            return " ".join(self.command[:3])
+        return f"check {self.check}" if self.check else f"http {self.http.url if self.http else ''}"
+
+
+Approval = Annotated[str, Field(pattern=r"^(none|auto|role [a-z0-9_-]+(,\s*[a-z0-9_-]+)*)$")]
+
+
+def approval_roles(policy: str | None) -> list[str] | None:
+    """'role approver, admin' -> ['approver', 'admin']; 'none' -> []; 'auto'/None -> None."""
+    if policy is None or policy == "auto":
+        return None
+    if policy == "none":
+        return []
+    return [r.strip() for r in policy.removeprefix("role ").split(",") if r.strip()]
+
+
+class Runbook(Obj):
+    name: Name
+    title: str | None = None
+    description: str | None = None
+    environment: Name | None = None
+    target: Literal["local"] = "local"
+    parameters: dict[str, Parameter] = {}
+    steps: list[Step] = Field(min_length=1)
+    timeout: Duration = 600.0
+    # Who must approve a run a person asks for. 'auto' = role approver on protected
+    # environments, none elsewhere.
+    approval: Approval = "auto"
+    summary: str | None = None  # e.g. "start {{ params.service }}"
+    success_message: str | None = None
+    failure_message: str | None = None
+
+
+class RuleWhen(Obj):
+    check: str | None = None
+    service: Name | None = None
+    system: Name | None = None
+    state: list[State] = ["CRITICAL"]
+    state_type: Literal["hard", "soft", "any"] = "hard"
+    attempt: int | None = Field(default=None, ge=1)  # only on this soft attempt (Nagios event handler style)
+    condition: str | None = None  # a sandboxed Jinja expression over the event
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> RuleWhen:
+        subjects = [k for k in ("check", "service", "system") if getattr(self, k)]
+        if len(subjects) != 1:
+            raise ValueError("when needs exactly one of check, service or system")
+        return self
+
+
+class RuleThen(Obj):
+    runbook: Name
+    params: dict[str, str] = {}
+
+
+class Verify(Obj):
+    check: str | None = None  # defaults to the check that triggered the rule
+    deadline: Duration = 60.0
+
+
+class Policy(Obj):
+    approval: Approval = "none"
+    max_runs: int = Field(default=3, ge=1)
+    window: Duration = 3600.0
+    cooldown: Duration = 60.0
+    verify: Verify | None = Verify()
+    escalate: bool = True
+
+
+class Rule(Obj):
+    name: Name
+    enabled: bool = True
+    description: str | None = None
+    when: RuleWhen
+    then: RuleThen
+    policy: Policy = Policy()
+
+
+class Room(Obj):
+    name: Name
+    title: str | None = None
+    platform: Literal["web"] = "web"
+    systems: list[Name] = []
+
+
+class Alias(Obj):
+    pattern: str  # e.g. "start {service}"
+    runbook: Name
+    params: dict[str, str] = {}
+    help: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if not v.strip() or v.strip().startswith("{"):
+            raise ValueError("an alias pattern starts with a word, e.g. 'start {service}'")
+        return " ".join(v.split())
+
+    @property
+    def placeholders(self) -> list[str]:
+        return re.findall(r"\{(\w+)\}", self.pattern)
+
+
+class Role(Obj):
+    name: Name
+    permissions: list[str] = []
+    inherits: list[Name] = []
+
+
+class User(Obj):
+    name: Name
+    roles: list[Name] = ["viewer"]
+    display_name: str | None = None
+    password_env: str | None = None  # bootstrap password from this variable, never from the YAML
+
+
+KINDS: dict[str, str] = {
+    "environments": "environment",
+    "systems": "system",
+    "services": "service",
+    "checks": "check",
+    "runbooks": "runbook",
+    "rules": "rule",
+    "rooms": "room",
+    "aliases": "alias",
+    "roles": "role",
+    "users": "user",
+}

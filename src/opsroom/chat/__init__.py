@@ -1,0 +1,1 @@
+"""ChatOps: adapters, the command grammar and router, room announcements."""

@@ -1,0 +1,51 @@
+"""Rooms service: what a person sees on opening a room, and saying something in it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opsroom.access.identity import Actor
+from opsroom.approvals import service as approvals
+from opsroom.audit import service as audit
+from opsroom.chat.base import Message, Person
+from opsroom.errors import NotFound
+from opsroom.runtime import Runtime
+
+
+def _room(rt: Runtime, room: str) -> None:
+    if room not in rt.catalog.rooms:
+        raise NotFound(f"there is no room {room!r}", hint=f"rooms: {', '.join(sorted(rt.catalog.rooms))}")
+
+
+async def open_room(rt: Runtime, *, actor: Actor, room: str, limit: int = 50) -> dict[str, Any]:
+    """History, open requests and the room's environment marking; opening a room is a view."""
+    actor.require("status.read", what="open rooms")
+    _room(rt, room)
+    assert rt.rooms is not None
+    history = await rt.rooms.history(room, limit)
+    cat = rt.catalog
+    envs = sorted({cat.systems[s].environment for s in (cat.rooms[room].systems or cat.systems) if s in cat.systems})
+    await audit.append_alone(rt, actor=actor, action="room.open", target=f"room:{room}")
+    return {
+        "room": room,
+        "title": cat.rooms[room].title or room,
+        "protected": [e for e in envs if cat.is_protected(e)],
+        "messages": [{"id": m.id, "at": m.at, "author": m.author, "kind": m.kind, "text": m.text} for m in history],
+        "approvals": await approval_views(rt, actor=actor),
+    }
+
+
+async def approval_views(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
+    rows = await approvals.list_open(rt, actor=actor)
+    return [{"id": r.id, "summary": r.summary, "requester": r.requester, "roles": r.roles,
+             "expires_at": r.expires_at,
+             # Shown, not enforced here: decide() refuses regardless of what the page offers.
+             "can_decide": actor.can("approval.decide") and r.requester != actor.name}
+            for r in rows]
+
+
+async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
+    _room(rt, room)
+    assert rt.rooms is not None
+    person = Person(platform_id=f"web:{actor.name}", display_name=actor.name, user=actor.name)
+    await rt.rooms.on_message(Message(room=room, text=text[:2000], author=person))

@@ -1,0 +1,240 @@
+"""The monitor: runs checks, applies the state machine, stores results, emits events.
+
+Results are written in batches by one writer task so thousands of checks per
+second never queue on the database; state changes are published at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, select
+
+from opsroom.catalog.schema import STATES
+from opsroom.checks.models import CheckResultRow, CheckStateRow
+from opsroom.checks.probes import ProbeContext, ProbeResult, get_probe
+from opsroom.checks.scheduler import Scheduler
+from opsroom.domain.check_state import CheckStatus, apply, initial
+from opsroom.events import CheckFlapping, CheckStateChanged, SystemHealthChanged
+from opsroom.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Last:
+    at: float
+    output: str
+    latency_ms: float
+    down: bool
+    perfdata: dict[str, float] = field(default_factory=dict)
+
+
+class Monitor:
+    def __init__(self, rt: Runtime, *, concurrency: int = 500, persist: bool = True) -> None:
+        self.rt = rt
+        self.ctx = ProbeContext()
+        self.status: dict[str, CheckStatus] = {}
+        self.last: dict[str, Last] = {}
+        self.system_healthy: dict[str, bool] = {}
+        self.scheduler = Scheduler(self._scheduled, concurrency=concurrency)
+        self.persist = persist
+        self._pending_results: list[dict[str, Any]] = []
+        self._dirty: set[str] = set()
+        self._counts: dict[str, int] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._inflight: dict[str, asyncio.Future[ProbeResult]] = {}
+        self.checks_run = 0
+
+    # --- lifecycle ------------------------------------------------------
+
+    async def load(self) -> None:
+        """Restore soft/hard state from the store so a restart does not re-announce."""
+        async with self.rt.read() as s:
+            for row in (await s.execute(select(CheckStateRow))).scalars():
+                if row.check not in self.rt.catalog.checks:
+                    continue
+                self.status[row.check] = CheckStatus(
+                    state=row.state, state_type=row.state_type, attempt=row.attempt, since=row.since,
+                    last_change_hard=row.state_type == "hard", history=tuple(row.history or ()),
+                    flapping=row.flapping, change_ratio=0.0)
+                if row.last_check is not None:
+                    self.last[row.check] = Last(row.last_check, row.last_output, row.last_latency_ms or 0.0,
+                                                row.down)
+        for system in self.rt.catalog.systems:
+            self.system_healthy[system] = self._compute_health(system)
+
+    def start(self, *, schedule: bool = True) -> None:
+        if schedule:
+            for name, check in self.rt.catalog.checks.items():
+                if check.enabled:
+                    self.scheduler.add(name, self._interval(name))
+            self.scheduler.start()
+        if self.persist and self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self.flush()
+        await self.ctx.close()
+
+    # --- running checks -------------------------------------------------
+
+    def _interval(self, name: str) -> float:
+        check = self.rt.catalog.checks[name]
+        st = self.status.get(name)
+        if st is not None and st.state != "OK" and st.state_type == "soft" and check.retry_interval:
+            return check.retry_interval
+        return check.interval
+
+    async def _scheduled(self, name: str) -> None:
+        await self.run_check(name)
+
+    async def run_check(self, name: str) -> ProbeResult:
+        """Run one check now. Concurrent callers for the same check share one probe."""
+        running = self._inflight.get(name)
+        if running is not None:
+            return await asyncio.shield(running)
+        fut: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+        self._inflight[name] = fut
+        try:
+            check = self.rt.catalog.checks[name]
+            result = await get_probe(check.type).run(check, self.ctx)
+            self.record(name, result)
+            fut.set_result(result)
+            return result
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[name]
+
+    def record(self, name: str, result: ProbeResult, *, now: float | None = None) -> None:
+        """Apply one result to the state machine and publish what changed."""
+        now = time.time() if now is None else now
+        check = self.rt.catalog.checks[name]
+        state = result.state if result.state in STATES else "UNKNOWN"
+        old = self.status.get(name) or initial()
+        tr = apply(old, state, now=now, max_attempts=check.max_attempts, flap_low=check.flap_low,
+                   flap_high=check.flap_high)
+        self.status[name] = tr.status
+        self.last[name] = Last(now, result.output, result.latency_ms, result.down, result.perfdata)
+        self.checks_run += 1
+        if self.persist:
+            self._pending_results.append({"check": name, "at": now, "state": state, "output": result.output[:2000],
+                                          "latency_ms": result.latency_ms, "perfdata": result.perfdata})
+            self._dirty.add(name)
+        cat = self.rt.catalog
+        system = cat.check_system(name)
+        env = cat.check_environment(name)
+        correlation = f"check:{name}:{tr.status.since:.3f}"
+        if tr.flapping_changed:
+            self.rt.bus.publish(CheckFlapping(check=name, system=system, environment=env,
+                                              flapping=tr.status.flapping, change_ratio=tr.status.change_ratio,
+                                              correlation_id=correlation, source=f"check:{name}"))
+        if tr.changed or tr.attempt_advanced:
+            self.rt.bus.publish(CheckStateChanged(
+                check=name, service=check.service, system=system, environment=env,
+                old_state=tr.old_state, new_state=tr.status.state, state_type=tr.status.state_type,
+                attempt=tr.status.attempt, max_attempts=check.max_attempts, output=result.output,
+                since=tr.status.since, down=result.down, correlation_id=correlation, source=f"check:{name}"))
+            if check.retry_interval and name in self.scheduler_names():
+                self.scheduler.reschedule(name, self._interval(name))
+        if tr.changed and system is not None:
+            self._update_system(system, correlation)
+
+    def scheduler_names(self) -> set[str]:
+        names: set[str] = getattr(self.scheduler, "names", set())
+        return names
+
+    # --- derived health -------------------------------------------------
+
+    def _compute_health(self, system: str) -> bool:
+        for name in self.rt.catalog.checks_of_system(system):
+            st = self.status.get(name)
+            if st is not None and st.state != "OK" and st.state_type == "hard":
+                return False
+        return True
+
+    def failing(self, system: str) -> list[dict[str, Any]]:
+        out = []
+        for name in self.rt.catalog.checks_of_system(system):
+            st = self.status.get(name)
+            if st is not None and st.state != "OK" and st.state_type == "hard":
+                last = self.last.get(name)
+                out.append({"check": name, "service": self.rt.catalog.checks[name].service, "state": st.state,
+                            "since": st.since, "down": bool(last and last.down),
+                            "output": last.output if last else "", "flapping": st.flapping})
+        return out
+
+    def _update_system(self, system: str, correlation: str) -> None:
+        healthy = self._compute_health(system)
+        if self.system_healthy.get(system, True) == healthy:
+            return
+        failing = self.failing(system)
+        # A flapping check holds back notices: the room would otherwise hear it every minute.
+        if failing and all(f["flapping"] for f in failing):
+            return
+        self.system_healthy[system] = healthy
+        cat = self.rt.catalog
+        sysobj = cat.systems[system]
+        self.rt.bus.publish(SystemHealthChanged(
+            system=system, title=sysobj.display, environment=sysobj.environment,
+            protected=cat.is_protected(sysobj.environment), healthy=healthy, failing=failing,
+            correlation_id=correlation, source=f"system:{system}"))
+
+    # --- persistence ----------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("storing check results failed; will retry")
+
+    async def flush(self) -> None:
+        if not self.persist or (not self._pending_results and not self._dirty):
+            return
+        results, self._pending_results = self._pending_results, []
+        dirty, self._dirty = self._dirty, set()
+        retention = self.rt.settings.check_result_retention
+        async with self.rt.write() as s:
+            if results:
+                await s.run_sync(lambda ss: ss.bulk_insert_mappings(CheckResultRow, results))  # type: ignore[arg-type]
+            existing = set((await s.execute(select(CheckStateRow.check).where(CheckStateRow.check.in_(dirty))))
+                           .scalars()) if dirty else set()
+            for name in dirty:
+                st, last = self.status[name], self.last.get(name)
+                values = dict(state=st.state, state_type=st.state_type, attempt=st.attempt, since=st.since,
+                              last_check=last.at if last else None, last_output=last.output if last else "",
+                              last_latency_ms=last.latency_ms if last else None, down=bool(last and last.down),
+                              flapping=st.flapping, history=list(st.history))
+                if name in existing:
+                    row = await s.get(CheckStateRow, name)
+                    if row is not None:
+                        for k, v in values.items():
+                            setattr(row, k, v)
+                else:
+                    s.add(CheckStateRow(check=name, **values))
+            for r in results:
+                self._counts[r["check"]] = self._counts.get(r["check"], 0) + 1
+            # Bounded retention: prune a check once it is 20% over, not on every write.
+            for name, count in list(self._counts.items()):
+                if count > retention * 1.2:
+                    keep = select(CheckResultRow.id).where(CheckResultRow.check == name).order_by(
+                        CheckResultRow.at.desc()).limit(retention)
+                    await s.execute(delete(CheckResultRow).where(CheckResultRow.check == name,
+                                                                 CheckResultRow.id.not_in(keep)))
+                    self._counts[name] = retention

@@ -1,0 +1,138 @@
+"""Checks service: status of services and systems, on-demand checks. Reads are audited."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from opsroom.access.identity import Actor
+from opsroom.audit import service as audit
+from opsroom.checks.monitor import Monitor
+from opsroom.errors import NotFound
+from opsroom.runtime import Runtime
+
+
+def _monitor(rt: Runtime) -> Monitor:
+    if rt.monitor is None:
+        raise RuntimeError("the monitor is not running")
+    return rt.monitor
+
+
+def _suggest(kind: str, name: str, suggestions: list[str]) -> NotFound:
+    hint = f"did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else f"list {kind}s with `status`"
+    return NotFound(f"I don't know a {kind} called {name!r}", hint=hint)
+
+
+def resolve_service(rt: Runtime, text: str) -> str:
+    name, suggestions = rt.catalog.find_service(text)
+    if name is None:
+        raise _suggest("service", text, suggestions)
+    return name
+
+
+def resolve_system(rt: Runtime, text: str) -> str:
+    name, suggestions = rt.catalog.find_system(text)
+    if name is None:
+        raise _suggest("system", text, suggestions)
+    return name
+
+
+def check_view(rt: Runtime, name: str, now: float | None = None) -> dict[str, Any]:
+    mon = _monitor(rt)
+    st, last = mon.status.get(name), mon.last.get(name)
+    now = now or time.time()
+    return {
+        "check": name,
+        "service": rt.catalog.checks[name].service,
+        "state": st.state if st else "PENDING",
+        "state_type": st.state_type if st else None,
+        "attempt": st.attempt if st else 0,
+        "since": st.since if st else None,
+        "flapping": st.flapping if st else False,
+        "output": last.output if last else "",
+        "latency_ms": round(last.latency_ms, 1) if last else None,
+        "checked_at": last.at if last else None,
+        "age_s": round(now - last.at, 1) if last else None,
+        "down": last.down if last else None,
+    }
+
+
+async def _fresh(rt: Runtime, names: list[str]) -> None:
+    """Run checks whose last result is older than two intervals (or missing) before answering."""
+    mon, now = _monitor(rt), time.time()
+    for name in names:
+        last = mon.last.get(name)
+        if last is None or now - last.at > 2 * rt.catalog.checks[name].interval:
+            await mon.run_check(name)
+
+
+async def get_service_status(rt: Runtime, *, actor: Actor, service: str) -> dict[str, Any]:
+    """Is it running? Derived from the service's checks, refreshed when stale."""
+    actor.require("status.read", what="see service status")
+    name = resolve_service(rt, service)
+    checks = rt.catalog.checks_of_service(name)
+    await _fresh(rt, checks)
+    views = [check_view(rt, c) for c in checks]
+    worst = _worst([v["state"] for v in views])
+    result = {"service": name, "environment": rt.catalog.service_environment(name),
+              "protected": rt.catalog.is_protected(rt.catalog.service_environment(name)),
+              "state": worst, "running": worst in ("OK", "WARNING"), "checks": views}
+    await audit.append_alone(rt, actor=actor, action="service.status", target=f"service:{name}",
+                             details={"state": worst})
+    return result
+
+
+async def get_system_health(rt: Runtime, *, actor: Actor, system: str) -> dict[str, Any]:
+    actor.require("status.read", what="see system health")
+    name = resolve_system(rt, system)
+    cat = rt.catalog
+    await _fresh(rt, cat.checks_of_system(name))
+    services = []
+    for svc in cat.services_of_system(name):
+        views = [check_view(rt, c) for c in cat.checks_of_service(svc)]
+        services.append({"service": svc, "state": _worst([v["state"] for v in views]), "checks": views})
+    healthy = all(s["state"] in ("OK", "PENDING") for s in services)
+    sysobj = cat.systems[name]
+    result = {"system": name, "title": sysobj.display, "environment": sysobj.environment,
+              "protected": cat.is_protected(sysobj.environment), "healthy": healthy, "services": services}
+    await audit.append_alone(rt, actor=actor, action="system.health", target=f"system:{name}",
+                             details={"healthy": healthy})
+    return result
+
+
+async def run_check(rt: Runtime, *, actor: Actor, check: str) -> dict[str, Any]:
+    actor.require("check.run", what="run checks")
+    if check not in rt.catalog.checks:
+        raise _suggest("check", check, [c for c in rt.catalog.checks if check.split("-")[0] in c][:3])
+    result = await _monitor(rt).run_check(check)
+    await audit.append_alone(rt, actor=actor, action="check.run", target=f"check:{check}",
+                             details={"state": result.state})
+    return check_view(rt, check)
+
+
+async def list_checks(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
+    actor.require("status.read", what="list checks")
+    views = [check_view(rt, c) for c in rt.catalog.checks]
+    await audit.append_alone(rt, actor=actor, action="check.list", target="checks", details={"count": len(views)})
+    return views
+
+
+async def overview(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
+    """Every system with its health: the `status` command and the API's front page."""
+    actor.require("status.read", what="see status")
+    mon, cat = _monitor(rt), rt.catalog
+    out = []
+    for name, sysobj in cat.systems.items():
+        failing = mon.failing(name)
+        out.append({"system": name, "title": sysobj.display, "environment": sysobj.environment,
+                    "protected": cat.is_protected(sysobj.environment), "healthy": not failing,
+                    "failing": failing, "services": cat.services_of_system(name)})
+    await audit.append_alone(rt, actor=actor, action="status", target="systems")
+    return out
+
+
+_ORDER = {"OK": 0, "PENDING": 1, "WARNING": 2, "UNKNOWN": 3, "CRITICAL": 4}
+
+
+def _worst(states: list[str]) -> str:
+    return max(states, key=lambda s: _ORDER.get(s, 3)) if states else "PENDING"

@@ -1,0 +1,1 @@
+"""The demo: System A (service-b, service-c) as real local HTTP processes."""

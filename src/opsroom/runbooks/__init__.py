@@ -1,0 +1,1 @@
+"""Runbooks: parameterised recovery procedures and their executions."""

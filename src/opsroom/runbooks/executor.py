@@ -1,0 +1,234 @@
+"""The executor: runs an execution's steps as argv subprocesses, checks and HTTP calls.
+
+One task per execution; output is captured, masked and streamed to the room
+at a bounded rate so a chatty command cannot flood a phone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+
+from opsroom.automation.templates import render
+from opsroom.catalog.schema import Runbook, Step
+from opsroom.events import ExecutionFinished, ExecutionOutput, ExecutionStarted
+from opsroom.runbooks import service as store
+from opsroom.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+MAX_OUTPUT = 64_000
+STREAM_EVERY_S = 1.0
+
+
+class StepFailed(Exception):
+    def __init__(self, message: str, status: str = "failed") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Executor:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.spawned_at: dict[int, float] = {}  # first process spawned (for the dispatch benchmark)
+        self._http: aiohttp.ClientSession | None = None
+
+    def start(self, execution_id: int) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._run(execution_id))
+        self.tasks[execution_id] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(execution_id, None))
+        return task
+
+    async def wait(self, execution_id: int) -> None:
+        task = self.tasks.get(execution_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def close(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    async def _run(self, execution_id: int) -> None:
+        rt = self.rt
+        row = await store.mark_running(rt, execution_id)
+        if row is None:
+            return
+        runbook = rt.catalog.runbooks[row.runbook]
+        rt.bus.publish(ExecutionStarted(
+            execution_id=row.id, runbook=row.runbook, summary=row.summary, environment=row.environment,
+            triggered_by=row.requested_by, door=row.door, rule=row.rule, correlation_id=row.correlation_id,
+            source=f"execution:{row.id}", room=row.room))
+        out = _Output(self, row.id, row.runbook, row.room, secrets=_secret_values(runbook, row.params))
+        ctx = {"params": row.params, "execution": {"id": row.id}, "runbook": row.runbook,
+               "python": sys.executable, "environment": row.environment, "data_dir": str(rt.settings.data)}
+        started = time.monotonic()
+        status, error = "succeeded", None
+        try:
+            async with asyncio.timeout(runbook.timeout):
+                for index, step in enumerate(runbook.steps):
+                    try:
+                        await self._step(step, index, ctx, out, row.id)
+                    except StepFailed as exc:
+                        out.write(f"step {index + 1} ({step.label}) {exc.status}: {exc}\n")
+                        if not step.continue_on_error:
+                            raise
+        except StepFailed as exc:
+            status, error = exc.status, str(exc)
+        except TimeoutError:
+            status, error = "timed_out", f"runbook timed out after {runbook.timeout:g}s"
+        except asyncio.CancelledError:
+            status, error = "interrupted", "opsroom stopped while it ran"
+        except Exception as exc:
+            log.exception("execution crashed", execution_id=row.id)
+            status, error = "failed", f"internal error: {type(exc).__name__}"
+        out.flush()
+        duration = time.monotonic() - started
+        message = _final_message(runbook, ctx, status, row.id, duration, error)
+        await store.mark_finished(rt, row.id, status=status, output=out.text, error=error, message=message)
+        rt.bus.publish(ExecutionFinished(
+            execution_id=row.id, runbook=row.runbook, summary=row.summary, status=status, duration_s=duration,
+            message=message, rule=row.rule, error=error, correlation_id=row.correlation_id,
+            source=f"execution:{row.id}", room=row.room))
+
+    async def _step(self, step: Step, index: int, ctx: dict[str, Any], out: _Output, execution_id: int) -> None:
+        if step.command is not None:
+            argv = [render(a, ctx) for a in step.command]
+            await self._command(step, argv, ctx, out, execution_id)
+        elif step.check is not None:
+            await self._check(step, render(step.check, ctx), out)
+        elif step.http is not None:
+            await self._http_call(step, ctx, out)
+
+    async def _command(self, step: Step, argv: list[str], ctx: dict[str, Any], out: _Output,
+                       execution_id: int) -> None:
+        env = {**os.environ, **{k: render(v, ctx) for k, v in step.env.items()}}
+        out.write(f"$ {' '.join(argv)}\n")
+        try:
+            # argv straight to exec: no shell sees any parameter value.
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=env, cwd=render(step.cwd, ctx) if step.cwd else None,
+                start_new_session=True)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror}") from None
+        self.spawned_at.setdefault(execution_id, time.perf_counter())
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(step.timeout):
+                while line := await proc.stdout.readline():
+                    out.write(line.decode(errors="replace"))
+                code = await proc.wait()
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            _kill_group(proc.pid)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 5)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise StepFailed(f"timed out after {step.timeout:g}s", "timed_out") from None
+        if code != 0:
+            raise StepFailed(f"exit code {code}")
+
+    async def _check(self, step: Step, check: str, out: _Output) -> None:
+        if check not in self.rt.catalog.checks or self.rt.monitor is None:
+            raise StepFailed(f"no check called {check!r}")
+        deadline = time.monotonic() + step.deadline
+        while True:
+            result = await self.rt.monitor.run_check(check)
+            if result.state == "OK":
+                out.write(f"check {check}: OK ({result.output})\n")
+                return
+            if time.monotonic() + step.poll > deadline:
+                raise StepFailed(f"check {check} still {result.state} after {step.deadline:g}s: {result.output}")
+            await asyncio.sleep(step.poll)
+
+    async def _http_call(self, step: Step, ctx: dict[str, Any], out: _Output) -> None:
+        assert step.http is not None
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        call = step.http
+        url = render(call.url, ctx)
+        try:
+            async with self._http.request(
+                call.method, url, headers={k: render(v, ctx) for k, v in call.headers.items()},
+                data=render(call.body, ctx) if call.body else None,
+                timeout=aiohttp.ClientTimeout(total=step.timeout)) as resp:
+                body = await resp.text(errors="replace")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StepFailed(f"{call.method} {url} failed: {exc or type(exc).__name__}") from None
+        out.write(f"{call.method} {url} -> HTTP {resp.status}\n{body[:2000]}\n")
+        if resp.status not in call.expect_status:
+            raise StepFailed(f"HTTP {resp.status} (expected {', '.join(map(str, call.expect_status))})")
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _secret_values(runbook: Runbook, params: dict[str, Any]) -> list[str]:
+    return [str(params[n]) for n, p in runbook.parameters.items() if p.secret and params.get(n)]
+
+
+def _final_message(runbook: Runbook, ctx: dict[str, Any], status: str, execution_id: int, duration: float,
+                   error: str | None) -> str:
+    ok = status == "succeeded"
+    template = runbook.success_message if ok else runbook.failure_message
+    head = ""
+    if template:
+        with contextlib.suppress(Exception):
+            head = render(template, ctx)
+    head = head or f"runbook {runbook.name} {status.replace('_', ' ')}"
+    tail = f"execution #{execution_id} {status.replace('_', ' ')} in {duration:.1f} s"
+    return f"{head} ({tail}{': ' + error if error and not ok else ''})"
+
+
+class _Output:
+    """Captured output: masked, bounded, streamed to the room at most once a second."""
+
+    def __init__(self, executor: Executor, execution_id: int, runbook: str, room: str | None, *,
+                 secrets: list[str]) -> None:
+        self.executor, self.execution_id, self.runbook, self.room = executor, execution_id, runbook, room
+        self.secrets = [s for s in secrets if len(s) >= 3]
+        self.parts: list[str] = []
+        self.size = 0
+        self.unsent: list[str] = []
+        self.last_sent = 0.0
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "****")
+        return text
+
+    def write(self, text: str) -> None:
+        text = self.mask(text)
+        if self.size < MAX_OUTPUT:
+            self.parts.append(text[: MAX_OUTPUT - self.size])
+            self.size += len(text)
+        self.unsent.append(text)
+        if time.monotonic() - self.last_sent >= STREAM_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.unsent:
+            return
+        chunk = "".join(self.unsent)[-4000:]
+        self.unsent.clear()
+        self.last_sent = time.monotonic()
+        self.executor.rt.bus.publish(ExecutionOutput(execution_id=self.execution_id, runbook=self.runbook,
+                                                     step="", text=chunk, source=f"execution:{self.execution_id}",
+                                                     room=self.room))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)

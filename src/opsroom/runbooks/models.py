@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from opsroom.store.base import Base, now
+
+
+class ExecutionRow(Base):
+    __tablename__ = "executions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    runbook: Mapped[str] = mapped_column(String(64), index=True)
+    runbook_hash: Mapped[str] = mapped_column(String(64))
+    # runbook + parameters: two runs with the same key never overlap.
+    lock_key: Mapped[str] = mapped_column(String(64), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    target: Mapped[str] = mapped_column(String(64), default="local")
+    environment: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    summary: Mapped[str] = mapped_column(String(255), default="")
+    requested_by: Mapped[str] = mapped_column(String(128))
+    requester_id: Mapped[int | None] = mapped_column(Integer)
+    door: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str | None] = mapped_column(String(64))
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    room: Mapped[str | None] = mapped_column(String(64))
+    approval_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    output: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    # The server process that runs it: start-up finds 'running' rows of dead owners.
+    owner: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,37 @@
+"""JSON API: runbooks and executions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from opsroom.runbooks import service
+from opsroom.runbooks.schemas import ExecutionDetail, ExecutionOut, RunbookOut, RunRequest
+from opsroom.web.deps import ApiActor, RuntimeDep
+
+router = APIRouter(tags=["runbooks"])
+
+
+@router.get("/runbooks")
+async def list_runbooks(rt: RuntimeDep, actor: ApiActor) -> list[RunbookOut]:
+    return [RunbookOut(name=r.name, title=r.title, description=r.description, approval=r.approval,
+                       parameters={k: p.model_dump(mode="json") for k, p in r.parameters.items()},
+                       content_hash=r.content_hash)
+            for r in service.list_runbooks(rt, actor=actor)]
+
+
+@router.post("/runbooks/{name}/run", status_code=202)
+async def run_runbook(name: str, body: RunRequest, rt: RuntimeDep, actor: ApiActor) -> ExecutionOut:
+    row = await service.request_run(rt, actor=actor, runbook=name, params=dict(body.params), room=body.room)
+    return ExecutionOut.model_validate(row)
+
+
+@router.get("/executions")
+async def list_executions(rt: RuntimeDep, actor: ApiActor, limit: int = Query(50, ge=1, le=500),
+                          status: str | None = None) -> list[ExecutionOut]:
+    rows = await service.list_executions(rt, actor=actor, limit=limit, status=status)
+    return [ExecutionOut.model_validate(r) for r in rows]
+
+
+@router.get("/executions/{execution_id}")
+async def get_execution(execution_id: int, rt: RuntimeDep, actor: ApiActor) -> ExecutionDetail:
+    return ExecutionDetail.model_validate(await service.get_execution(rt, actor=actor, execution_id=execution_id))

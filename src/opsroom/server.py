@@ -1,0 +1,90 @@
+"""Boot and shut down a complete opsroom: store, engines, rooms. Used by serve, demo and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import structlog
+
+from opsroom.access import service as access
+from opsroom.approvals import service as approvals
+from opsroom.automation.rules import RulesEngine
+from opsroom.catalog.catalog import Catalog
+from opsroom.catalog.loader import load_catalog
+from opsroom.chat.base import ChatAdapter
+from opsroom.chat.hub import RoomHub
+from opsroom.checks.monitor import Monitor
+from opsroom.config import Settings
+from opsroom.runbooks import service as runbooks
+from opsroom.runbooks.executor import Executor
+from opsroom.runtime import Runtime
+from opsroom.store.migrate import upgrade
+
+log = structlog.get_logger(__name__)
+
+
+async def open_runtime(settings: Settings, catalog: Catalog | None = None) -> Runtime:
+    """A runtime with a migrated store and no engines running (CLI commands use this)."""
+    if catalog is None:
+        if settings.catalog is None:
+            catalog = Catalog()
+        else:
+            catalog = load_catalog(settings.catalog)
+    settings.data.mkdir(parents=True, exist_ok=True)
+    rt = Runtime(settings=settings, catalog=catalog)
+    await upgrade(rt.engine)
+    return rt
+
+
+async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, schedule: bool = True,
+                passwords: dict[str, str] | None = None) -> None:
+    """Start every engine. Order matters: rooms listen before checks can announce."""
+    await access.ensure_bootstrap_users(rt, passwords=passwords)
+    rt.rooms = RoomHub(rt)
+    for adapter in adapters or []:
+        rt.rooms.add_adapter(adapter)
+    await rt.rooms.start()
+    rt.executor = Executor(rt)
+    rules = RulesEngine(rt)
+    await rules.load()
+    rules.attach()
+    rt.extras["rules"] = rules
+    rt.monitor = Monitor(rt)
+    await rt.monitor.load()
+    interrupted = await runbooks.recover_interrupted(rt)
+    if interrupted:
+        log.warning("executions interrupted by a previous stop", ids=[r.id for r in interrupted])
+    rt.monitor.start(schedule=schedule)
+    rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt))
+
+
+async def _housekeeping(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(5)
+        try:
+            await approvals.expire_due(rt)
+        except Exception:
+            log.exception("expiring approvals failed")
+
+
+async def stop(rt: Runtime) -> None:
+    task = rt.extras.pop("housekeeping", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if rt.monitor is not None:
+        await rt.monitor.stop()
+    if rt.executor is not None:
+        await rt.executor.close()
+    await rt.bus.drain()
+    if rt.rooms is not None:
+        await asyncio.sleep(0)  # let queued room posts reach the store
+        await rt.rooms.stop()
+    await rt.close()
+
+
+def catalog_path(settings: Settings) -> Path | None:
+    return settings.catalog

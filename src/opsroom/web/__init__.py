@@ -1,0 +1,1 @@
+"""Web interface: JSON API, login, the live web room, /metrics."""

@@ -1,0 +1,52 @@
+"""The FastAPI application: boots the runtime in its lifespan and mounts every door."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
+
+from opsroom import __version__, server
+from opsroom.approvals.views import router as approvals_router
+from opsroom.audit.views import router as audit_router
+from opsroom.catalog.catalog import Catalog
+from opsroom.checks.views import router as checks_router
+from opsroom.config import Settings
+from opsroom.runbooks.views import router as runbooks_router
+from opsroom.web import errors, metrics, room, ui
+
+
+def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords: dict[str, str] | None = None,
+               schedule: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = await server.open_runtime(settings, catalog)
+        app.state.rt = rt
+        app.state.metrics = metrics.Metrics(rt)
+        app.state.web_adapter = room.WebAdapter(rt)
+        await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords)
+        try:
+            yield
+        finally:
+            await server.stop(rt)
+
+    app = FastAPI(title="opsroom", version=__version__, lifespan=lifespan,
+                  description="ChatOps for production support: checks, runbooks, approvals, audit.")
+    app.state.demo = settings.demo
+    app.add_middleware(GZipMiddleware, minimum_size=512)
+    errors.install(app)
+    api = APIRouter(prefix="/api/v1")
+    for r in (checks_router, runbooks_router, approvals_router, audit_router):
+        api.include_router(r)
+    app.include_router(api)
+    app.include_router(ui.router)
+    app.include_router(room.router)
+    app.include_router(metrics.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

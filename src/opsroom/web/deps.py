@@ -1,0 +1,58 @@
+"""FastAPI dependencies as Annotated aliases: the runtime and who is calling."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from opsroom.access import service as access
+from opsroom.access.identity import Actor
+from opsroom.errors import PermissionDenied, Unauthenticated
+from opsroom.runtime import Runtime
+
+SESSION_COOKIE = "opsroom_session"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.rt
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def api_actor(request: Request, rt: RuntimeDep) -> Actor:
+    """A bearer token, or a browser session plus its CSRF header on unsafe methods."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return await access.authenticate_token(rt, token=auth[7:].strip(), door="api")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        actor, csrf = await access.session_actor(rt, session_token=cookie, door="api")
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get("x-csrf-token", "")
+            if not hmac.compare_digest(sent, csrf):
+                raise PermissionDenied("missing or wrong X-CSRF-Token header",
+                                       hint="send the token from the page's csrf meta tag")
+        return actor
+    raise Unauthenticated("authentication required",
+                          hint="send `Authorization: Bearer <token>`; create one with `opsroom token create USER`")
+
+
+ApiActor = Annotated[Actor, Depends(api_actor)]
+
+
+async def optional_web_session(request: Request, rt: RuntimeDep) -> tuple[Actor, str] | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    try:
+        return await access.session_actor(rt, session_token=cookie, door="web")
+    except Unauthenticated:
+        return None
+
+
+WebSession = Annotated[tuple[Actor, str] | None, Depends(optional_web_session)]

@@ -1,0 +1,93 @@
+"""Fixtures: real SQLite and PostgreSQL stores, a running opsroom in-process, a fake chat room."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from opsroom.catalog.loader import load_catalog
+from opsroom.config import Settings
+from opsroom.runtime import Runtime
+from opsroom.store.engine import make_engine
+from opsroom.store.migrate import upgrade
+from tests.factories import PASSWORDS
+
+if TYPE_CHECKING:
+    from opsroom.chat.fake import FakeAdapter
+
+PG_ADMIN = os.environ.get("OPSROOM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    name = f"opsroom_test_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def in_thread(sql: str) -> None:
+        # Session fixtures may be first requested from inside a running event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(sql)).result()
+
+    in_thread(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    in_thread(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_rt(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Runtime]:
+    """A runtime on each real store; each test runs inside a transaction that is rolled back."""
+    from tests.factories import small_catalog
+
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    await upgrade(engine)
+    settings = Settings(data=tmp_path / "data", database_url=url, demo=False)
+    catalog = load_catalog(small_catalog(tmp_path))
+    async with engine.connect() as conn:
+        outer = await conn.begin()
+        sessions = async_sessionmaker(bind=conn, expire_on_commit=False, join_transaction_mode="create_savepoint",
+                                      class_=AsyncSession)
+        rt = Runtime(settings=settings, catalog=catalog, engine=engine, sessions=sessions)
+        rt._write_lock = None  # one connection already serialises the test's writes
+        try:
+            yield rt
+        finally:
+            await outer.rollback()
+    await engine.dispose()
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
+    """A whole opsroom in-process on a fresh SQLite store with the fake chat adapter (no schedule)."""
+    from opsroom import server
+    from opsroom.chat.fake import FakeAdapter
+    from tests.factories import small_catalog
+
+    settings = Settings(data=tmp_path / "data", catalog=small_catalog(tmp_path))
+    rt = await server.open_runtime(settings)
+    fake = FakeAdapter()
+    await server.start(rt, adapters=[fake], schedule=False, passwords=PASSWORDS)
+    try:
+        yield rt, fake
+    finally:
+        await server.stop(rt)
