@@ -59,11 +59,18 @@ def small_catalog(tmp: Path, **extra: Any) -> Path:
             "steps": [{"command": [sys.executable, "-c",
                                    "import json,sys; open(sys.argv[1],'w').write(json.dumps(sys.argv[2:]))",
                                    str(tmp / "argv.json"), "{{ params.text }}"]}],
+        }, {
+            "name": "count", "approval": "none",
+            "parameters": {"n": {"type": "string", "pattern": "[0-9]{1,3}"}},
+            "steps": [{"command": [sys.executable, "-c", "import sys; print(sys.argv[1])", "{{ params.n }}"]}],
+        }, {
+            "name": "deploy", "environment": "prod",
+            "steps": [{"command": [sys.executable, "-c", "print('deployed')"]}],
         }],
         "rooms": [{"name": "ops"}],
         "aliases": [{"pattern": "echo {text}", "runbook": "echo-args"}],
         "users": [{"name": "you", "roles": ["operator"]}, {"name": "boss", "roles": ["approver"]},
-                  {"name": "dev", "roles": ["viewer"]}],
+                  {"name": "dev", "roles": ["viewer"]}, {"name": "lead", "roles": ["operator", "approver"]}],
     }
     data.update(extra)
     return write_catalog(tmp / "catalog", data)

@@ -33,17 +33,12 @@ class Builtin:
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
-    """'start {service}' -> ^start\\s+(?P<service>.+?)\\s*$ (words case-insensitive)."""
-    out, pos = [], 0
-    for m in re.finditer(r"\{(\w+)\}", pattern):
-        out.append(r"\s+".join(re.escape(w) for w in pattern[pos:m.start()].split()))
-        out.append(r"\s*" if out[-1] else "")
-        out.append(f"(?P<{m.group(1)}>.+?)")
-        pos = m.end()
-    tail = pattern[pos:].split()
-    if tail:
-        out.append(r"\s+" + r"\s+".join(re.escape(w) for w in tail))
-    return re.compile("^" + "".join(out) + r"\s*[?!.]*\s*$", re.IGNORECASE)
+    """'start {service}' -> ^start\\s+(?P<service>.+?)$: words case-insensitive, placeholders lazy."""
+    parts = []
+    for word in pattern.split():
+        m = re.fullmatch(r"\{(\w+)\}", word)
+        parts.append(f"(?P<{m.group(1)}>.+?)" if m else re.escape(word))
+    return re.compile("^" + r"\s+".join(parts) + r"\s*[?!.]*\s*$", re.IGNORECASE)
 
 
 def _fmt_state(view: dict[str, Any]) -> str:

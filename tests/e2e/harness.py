@@ -1,0 +1,149 @@
+"""Start a real `opsroom demo` server and talk to its room like a phone would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.factories import free_port
+
+DEMO_PASSWORDS = {"you": "you-demo-pw", "boss": "boss-demo-pw", "dev": "dev-demo-pw"}
+
+
+@dataclass
+class Demo:
+    data: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def service_port(self, name: str) -> int:
+        services = json.loads((self.data / "demo" / "services.json").read_text())
+        port: int = services[name]["port"]
+        return port
+
+    def service_pid(self, name: str) -> int:
+        return int((self.data / "demo" / f"{name}.pid").read_text())
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_demo(tmp: Path, *, auto: bool = False, interval: str = "1s", extra: list[str] | None = None,
+               data: Path | None = None, env_extra: dict[str, str] | None = None) -> Demo:
+    data = data or tmp / "data"
+    port = free_port()
+    env = {**os.environ, "OPSROOM_DEMO_PORT_B": str(free_port()), "OPSROOM_DEMO_PORT_C": str(free_port()),
+           "OPSROOM_DEMO_INTERVAL": interval, "OPSROOM_DEMO_RETRY": "0.5s",
+           "OPSROOM_DEMO_AUTO": "true" if auto else "false", **(env_extra or {})}
+    log = tmp / f"demo-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opsroom", "demo", "--port", str(port), "--data", str(data), *(extra or [])],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    demo = Demo(data, port, proc, env, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"opsroom demo exited with {proc.returncode}:\n{demo.output()}")
+        try:
+            if httpx.get(f"{demo.base}/healthz", timeout=0.5).status_code == 200:
+                return demo
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    demo.stop()
+    raise RuntimeError(f"opsroom demo did not answer within 30 s:\n{demo.output()}")
+
+
+async def login(base: str, user: str, password: str) -> httpx.AsyncClient:
+    client = httpx.AsyncClient(base_url=base, timeout=10)
+    page = await client.get("/login")
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    resp = await client.post("/login", data={"username": user, "password": password, "csrf": csrf, "next": "/"})
+    assert resp.status_code == 303 and resp.headers["location"] == "/", resp.text
+    assert "opsroom_session" in client.cookies
+    return client
+
+
+@dataclass
+class RoomClient:
+    """One person's WebSocket into a room, with everything received kept in order."""
+
+    user: str
+    ws: ClientConnection
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _new: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def open(cls, base: str, http: httpx.AsyncClient, user: str, room: str = "ops") -> RoomClient:
+        cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+        ws = await connect(base.replace("http", "ws") + f"/rooms/{room}/ws",
+                           additional_headers={"Cookie": cookie}, open_timeout=10)
+        client = cls(user, ws)
+        client._task = asyncio.get_running_loop().create_task(client._read())
+        return client
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            self.frames.append(json.loads(raw))
+            self._new.set()
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == "message"]
+
+    async def say(self, text: str) -> None:
+        await self.ws.send(json.dumps({"type": "say", "text": text}))
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
+                       start: int = 0) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for f in self.frames[start:]:
+                        if predicate(f):
+                            return f
+                    self._new.clear()
+                    await self._new.wait()
+        except TimeoutError:
+            texts = [f.get("text") or f for f in self.frames]
+            raise AssertionError(f"{self.user} never received the frame; got:\n" +
+                                 "\n".join(map(str, texts))) from None
+
+    async def ask(self, text: str, contains: str, timeout: float = 20.0) -> dict[str, Any]:
+        mark = len(self.frames)
+        await self.say(text)
+        return await self.wait_for(lambda f: f["type"] == "message" and f["kind"] == "bot"
+                                   and contains in f["text"], timeout, start=mark)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,137 @@
+"""Chat commands through the fake adapter, driving the real hub, service layer and store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from opsroom.access.identity import SYSTEM
+from opsroom.audit import service as audit
+from opsroom.chat.base import Message
+from opsroom.chat.fake import FakeAdapter
+from opsroom.runbooks import service as runbooks
+from opsroom.runtime import Runtime
+
+
+async def _ask(fake: FakeAdapter, user: str, text: str) -> str:
+    before = len(fake.sent)
+    await fake.say("ops", user, text)
+    replies = [m for m in fake.sent[before:] if m.kind == "bot"]
+    assert replies, f"no reply to {text!r}"
+    return replies[-1].text
+
+
+async def _executions(rt: Runtime) -> list[object]:
+    return list(await runbooks.list_executions(rt, actor=SYSTEM))
+
+
+async def test_unknown_command_suggests(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "you", "strat svc")
+    assert "I don't understand" in reply and "start" not in reply or "did you mean" in reply
+    assert "did you mean" in reply
+    assert await _executions(rt) == []
+
+
+async def test_unknown_service(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "you", "is svx running?")
+    assert "I don't know a service called 'svx'" in reply
+    assert "did you mean 'svc'" in reply
+
+
+async def test_missing_parameter(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "you", "run echo-args")
+    assert "missing parameter 'text'" in reply and "usage: run echo-args text=<string>" in reply
+    assert await _executions(rt) == []
+
+
+async def test_parameter_failing_its_pattern(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "you", "run count n=12a")
+    assert "does not match the pattern [0-9]{1,3}" in reply and "nothing was run" in reply
+    assert await _executions(rt) == []
+
+
+async def test_forgiving_names(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    for spelling in ("is SVC running", "is Svc running?", "is s-v-c running"):
+        reply = await _ask(fake, "dev", spelling)
+        assert reply.startswith("svc is running"), reply
+
+
+async def test_viewer_cannot_run_and_nothing_runs(running: tuple[Runtime, FakeAdapter], tmp_path: Path) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "dev", "echo hello")
+    assert "dev may not run runbooks" in reply
+    assert await _executions(rt) == []
+    assert not (tmp_path / "argv.json").exists()
+
+
+async def test_injection_is_one_argv_element(running: tuple[Runtime, FakeAdapter], tmp_path: Path) -> None:
+    rt, fake = running
+    victim = tmp_path / "x"
+    victim.mkdir()
+    (victim / "keep").write_text("still here")
+    payload = f"b; rm -rf {victim}"
+    await _ask(fake, "you", f"echo {payload}")
+    rows = await _executions(rt)
+    assert len(rows) == 1
+    assert rt.executor is not None
+    await rt.executor.wait(rows[0].id)  # type: ignore[attr-defined]
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv == [payload]
+    assert (victim / "keep").read_text() == "still here"
+
+
+async def test_protected_run_needs_approval_and_requester_cannot_approve(
+        running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    await fake.join("ops", "boss")
+    await _ask(fake, "you", "help")
+    before = len(fake.sent)
+    await fake.say("ops", "you", "run deploy")
+    msg = await fake.wait_for(lambda m: "needs approval" in m.text)
+    assert "deploy" in msg.text and "PROD" in msg.text and "asking boss" in msg.text
+    request = int(msg.text.rsplit("#", 1)[1].rstrip("."))
+    reply = await _ask(fake, "you", f"approve {request}")
+    assert "you may not approve" in reply  # operator lacks the permission outright
+    reply = await _ask(fake, "dev", f"approve {request}")
+    assert "dev may not approve" in reply
+    await fake.say("ops", "boss", f"approve {request}")
+    await fake.wait_for(lambda m: m.text.startswith("approved by boss"))
+    done: Message = await fake.wait_for(lambda m: "succeeded" in m.text)
+    assert "deploy" in done.text
+    assert len(fake.sent) > before
+    records = await audit.list_records(rt, actor=SYSTEM, limit=200)
+    refused = [r for r in records if r.action == "approval.approve" and r.outcome == "refused"]
+    assert {r.actor for r in refused} == {"you", "dev"}
+    assert any(r.action == "approval.approve" and r.outcome == "approved" and r.actor == "boss"
+               and r.door == "chat" for r in records)
+    assert (await audit.verify(rt)).ok
+
+
+async def test_requester_with_approver_role_cannot_approve_own(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    await fake.say("ops", "lead", "run deploy")
+    msg = await fake.wait_for(lambda m: "needs approval" in m.text)
+    request = int(msg.text.rsplit("#", 1)[1].rstrip("."))
+    assert "asking boss" in msg.text and "lead" not in msg.text.split("asking", 1)[1]
+    reply = await _ask(fake, "lead", f"approve {request}")
+    assert "nobody approves their own request" in reply
+    rows = await _executions(rt)
+    assert [r.status for r in rows] == ["awaiting_approval"]  # type: ignore[attr-defined]
+
+
+async def test_deny_needs_reason_and_decides(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    await fake.say("ops", "you", "run deploy")
+    msg = await fake.wait_for(lambda m: "needs approval" in m.text)
+    request = int(msg.text.rsplit("#", 1)[1].rstrip("."))
+    assert "needs a reason" in await _ask(fake, "boss", f"deny {request}")
+    await fake.say("ops", "boss", f"deny {request} not during business hours")
+    denied = await fake.wait_for(lambda m: "denied by boss" in m.text)
+    assert "not during business hours" in denied.text and "Nothing was run" in denied.text
+    assert [r.status for r in await _executions(rt)] == ["denied"]  # type: ignore[attr-defined]
+    assert "already denied" in await _ask(fake, "boss", f"approve {request}")
