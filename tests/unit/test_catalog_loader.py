@@ -1,0 +1,284 @@
+"""The catalog loader against real YAML files: every problem at its file:line:column, with a hint."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from opsroom.catalog.catalog import Location
+from opsroom.catalog.durations import HINT as DURATION_HINT
+from opsroom.catalog.errors import CatalogError
+from opsroom.catalog.loader import load_catalog
+
+VALID = Path(__file__).parent.parent / "fixtures" / "catalogs" / "valid"
+
+BASE = """\
+environments:
+  - name: prod
+systems:
+  - name: system-a
+    environment: prod
+services:
+  - name: service-b
+    system: system-a
+"""
+
+
+def write(root: Path, name: str, text: str) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def problems(root: Path) -> str:
+    with pytest.raises(CatalogError) as info:
+        load_catalog(root)
+    return info.value.render()
+
+
+def block(rendered: str, head: str) -> str:
+    """The problem block whose first line starts with `head`, with its hint line."""
+    lines = rendered.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(head):
+            assert lines[i + 1].startswith("    hint: "), rendered
+            return f"{line}\n{lines[i + 1]}"
+    raise AssertionError(f"no problem at {head!r} in:\n{rendered}")
+
+
+def test_yaml_syntax_error_points_at_the_line_to_fix(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    services = write(tmp_path, "more.yaml", """\
+        services:
+          - name: service-c
+            system:system-a
+            title: C
+        """)
+    out = problems(tmp_path)
+    found = block(out, f"{services}:3:5: error: invalid YAML:")
+    assert "hint: check indentation and that every `key: value` has a space after the colon" in found
+    assert out.count("error:") == 1  # references into a broken file are not judged
+
+
+def test_unknown_check_type(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    checks = write(tmp_path, "checks.yaml", """\
+        checks:
+          - name: web
+            service: service-b
+            type: htp
+            url: http://localhost/
+        """)
+    found = block(problems(tmp_path), f"{checks}:4:11: error: check 'web': unknown check type 'htp'")
+    assert "did you mean 'http'?" in found
+    assert "http, tcp, process, command" in found
+
+
+def test_missing_runbook_reference(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    runbooks = write(tmp_path, "runbooks.yaml", """\
+        runbooks:
+          - name: start-service
+            parameters:
+              service: {type: service}
+            steps:
+              - command: [systemctl, start, "{{ params.service }}"]
+        """)
+    rules = write(tmp_path, "rules.yaml", """\
+        rules:
+          - name: restart-b
+            when:
+              service: service-b
+            then:
+              runbook: strat-service
+              params: {service: service-b}
+        """)
+    found = block(problems(tmp_path), f"{rules}:6:16: error: rule 'restart-b' runs runbook 'strat-service', "
+                                      "which is not in the catalog")
+    assert "did you mean 'start-service'?" in found
+    assert f"runbooks are defined in {runbooks}" in found
+
+
+def test_bad_interval(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    checks = write(tmp_path, "checks.yaml", """\
+        checks:
+          - name: b-tcp
+            type: tcp
+            service: service-b
+            host: localhost
+            port: 8081
+            interval: 2 parsecs
+        """)
+    found = block(problems(tmp_path), f"{checks}:7:15: error: check 'b-tcp': interval: '2 parsecs' is not a")
+    assert f"hint: {DURATION_HINT}" in found
+
+
+def test_duplicate_name_across_two_files(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.yaml", BASE)
+    second = write(tmp_path, "b/more.yaml", """\
+        services:
+          - name: service-c
+            system: system-a
+          - name: service-b
+            system: system-a
+        """)
+    found = block(problems(tmp_path), f"{second}:4:11: error: duplicate service 'service-b'")
+    assert f"the first service 'service-b' is at {first}:7:11" in found
+
+
+def test_unknown_field_with_did_you_mean(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    checks = write(tmp_path, "checks.yaml", """\
+        checks:
+          - name: b-http
+            type: http
+            service: service-b
+            url: http://localhost:8081/health
+            intervall: 30s
+        """)
+    found = block(problems(tmp_path), f"{checks}:6:5: error: check 'b-http': unknown field 'intervall'")
+    assert "hint: did you mean 'interval'?" in found
+
+
+def test_missing_required_field_points_at_the_object(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    checks = write(tmp_path, "checks.yaml", """\
+        checks:
+          - name: b-ok
+            type: tcp
+            service: service-b
+            host: localhost
+            port: 1
+          - name: b-http
+            type: http
+            service: service-b
+        """)
+    found = block(problems(tmp_path), f"{checks}:7:5: error: check 'b-http': missing required field 'url'")
+    assert "hint: add `url: …` to this check" in found
+
+
+def test_env_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSROOM_TEST_HOST", "10.0.0.5")
+    monkeypatch.delenv("OPSROOM_TEST_PORT", raising=False)
+    monkeypatch.delenv("OPSROOM_TEST_UNSET", raising=False)
+    good = tmp_path / "good"
+    write(good, "base.yaml", BASE)
+    write(good, "checks.yaml", """\
+        checks:
+          - name: b-http
+            type: http
+            service: service-b
+            url: http://${OPSROOM_TEST_HOST}:${OPSROOM_TEST_PORT:-8081}/health
+            description: costs $${HOME} dollars
+        """)
+    check = load_catalog(good).checks["b-http"]
+    assert check.url == "http://10.0.0.5:8081/health"
+    assert check.description == "costs ${HOME} dollars"
+
+    bad = tmp_path / "bad"
+    write(bad, "base.yaml", BASE)
+    checks = write(bad, "checks.yaml", """\
+        checks:
+          - name: b-http
+            type: http
+            service: service-b
+            url: ${OPSROOM_TEST_UNSET}/health
+        """)
+    out = problems(bad)
+    found = block(out, f"{checks}:5:10: error: environment variable OPSROOM_TEST_UNSET is not set")
+    assert "${OPSROOM_TEST_UNSET:-value}" in found
+    assert out.count("error:") == 1  # the url validator does not complain about the unexpanded text
+
+
+def test_valid_multi_file_catalog(tmp_path: Path) -> None:
+    root = tmp_path / "catalog"
+    shutil.copytree(VALID, root)
+    catalog = load_catalog(root)
+
+    assert catalog.root == str(root)
+    assert set(catalog.environments) == {"prod", "test"}
+    assert set(catalog.services) == {"service-b", "service-c"}
+    assert catalog.checks["service-b-http"].interval == 30.0
+    assert catalog.check_environment("service-c-tcp") == "prod"
+    assert catalog.rules["restart-service-b"].then.params == {"service": "service-b"}
+    assert [a.pattern for a in catalog.aliases] == ["start {service}"]
+    assert catalog.users["alice"].roles == ["sre", "approver"]
+
+    checks = str(root / "system-a" / "checks.yml")
+    automation = str(root / "automation.yaml")
+    assert catalog.locations[("check", "service-b-http")] == Location(checks, 2, 5)
+    assert catalog.locations[("check", "service-b-http", "interval")] == Location(checks, 6, 15)
+    assert catalog.locations[("rule", "restart-service-b", "then", "runbook")] == Location(automation, 7, 16)
+    rule = ("rule", "restart-service-b")
+    assert catalog.locations[(*rule, "policy", "cooldown")] == Location(automation, 12, 17)
+    assert catalog.locations[("runbook", "start-service", "steps", "1", "check")] == Location(
+        str(root / "runbooks.yaml"), 10, 16)
+    assert catalog.locations[("alias", "start {service}")] == Location(automation, 19, 5)
+    assert catalog.locate("service", "service-c", "no-such-field") == Location(
+        str(root / "system-a" / "services.yaml"), 10, 5)
+
+    assert load_catalog(root).content_hash == catalog.content_hash
+    path = root / "system-a" / "checks.yml"
+    path.write_text(path.read_text().replace("interval: 30s", "interval: 45s"))
+    changed = load_catalog(root)
+    assert changed.content_hash != catalog.content_hash
+    assert changed.checks["service-b-http"].content_hash != catalog.checks["service-b-http"].content_hash
+    assert changed.checks["service-c-tcp"].content_hash == catalog.checks["service-c-tcp"].content_hash
+
+
+def test_dependency_cycle(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    services = write(tmp_path, "services.yaml", """\
+        services:
+          - name: api
+            system: system-a
+            depends_on: [db]
+          - name: db
+            system: system-a
+            depends_on: [service-b, cache]
+          - name: cache
+            system: system-a
+            depends_on:
+              - api
+        """)
+    found = block(problems(tmp_path), f"{services}:4:18: error: services depend on each other in a cycle: "
+                                      "api -> db -> cache -> api")
+    assert "hint: remove one of these depends_on entries" in found
+
+
+def test_every_problem_across_files_is_reported(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    write(tmp_path, "empty.yaml", "")
+    write(tmp_path, "people.yaml", """\
+        users:
+          - name: bob
+            roles: [operater]
+        roles:
+          - name: sre
+            inherits: [nobody]
+        """)
+    rooms = write(tmp_path, "rooms.yaml", """\
+        rooms:
+          - name: ops
+            systems: [system-b]
+        """)
+    out = problems(tmp_path)
+    people = tmp_path / "people.yaml"
+    assert "did you mean 'operator'?" in block(out, f"{people}:3:13: error: user 'bob' has role 'operater'")
+    assert "built-in roles" in block(out, f"{people}:6:16: error: role 'sre' inherits role 'nobody'")
+    found = block(out, f"{rooms}:3:15: error: room 'ops' follows system 'system-b'")
+    assert "did you mean 'system-a'?" in found
+    assert out.count("error:") == 3
+
+
+def test_file_shape_problems(tmp_path: Path) -> None:
+    listed = write(tmp_path, "a.yaml", "- name: prod\n")
+    typo = write(tmp_path, "b.yaml", "environments:\n  - name: prod\nservies: []\n")
+    out = problems(tmp_path)
+    assert "hint: start with a kind" in block(out, f"{listed}:1:1: error: a catalog file must be a mapping")
+    assert "did you mean 'services'?" in block(out, f"{typo}:3:1: error: unknown top-level key 'servies'")
