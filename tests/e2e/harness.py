@@ -57,20 +57,26 @@ class Demo:
 
 def start_demo(tmp: Path, *, auto: bool = False, interval: str = "1s", extra: list[str] | None = None,
                data: Path | None = None, env_extra: dict[str, str] | None = None) -> Demo:
-    data = data or tmp / "data"
-    port = free_port()
-    env = {**os.environ, "OPSROOM_DEMO_PORT_B": str(free_port()), "OPSROOM_DEMO_PORT_C": str(free_port()),
+    env = {"OPSROOM_DEMO_PORT_B": str(free_port()), "OPSROOM_DEMO_PORT_C": str(free_port()),
            "OPSROOM_DEMO_INTERVAL": interval, "OPSROOM_DEMO_RETRY": "0.5s",
            "OPSROOM_DEMO_AUTO": "true" if auto else "false", **(env_extra or {})}
-    log = tmp / f"demo-{port}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "opsroom", "demo", "--port", str(port), "--data", str(data), *(extra or [])],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return start_server(tmp, ["demo", *(extra or [])], data=data, env_extra=env)
+
+
+def start_server(tmp: Path, args: list[str], *, data: Path | None = None, port: int | None = None,
+                 env_extra: dict[str, str] | None = None) -> Demo:
+    """Run `python -m opsroom ARGS --port P --data D` and wait until it answers /healthz."""
+    data = data or tmp / "data"
+    port = port or free_port()
+    env = {**os.environ, **(env_extra or {})}
+    log = tmp / f"server-{port}-{time.monotonic_ns()}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "opsroom", *args, "--port", str(port), "--data", str(data)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     demo = Demo(data, port, proc, env, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"opsroom demo exited with {proc.returncode}:\n{demo.output()}")
+            raise RuntimeError(f"opsroom exited with {proc.returncode}:\n{demo.output()}")
         try:
             if httpx.get(f"{demo.base}/healthz", timeout=0.5).status_code == 200:
                 return demo
@@ -78,7 +84,12 @@ def start_demo(tmp: Path, *, auto: bool = False, interval: str = "1s", extra: li
             pass
         time.sleep(0.1)
     demo.stop()
-    raise RuntimeError(f"opsroom demo did not answer within 30 s:\n{demo.output()}")
+    raise RuntimeError(f"opsroom did not answer within 30 s:\n{demo.output()}")
+
+
+def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "opsroom", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})}, input=stdin)
 
 
 async def login(base: str, user: str, password: str) -> httpx.AsyncClient:

@@ -28,13 +28,13 @@ async def _executions(rt: Runtime) -> list[object]:
 async def test_unknown_command_suggests(running: tuple[Runtime, FakeAdapter]) -> None:
     rt, fake = running
     reply = await _ask(fake, "you", "strat svc")
-    assert "I don't understand" in reply and "start" not in reply or "did you mean" in reply
+    assert ("I don't understand" in reply and "start" not in reply) or "did you mean" in reply
     assert "did you mean" in reply
     assert await _executions(rt) == []
 
 
 async def test_unknown_service(running: tuple[Runtime, FakeAdapter]) -> None:
-    rt, fake = running
+    _rt, fake = running
     reply = await _ask(fake, "you", "is svx running?")
     assert "I don't know a service called 'svx'" in reply
     assert "did you mean 'svc'" in reply
@@ -55,7 +55,7 @@ async def test_parameter_failing_its_pattern(running: tuple[Runtime, FakeAdapter
 
 
 async def test_forgiving_names(running: tuple[Runtime, FakeAdapter]) -> None:
-    rt, fake = running
+    _rt, fake = running
     for spelling in ("is SVC running", "is Svc running?", "is s-v-c running"):
         reply = await _ask(fake, "dev", spelling)
         assert reply.startswith("svc is running"), reply

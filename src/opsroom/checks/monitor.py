@@ -212,7 +212,7 @@ class Monitor:
         retention = self.rt.settings.check_result_retention
         async with self.rt.write() as s:
             if results:
-                await s.run_sync(lambda ss: ss.bulk_insert_mappings(CheckResultRow, results))  # type: ignore[arg-type]
+                await s.run_sync(lambda ss: ss.bulk_insert_mappings(CheckResultRow, results))
             existing = set((await s.execute(select(CheckStateRow.check).where(CheckStateRow.check.in_(dirty))))
                            .scalars()) if dirty else set()
             for name in dirty:

@@ -19,7 +19,8 @@ def _monitor(rt: Runtime) -> Monitor:
 
 
 def _suggest(kind: str, name: str, suggestions: list[str]) -> NotFound:
-    hint = f"did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else f"list {kind}s with `status`"
+    hint = (f"did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions
+            else f"list {kind}s with `status`")
     return NotFound(f"I don't know a {kind} called {name!r}", hint=hint)
 
 

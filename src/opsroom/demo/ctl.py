@@ -47,7 +47,7 @@ def start(data: Path, name: str) -> int:
     if pid is not None and _listening(port):
         print(f"{name} is already running (pid {pid})")
         return 0
-    log = open(data / "demo" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(data / "demo" / f"{name}.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "opsroom.demo.service", "--name", name, "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     (data / "demo" / f"{name}.pid").write_text(str(proc.pid))
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         stop(args.data, args.service)
         return start(args.data, args.service)
     pid = _pid(args.data, args.service)
-    print(f"{args.service} is {'running (pid %d)' % pid if pid else 'not running'}")
+    print(f"{args.service} is {f'running (pid {pid})' if pid else 'not running'}")
     return 0 if pid else 3
 
 
