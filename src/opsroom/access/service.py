@@ -168,7 +168,7 @@ async def holders_of(rt: Runtime, *, roles: list[str]) -> list[str]:
     async with rt.read() as s:
         rows = list((await s.execute(select(UserRow).where(UserRow.disabled.is_(False)))).scalars())
     wanted = set(roles)
-    return sorted(r.name for r in rows if wanted & set(r.roles) or "admin" in r.roles and "admin" in wanted)
+    return sorted(r.name for r in rows if wanted & set(r.roles) or ("admin" in r.roles and "admin" in wanted))
 
 
 __all__ = ["ALL_PERMISSIONS", "actor_for", "add_user", "login"]

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *a: object) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *a: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
