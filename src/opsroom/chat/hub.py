@@ -118,16 +118,27 @@ class RoomHub:
                                          extra={"event": ev.type, "correlation_id": ev.correlation_id or ""}))
 
     async def _on_output(self, ev: ExecutionOutput) -> None:
-        if ev.room is None:
-            return
+        # Through the same queue as messages, so output never shows before "approved by".
+        if ev.room is not None:
+            self.post_nowait(Message(room=ev.room, text=ev.text, kind="output",
+                                     extra={"execution_id": ev.execution_id}))
+
+    async def _stream(self, msg: Message) -> None:
+        """Output is live-only: shown to those watching, not stored as room history."""
         for adapter in self.adapters:
             stream = getattr(adapter, "stream_output", None)
             if stream is not None:
-                await stream(ev.room, ev.execution_id, ev.text)
+                await stream(msg.room, msg.extra["execution_id"], msg.text)
 
     async def _drain(self) -> None:
         while True:
             msg, fut = await self._queue.get()
+            if msg.kind == "output":
+                try:
+                    await self._stream(msg)
+                except Exception:
+                    log.exception("streaming output failed", room=msg.room)
+                continue
             try:
                 stored = await self._store(msg)
                 for adapter in self.adapters:

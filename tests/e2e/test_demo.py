@@ -1,0 +1,49 @@
+"""Acceptance 1: `opsroom demo` starts as a subprocess and its room is reachable and light."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, login, start_demo
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_demo_starts_and_room_is_reachable_under_50kb(tmp_path: Path) -> None:
+    demo = start_demo(tmp_path, interval="2s")
+    try:
+        out = demo.output()
+        assert f"http://127.0.0.1:{demo.port}/rooms/ops" in out
+        for user, password in DEMO_PASSWORDS.items():
+            assert f"{user} / {password}" in out
+        for name in ("service-b", "service-c"):
+            assert httpx.get(f"http://127.0.0.1:{demo.service_port(name)}/health").status_code == 200
+
+        # Anonymous visitors are sent to the login page, not shown the room.
+        anon = httpx.get(f"{demo.base}/rooms/ops", follow_redirects=False)
+        assert anon.status_code == 303 and anon.headers["location"].startswith("/login")
+
+        http = await login(demo.base, "dev", DEMO_PASSWORDS["dev"])
+        # Fill the history the page renders (50 messages) so the budget is measured at its worst.
+        room = await RoomClient.open(demo.base, http, "dev")
+        for _ in range(30):
+            await room.ask("is service-c running?", "service-c is")
+        await room.close()
+        resp = await http.get("/rooms/ops", headers={"Accept-Encoding": "gzip"})
+        assert resp.status_code == 200
+        assert resp.headers.get("content-encoding") == "gzip"
+        wire = resp.num_bytes_downloaded
+        assert wire <= 50_000, wire
+        html = resp.text
+        assert html.count('<li class="') >= 50
+        # One request is the whole first load: no external scripts, styles, fonts or images.
+        assert not re.search(r'<(script|link|img)[^>]+(src|href)=', html), "page pulls other resources"
+        assert "PRODUCTION" in html
+        print(f"room first load: {wire} bytes over the wire, {len(resp.content)} bytes uncompressed")
+        await http.aclose()
+    finally:
+        demo.stop()
