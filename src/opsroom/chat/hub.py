@@ -12,15 +12,14 @@ from collections import defaultdict
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
 from opsroom.access import service as access
 from opsroom.chat import commands
 from opsroom.chat.announce import ANNOUNCED, render
 from opsroom.chat.base import ChatAdapter, Message, Person
-from opsroom.chat.models import RoomMessageRow
 from opsroom.errors import OpsroomError
 from opsroom.events import Event, ExecutionOutput, RoomMessagePosted, RoomPresence
+from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -155,19 +154,9 @@ class RoomHub:
 
     async def _store(self, msg: Message) -> Message:
         author = msg.author.user or msg.author.display_name if msg.author else "opsroom"
-        async with self.rt.write() as s:
-            row = RoomMessageRow(room=msg.room, author=author or "?", kind=msg.kind, text=msg.text[:8000],
-                                 reply_to=msg.reply_to)
-            s.add(row)
-            await s.flush()
-            msg_id, at = row.id, row.at
+        msg_id, at = await rooms.store_message(self.rt, room=msg.room, author=author or "?", kind=msg.kind,
+                                               text=msg.text, reply_to=msg.reply_to)
         self.rt.bus.publish(RoomMessagePosted(room=msg.room, message_id=msg_id, author=author or "?",
                                               text=msg.text, kind=msg.kind, reply_to=msg.reply_to))
         return Message(room=msg.room, text=msg.text, author=msg.author, id=msg_id, kind=msg.kind,
                        reply_to=msg.reply_to, extra={**msg.extra, "at": at, "author": author})
-
-    async def history(self, room: str, limit: int = 50) -> list[RoomMessageRow]:
-        async with self.rt.read() as s:
-            rows = list((await s.execute(select(RoomMessageRow).where(RoomMessageRow.room == room)
-                                         .order_by(RoomMessageRow.id.desc()).limit(limit))).scalars())
-        return rows[::-1]

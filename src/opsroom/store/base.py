@@ -31,6 +31,6 @@ def import_models() -> None:
     import opsroom.approvals.models
     import opsroom.audit.models
     import opsroom.automation.models
-    import opsroom.chat.models
     import opsroom.checks.models
+    import opsroom.rooms.models
     import opsroom.runbooks.models  # noqa: F401

@@ -16,10 +16,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from opsroom.access import service as access
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
-from opsroom.chat import service as rooms
 from opsroom.chat.base import ChatAdapter, Message, MessageHandler, Person
 from opsroom.errors import OpsroomError
 from opsroom.events import ApprovalDecided, ApprovalRequested, Event
+from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
 from opsroom.web.deps import SESSION_COOKIE
 

@@ -12,8 +12,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from opsroom.access import service as access
-from opsroom.chat import service as rooms
 from opsroom.errors import NotFound, Unauthenticated
+from opsroom.rooms import service as rooms
 from opsroom.web.deps import SESSION_COOKIE, RuntimeDep, WebSession
 
 router = APIRouter(include_in_schema=False)

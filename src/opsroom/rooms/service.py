@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit import service as audit
 from opsroom.chat.base import Message, Person
 from opsroom.errors import NotFound
+from opsroom.rooms.models import RoomMessageRow
 from opsroom.runtime import Runtime
 
 
@@ -22,7 +25,7 @@ async def open_room(rt: Runtime, *, actor: Actor, room: str, limit: int = 50) ->
     actor.require("status.read", what="open rooms")
     _room(rt, room)
     assert rt.rooms is not None
-    history = await rt.rooms.history(room, limit)
+    history = await history_of(rt, room=room, limit=limit)
     cat = rt.catalog
     envs = sorted({cat.systems[s].environment for s in (cat.rooms[room].systems or cat.systems) if s in cat.systems})
     await audit.append_alone(rt, actor=actor, action="room.open", target=f"room:{room}")
@@ -49,3 +52,20 @@ async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
     assert rt.rooms is not None
     person = Person(platform_id=f"web:{actor.name}", display_name=actor.name, user=actor.name)
     await rt.rooms.on_message(Message(room=room, text=text[:2000], author=person))
+
+
+async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text: str,
+                        reply_to: int | None) -> tuple[int, float]:
+    """Keep what was said (people and bot): the room's history and the incident's raw timeline."""
+    async with rt.write() as s:
+        row = RoomMessageRow(room=room, author=author, kind=kind, text=text[:8000], reply_to=reply_to)
+        s.add(row)
+        await s.flush()
+        return row.id, row.at
+
+
+async def history_of(rt: Runtime, *, room: str, limit: int = 50) -> list[RoomMessageRow]:
+    async with rt.read() as s:
+        rows = list((await s.execute(select(RoomMessageRow).where(RoomMessageRow.room == room)
+                                     .order_by(RoomMessageRow.id.desc()).limit(limit))).scalars())
+    return rows[::-1]

@@ -1,0 +1,1 @@
+"""Rooms: where people and the bot talk; message history and what a room shows on opening."""
