@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -109,7 +110,8 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     out.print(f"opsroom serving http://{host}:{port}/ (data in {settings.data})", highlight=False)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", ws="websockets-sansio")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, ws="websockets-sansio")
 
 
 @check_app.command("run")
