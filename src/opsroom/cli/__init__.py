@@ -32,8 +32,8 @@ for sub, name in ((catalog_app, "catalog"), (check_app, "check"), (runbook_app, 
                   (user_app, "user"), (token_app, "token")):
     app.add_typer(sub, name=name)
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)  # a file:line must never be split by wrapping
 T = TypeVar("T")
 
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", envvar="OPSROOM_CATALOG", help="catalog directory")]

@@ -1,0 +1,95 @@
+"""The CLI as a person uses it: real subprocesses, real store."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import cli
+from tests.factories import DEMO_CATALOG, small_catalog, write_catalog
+
+pytestmark = pytest.mark.e2e
+
+BROKEN = {
+    "yaml syntax": ("checks:\n  - name: a\n    type http\n", r"catalog\.yaml:3:\d+: error: ", "hint:"),
+    "unknown check type": (
+        "services: []\nchecks:\n  - name: a\n    type: htp\n    url: http://x\n",
+        r"catalog\.yaml:4:\d+: error: check 'a': unknown check type 'htp'", "did you mean 'http'"),
+    "missing runbook": (
+        "environments: [{name: e}]\nsystems: [{name: s, environment: e}]\nservices: [{name: v, system: s}]\n"
+        "checks: [{name: c, type: tcp, service: v, host: h, port: 1}]\n"
+        "rules:\n  - name: r\n    when: {check: c}\n    then: {runbook: strat-service}\n",
+        r"catalog\.yaml:8:\d+: error: rule 'r' runs runbook 'strat-service', which is not in the catalog", "hint:"),
+    "bad interval": (
+        "environments: [{name: e}]\nsystems: [{name: s, environment: e}]\nservices: [{name: v, system: s}]\n"
+        "checks:\n  - name: c\n    type: tcp\n    service: v\n    host: h\n    port: 1\n    interval: 2 parsecs\n",
+        r"catalog\.yaml:10:\d+: error: .*2 parsecs", "30s"),
+    "duplicate name": (
+        "environments:\n  - name: e\n  - name: e\n", r"catalog\.yaml:3:\d+: error: .*duplicate|catalog\.yaml:3:\d+: "
+        r"error: .*already", "catalog.yaml:2"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_catalog_validate_reports_file_line_and_hint(case: str, tmp_path: Path) -> None:
+    text, where, hint = BROKEN[case]
+    path = write_catalog(tmp_path / "cat", text)
+    result = cli("catalog", "validate", str(path))
+    assert result.returncode == 2, result.stdout
+    assert re.search(where, result.stderr, re.IGNORECASE), result.stderr
+    assert hint in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_catalog_validate_accepts_the_demo() -> None:
+    result = cli("catalog", "validate", str(DEMO_CATALOG))
+    assert result.returncode == 0, result.stderr
+    assert "catalog OK" in result.stdout and "4 runbooks" in result.stdout
+
+
+def test_users_tokens_checks_and_audit(tmp_path: Path) -> None:
+    catalog = small_catalog(tmp_path)
+    common = ["--data", str(tmp_path / "data"), "--catalog", str(catalog)]
+    made = cli("user", "add", "carol", "--role", "viewer", "--password-stdin", *common,
+               stdin="a-long-enough-password\n")
+    assert made.returncode == 0, made.stderr
+    short = cli("user", "passwd", "carol", "--password-stdin", *common, stdin="short\n")
+    assert short.returncode == 1 and "too short" in short.stderr
+    bad_role = cli("user", "add", "dave", "--role", "superuser", *common)
+    assert bad_role.returncode == 1 and "unknown role(s): superuser" in bad_role.stderr
+    assert cli("user", "passwd", "carol", "--password-stdin", *common,
+               stdin="another-long-password\n").returncode == 0
+    token = cli("token", "create", "carol", *common).stdout.strip()
+    assert token.startswith("opr_")
+    checked = cli("check", "run", "svc-cmd", "--token", token, *common)
+    assert checked.returncode == 0, checked.stderr
+    assert "svc-cmd: OK OK - fine" in checked.stdout
+    assert cli("check", "run", "svc-cmd", *common).returncode == 2  # no token, no identity
+    assert cli("check", "run", "svc-cmd", "--token", "opr_wrong", *common).returncode == 1
+    listed = cli("user", "list", *common)
+    assert "carol" in listed.stdout and "viewer" in listed.stdout
+
+    ok = cli("audit", "verify", "--data", str(tmp_path / "data"))
+    assert ok.returncode == 0 and "chain intact" in ok.stdout
+    with sqlite3.connect(tmp_path / "data" / "opsroom.db") as db:
+        db.execute("UPDATE audit_records SET actor = 'mallory' WHERE seq = 2")
+    broken = cli("audit", "verify", "--data", str(tmp_path / "data"))
+    assert broken.returncode == 1
+    assert "audit BROKEN at record 2" in broken.stderr
+
+
+def test_runbook_run_from_cli_as_operator(tmp_path: Path) -> None:
+    catalog = small_catalog(tmp_path)
+    common = ["--data", str(tmp_path / "data"), "--catalog", str(catalog)]
+    assert cli("user", "add", "op", "--role", "operator", *common).returncode == 0
+    token = cli("token", "create", "op", *common).stdout.strip()
+    ran = cli("runbook", "run", "count", "n=42", "--token", token, *common)
+    assert ran.returncode == 0, ran.stderr
+    assert "42" in ran.stdout and "succeeded" in ran.stdout
+    bad = cli("runbook", "run", "count", "n=4x2", "--token", token, *common)
+    assert bad.returncode == 1 and "does not match the pattern" in bad.stderr
+    assert sys.executable  # the runbook ran with this interpreter
