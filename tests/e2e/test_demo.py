@@ -47,3 +47,23 @@ async def test_demo_starts_and_room_is_reachable_under_50kb(tmp_path: Path) -> N
         await http.aclose()
     finally:
         demo.stop()
+
+
+async def test_demo_outage_kills_service_b_after_15_s(tmp_path: Path) -> None:
+    import time
+
+    started = time.monotonic()
+    demo = start_demo(tmp_path, extra=["--outage"])
+    try:
+        assert "service-b will be killed in 15 s" in demo.output()
+        http = await login(demo.base, "dev", DEMO_PASSWORDS["dev"])
+        room = await RoomClient.open(demo.base, http, "dev")
+        problem = await room.wait_for(lambda f: f["type"] == "message" and "service-b is not running" in f["text"],
+                                      timeout=30)
+        elapsed = time.monotonic() - started
+        assert 15 <= elapsed <= 25, elapsed
+        assert problem["text"].startswith("[PROD] System A is unhealthy")
+        await room.close()
+        await http.aclose()
+    finally:
+        demo.stop()
