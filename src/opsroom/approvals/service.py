@@ -59,11 +59,18 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
         verdict = may_vote(status=row.status, expired=row.expires_at < now, requester_id=row.requester_id,
                            requester=row.requester, voter_id=actor.user_id, voter=actor.name,
                            voter_roles=actor.roles, roles=row.roles)
-        # The catalog may have changed since the request: the decision covers the old version only.
-        stale = execution is not None and execution.runbook in rt.catalog.runbooks and \
-            rt.catalog.runbooks[execution.runbook].content_hash != execution.runbook_hash
+        # The catalog may have changed since the request: an approval covers the old version only
+        # (a runbook removed since counts as changed). A deny runs nothing, so it stays allowed.
+        current = rt.catalog.runbooks.get(execution.runbook) if execution is not None else None
+        stale = approve and execution is not None and (
+            current is None or current.content_hash != execution.runbook_hash)
         if verdict.allowed and stale:
             verdict = type(verdict)(False, "the runbook changed since it was requested; ask again")
+            # Nothing may ever run under this request: close it, or its run would hold the
+            # runbook's lock and refuse the "ask again" as a duplicate until it expires.
+            row.status, row.decided_at, row.reason = "expired", now, verdict.reason
+            if execution is not None:
+                execution.status, execution.finished_at = "expired", now
         if not verdict.allowed:
             refused = True
         else:

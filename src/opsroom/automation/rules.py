@@ -20,7 +20,14 @@ from opsroom.automation.models import RuleRunRow
 from opsroom.automation.templates import evaluate, render
 from opsroom.catalog.schema import Rule
 from opsroom.errors import OpsroomError
-from opsroom.events import CheckStateChanged, ExecutionFinished, RuleEscalated, RuleHeld, RuleTriggered
+from opsroom.events import (
+    CheckFlapping,
+    CheckStateChanged,
+    ExecutionFinished,
+    RuleEscalated,
+    RuleHeld,
+    RuleTriggered,
+)
 from opsroom.runbooks import service as runbooks
 from opsroom.runtime import Runtime
 
@@ -70,6 +77,7 @@ class RulesEngine:
     def attach(self) -> None:
         self.rt.bus.subscribe(CheckStateChanged, self.on_state_changed)
         self.rt.bus.subscribe(ExecutionFinished, self.on_execution_finished)
+        self.rt.bus.subscribe(CheckFlapping, self.on_flapping)
 
     async def on_state_changed(self, ev: CheckStateChanged) -> None:
         for rule in self.rt.catalog.rules.values():
@@ -83,26 +91,47 @@ class RulesEngine:
                 self.rt.bus.publish(RuleEscalated(rule=rule.name, check=ev.check, system=ev.system,
                                                   reason=str(exc), correlation_id=ev.correlation_id))
 
-    def _held(self, rule: Rule, ev: CheckStateChanged, now: float) -> str | None:
+    async def on_flapping(self, ev: CheckFlapping) -> None:
+        """A check that stops flapping in a hard problem gets the rules its flapping held back.
+
+        No state change follows a settle (the check just stays CRITICAL), so without this
+        the rule would never see the problem it exists for.
+        """
+        monitor = self.rt.monitor
+        if ev.flapping or monitor is None or ev.check not in self.rt.catalog.checks:
+            return
+        st = monitor.status.get(ev.check)
+        if st is None or st.flapping or st.state == "OK" or st.state_type != "hard":
+            return
+        check, last = self.rt.catalog.checks[ev.check], monitor.last.get(ev.check)
+        await self.on_state_changed(CheckStateChanged(
+            check=ev.check, service=check.service, system=ev.system, environment=ev.environment,
+            old_state=st.state, new_state=st.state, state_type=st.state_type, attempt=st.attempt,
+            max_attempts=check.max_attempts, output=last.output if last else "", since=st.since,
+            down=bool(last and last.down), correlation_id=ev.correlation_id, source=f"check:{ev.check}"))
+
+    def _held(self, rule: Rule, ev: CheckStateChanged, now: float) -> tuple[str, bool] | None:
+        """(why the rule is held, whether a human must hear it) or None to run."""
         monitor = self.rt.monitor
         if monitor is not None and (st := monitor.status.get(ev.check)) is not None and st.flapping:
-            return f"{ev.check} is flapping"
+            return f"{ev.check} is flapping", False
         runs = self.runs[rule.name]
         while runs and runs[0] < now - rule.policy.window:
             runs.popleft()
         if runs and now - runs[-1] < rule.policy.cooldown:
-            return f"cooldown: last run {now - runs[-1]:.0f}s ago (cooldown {rule.policy.cooldown:g}s)"
+            return f"cooldown: last run {now - runs[-1]:.0f}s ago (cooldown {rule.policy.cooldown:g}s)", False
         if len(runs) >= rule.policy.max_runs:
-            return f"ran {len(runs)} times in the last {rule.policy.window:g}s (max {rule.policy.max_runs})"
+            return f"ran {len(runs)} times in the last {rule.policy.window:g}s (max {rule.policy.max_runs})", True
         return None
 
     async def _fire(self, rule: Rule, ev: CheckStateChanged) -> None:
         now = time.time()
-        held = self._held(rule, ev, now)
-        if held is not None:
+        hold = self._held(rule, ev, now)
+        if hold is not None:
+            held, needs_human = hold
             self.rt.bus.publish(RuleHeld(rule=rule.name, check=ev.check, reason=held,
                                          correlation_id=ev.correlation_id))
-            if rule.policy.escalate and "max" in held:
+            if rule.policy.escalate and needs_human:
                 self.rt.bus.publish(RuleEscalated(rule=rule.name, check=ev.check, system=ev.system,
                                                   reason=f"not retrying: {held}", correlation_id=ev.correlation_id))
             self._record(rule.name, ev.check, None, "held")

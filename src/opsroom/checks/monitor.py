@@ -151,7 +151,10 @@ class Monitor:
                 since=tr.status.since, down=result.down, correlation_id=correlation, source=f"check:{name}"))
             if check.retry_interval and name in self.scheduler_names():
                 self.scheduler.reschedule(name, self._interval(name))
-        if tr.changed and system is not None:
+        # A check that stops flapping may have settled into a problem (or out of one) with no
+        # state change left to trigger the notice that flapping held back: look again now.
+        settled = tr.flapping_changed and not tr.status.flapping
+        if (tr.changed or settled) and system is not None:
             self._update_system(system, correlation)
 
     def scheduler_names(self) -> set[str]:

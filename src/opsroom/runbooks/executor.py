@@ -92,6 +92,9 @@ class Executor:
         except Exception as exc:
             log.exception("execution crashed", execution_id=row.id)
             status, error = "failed", f"internal error: {type(exc).__name__}"
+        # Errors quote what failed (a URL, an argv[0]) and go to the store, the room and the
+        # append-only audit log: mask them like the output.
+        error = out.mask(error) if error else error
         out.flush()
         duration = time.monotonic() - started
         message = _final_message(runbook, ctx, status, row.id, duration, error)
@@ -126,7 +129,19 @@ class Executor:
         assert proc.stdout is not None
         try:
             async with asyncio.timeout(step.timeout):
-                while line := await proc.stdout.readline():
+                cut = False
+                while True:
+                    try:
+                        line = await proc.stdout.readline()
+                    except ValueError:
+                        # A line over the stream limit (64 KiB): asyncio dropped the buffered part.
+                        if not cut:
+                            out.write("[output line too long: cut]\n")
+                        cut = True
+                        continue
+                    if not line:
+                        break
+                    cut = False
                     out.write(line.decode(errors="replace"))
                 code = await proc.wait()
         except (TimeoutError, asyncio.CancelledError) as exc:

@@ -1,0 +1,223 @@
+"""The monitor on a real store: state changes, system health announcements, retention, restarts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from opsroom import server
+from opsroom.chat.base import Message
+from opsroom.chat.fake import FakeAdapter
+from opsroom.checks.models import CheckResultRow
+from opsroom.checks.probes.base import ProbeResult
+from opsroom.config import Settings
+from opsroom.events import CheckStateChanged, SystemHealthChanged
+from opsroom.runtime import Runtime
+from tests.factories import PASSWORDS, small_catalog
+
+T0 = 1_700_000_000.0
+
+
+def _catalog(tmp: Path) -> Path:
+    ok = [sys.executable, "-c", "print('OK - fine')"]
+    return small_catalog(
+        tmp,
+        systems=[{"name": "sys-p", "title": "Shop", "environment": "prod"},
+                 {"name": "sys-t", "title": "Shop Test", "environment": "test"}],
+        services=[{"name": "svc-x", "system": "sys-p"}, {"name": "svc-y", "system": "sys-p"},
+                  {"name": "svc-t", "system": "sys-t"}],
+        checks=[{"name": "x-http", "type": "command", "service": "svc-x", "max_attempts": 3, "argv": ok},
+                {"name": "y-http", "type": "command", "service": "svc-y", "max_attempts": 2, "argv": ok},
+                {"name": "t-http", "type": "command", "service": "svc-t", "max_attempts": 1, "argv": ok}],
+    )
+
+
+@asynccontextmanager
+async def _boot(tmp: Path, catalog: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
+    rt = await server.open_runtime(Settings(data=tmp / "data", catalog=catalog))
+    fake = FakeAdapter()
+    await server.start(rt, adapters=[fake], schedule=False, passwords=PASSWORDS)
+    rt.bus.keep_history = True
+    try:
+        yield rt, fake
+    finally:
+        await server.stop(rt)
+
+
+def _result(state: str, output: str = "", *, down: bool = False) -> ProbeResult:
+    return ProbeResult(state=state, output=output or f"{state} - test", long_output="", latency_ms=1.0,
+                       perfdata={}, down=down)
+
+
+async def _said(rt: Runtime, fake: FakeAdapter) -> list[str]:
+    """Everything the bot announced so far (waits for queued room posts with a barrier message)."""
+    await rt.bus.drain()
+    assert rt.rooms is not None
+    await rt.rooms.post(Message(room="ops", text="(barrier)", kind="notice"))
+    return [m.text for m in fake.sent if m.text != "(barrier)" and m.author is None]
+
+
+def _changes(rt: Runtime, check: str) -> list[tuple[str, str, str, int]]:
+    return [(e.old_state, e.new_state, e.state_type, e.attempt) for e in rt.bus.history
+            if isinstance(e, CheckStateChanged) and e.check == check]
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+async def test_soft_to_hard_emits_only_on_changes(tmp_path: Path) -> None:
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
+        assert rt.monitor is not None
+        for i, state in enumerate(["OK", "CRITICAL", "CRITICAL", "CRITICAL", "CRITICAL", "CRITICAL", "OK", "OK"]):
+            rt.monitor.record("x-http", _result(state), now=T0 + i)
+        await rt.bus.drain()
+        assert _changes(rt, "x-http") == [
+            ("OK", "CRITICAL", "soft", 1),
+            ("CRITICAL", "CRITICAL", "soft", 2),  # the attempt advanced: early rules may act on it
+            ("CRITICAL", "CRITICAL", "hard", 3),
+            ("CRITICAL", "OK", "hard", 1),
+        ]
+        st = rt.monitor.status["x-http"]
+        assert (st.state, st.state_type, st.attempt) == ("OK", "hard", 1)
+        assert st.since == T0 + 6
+        # WARNING -> CRITICAL on a hard problem is a change; another CRITICAL is not.
+        rt.monitor.record("t-http", _result("WARNING"), now=T0 + 10)
+        rt.monitor.record("t-http", _result("CRITICAL"), now=T0 + 11)
+        rt.monitor.record("t-http", _result("CRITICAL"), now=T0 + 12)
+        await rt.bus.drain()
+        assert [c[1:3] for c in _changes(rt, "t-http")] == [("WARNING", "hard"), ("CRITICAL", "hard")]
+
+
+async def test_system_health_announced_once_and_healthy_again(tmp_path: Path) -> None:
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, fake):
+        assert rt.monitor is not None
+        for i in range(3):
+            rt.monitor.record("x-http", _result("CRITICAL", "connection refused", down=True), now=T0 + i)
+            if i < 2:  # soft attempts page nobody
+                assert not [t for t in await _said(rt, fake) if "unhealthy" in t]
+        for i in range(3, 8):  # still CRITICAL: nothing new to say
+            rt.monitor.record("x-http", _result("CRITICAL", "connection refused", down=True), now=T0 + i)
+        said = await _said(rt, fake)
+        assert said == [f"[PROD] Shop is unhealthy: svc-x is not running (check x-http CRITICAL since {_clock(T0)})"]
+        assert rt.monitor.system_healthy["sys-p"] is False
+        rt.monitor.record("x-http", _result("OK"), now=T0 + 9)
+        rt.monitor.record("x-http", _result("OK"), now=T0 + 10)
+        said = await _said(rt, fake)
+        assert said[1:] == ["[PROD] Shop is healthy again"]
+        health = [e for e in rt.bus.history if isinstance(e, SystemHealthChanged)]
+        assert [(e.system, e.healthy, e.protected) for e in health] == [("sys-p", False, True), ("sys-p", True, True)]
+
+
+async def test_second_failing_service_does_not_repeat_the_notice(tmp_path: Path) -> None:
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, fake):
+        assert rt.monitor is not None
+        for i in range(3):
+            rt.monitor.record("x-http", _result("CRITICAL", down=True), now=T0 + i)
+        for i in range(2):
+            rt.monitor.record("y-http", _result("CRITICAL", "HTTP 500"), now=T0 + 5 + i)
+        rt.monitor.record("x-http", _result("OK"), now=T0 + 10)  # y still failing: not healthy yet
+        said = await _said(rt, fake)
+        assert len([t for t in said if "unhealthy" in t]) == 1
+        assert not [t for t in said if "healthy again" in t]
+        rt.monitor.record("y-http", _result("OK"), now=T0 + 11)
+        assert (await _said(rt, fake))[-1] == "[PROD] Shop is healthy again"
+
+
+async def test_unprotected_environment_is_not_marked(tmp_path: Path) -> None:
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, fake):
+        assert rt.monitor is not None
+        rt.monitor.record("t-http", _result("CRITICAL", "HTTP 503 in 4 ms"), now=T0)
+        rt.monitor.record("t-http", _result("OK"), now=T0 + 1)
+        said = await _said(rt, fake)
+        assert said == [f"Shop Test is unhealthy: svc-t is critical (check t-http CRITICAL since {_clock(T0)}: "
+                        "HTTP 503 in 4 ms)", "Shop Test is healthy again"]
+        assert not any(t.startswith("[") for t in said)
+
+
+async def test_results_are_persisted_with_bounded_retention(tmp_path: Path) -> None:
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
+        assert rt.monitor is not None
+        rt.settings.check_result_retention = 5
+        for i in range(20):
+            rt.monitor.record("x-http", _result("OK", f"OK - result {i}"), now=T0 + i)
+            if i % 3 == 2:
+                await rt.monitor.flush()
+        await rt.monitor.flush()
+        rt.monitor.record("y-http", _result("OK"), now=T0)
+        await rt.monitor.flush()
+        async with rt.read() as s:
+            rows = list((await s.execute(select(CheckResultRow).where(CheckResultRow.check == "x-http")
+                                         .order_by(CheckResultRow.at))).scalars())
+            other = (await s.execute(select(func.count()).select_from(CheckResultRow)
+                                     .where(CheckResultRow.check == "y-http"))).scalar_one()
+        assert 5 <= len(rows) <= 6  # pruned once 20% over retention
+        assert rows[-1].output == "OK - result 19"  # the newest are kept
+        assert [r.at for r in rows] == [T0 + i for i in range(20 - len(rows), 20)]
+        assert other == 1  # pruning one check leaves the others alone
+
+
+async def test_state_survives_a_restart_without_reannouncing(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    async with _boot(tmp_path, catalog) as (rt, fake):
+        assert rt.monitor is not None
+        for i in range(3):
+            rt.monitor.record("x-http", _result("CRITICAL", down=True), now=T0 + i)
+        rt.monitor.record("y-http", _result("CRITICAL", "HTTP 500"), now=T0 + 5)  # soft attempt 1 of 2
+        assert len([t for t in await _said(rt, fake) if "unhealthy" in t]) == 1
+        before: dict[str, Any] = {n: rt.monitor.status[n] for n in ("x-http", "y-http")}
+
+    async with _boot(tmp_path, catalog) as (rt, fake):
+        assert rt.monitor is not None
+        x, y = rt.monitor.status["x-http"], rt.monitor.status["y-http"]
+        assert (x.state, x.state_type, x.attempt, x.since) == ("CRITICAL", "hard", 3, T0)
+        assert (y.state, y.state_type, y.attempt, y.since) == ("CRITICAL", "soft", 1, T0 + 5)
+        assert x.history == before["x-http"].history
+        assert rt.monitor.system_healthy["sys-p"] is False
+        assert rt.monitor.last["x-http"].down is True
+        rt.monitor.record("x-http", _result("CRITICAL", down=True), now=T0 + 20)
+        await rt.bus.drain()
+        assert _changes(rt, "x-http") == []
+        assert await _said(rt, fake) == []  # the problem was announced before the restart
+        # The soft attempt counts on where it was: one more failure makes it hard.
+        rt.monitor.record("y-http", _result("CRITICAL", "HTTP 500"), now=T0 + 21)
+        await rt.bus.drain()
+        assert _changes(rt, "y-http") == [("CRITICAL", "CRITICAL", "hard", 2)]
+        for name in ("x-http", "y-http"):
+            rt.monitor.record(name, _result("OK"), now=T0 + 30)
+        assert await _said(rt, fake) == ["[PROD] Shop is healthy again"]
+
+
+async def test_flapping_holds_notices_and_a_settled_problem_is_announced(tmp_path: Path) -> None:
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, fake):
+        assert rt.monitor is not None
+        t = T0
+        for i in range(14):  # soft CRITICAL / OK flips: flapping, never hard
+            t += 1
+            rt.monitor.record("y-http", _result("CRITICAL" if i % 2 == 0 else "OK", "HTTP 500"), now=t)
+        assert rt.monitor.status["y-http"].flapping
+        for _ in range(6):  # hard CRITICAL / OK while flapping: held back
+            t += 1
+            rt.monitor.record("y-http", _result("CRITICAL", "HTTP 500"), now=t)
+            t += 1
+            rt.monitor.record("y-http", _result("CRITICAL", "HTTP 500"), now=t)
+            t += 1
+            rt.monitor.record("y-http", _result("OK"), now=t)
+        said = await _said(rt, fake)
+        assert said == [next(s for s in said if "flapping" in s)]
+        assert said[0].startswith("y-http is flapping (")
+        # It settles into a real, lasting problem: once it stops flapping the room must hear it.
+        for _ in range(21):
+            t += 1
+            rt.monitor.record("y-http", _result("CRITICAL", "HTTP 500"), now=t)
+        assert not rt.monitor.status["y-http"].flapping
+        said = await _said(rt, fake)
+        assert said[1] == "y-http stopped flapping"
+        assert said[2:] == [f"[PROD] Shop is unhealthy: svc-y is critical "
+                            f"(check y-http CRITICAL since {_clock(rt.monitor.status['y-http'].since)}: HTTP 500)"]
