@@ -304,8 +304,6 @@ async def test_identical_request_while_running_is_refused(booted: tuple[Runtime,
         assert (await s.get(ExecutionRow, again.id)).status == "succeeded"  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(strict=True, reason="runbooks/service.py _summary() puts secret parameter values into the "
-                                       "execution summary that chat replies and approval requests show")
 async def test_secret_parameter_never_reaches_the_room_through_chat(booted: tuple[Runtime, FakeAdapter]) -> None:
     rt, fake = booted
     await fake.say("ops", "you", f"run secret token={SECRET} port={free_port()}")

@@ -295,3 +295,24 @@ async def test_disabled_rule_never_fires(tmp_path: Path) -> None:
         assert await _executions(rt) == []
         assert _events(rt, RuleTriggered) == [] and _events(rt, RuleHeld) == []
         assert not [t for t in await _said(rt, fake) if "rule" in t]
+
+
+async def test_denied_rule_request_is_forgotten_and_refused_duplicates_do_not_count(tmp_path: Path) -> None:
+    """Bookkeeping: a denied approval clears the pending verify; a refused duplicate uses no run."""
+    from opsroom.access import service as access
+    from opsroom.approvals import service as approvals_service
+
+    rule = _rule(policy={"approval": "role approver", "cooldown": "1ms", "max_runs": 5})
+    async with _boot(tmp_path, _catalog(tmp_path, [rule])) as (rt, _fake):
+        engine = rt.extras["rules"]
+        await _feed(rt, ["CRITICAL"])
+        assert len(engine.runs["heal"]) == 1 and len(engine.pending_verify) == 1
+        # The same problem again while the first request is open: refused as a duplicate, not counted.
+        await _feed(rt, ["OK", "CRITICAL"], start=1)
+        assert len(engine.runs["heal"]) == 1
+        assert len(await _executions(rt)) == 1
+        approval_id = (await approvals_service.list_open(rt, actor=SYSTEM))[0].id
+        boss = await access.actor_by_name(rt, name="boss", door="chat")
+        await approvals_service.decide(rt, actor=boss, approval_id=approval_id, approve=False, reason="not now")
+        await _settle(rt)
+        assert engine.pending_verify == {}

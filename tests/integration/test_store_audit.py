@@ -63,3 +63,23 @@ async def test_users_tokens_and_login(store_rt: Runtime) -> None:
     assert "user.add" in actions and "token.create" in actions and "login" in actions
     assert any(r.action == "login" and r.outcome == "denied" for r in rows)
     assert (await audit.verify(store_rt)).ok
+
+
+async def test_database_refuses_two_active_runs_with_one_lock_key(store_rt: Runtime) -> None:
+    """The partial unique index holds even when the service-layer query is raced (two servers)."""
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from opsroom.runbooks.models import ExecutionRow
+
+    def row(status: str) -> ExecutionRow:
+        return ExecutionRow(runbook="r", runbook_hash="h", params={}, target="local", environment="test",
+                            status=status, summary="r", requested_by="x", door="api", lock_key="k")
+
+    async with store_rt.write() as s:
+        s.add(row("succeeded"))
+        s.add(row("failed"))
+        s.add(row("running"))
+    with pytest.raises(IntegrityError):
+        async with store_rt.write() as s:
+            s.add(row("pending"))

@@ -21,6 +21,7 @@ from opsroom.automation.templates import evaluate, render
 from opsroom.catalog.schema import Rule
 from opsroom.errors import OpsroomError
 from opsroom.events import (
+    ApprovalDecided,
     CheckFlapping,
     CheckStateChanged,
     ExecutionFinished,
@@ -78,6 +79,12 @@ class RulesEngine:
         self.rt.bus.subscribe(CheckStateChanged, self.on_state_changed)
         self.rt.bus.subscribe(ExecutionFinished, self.on_execution_finished)
         self.rt.bus.subscribe(CheckFlapping, self.on_flapping)
+        self.rt.bus.subscribe(ApprovalDecided, self.on_approval_decided)
+
+    async def on_approval_decided(self, ev: ApprovalDecided) -> None:
+        """A denied or expired rule run never finishes: stop waiting to verify it."""
+        if ev.decision != "approved":
+            self.pending_verify.pop(ev.execution_id, None)
 
     async def on_state_changed(self, ev: CheckStateChanged) -> None:
         for rule in self.rt.catalog.rules.values():
@@ -136,7 +143,6 @@ class RulesEngine:
                                                   reason=f"not retrying: {held}", correlation_id=ev.correlation_id))
             self._record(rule.name, ev.check, None, "held")
             return
-        self.runs[rule.name].append(now)
         ctx = _context(ev)
         params = {k: render(v, ctx) for k, v in rule.then.params.items()}
         actor = rule_actor(rule.name, ev.correlation_id)
@@ -144,6 +150,8 @@ class RulesEngine:
         execution = await runbooks.request_run(self.rt, actor=actor, runbook=rule.then.runbook, params=params,
                                                room=rooms[0] if rooms else None, rule=rule.name,
                                                approval=rule.policy.approval)
+        # Counted only once accepted: a refused duplicate must not use up max_runs.
+        self.runs[rule.name].append(now)
         self.pending_verify[execution.id] = (rule, ev)
         self.rt.bus.publish(RuleTriggered(
             rule=rule.name, runbook=rule.then.runbook, summary=execution.summary, check=ev.check, system=ev.system,

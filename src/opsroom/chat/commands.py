@@ -189,6 +189,21 @@ def _alias_args(alias: Alias, found: dict[str, str]) -> dict[str, str]:
     return {k: v.format(**found) for k, v in alias.params.items()}
 
 
+def redact(rt: Runtime, text: str) -> str:
+    """Mask values of secret runbook parameters in what a person typed, before anyone else sees it."""
+    m = re.match(r"^\s*[!/]?run\s+(\S+)\s+(.*)$", text, re.IGNORECASE | re.DOTALL)
+    if not m:
+        return text
+    name, _ = rt.catalog.find_runbook(m.group(1))
+    if name is None:
+        return text
+    secret = {k for k, p in rt.catalog.runbooks[name].parameters.items() if p.secret}
+    if not secret:
+        return text
+    pattern = r"(\b(?:" + "|".join(map(re.escape, secret)) + r")=)(\"[^\"]*\"|'[^']*'|\S+)"
+    return text[: m.start(2)] + re.sub(pattern, r"\1****", m.group(2))
+
+
 async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str) -> Reply:
     """Run one chat command; every error becomes a helpful reply, never a traceback."""
     text = " ".join(text.strip().split())

@@ -58,7 +58,9 @@ class RoomHub:
     async def on_message(self, msg: Message) -> None:
         if msg.room not in self.rt.catalog.rooms:
             return
-        stored = await self.post(msg)
+        shown = commands.redact(self.rt, msg.text)
+        stored = await self.post(msg if shown == msg.text else
+                                 Message(room=msg.room, text=shown, author=msg.author, kind=msg.kind))
         reply = await self.answer(msg)
         if reply:
             await self.post(Message(room=msg.room, text=reply, kind="bot", reply_to=stored.id))

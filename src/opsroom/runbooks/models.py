@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, Text
+from sqlalchemy import JSON, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from opsroom.store.base import Base, now
@@ -34,3 +34,10 @@ class ExecutionRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # The server process that runs it: start-up finds 'running' rows of dead owners.
     owner: Mapped[str | None] = mapped_column(String(64))
+
+    # At most one active execution per runbook+parameters, enforced by the database.
+    __table_args__ = (
+        Index("uq_executions_active_lock", "lock_key", unique=True,
+              sqlite_where=text("status IN ('pending', 'awaiting_approval', 'running')"),
+              postgresql_where=text("status IN ('pending', 'awaiting_approval', 'running')")),
+    )

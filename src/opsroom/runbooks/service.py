@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals import service as approvals
@@ -42,12 +43,14 @@ def _environment(rt: Runtime, runbook: Runbook, params: dict[str, Any]) -> str:
 
 
 def _summary(runbook: Runbook, params: dict[str, Any]) -> str:
+    """How rooms name the run; secret values are masked before any template sees them."""
+    shown = _masked(runbook, params)
     if runbook.summary:
         try:
-            return render(runbook.summary, {"params": params})
+            return render(runbook.summary, {"params": shown})
         except Exception:  # noqa: S110 - a bad summary template must not block a recovery
             pass
-    args = " ".join(f"{k}={v}" for k, v in params.items())
+    args = " ".join(f"{k}={v}" for k, v in shown.items())
     return f"run {runbook.name}{' ' + args if args else ''}"
 
 
@@ -85,7 +88,14 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
                            requested_by=actor.name, requester_id=actor.user_id, door=actor.door, rule=rule,
                            correlation_id=actor.correlation_id, room=room, lock_key=key)
         s.add(row)
-        await s.flush()
+        try:
+            # The partial unique index on active lock keys settles races the query above cannot
+            # (two servers on one PostgreSQL).
+            async with s.begin_nested():
+                await s.flush()
+        except IntegrityError:
+            raise Conflict(f"{summary} is already in progress",
+                           hint="a second identical run is refused; see `status`") from None
         await audit.append(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
                            outcome="awaiting_approval" if roles else "started",
                            details={"execution": row.id, "params": _masked(rb, clean), "environment": env})

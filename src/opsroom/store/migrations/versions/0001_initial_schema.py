@@ -119,6 +119,10 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_executions_lock_key'), ['lock_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_executions_runbook'), ['runbook'], unique=False)
         batch_op.create_index(batch_op.f('ix_executions_status'), ['status'], unique=False)
+    # One active execution per runbook+parameters, enforced by the database on both stores.
+    active = sa.text("status IN ('pending', 'awaiting_approval', 'running')")
+    op.create_index('uq_executions_active_lock', 'executions', ['lock_key'], unique=True,
+                    sqlite_where=active, postgresql_where=active)
 
     op.create_table('room_messages',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -219,6 +223,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_room_messages_room'))
 
     op.drop_table('room_messages')
+    op.drop_index('uq_executions_active_lock', table_name='executions')
     with op.batch_alter_table('executions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_executions_status'))
         batch_op.drop_index(batch_op.f('ix_executions_runbook'))
