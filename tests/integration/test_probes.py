@@ -49,7 +49,8 @@ async def target() -> AsyncIterator[Target]:
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.text()
-        return web.Response(text=f"{request.method} {request.headers.get('X-Probe', '-')} {body}")
+        agent = request.headers.get("User-Agent", "")
+        return web.Response(text=f"{request.method} {request.headers.get('X-Probe', '-')} {body} {agent}")
 
     app = web.Application()
     app.router.add_get("/ok", ok)
@@ -131,7 +132,7 @@ async def test_http_body_match(target: Target, ctx: ProbeContext) -> None:
 
 async def test_http_method_headers_body(target: Target, ctx: ProbeContext) -> None:
     r = await run(http(target.url("/echo"), method="POST", headers={"X-Probe": "yes"}, body="ping",
-                       body_match="^POST yes ping$"), ctx)
+                       body_match="^POST yes ping opsroom-check/1$"), ctx)
     assert r.state == "OK", r.output
 
 
