@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from pathlib import Path
 
 import structlog
@@ -58,6 +59,10 @@ async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, sched
         log.warning("executions interrupted by a previous stop", ids=[r.id for r in interrupted])
     rt.monitor.start(schedule=schedule)
     rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt))
+    # The catalog and engines live as long as the process: move them out of the cyclic
+    # collector's view, whose full passes over 20,000 checks otherwise pause the loop 40-80 ms.
+    gc.collect()
+    gc.freeze()
 
 
 async def _housekeeping(rt: Runtime) -> None:
