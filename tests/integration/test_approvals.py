@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
@@ -17,7 +16,6 @@ from opsroom.approvals.models import ApprovalRow
 from opsroom.approvals.views import router as approvals_router
 from opsroom.audit import service as audit
 from opsroom.audit.models import AuditRecordRow
-from opsroom.chat.base import Message
 from opsroom.chat.fake import FakeAdapter
 from opsroom.events import ApprovalDecided
 from opsroom.runbooks import service as runbooks
@@ -25,32 +23,11 @@ from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 from opsroom.web import errors
 from tests.factories import token_for
+from tests.inprocess import ask as _ask
+from tests.inprocess import said as _said
+from tests.inprocess import settle as _settle
 
 Running = tuple[Runtime, FakeAdapter]
-
-
-async def _settle(rt: Runtime) -> None:
-    assert rt.executor is not None
-    while True:
-        await rt.bus.drain()
-        if not rt.executor.tasks:
-            return
-        await asyncio.gather(*rt.executor.tasks.values(), return_exceptions=True)
-
-
-async def _said(rt: Runtime, fake: FakeAdapter, since: int = 0) -> list[str]:
-    await _settle(rt)
-    assert rt.rooms is not None
-    await rt.rooms.post(Message(room="ops", text="(barrier)", kind="notice"))
-    return [m.text for m in fake.sent[since:] if m.text != "(barrier)" and m.author is None]
-
-
-async def _ask(fake: FakeAdapter, user: str, text: str) -> str:
-    before = len(fake.sent)
-    await fake.say("ops", user, text)
-    replies = [m for m in fake.sent[before:] if m.kind == "bot"]
-    assert replies, f"no reply to {text!r}"
-    return replies[-1].text
 
 
 async def _request_deploy(fake: FakeAdapter, user: str = "you") -> int:

@@ -11,14 +11,7 @@ from opsroom.chat.base import Message
 from opsroom.chat.fake import FakeAdapter
 from opsroom.runbooks import service as runbooks
 from opsroom.runtime import Runtime
-
-
-async def _ask(fake: FakeAdapter, user: str, text: str) -> str:
-    before = len(fake.sent)
-    await fake.say("ops", user, text)
-    replies = [m for m in fake.sent[before:] if m.kind == "bot"]
-    assert replies, f"no reply to {text!r}"
-    return replies[-1].text
+from tests.inprocess import ask as _ask
 
 
 async def _executions(rt: Runtime) -> list[object]:

@@ -6,24 +6,22 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from opsroom import server
 from opsroom.access.identity import SYSTEM
 from opsroom.audit import service as audit
 from opsroom.chat.fake import FakeAdapter
-from opsroom.config import Settings
 from opsroom.errors import Conflict
 from opsroom.events import ExecutionOutput
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
-from tests.factories import PASSWORDS, free_port, write_catalog
+from tests import inprocess
+from tests.factories import free_port, write_catalog
 
 PY = sys.executable
 SECRET = "s3cr3t-T0ken-xyz"
@@ -88,21 +86,9 @@ def _catalog(tmp: Path) -> Path:
     })
 
 
-@asynccontextmanager
-async def _boot(tmp: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
-    rt = await server.open_runtime(Settings(data=tmp / "data", catalog=_catalog(tmp)))
-    fake = FakeAdapter()
-    await server.start(rt, adapters=[fake], schedule=False, passwords=PASSWORDS)
-    rt.bus.keep_history = True
-    try:
-        yield rt, fake
-    finally:
-        await server.stop(rt)
-
-
 @pytest.fixture
 async def booted(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
-    async with _boot(tmp_path) as pair:
+    async with inprocess.booted(tmp_path, _catalog(tmp_path)) as pair:
         yield pair
 
 

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from opsroom import server
-from opsroom.chat.base import Message
-from opsroom.chat.fake import FakeAdapter
 from opsroom.checks.models import CheckResultRow
 from opsroom.checks.probes.base import ProbeResult
-from opsroom.config import Settings
 from opsroom.events import CheckStateChanged, SystemHealthChanged
 from opsroom.runtime import Runtime
-from tests.factories import PASSWORDS, small_catalog
+from tests.factories import small_catalog
+from tests.inprocess import booted as _boot
+from tests.inprocess import said as _said
 
 T0 = 1_700_000_000.0
 
@@ -38,29 +34,9 @@ def _catalog(tmp: Path) -> Path:
     )
 
 
-@asynccontextmanager
-async def _boot(tmp: Path, catalog: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
-    rt = await server.open_runtime(Settings(data=tmp / "data", catalog=catalog))
-    fake = FakeAdapter()
-    await server.start(rt, adapters=[fake], schedule=False, passwords=PASSWORDS)
-    rt.bus.keep_history = True
-    try:
-        yield rt, fake
-    finally:
-        await server.stop(rt)
-
-
 def _result(state: str, output: str = "", *, down: bool = False) -> ProbeResult:
     return ProbeResult(state=state, output=output or f"{state} - test", long_output="", latency_ms=1.0,
                        perfdata={}, down=down)
-
-
-async def _said(rt: Runtime, fake: FakeAdapter) -> list[str]:
-    """Everything the bot announced so far (waits for queued room posts with a barrier message)."""
-    await rt.bus.drain()
-    assert rt.rooms is not None
-    await rt.rooms.post(Message(room="ops", text="(barrier)", kind="notice"))
-    return [m.text for m in fake.sent if m.text != "(barrier)" and m.author is None]
 
 
 def _changes(rt: Runtime, check: str) -> list[tuple[str, str, str, int]]:

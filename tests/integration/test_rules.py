@@ -5,22 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from opsroom import server
 from opsroom.access.identity import SYSTEM
-from opsroom.chat.base import Message
-from opsroom.chat.fake import FakeAdapter
 from opsroom.checks.probes.base import ProbeResult
-from opsroom.config import Settings
 from opsroom.events import Event, RuleEscalated, RuleHeld, RuleTriggered
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
-from tests.factories import PASSWORDS, small_catalog
+from tests.factories import small_catalog
+from tests.inprocess import booted as _boot
+from tests.inprocess import said as _said
+from tests.inprocess import settle as _settle
 
 T0 = 1_700_000_000.0
 NO_VERIFY: dict[str, Any] = {"verify": None}
@@ -55,38 +52,6 @@ def _rule(name: str = "heal", *, runbook: str = "record", params: dict[str, str]
     return {"name": name, "when": {"check": "svc-cmd", **(when or {})},
             "then": {"runbook": runbook, "params": {"text": "{{ check }}"} if params is None else params},
             "policy": {**NO_VERIFY, **(policy or {})}, **extra}
-
-
-@asynccontextmanager
-async def _boot(tmp: Path, catalog: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
-    rt = await server.open_runtime(Settings(data=tmp / "data", catalog=catalog))
-    fake = FakeAdapter()
-    await server.start(rt, adapters=[fake], schedule=False, passwords=PASSWORDS)
-    rt.bus.keep_history = True
-    try:
-        yield rt, fake
-    finally:
-        await _settle(rt)
-        await server.stop(rt)
-
-
-async def _settle(rt: Runtime) -> None:
-    """Wait until every event handler, execution and rule bookkeeping write started so far is done."""
-    assert rt.executor is not None
-    rules = rt.extras["rules"]
-    while True:
-        await rt.bus.drain()
-        pending = [*rt.executor.tasks.values(), *rules._tasks]
-        if not pending:
-            return
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
-async def _said(rt: Runtime, fake: FakeAdapter) -> list[str]:
-    await _settle(rt)
-    assert rt.rooms is not None
-    await rt.rooms.post(Message(room="ops", text="(barrier)", kind="notice"))
-    return [m.text for m in fake.sent if m.text != "(barrier)" and m.author is None]
 
 
 async def _feed(rt: Runtime, states: list[str], *, check: str = "svc-cmd", output: str = "HTTP 500",
