@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, login, start_demo
@@ -45,8 +46,13 @@ async def test_demo_starts_and_room_is_reachable_under_50kb(tmp_path: Path) -> N
         assert "PRODUCTION" in html
         print(f"room first load: {wire} bytes over the wire, {len(resp.content)} bytes uncompressed")
         await http.aclose()
+        services = [demo.service_pid(n) for n in ("service-b", "service-c")]
     finally:
         demo.stop()
+    # Stopping the demo (SIGTERM) stops System A's services too: nothing is left behind.
+    assert demo.proc.returncode == 143
+    for pid in services:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
 
 
 async def test_demo_outage_kills_service_b_after_15_s(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -76,6 +77,9 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
             if killer is not None:
                 killer.cancel()
 
+    # uvicorn restores the default SIGTERM handler after its graceful shutdown and re-raises
+    # the signal; with the default the process dies before the services below are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         asyncio.run(main())
     finally:
