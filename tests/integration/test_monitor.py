@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -197,3 +198,27 @@ async def test_flapping_holds_notices_and_a_settled_problem_is_announced(tmp_pat
         assert said[1] == "y-http stopped flapping"
         assert said[2:] == [f"[PROD] Shop is unhealthy: svc-y is critical "
                             f"(check y-http CRITICAL since {_clock(rt.monitor.status['y-http'].since)}: HTTP 500)"]
+
+
+async def test_a_cancelled_flush_loses_no_results(tmp_path: Path) -> None:
+    """A flush cancelled while it waits for the store (e.g. at shutdown) puts its batch back."""
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from opsroom.checks.models import CheckResultRow
+
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
+        assert rt.monitor is not None and rt._write_lock is not None
+        for i in range(50):
+            rt.monitor.record("x-http", _result("OK"), now=1000.0 + i)
+        async with rt._write_lock:  # the store is busy: the flush takes its batch, then waits
+            task = asyncio.get_running_loop().create_task(rt.monitor.flush())
+            await asyncio.sleep(0.05)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await rt.monitor.flush()
+        async with rt.read() as s:
+            stored = (await s.execute(select(func.count()).select_from(CheckResultRow))).scalar_one()
+        assert stored == 50

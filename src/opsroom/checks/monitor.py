@@ -24,6 +24,7 @@ from opsroom.events import CheckFlapping, CheckStateChanged, SystemHealthChanged
 from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
+WRITE_CHUNK = 250
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Monitor:
         self._dirty: set[str] = set()
         self._counts: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._inflight: dict[str, asyncio.Future[ProbeResult]] = {}
         self.checks_run = 0
 
@@ -81,9 +83,9 @@ class Monitor:
     async def stop(self) -> None:
         await self.scheduler.stop()
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            # Not cancel(): a cancelled write would drop its batch mid-transaction.
+            self._stopping.set()
+            await self._writer
             self._writer = None
         await self.flush()
         await self.ctx.close()
@@ -200,44 +202,58 @@ class Monitor:
     # --- persistence ----------------------------------------------------
 
     async def _write_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.5)
             try:
                 await self.flush()
             except Exception:
                 log.exception("storing check results failed; will retry")
 
     async def flush(self) -> None:
-        if not self.persist or (not self._pending_results and not self._dirty):
+        """Store pending results in chunks; a chunk that fails is put back, never lost."""
+        if not self.persist:
             return
-        results, self._pending_results = self._pending_results, []
-        dirty, self._dirty = self._dirty, set()
+        while self._pending_results or self._dirty:
+            # Small transactions: a recovery waiting for the write lock never sits behind
+            # thousands of result rows.
+            results = self._pending_results[:WRITE_CHUNK]
+            del self._pending_results[:WRITE_CHUNK]
+            dirty = set(list(self._dirty)[:WRITE_CHUNK])
+            self._dirty -= dirty
+            try:
+                await self._write(results, dirty)
+            except BaseException:
+                self._pending_results[:0] = results
+                self._dirty |= dirty
+                raise
+
+    async def _write(self, results: list[dict[str, Any]], dirty: set[str]) -> None:
         retention = self.rt.settings.check_result_retention
         async with self.rt.write() as s:
             if results:
                 await s.run_sync(lambda ss: ss.bulk_insert_mappings(CheckResultRow, results))
-            existing = set((await s.execute(select(CheckStateRow.check).where(CheckStateRow.check.in_(dirty))))
-                           .scalars()) if dirty else set()
+            rows = {r.check: r for r in (await s.execute(
+                select(CheckStateRow).where(CheckStateRow.check.in_(dirty)))).scalars()} if dirty else {}
             for name in dirty:
                 st, last = self.status[name], self.last.get(name)
                 values = dict(state=st.state, state_type=st.state_type, attempt=st.attempt, since=st.since,
                               last_check=last.at if last else None, last_output=last.output if last else "",
                               last_latency_ms=last.latency_ms if last else None, down=bool(last and last.down),
                               flapping=st.flapping, history=list(st.history))
-                if name in existing:
-                    row = await s.get(CheckStateRow, name)
-                    if row is not None:
-                        for k, v in values.items():
-                            setattr(row, k, v)
-                else:
+                row = rows.get(name)
+                if row is None:
                     s.add(CheckStateRow(check=name, **values))
-            for r in results:
-                self._counts[r["check"]] = self._counts.get(r["check"], 0) + 1
+                else:
+                    for k, v in values.items():
+                        setattr(row, k, v)
             # Bounded retention: prune a check once it is 20% over, not on every write.
-            for name, count in list(self._counts.items()):
+            for name in {r["check"] for r in results}:
+                count = self._counts.get(name, 0) + sum(1 for r in results if r["check"] == name)
                 if count > retention * 1.2:
                     keep = select(CheckResultRow.id).where(CheckResultRow.check == name).order_by(
                         CheckResultRow.at.desc()).limit(retention)
                     await s.execute(delete(CheckResultRow).where(CheckResultRow.check == name,
                                                                  CheckResultRow.id.not_in(keep)))
-                    self._counts[name] = retention
+                    count = retention
+                self._counts[name] = count
