@@ -21,6 +21,7 @@ from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, Step
 from opsroom.events import ExecutionFinished, ExecutionOutput, ExecutionStarted
 from opsroom.runbooks import service as store
+from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -41,8 +42,9 @@ class Executor:
         self.spawned_at: dict[int, float] = {}  # first process spawned (for the dispatch benchmark)
         self._http: aiohttp.ClientSession | None = None
 
-    def start(self, execution_id: int) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._run(execution_id))
+    def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
+        """Run an execution; `claimed` is a row this process already stored as running."""
+        task = asyncio.get_running_loop().create_task(self._run(execution_id, claimed))
         self.tasks[execution_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(execution_id, None))
         return task
@@ -59,9 +61,9 @@ class Executor:
         if self._http is not None:
             await self._http.close()
 
-    async def _run(self, execution_id: int) -> None:
+    async def _run(self, execution_id: int, claimed: ExecutionRow | None = None) -> None:
         rt = self.rt
-        row = await store.mark_running(rt, execution_id)
+        row = claimed if claimed is not None else await store.mark_running(rt, execution_id)
         if row is None:
             return
         runbook = rt.catalog.runbooks[row.runbook]

@@ -75,38 +75,41 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
         roles = ["approver"] if protected else []
     key = lock_key(rb.name, clean)
     summary = _summary(rb, clean)
-    async with rt.write() as s:
-        busy = (await s.execute(select(ExecutionRow.id).where(
-            ExecutionRow.lock_key == key, ExecutionRow.status.in_(ACTIVE)).limit(1))).scalar_one_or_none()
-        if busy is not None:
+    # A run that needs nobody's approval is inserted already running when this process
+    # will run it: one transaction less between a hard CRITICAL and the spawned process.
+    run_now = not roles and rt.executor is not None
+    status = "awaiting_approval" if roles else "running" if run_now else "pending"
+    event = None
+    try:
+        async with rt.write() as s:
+            row = ExecutionRow(runbook=rb.name, runbook_hash=rb.content_hash, params=clean, target=rb.target,
+                               environment=env, status=status, summary=summary,
+                               started_at=time.time() if run_now else None,
+                               owner=rt.node_id if run_now else None, requested_by=actor.name,
+                               requester_id=actor.user_id, door=actor.door, rule=rule,
+                               correlation_id=actor.correlation_id, room=room, lock_key=key)
+            s.add(row)
+            # The partial unique index on active lock keys refuses a second identical run, also
+            # between two servers on one PostgreSQL; no query needed on the common path.
+            await s.flush()
             await audit.append(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
-                               outcome="refused", details={"params": clean, "reason": f"busy #{busy}"})
-            raise Conflict(f"{summary} is already in progress as execution #{busy}",
-                           hint=f"follow it with `execution {busy}`; a second identical run is refused")
-        row = ExecutionRow(runbook=rb.name, runbook_hash=rb.content_hash, params=clean, target=rb.target,
-                           environment=env, status="awaiting_approval" if roles else "pending", summary=summary,
-                           requested_by=actor.name, requester_id=actor.user_id, door=actor.door, rule=rule,
-                           correlation_id=actor.correlation_id, room=room, lock_key=key)
-        s.add(row)
-        try:
-            # The partial unique index on active lock keys settles races the query above cannot
-            # (two servers on one PostgreSQL).
-            async with s.begin_nested():
-                await s.flush()
-        except IntegrityError:
-            raise Conflict(f"{summary} is already in progress",
-                           hint="a second identical run is refused; see `status`") from None
-        await audit.append(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
-                           outcome="awaiting_approval" if roles else "started",
-                           details={"execution": row.id, "params": _masked(rb, clean), "environment": env})
-        event = None
-        if roles:
-            event = await approvals.open_request(rt, s, actor=actor, execution=row, roles=roles,
-                                                 protected=protected)
+                               outcome="awaiting_approval" if roles else "started",
+                               details={"execution": row.id, "params": _masked(rb, clean), "environment": env})
+            if roles:
+                event = await approvals.open_request(rt, s, actor=actor, execution=row, roles=roles,
+                                                     protected=protected)
+    except IntegrityError:
+        async with rt.read() as s:
+            busy = (await s.execute(select(ExecutionRow.id).where(
+                ExecutionRow.lock_key == key, ExecutionRow.status.in_(ACTIVE)).limit(1))).scalar_one_or_none()
+        await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
+                                 outcome="refused", details={"params": _masked(rb, clean), "reason": f"busy #{busy}"})
+        raise Conflict(f"{summary} is already in progress as execution #{busy}",
+                       hint=f"follow it with `execution {busy}`; a second identical run is refused") from None
     if event is not None:
         rt.bus.publish(event)
     elif rt.executor is not None:
-        rt.executor.start(row.id)
+        rt.executor.start(row.id, claimed=row)
     return row
 
 
