@@ -33,7 +33,7 @@ test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	@set -e; for f in bench/*.py; do echo "== $$f"; $(PY) $$f --quick; done
+	@set -e; for f in bench/[!_]*.py; do echo "== $$f"; $(PY) $$f --quick; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
