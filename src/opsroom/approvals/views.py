@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from opsroom.approvals import service
 from opsroom.approvals.schemas import ApprovalOut, DecisionRequest
-from opsroom.web.deps import ApiActor, RuntimeDep
+from opsroom.web.deps import ApiActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["approvals"])
 
@@ -17,12 +17,12 @@ async def list_open(rt: RuntimeDep, actor: ApiActor) -> list[ApprovalOut]:
 
 
 @router.get("/approvals/{approval_id}")
-async def get_approval(approval_id: int, rt: RuntimeDep, actor: ApiActor) -> ApprovalOut:
+async def get_approval(approval_id: PathId, rt: RuntimeDep, actor: ApiActor) -> ApprovalOut:
     return ApprovalOut.model_validate(await service.get(rt, actor=actor, approval_id=approval_id))
 
 
 @router.post("/approvals/{approval_id}/decision")
-async def decide(approval_id: int, body: DecisionRequest, rt: RuntimeDep, actor: ApiActor) -> ApprovalOut:
+async def decide(approval_id: PathId, body: DecisionRequest, rt: RuntimeDep, actor: ApiActor) -> ApprovalOut:
     row = await service.decide(rt, actor=actor, approval_id=approval_id, approve=body.decision == "approve",
                                reason=body.reason)
     return ApprovalOut.model_validate(row)

@@ -6,14 +6,14 @@ from fastapi import APIRouter, Query
 
 from opsroom.audit import service
 from opsroom.audit.schemas import AuditRecordOut, VerifyOut
-from opsroom.web.deps import ApiActor, RuntimeDep
+from opsroom.web.deps import ApiActor, QueryId, RuntimeDep
 
 router = APIRouter(tags=["audit"])
 
 
 @router.get("/audit")
 async def list_records(rt: RuntimeDep, actor: ApiActor, limit: int = Query(100, ge=1, le=1000),
-                       action: str | None = None, since_seq: int | None = None) -> list[AuditRecordOut]:
+                       action: str | None = None, since_seq: QueryId = None) -> list[AuditRecordOut]:
     rows = await service.list_records(rt, actor=actor, limit=limit, action=action, since_seq=since_seq)
     return [AuditRecordOut.model_validate(r) for r in rows]
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from opsroom.runbooks import service
 from opsroom.runbooks.schemas import ExecutionDetail, ExecutionOut, RunbookOut, RunRequest
-from opsroom.web.deps import ApiActor, RuntimeDep
+from opsroom.web.deps import ApiActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["runbooks"])
 
@@ -33,5 +33,5 @@ async def list_executions(rt: RuntimeDep, actor: ApiActor, limit: int = Query(50
 
 
 @router.get("/executions/{execution_id}")
-async def get_execution(execution_id: int, rt: RuntimeDep, actor: ApiActor) -> ExecutionDetail:
+async def get_execution(execution_id: PathId, rt: RuntimeDep, actor: ApiActor) -> ExecutionDetail:
     return ExecutionDetail.model_validate(await service.get_execution(rt, actor=actor, execution_id=execution_id))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
+from fastapi import Path as FastAPIPath
 
 from opsroom.access import service as access
 from opsroom.access.identity import Actor
@@ -56,3 +57,8 @@ async def optional_web_session(request: Request, rt: RuntimeDep) -> tuple[Actor,
 
 
 WebSession = Annotated[tuple[Actor, str] | None, Depends(optional_web_session)]
+
+# Ids fit the store's integer columns: anything larger is a 422, never an overflow (500) inside.
+MAX_ID = 2**31 - 1
+PathId = Annotated[int, FastAPIPath(ge=1, le=MAX_ID)]
+QueryId = Annotated[int | None, Query(ge=0, le=MAX_ID)]

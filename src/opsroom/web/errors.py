@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from opsroom.errors import Conflict, Invalid, NotFound, OpsroomError, PermissionDenied, Unauthenticated
@@ -12,7 +16,28 @@ log = structlog.get_logger(__name__)
 STATUS = {NotFound: 404, Invalid: 422, PermissionDenied: 403, Unauthenticated: 401, Conflict: 409}
 
 
+def _safe(value: Any, depth: int = 0) -> Any:
+    """An echo of bad input that is valid JSON and small: never a second error while reporting one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value[:200] if isinstance(value, str) else value
+    if depth > 3:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k)[:100]: _safe(v, depth + 1) for k, v in list(value.items())[:20]}
+    if isinstance(value, list | tuple):
+        return [_safe(v, depth + 1) for v in list(value)[:20]]
+    return repr(value)[:200]
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),
+                   "input": _safe(e.get("input"))} for e in exc.errors()[:20]]
+        return JSONResponse({"detail": detail, "code": "invalid"}, status_code=422)
+
     @app.exception_handler(OpsroomError)
     async def _opsroom_error(_request: Request, exc: OpsroomError) -> JSONResponse:
         status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
