@@ -6,7 +6,7 @@ tiny cooldown and no verify. Engines are started as the server does
 (server.start, without the scheduler), so the path measured is the real one:
 
   Monitor.record -> bus -> RulesEngine (policy, request_run: execution row + audit
-  record) -> Executor (mark_running) -> asyncio.create_subprocess_exec
+  record, stored running) -> Executor -> asyncio.create_subprocess_exec
 
   opsroom   t0 = perf_counter() just before monitor.record(CRITICAL);
             latency = Executor.spawned_at[execution] - t0
@@ -208,7 +208,6 @@ class Phases:
         orig_write = Runtime.write
         orig_matches = rules_mod.matches
         orig_request = runbooks_service.request_run
-        orig_running = runbooks_service.mark_running
         orig_exec = asyncio.create_subprocess_exec
 
         def write(rt: Runtime) -> Any:
@@ -237,13 +236,6 @@ class Phases:
             finally:
                 ph.cur.setdefault("request_run_out", time.perf_counter())
 
-        async def mark_running(*a: Any, **kw: Any) -> Any:
-            ph.cur.setdefault("mark_running_in", time.perf_counter())
-            try:
-                return await orig_running(*a, **kw)
-            finally:
-                ph.cur.setdefault("mark_running_out", time.perf_counter())
-
         async def create_subprocess_exec(*a: Any, **kw: Any) -> Any:
             ph.cur.setdefault("exec_call", time.perf_counter())
             return await orig_exec(*a, **kw)
@@ -251,7 +243,6 @@ class Phases:
         self._patch(Runtime, "write", write)
         self._patch(rules_mod, "matches", matches)
         self._patch(runbooks_service, "request_run", request_run)
-        self._patch(runbooks_service, "mark_running", mark_running)
         self._patch(asyncio, "create_subprocess_exec", create_subprocess_exec)
 
     def undo(self) -> None:
@@ -263,9 +254,8 @@ class Phases:
         hops = [("record -> rule handler runs", "t0", "rule_handler"),
                 ("rule handler -> request_run", "rule_handler", "request_run_in"),
                 ("request_run (execution row + audit)", "request_run_in", "request_run_out"),
-                ("request_run -> executor task (mark_running)", "request_run_out", "mark_running_in"),
-                ("mark_running", "mark_running_in", "mark_running_out"),
-                ("mark_running -> create_subprocess_exec", "mark_running_out", "exec_call"),
+                # The row is stored already running (claimed), so no second write precedes the spawn.
+                ("request_run -> create_subprocess_exec", "request_run_out", "exec_call"),
                 ("create_subprocess_exec (fork/exec)", "exec_call", "spawned")]
         rows = [row for row in self.rows if all(k in row for _, a, b in hops for k in (a, b))]
         out: dict[str, float] = {}
@@ -285,13 +275,13 @@ class Phases:
         for row in rows:
             for who, t_req, t_acq, t_rel in self.locks:
                 if row["t0"] <= t_req <= row["spawned"] or row["t0"] <= t_acq <= row["spawned"]:
-                    if who in ("request_run", "mark_running"):
+                    if who == "request_run":
                         waits[who].append(t_acq - t_req)
                         holds[who].append(t_rel - t_acq)
                     elif t_acq < row["spawned"]:
                         others[who] += 1
                         other_ms[who] += (min(t_rel, row["spawned"]) - max(t_acq, row["t0"])) * 1000
-        for who in ("request_run", "mark_running"):
+        for who in ("request_run",):
             info(f"  write lock, {who:13s} waited p50 {percentile(waits[who], 50) * 1000:.2f} ms "
                  f"(p90 {percentile(waits[who], 90) * 1000:.2f}), held (the transaction) "
                  f"p50 {percentile(holds[who], 50) * 1000:.2f} ms (p90 {percentile(holds[who], 90) * 1000:.2f})")
