@@ -183,3 +183,20 @@ class RoomMessagePosted(Event):
     text: str
     kind: str  # person | bot | notice
     reply_to: int | None = None
+
+
+def event_types() -> dict[str, type[Event]]:
+    """Every event class by its type name (for the outbox, which stores events as JSON)."""
+    found: dict[str, type[Event]] = {}
+    stack: list[type[Event]] = [Event]
+    while stack:
+        cls = stack.pop()
+        found[cls.type] = cls
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    cls = event_types()[data["type"]]
+    fields = {k: v for k, v in data.items() if k not in ("type", "id")}
+    return cls(**fields)

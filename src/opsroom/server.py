@@ -18,6 +18,7 @@ from opsroom.chat.base import ChatAdapter
 from opsroom.chat.hub import RoomHub
 from opsroom.checks.monitor import Monitor
 from opsroom.config import Settings
+from opsroom.outbox import OutboxRelay
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.executor import Executor
 from opsroom.runtime import Runtime
@@ -58,6 +59,9 @@ async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, sched
     if interrupted:
         log.warning("executions interrupted by a previous stop", ids=[r.id for r in interrupted])
     rt.monitor.start(schedule=schedule)
+    relay = OutboxRelay(rt)
+    await relay.start()
+    rt.extras["outbox"] = relay
     rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt))
     # The catalog and engines live as long as the process: move them out of the cyclic
     # collector's view, whose full passes over 20,000 checks otherwise pause the loop 40-80 ms.
@@ -75,6 +79,9 @@ async def _housekeeping(rt: Runtime) -> None:
 
 
 async def stop(rt: Runtime) -> None:
+    relay = rt.extras.pop("outbox", None)
+    if relay is not None:
+        await relay.stop()
     task = rt.extras.pop("housekeeping", None)
     if task is not None:
         task.cancel()

@@ -152,6 +152,7 @@ def runbook_run(name: str, params: Annotated[list[str] | None, typer.Argument(he
     """Run a runbook as the token's user; on protected environments it waits for approval."""
     from opsroom.access import service as access
     from opsroom.checks.monitor import Monitor
+    from opsroom.outbox import OutboxWriter
     from opsroom.runbooks import service as runbooks
     from opsroom.runbooks.executor import Executor
 
@@ -170,13 +171,15 @@ def runbook_run(name: str, params: Annotated[list[str] | None, typer.Argument(he
             rt.monitor = Monitor(rt, persist=False)
             await rt.monitor.load()
             rt.executor = Executor(rt)
+            OutboxWriter(rt)  # the server's rooms hear about this run (approval asked, result)
             row = await runbooks.request_run(rt, actor=actor, runbook=name, params=given)
-            if row.status == "awaiting_approval":
-                return row
-            await rt.executor.wait(row.id)
-            await rt.executor.close()
+            if row.status != "awaiting_approval":
+                await rt.executor.wait(row.id)
+                await rt.executor.close()
+                row = await runbooks.get_execution(rt, actor=actor, execution_id=row.id)
             await rt.monitor.stop()
-            return await runbooks.get_execution(rt, actor=actor, execution_id=row.id)
+            await rt.bus.drain()
+            return row
         finally:
             await rt.close()
 

@@ -42,6 +42,22 @@ def _environment(rt: Runtime, runbook: Runbook, params: dict[str, Any]) -> str:
     return runbook.environment or next(iter(rt.catalog.environments), "default")
 
 
+def _home_room(rt: Runtime, runbook: Runbook, params: dict[str, Any]) -> str | None:
+    """Where a run asked for outside any room (API, CLI) is announced: the room of its system."""
+    systems = [rt.catalog.services[params[p]].system for p, spec in runbook.parameters.items()
+               if spec.type == "service" and p in params]
+    for system in systems:
+        rooms = rt.catalog.rooms_for_system(system)
+        if rooms:
+            return rooms[0]
+    env = _environment(rt, runbook, params)
+    for system, sysobj in rt.catalog.systems.items():
+        rooms = rt.catalog.rooms_for_system(system)
+        if sysobj.environment == env and rooms:
+            return rooms[0]
+    return next(iter(rt.catalog.rooms), None)
+
+
 def _summary(runbook: Runbook, params: dict[str, Any]) -> str:
     """How rooms name the run; secret values are masked before any template sees them."""
     shown = _masked(runbook, params)
@@ -75,6 +91,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
         roles = ["approver"] if protected else []
     key = lock_key(rb.name, clean)
     summary = _summary(rb, clean)
+    room = room if room in rt.catalog.rooms else _home_room(rt, rb, clean)
     # A run that needs nobody's approval is inserted already running when this process
     # will run it: one transaction less between a hard CRITICAL and the spawned process.
     run_now = not roles and rt.executor is not None

@@ -32,5 +32,6 @@ def import_models() -> None:
     import opsroom.audit.models
     import opsroom.automation.models
     import opsroom.checks.models
+    import opsroom.outbox
     import opsroom.rooms.models
     import opsroom.runbooks.models  # noqa: F401

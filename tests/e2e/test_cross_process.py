@@ -1,0 +1,44 @@
+"""A run asked for from the CLI is announced in the server's room, and approved there."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, cli, login, start_demo
+from tests.factories import DEMO_CATALOG
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_cli_request_reaches_the_room_and_boss_approves_it(tmp_path: Path) -> None:
+    demo = start_demo(tmp_path)
+    try:
+        os.kill(demo.service_pid("service-b"), signal.SIGKILL)
+        boss_http = await login(demo.base, "boss", DEMO_PASSWORDS["boss"])
+        boss = await RoomClient.open(demo.base, boss_http, "boss")
+        await boss.wait_for(lambda f: f["type"] == "message" and "is unhealthy" in f["text"])
+        common = ["--data", str(demo.data), "--catalog", str(DEMO_CATALOG)]
+        token = cli("token", "create", "you", *common, env=demo.env).stdout.strip()
+        asked = cli("runbook", "run", "start-service", "service=service-b", "--token", token, *common, env=demo.env)
+        assert asked.returncode == 0, asked.stderr
+        request = int(re.search(r"request #(\d+)", asked.stdout).group(1))  # type: ignore[union-attr]
+
+        note = await boss.wait_for(lambda f: f["type"] == "message" and f"Request #{request}." in f["text"])
+        assert note["text"] == (f"start service-b on PROD needs approval by role `approver` — asking boss. "
+                                f"Request #{request}.")
+        await boss.wait_for(lambda f: f["type"] == "approvals" and any(a["id"] == request for a in f["items"]))
+        await boss.say(f"approve {request}")
+        done = await boss.wait_for(lambda f: f["type"] == "message" and "service-b started" in f["text"],
+                                   timeout=30)
+        assert "succeeded" in done["text"]
+        await boss.close()
+        await boss_http.aclose()
+    finally:
+        demo.stop()
+    audit = cli("audit", "verify", "--data", str(demo.data))
+    assert audit.returncode == 0, audit.stderr
