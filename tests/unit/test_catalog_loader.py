@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -282,3 +283,14 @@ def test_file_shape_problems(tmp_path: Path) -> None:
     out = problems(tmp_path)
     assert "hint: start with a kind" in block(out, f"{listed}:1:1: error: a catalog file must be a mapping")
     assert "did you mean 'services'?" in block(out, f"{typo}:3:1: error: unknown top-level key 'servies'")
+
+
+def test_unknown_role_permission_is_named_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "cat"
+    path.mkdir()
+    (path / "roles.yaml").write_text("roles:\n  - name: oncall\n    permissions: [status.read, runbok.run]\n")
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    text = err.value.render()
+    assert re.search(r"roles\.yaml:3:\d+: error: role 'oncall' has unknown permission 'runbok.run'", text), text
+    assert "did you mean 'runbook.run'?" in text

@@ -18,6 +18,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from opsroom.access.identity import ALL_PERMISSIONS
 from opsroom.catalog import schema
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import MAX_PROBLEMS, CatalogError, Problem, did_you_mean, explain, yaml_hint
@@ -373,6 +374,13 @@ class _Loader:
         for n, role_ in cat.roles.items():
             for i, parent in enumerate(role_.inherits):
                 self.ref(cat, ("role", n, "inherits", str(i)), "inherits", "role", parent)
+            for i, perm in enumerate(role_.permissions):
+                # A misspelt permission would silently grant nothing.
+                if perm != "*" and perm not in ALL_PERMISSIONS:
+                    self.add(cat.locate("role", n, "permissions", str(i)),
+                             f"role '{n}' has unknown permission '{perm}'",
+                             did_you_mean(perm, sorted(ALL_PERMISSIONS)) +
+                             f"known permissions: {', '.join(sorted(ALL_PERMISSIONS))}")
         self.cycles(cat, "role", "inherits", "inherit from", {n: r.inherits for n, r in cat.roles.items()})
 
 
