@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from pathlib import Path
 
 import structlog
 
@@ -96,7 +95,3 @@ async def stop(rt: Runtime) -> None:
         await asyncio.sleep(0)  # let queued room posts reach the store
         await rt.rooms.stop()
     await rt.close()
-
-
-def catalog_path(settings: Settings) -> Path | None:
-    return settings.catalog

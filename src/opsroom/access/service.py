@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
-from opsroom.access.identity import ALL_PERMISSIONS, BUILTIN_ROLES, SYSTEM, Actor, Door, permissions_for
+from opsroom.access.identity import BUILTIN_ROLES, SYSTEM, Actor, Door, permissions_for
 from opsroom.access.models import ApiTokenRow, UserRow, WebSessionRow
 from opsroom.access.secrets import hash_password, new_token, token_hash, verify_password
 from opsroom.audit import service as audit
@@ -170,8 +170,6 @@ async def holders_of(rt: Runtime, *, roles: list[str]) -> list[str]:
     wanted = set(roles)
     return sorted(r.name for r in rows if wanted & set(r.roles) or ("admin" in r.roles and "admin" in wanted))
 
-
-__all__ = ["ALL_PERMISSIONS", "actor_for", "add_user", "login"]
 
 
 async def actor_by_name(rt: Runtime, *, name: str, door: Door) -> Actor:

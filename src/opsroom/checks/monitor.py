@@ -151,17 +151,13 @@ class Monitor:
                 old_state=tr.old_state, new_state=tr.status.state, state_type=tr.status.state_type,
                 attempt=tr.status.attempt, max_attempts=check.max_attempts, output=result.output,
                 since=tr.status.since, down=result.down, correlation_id=correlation, source=f"check:{name}"))
-            if check.retry_interval and name in self.scheduler_names():
+            if check.retry_interval and name in self.scheduler:
                 self.scheduler.reschedule(name, self._interval(name))
         # A check that stops flapping may have settled into a problem (or out of one) with no
         # state change left to trigger the notice that flapping held back: look again now.
         settled = tr.flapping_changed and not tr.status.flapping
         if (tr.changed or settled) and system is not None:
             self._update_system(system, correlation)
-
-    def scheduler_names(self) -> set[str]:
-        names: set[str] = getattr(self.scheduler, "names", set())
-        return names
 
     # --- derived health -------------------------------------------------
 
