@@ -171,3 +171,12 @@ async def test_kill_9_mid_step_marks_interrupted_and_never_reruns(tmp_path: Path
         again.stop()
     verify = cli("audit", "verify", "--data", str(server.data))
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_unknown_check_gets_404_with_a_suggestion(served: tuple[Demo, dict[str, str]]) -> None:
+    server, tokens = served
+    with _api(server, tokens["dev"]) as api:
+        resp = api.post("/checks/svc-tpc/run")
+        assert resp.status_code == 404
+        assert resp.json()["hint"] == "did you mean 'svc-tcp'?"
+        assert api.post("/checks/SVC-TCP/run").status_code == 200  # names match forgivingly

@@ -135,5 +135,8 @@ class Catalog:
     def find_system(self, text: str) -> tuple[str | None, list[str]]:
         return self._match(text, {n: [s.title] if s.title else [] for n, s in self.systems.items()})
 
+    def find_check(self, text: str) -> tuple[str | None, list[str]]:
+        return self._match(text, {n: [] for n in self.checks})
+
     def find_runbook(self, text: str) -> tuple[str | None, list[str]]:
         return self._match(text, {n: [r.title] if r.title else [] for n, r in self.runbooks.items()})

@@ -103,8 +103,10 @@ async def get_system_health(rt: Runtime, *, actor: Actor, system: str) -> dict[s
 
 async def run_check(rt: Runtime, *, actor: Actor, check: str) -> dict[str, Any]:
     actor.require("check.run", what="run checks")
-    if check not in rt.catalog.checks:
-        raise _suggest("check", check, [c for c in rt.catalog.checks if check.split("-")[0] in c][:3])
+    name, suggestions = rt.catalog.find_check(check)
+    if name is None:
+        raise _suggest("check", check, suggestions)
+    check = name
     result = await _monitor(rt).run_check(check)
     await audit.append_alone(rt, actor=actor, action="check.run", target=f"check:{check}",
                              details={"state": result.state})
