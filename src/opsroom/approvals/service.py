@@ -12,6 +12,7 @@ from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals.models import ApprovalRow, ApprovalVoteRow
 from opsroom.audit import service as audit
 from opsroom.domain.approval import DEFAULT_EXPIRY_S, binding_hash, may_vote
+from opsroom.domain.execution import advance
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
 from opsroom.events import ApprovalDecided, ApprovalRequested
 from opsroom.runbooks.models import ExecutionRow
@@ -70,7 +71,7 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
             # runbook's lock and refuse the "ask again" as a duplicate until it expires.
             row.status, row.decided_at, row.reason = "expired", now, verdict.reason
             if execution is not None:
-                execution.status, execution.finished_at = "expired", now
+                execution.status, execution.finished_at = advance(execution.status, "expired"), now
         if not verdict.allowed:
             refused = True
         else:
@@ -80,7 +81,7 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
             row.status = "approved" if approve else "denied"
             row.decided_by, row.decided_at, row.reason = actor.name, now, reason
             if execution is not None:
-                execution.status = "pending" if approve else "denied"
+                execution.status = advance(execution.status, "pending" if approve else "denied")
                 if not approve:
                     execution.finished_at = now
         await audit.append(s, actor=actor, action=f"approval.{verb}", target=f"approval:{approval_id}",
@@ -129,7 +130,7 @@ async def expire_due(rt: Runtime) -> list[ApprovalRow]:
             row.status, row.decided_at = "expired", now
             execution = await s.get(ExecutionRow, row.execution_id)
             if execution is not None:
-                execution.status, execution.finished_at = "expired", now
+                execution.status, execution.finished_at = advance(execution.status, "expired"), now
             await audit.append(s, actor=SYSTEM, action="approval.expire", target=f"approval:{row.id}",
                                outcome="expired")
             expired.append((row, execution))

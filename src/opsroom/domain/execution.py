@@ -13,9 +13,19 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "denied": frozenset(),
     "expired": frozenset(),
 }
-FINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 ACTIVE = frozenset({"pending", "awaiting_approval", "running"})
 
 
 def can_transition(old: str, new: str) -> bool:
     return new in TRANSITIONS.get(old, frozenset())
+
+
+class IllegalTransition(ValueError):
+    """A status change the lifecycle does not allow: a bug, never input to recover from."""
+
+
+def advance(old: str, new: str) -> str:
+    """The new status, if the lifecycle allows it; every status change goes through here."""
+    if not can_transition(old, new):
+        raise IllegalTransition(f"an execution cannot go from {old} to {new}")
+    return new

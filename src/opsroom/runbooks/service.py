@@ -17,7 +17,7 @@ from opsroom.approvals import service as approvals
 from opsroom.audit import service as audit
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, approval_roles
-from opsroom.domain.execution import ACTIVE, can_transition
+from opsroom.domain.execution import ACTIVE, advance, can_transition
 from opsroom.errors import Conflict, NotFound
 from opsroom.events import ExecutionFinished
 from opsroom.runbooks import params as runbook_params
@@ -154,7 +154,8 @@ async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: 
         row = await s.get(ExecutionRow, execution_id)
         if row is None:
             return
-        row.status, row.finished_at, row.output, row.error = status, time.time(), output, error
+        row.status = advance(row.status, status)
+        row.finished_at, row.output, row.error = time.time(), output, error
         actor = Actor(row.requested_by, row.door, correlation_id=row.correlation_id)  # type: ignore[arg-type]
         await audit.append(s, actor=actor, action="execution.finish", target=f"execution:{row.id}",
                            outcome=status, details={"runbook": row.runbook, "message": message})
@@ -207,7 +208,7 @@ async def recover_interrupted(rt: Runtime) -> list[ExecutionRow]:
         for row in rows:
             if row.owner == rt.node_id or not _owner_dead(row.owner):
                 continue
-            row.status, row.finished_at = "interrupted", time.time()
+            row.status, row.finished_at = advance(row.status, "interrupted"), time.time()
             row.error = "the opsroom server stopped while this ran; it was not re-run"
             await audit.append(s, actor=SYSTEM, action="execution.interrupted", target=f"execution:{row.id}",
                                outcome="interrupted", details={"runbook": row.runbook, "owner": row.owner})
