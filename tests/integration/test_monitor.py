@@ -222,3 +222,14 @@ async def test_a_cancelled_flush_loses_no_results(tmp_path: Path) -> None:
         async with rt.read() as s:
             stored = (await s.execute(select(func.count()).select_from(CheckResultRow))).scalar_one()
         assert stored == 50
+
+
+async def test_an_on_demand_run_leaves_the_schedule_alone(tmp_path: Path) -> None:
+    """Someone asking `is x running` gets a fresh result; the scheduled cadence keeps its time."""
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
+        assert rt.monitor is not None
+        rt.monitor.scheduler.add("x-http", 100.0)
+        due = rt.monitor.scheduler.next_due("x-http")
+        await rt.monitor.run_check("x-http")
+        assert rt.monitor.last["x-http"].output
+        assert rt.monitor.scheduler.next_due("x-http") == due

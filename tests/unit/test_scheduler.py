@@ -161,21 +161,6 @@ async def test_new_earlier_check_wakes_the_dispatcher() -> None:
         await sched.stop()
 
 
-async def test_run_now_does_not_disturb_the_schedule() -> None:
-    rec = Recorder()
-    sched = Scheduler(rec)
-    sched.add("a", 100.0)
-    due = sched.next_due("a")
-    sched.start()
-    try:
-        await sched.run_now("a")
-        await sched.run_now("not-scheduled")
-        assert rec.count("a") == 1 and rec.count("not-scheduled") == 1
-        assert sched.next_due("a") == due
-    finally:
-        await sched.stop()
-
-
 async def test_failing_check_is_counted_and_the_rest_go_on() -> None:
     rec = Recorder(fail={"bad"})
     sched = Scheduler(rec)

@@ -127,13 +127,6 @@ class Scheduler:
         if self._heap[0][2] == name and self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    # --- on demand ------------------------------------------------------
-
-    async def run_now(self, name: str) -> None:
-        """Run once now, outside the schedule and the semaphore: a person asking should not
-        queue behind the scheduled load, and the next scheduled run keeps its time."""
-        await self._run_check(name)
-
     # --- lifecycle ------------------------------------------------------
 
     def start(self) -> None:
