@@ -42,6 +42,10 @@ class Demo:
     def service_pid(self, name: str) -> int:
         return int((self.data / "demo" / f"{name}.pid").read_text())
 
+    def kill_service(self, name: str) -> None:
+        """An outage: SIGKILL the service's process, as a crash would."""
+        os.kill(self.service_pid(name), signal.SIGKILL)
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -108,6 +112,7 @@ class RoomClient:
 
     user: str
     ws: ClientConnection
+    http: httpx.AsyncClient | None = None  # the logged-in session, closed with the room
     frames: list[dict[str, Any]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _new: asyncio.Event = field(default_factory=asyncio.Event)
@@ -117,7 +122,7 @@ class RoomClient:
         cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
         ws = await connect(base.replace("http", "ws") + f"/rooms/{room}/ws",
                            additional_headers={"Cookie": cookie}, open_timeout=10)
-        client = cls(user, ws)
+        client = cls(user, ws, http)
         client._task = asyncio.get_running_loop().create_task(client._read())
         return client
 
@@ -158,3 +163,11 @@ class RoomClient:
         await self.ws.close()
         if self._task is not None:
             self._task.cancel()
+        if self.http is not None:
+            await self.http.aclose()
+
+
+async def join(demo: Demo, user: str, room: str = "ops") -> RoomClient:
+    """Log in as a demo user and open the room, as a person on a phone does."""
+    http = await login(demo.base, user, DEMO_PASSWORDS[user])
+    return await RoomClient.open(demo.base, http, user, room)

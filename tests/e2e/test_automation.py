@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, login, start_demo
+from tests.e2e.harness import join, start_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -17,11 +15,10 @@ pytestmark = pytest.mark.e2e
 async def test_rule_recovers_service_b_with_three_announcements(tmp_path: Path) -> None:
     demo = start_demo(tmp_path, auto=True)
     try:
-        http = await login(demo.base, "dev", DEMO_PASSWORDS["dev"])
-        dev = await RoomClient.open(demo.base, http, "dev")
+        dev = await join(demo, "dev")
         await dev.wait_for(lambda f: f["type"] == "message" and f["text"] == "dev joined the room")
         mark = len(dev.frames)
-        os.kill(demo.service_pid("service-b"), signal.SIGKILL)
+        demo.kill_service("service-b")
         await dev.wait_for(lambda f: f["type"] == "message" and "healthy again" in f["text"], timeout=30,
                            start=mark)
         # Anything else would have arrived by now: wait a little longer than a check interval.
@@ -36,6 +33,5 @@ async def test_rule_recovers_service_b_with_three_announcements(tmp_path: Path) 
         assert said[2] == "[PROD] System A is healthy again"
         assert httpx.get(f"http://127.0.0.1:{demo.service_port('service-b')}/health", timeout=5).status_code == 200
         await dev.close()
-        await http.aclose()
     finally:
         demo.stop()

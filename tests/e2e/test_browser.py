@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from pathlib import Path
 
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, login, start_demo
+from tests.e2e.harness import DEMO_PASSWORDS, join, start_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -23,9 +22,8 @@ async def test_boss_approves_on_a_phone(tmp_path: Path) -> None:
     assert os.path.exists(CHROMIUM), "make test installs Debian's chromium"
     demo = start_demo(tmp_path)
     try:
-        os.kill(demo.service_pid("service-b"), signal.SIGKILL)
-        you_http = await login(demo.base, "you", DEMO_PASSWORDS["you"])
-        you = await RoomClient.open(demo.base, you_http, "you")
+        demo.kill_service("service-b")
+        you = await join(demo, "you")
         await you.wait_for(lambda f: f["type"] == "message" and "is unhealthy" in f["text"])
         asked = await you.ask("start service-b", "needs approval")
         request = re.search(r"Request #(\d+)", asked["text"]).group(1)  # type: ignore[union-attr]
@@ -58,6 +56,5 @@ async def test_boss_approves_on_a_phone(tmp_path: Path) -> None:
         # The person who asked saw it too, live.
         await you.wait_for(lambda f: f["type"] == "message" and "service-b started" in f["text"])
         await you.close()
-        await you_http.aclose()
     finally:
         demo.stop()

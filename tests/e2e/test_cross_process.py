@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, cli, login, start_demo
+from tests.e2e.harness import cli, join, start_demo
 from tests.factories import DEMO_CATALOG
 
 pytestmark = pytest.mark.e2e
@@ -18,9 +16,8 @@ pytestmark = pytest.mark.e2e
 async def test_cli_request_reaches_the_room_and_boss_approves_it(tmp_path: Path) -> None:
     demo = start_demo(tmp_path)
     try:
-        os.kill(demo.service_pid("service-b"), signal.SIGKILL)
-        boss_http = await login(demo.base, "boss", DEMO_PASSWORDS["boss"])
-        boss = await RoomClient.open(demo.base, boss_http, "boss")
+        demo.kill_service("service-b")
+        boss = await join(demo, "boss")
         await boss.wait_for(lambda f: f["type"] == "message" and "is unhealthy" in f["text"])
         common = ["--data", str(demo.data), "--catalog", str(DEMO_CATALOG)]
         token = cli("token", "create", "you", *common, env=demo.env).stdout.strip()
@@ -37,7 +34,6 @@ async def test_cli_request_reaches_the_room_and_boss_approves_it(tmp_path: Path)
                                    timeout=30)
         assert "succeeded" in done["text"]
         await boss.close()
-        await boss_http.aclose()
     finally:
         demo.stop()
     audit = cli("audit", "verify", "--data", str(demo.data))

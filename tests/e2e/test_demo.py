@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, login, start_demo
+from tests.e2e.harness import DEMO_PASSWORDS, join, start_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -28,12 +28,12 @@ async def test_demo_starts_and_room_is_reachable_under_50kb(tmp_path: Path) -> N
         anon = httpx.get(f"{demo.base}/rooms/ops", follow_redirects=False)
         assert anon.status_code == 303 and anon.headers["location"].startswith("/login")
 
-        http = await login(demo.base, "dev", DEMO_PASSWORDS["dev"])
         # Fill the history the page renders (50 messages) so the budget is measured at its worst.
-        room = await RoomClient.open(demo.base, http, "dev")
+        room = await join(demo, "dev")
+        http = room.http
+        assert http is not None
         for _ in range(30):
             await room.ask("is service-c running?", "service-c is")
-        await room.close()
         resp = await http.get("/rooms/ops", headers={"Accept-Encoding": "gzip"})
         assert resp.status_code == 200
         assert resp.headers.get("content-encoding") == "gzip"
@@ -45,7 +45,7 @@ async def test_demo_starts_and_room_is_reachable_under_50kb(tmp_path: Path) -> N
         assert not re.search(r'<(script|link|img)[^>]+(src|href)=', html), "page pulls other resources"
         assert "PRODUCTION" in html
         print(f"room first load: {wire} bytes over the wire, {len(resp.content)} bytes uncompressed")
-        await http.aclose()
+        await room.close()
         services = [demo.service_pid(n) for n in ("service-b", "service-c")]
     finally:
         demo.stop()
@@ -62,14 +62,12 @@ async def test_demo_outage_kills_service_b_after_15_s(tmp_path: Path) -> None:
     demo = start_demo(tmp_path, extra=["--outage"])
     try:
         assert "service-b will be killed in 15 s" in demo.output()
-        http = await login(demo.base, "dev", DEMO_PASSWORDS["dev"])
-        room = await RoomClient.open(demo.base, http, "dev")
+        room = await join(demo, "dev")
         problem = await room.wait_for(lambda f: f["type"] == "message" and "service-b is not running" in f["text"],
                                       timeout=30)
         elapsed = time.monotonic() - started
         assert 15 <= elapsed <= 25, elapsed
         assert problem["text"].startswith("[PROD] System A is unhealthy")
         await room.close()
-        await http.aclose()
     finally:
         demo.stop()

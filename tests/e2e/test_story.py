@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +14,7 @@ from opsroom.access.identity import SYSTEM
 from opsroom.audit import service as audit
 from opsroom.config import Settings
 from opsroom.server import open_runtime
-from tests.e2e.harness import DEMO_PASSWORDS, RoomClient, login, start_demo
+from tests.e2e.harness import join, start_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -24,13 +22,11 @@ pytestmark = pytest.mark.e2e
 async def test_the_seed_story(tmp_path: Path) -> None:
     demo = start_demo(tmp_path)
     try:
-        you_http = await login(demo.base, "you", DEMO_PASSWORDS["you"])
-        boss_http = await login(demo.base, "boss", DEMO_PASSWORDS["boss"])
-        you = await RoomClient.open(demo.base, you_http, "you")
+        you = await join(demo, "you")
         # Both services are up before the story starts.
         await you.ask("health system-a", "System A is healthy")
 
-        os.kill(demo.service_pid("service-b"), signal.SIGKILL)
+        demo.kill_service("service-b")
         problem = await you.wait_for(lambda f: f["type"] == "message" and "System A is unhealthy" in f["text"])
         assert problem["text"].startswith("[PROD] System A is unhealthy: service-b is not running (check "
                                           "service-b-http CRITICAL since ")
@@ -38,7 +34,7 @@ async def test_the_seed_story(tmp_path: Path) -> None:
         reply = await you.ask("is service-c running?", "service-c is")
         assert re.match(r"service-c is running \(service-c-http OK, \d+ ms", reply["text"]), reply["text"]
 
-        boss = await RoomClient.open(demo.base, boss_http, "boss")
+        boss = await join(demo, "boss")
         await you.wait_for(lambda f: f["type"] == "message" and f["text"] == "boss joined the room")
         asked = await you.ask("start service-b", "needs approval")
         assert "start service-b on PROD needs approval by role `approver` — asking boss. Request #" in asked["text"]
@@ -65,8 +61,6 @@ async def test_the_seed_story(tmp_path: Path) -> None:
 
         await you.close()
         await boss.close()
-        await you_http.aclose()
-        await boss_http.aclose()
     finally:
         demo.stop()
 
