@@ -166,8 +166,7 @@ BUILTINS: list[Builtin] = [
 
 
 def _command_words(rt: Runtime) -> list[str]:
-    patterns = [b.pattern for b in BUILTINS] + [a.pattern for a in rt.catalog.aliases]
-    return patterns
+    return [b.pattern for b in BUILTINS] + [a.pattern for a in rt.catalog.aliases]
 
 
 def _did_you_mean(rt: Runtime, text: str) -> str:
