@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals.models import ApprovalRow, ApprovalVoteRow
 from opsroom.audit import service as audit
@@ -19,9 +18,13 @@ from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 
 
-async def open_request(rt: Runtime, s: AsyncSession, *, actor: Actor, execution: ExecutionRow, roles: list[str],
-                       protected: bool, expiry_s: float = DEFAULT_EXPIRY_S) -> ApprovalRequested:
-    """Open an approval inside the caller's transaction; returns the event to publish after commit."""
+def open_in(s: Session, *, actor: Actor, execution: ExecutionRow, roles: list[str], protected: bool,
+            approvers: list[str], expiry_s: float = DEFAULT_EXPIRY_S) -> ApprovalRequested:
+    """Open an approval inside the caller's transaction (a Runtime.transact body).
+
+    Returns the event to publish after the commit. `approvers` are the people who may decide
+    (holders of `roles`), looked up by the caller before the transaction.
+    """
     now = time.time()
     row = ApprovalRow(execution_id=execution.id, status="open", roles=roles, requester=actor.name,
                       requester_id=actor.user_id, summary=execution.summary,
@@ -29,16 +32,15 @@ async def open_request(rt: Runtime, s: AsyncSession, *, actor: Actor, execution:
                                                 target=execution.target),
                       created_at=now, expires_at=now + expiry_s)
     s.add(row)
-    await s.flush()
+    s.flush()
     execution.approval_id = row.id
-    await audit.append(s, actor=actor, action="approval.open", target=f"approval:{row.id}",
-                       details={"execution": execution.id, "roles": roles, "summary": execution.summary})
-    approvers = [n for n in await access.holders_of(rt, roles=roles) if n != actor.name]
+    audit.append_in(s, actor=actor, action="approval.open", target=f"approval:{row.id}",
+                    details={"execution": execution.id, "roles": roles, "summary": execution.summary})
     return ApprovalRequested(
         approval_id=row.id, execution_id=execution.id, runbook=execution.runbook, summary=execution.summary,
         environment=execution.environment, protected=protected, roles=roles, requester=actor.name,
-        approvers=approvers, expires_at=row.expires_at, correlation_id=execution.correlation_id,
-        source=f"approval:{row.id}", room=execution.room)
+        approvers=[n for n in approvers if n != actor.name], expires_at=row.expires_at,
+        correlation_id=execution.correlation_id, source=f"approval:{row.id}", room=execution.room)
 
 
 async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,

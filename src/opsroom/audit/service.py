@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from opsroom.access.identity import Actor
 from opsroom.audit.chain import GENESIS, record_hash
@@ -23,34 +25,52 @@ def _round(at: float) -> float:
     return round(at, 6)
 
 
-async def append(session: AsyncSession, *, actor: Actor, action: str, target: str, outcome: str = "ok",
-                 details: dict[str, Any] | None = None) -> AuditRecordRow:
-    """Append one record in the caller's transaction, so a change and its record commit together."""
-    head = (await session.execute(select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update())
-            ).scalar_one_or_none()
+# Built once: a statement made per call is re-keyed for the compiled cache every time.
+_HEAD = AuditHeadRow.__table__
+_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_START_HEAD = insert(AuditHeadRow)
+_MOVE_HEAD = update(AuditHeadRow).where(_HEAD.c.id == 1)
+_ADD_RECORD = insert(AuditRecordRow)
+
+
+def append_in(session: Session, *, actor: Actor, action: str, target: str, outcome: str = "ok",
+              details: dict[str, Any] | None = None) -> int:
+    """Append one record in the caller's transaction, so a change and its record commit together.
+
+    Synchronous, for transaction bodies run by Runtime.transact; async callers use append().
+    Prebuilt Core statements on the session's connection rather than the unit of work: this
+    runs inside every change, and the ORM's bookkeeping costs several times the SQL (a
+    third of a hard CRITICAL's dispatch time before). Returns the record's seq.
+    """
+    conn = session.connection()
+    head = conn.execute(_LOCK_HEAD).first()
     if head is None:
-        head = AuditHeadRow(id=1, seq=0, hash=GENESIS)
-        session.add(head)
+        prev_seq, prev_hash = 0, GENESIS
+        conn.execute(_START_HEAD, {"id": 1, "seq": 0, "hash": GENESIS})
+    else:
+        prev_seq, prev_hash = head.seq, head.hash
     clean = {k: (v[:MAX_DETAIL] if isinstance(v, str) else v) for k, v in (details or {}).items()}
-    at = _round(time.time())
-    seq = head.seq + 1
-    digest = record_hash(seq=seq, at=at, actor=actor.name, door=actor.door, action=action, target=target,
-                         outcome=outcome, details=clean, correlation_id=actor.correlation_id,
-                         prev_hash=head.hash)
-    row = AuditRecordRow(seq=seq, at=at, actor=actor.name, door=actor.door, action=action, target=target,
-                         outcome=outcome, details=clean, correlation_id=actor.correlation_id,
-                         prev_hash=head.hash, hash=digest)
-    session.add(row)
-    head.seq, head.hash = seq, digest
-    await session.flush()
-    return row
+    record: dict[str, Any] = {"seq": prev_seq + 1, "at": _round(time.time()), "actor": actor.name, "door": actor.door,
+              "action": action, "target": target, "outcome": outcome, "details": clean,
+              "correlation_id": actor.correlation_id, "prev_hash": prev_hash}
+    record["hash"] = record_hash(**record)
+    conn.execute(_ADD_RECORD, record)
+    conn.execute(_MOVE_HEAD, {"seq": record["seq"], "hash": record["hash"]})
+    return prev_seq + 1
+
+
+async def append(session: AsyncSession, *, actor: Actor, action: str, target: str, outcome: str = "ok",
+                 details: dict[str, Any] | None = None) -> int:
+    """append_in() for an AsyncSession's transaction."""
+    return await session.run_sync(partial(append_in, actor=actor, action=action, target=target,
+                                          outcome=outcome, details=details))
 
 
 async def append_alone(rt: Runtime, *, actor: Actor, action: str, target: str, outcome: str = "ok",
                        details: dict[str, Any] | None = None) -> None:
     """Append in a transaction of its own: for reads and refusals, which change nothing else."""
-    async with rt.write() as session:
-        await append(session, actor=actor, action=action, target=target, outcome=outcome, details=details)
+    await rt.transact(partial(append_in, actor=actor, action=action, target=target, outcome=outcome,
+                              details=details))
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections import defaultdict, deque
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from opsroom.access.identity import rule_actor
 from opsroom.automation.models import RuleRunRow
@@ -33,6 +33,7 @@ from opsroom.runbooks import service as runbooks
 from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
+_ADD_RULE_RUN = insert(RuleRunRow)
 
 
 def matches(rt: Runtime, rule: Rule, ev: CheckStateChanged) -> bool:
@@ -160,10 +161,10 @@ class RulesEngine:
         self._record(rule.name, ev.check, execution.id, "triggered")
 
     def _record(self, rule: str, check: str, execution_id: int | None, outcome: str) -> None:
-        async def write() -> None:
-            async with self.rt.write() as s:
-                s.add(RuleRunRow(rule=rule, check=check, execution_id=execution_id, outcome=outcome))
-        self._spawn(write())
+        # Bookkeeping right behind a dispatch: a prebuilt Core insert in one writer hop, so it
+        # does not compete with the runbook's process being started.
+        values = {"rule": rule, "check": check, "at": time.time(), "execution_id": execution_id, "outcome": outcome}
+        self._spawn(self.rt.transact(lambda s: s.connection().execute(_ADD_RULE_RUN, values)))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

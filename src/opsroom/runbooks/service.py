@@ -9,9 +9,11 @@ import socket
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit import service as audit
@@ -19,10 +21,12 @@ from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, approval_roles
 from opsroom.domain.execution import ACTIVE, advance, can_transition
 from opsroom.errors import Conflict, NotFound
-from opsroom.events import ExecutionFinished
+from opsroom.events import ApprovalRequested, ExecutionFinished
 from opsroom.runbooks import params as runbook_params
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
+
+_ADD_EXECUTION = insert(ExecutionRow)
 
 
 def get_runbook(rt: Runtime, name: str) -> Runbook:
@@ -96,25 +100,36 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     # will run it: one transaction less between a hard CRITICAL and the spawned process.
     run_now = not roles and rt.executor is not None
     status = "awaiting_approval" if roles else "running" if run_now else "pending"
-    event = None
+    approvers = await access.holders_of(rt, roles=roles) if roles else []
+
+    now = time.time()
+    values: dict[str, Any] = {
+        "runbook": rb.name, "runbook_hash": rb.content_hash, "lock_key": key, "params": clean,
+        "target": rb.target, "environment": env, "status": status, "summary": summary,
+        "requested_by": actor.name, "requester_id": actor.user_id, "door": actor.door, "rule": rule,
+        "correlation_id": actor.correlation_id, "room": room, "approval_id": None, "created_at": now,
+        "started_at": now if run_now else None, "finished_at": None, "output": "", "error": None,
+        "owner": rt.node_id if run_now else None}
+
+    def body(s: Session) -> tuple[ExecutionRow, ApprovalRequested | None]:
+        # A prebuilt Core insert, not the unit of work: this is the write between a hard
+        # CRITICAL and the spawned process. The partial unique index on active lock keys
+        # refuses a second identical run, also between two servers on one PostgreSQL.
+        eid: int = s.connection().execute(_ADD_EXECUTION, values).inserted_primary_key[0]  # type: ignore[index]
+        audit.append_in(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
+                        outcome="awaiting_approval" if roles else "started",
+                        details={"execution": eid, "params": _masked(rb, clean), "environment": env})
+        event = None
+        if roles:
+            row = s.get_one(ExecutionRow, eid)
+            event = approvals.open_in(s, actor=actor, execution=row, roles=roles, protected=protected,
+                                      approvers=approvers)
+            return row, event
+        return ExecutionRow(id=eid, **values), None
+
     try:
-        async with rt.write() as s:
-            row = ExecutionRow(runbook=rb.name, runbook_hash=rb.content_hash, params=clean, target=rb.target,
-                               environment=env, status=status, summary=summary,
-                               started_at=time.time() if run_now else None,
-                               owner=rt.node_id if run_now else None, requested_by=actor.name,
-                               requester_id=actor.user_id, door=actor.door, rule=rule,
-                               correlation_id=actor.correlation_id, room=room, lock_key=key)
-            s.add(row)
-            # The partial unique index on active lock keys refuses a second identical run, also
-            # between two servers on one PostgreSQL; no query needed on the common path.
-            await s.flush()
-            await audit.append(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
-                               outcome="awaiting_approval" if roles else "started",
-                               details={"execution": row.id, "params": _masked(rb, clean), "environment": env})
-            if roles:
-                event = await approvals.open_request(rt, s, actor=actor, execution=row, roles=roles,
-                                                     protected=protected)
+        # transact: one hop to SQLite's writer thread for the whole transaction.
+        row, event = await rt.transact(body)
     except IntegrityError:
         async with rt.read() as s:
             busy = (await s.execute(select(ExecutionRow.id).where(
