@@ -62,6 +62,7 @@ async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, sched
     await relay.start()
     rt.extras["outbox"] = relay
     rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt))
+    rt.catalog.prepare()
     # The catalog and engines live as long as the process: move them out of the cyclic
     # collector's view, whose full passes over 20,000 checks otherwise pause the loop 40-80 ms.
     gc.collect()
