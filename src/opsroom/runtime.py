@@ -7,12 +7,13 @@ past it into the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -29,6 +30,22 @@ if TYPE_CHECKING:
     from opsroom.runbooks.executor import Executor
 
 T = TypeVar("T")
+Begin = Callable[[], AbstractContextManager[Session]]
+
+
+def _one_transaction(body: Callable[[Session], T], begin: Begin, _yield_now: Callable[[], bool]) -> T:
+    with begin() as session:
+        return body(session)
+
+
+@contextmanager
+def _nested(session: Session) -> Iterator[Session]:
+    with session.begin():
+        yield session
+
+
+def _never() -> bool:
+    return False
 
 
 class Runtime:
@@ -45,6 +62,7 @@ class Runtime:
         self._sqlite = is_sqlite(str(self.engine.url))
         # SQLite has one writer; queueing here is cheaper than spinning on busy_timeout.
         self._write_lock = asyncio.Lock() if self._sqlite else None
+        self._write_waiters = 0
         # SQLite's own sessions (not a test's connection-bound ones) get a one-hop writer thread.
         self._writer = make_sqlite_writer(str(self.engine.url)) if self._sqlite and sessions is None else None
         self._writer_sessions = make_sync_sessionmaker(self._writer) if self._writer is not None else None
@@ -56,36 +74,61 @@ class Runtime:
         self.extras: dict[str, Any] = {}
 
     @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """SQLite's write lock, counting who waits for it (a long batch on the writer thread gives way)."""
+        if self._write_lock is None:
+            yield
+            return
+        self._write_waiters += 1
+        try:
+            await self._write_lock.acquire()
+        finally:
+            self._write_waiters -= 1
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction that commits on success and rolls back on error."""
-        if self._write_lock is not None:
-            async with self._write_lock, self.sessions() as session, session.begin():
-                yield session
-        else:
-            async with self.sessions() as session, session.begin():
-                yield session
+        async with self._locked(), self.sessions() as session, session.begin():
+            yield session
 
     async def transact(self, body: Callable[[Session], T]) -> T:
         """Run `body` in one write transaction: commit on return, roll back on error.
 
         For the hot writes (a rule's run request, a stored room message). The body is plain
-        synchronous ORM code, so the same function serves both stores: on SQLite it runs in
-        one hop on the writer thread (under the write lock, like every other write); on
-        PostgreSQL and on a test's connection-bound sessions it runs inside write() via
-        run_sync. The body must not touch the event loop; publish events after it returns.
+        synchronous ORM or Core code, so the same function serves both stores (see in_writer).
+        """
+        return await self.in_writer(functools.partial(_one_transaction, body))
+
+    async def in_writer(self, fn: Callable[[Begin, Callable[[], bool]], T]) -> T:
+        """Run `fn(begin, yield_now)` where the store's writes run, in one hop.
+
+        `begin()` opens a transaction (commit on leaving, roll back on error); `yield_now()` turns
+        true once another writer waits, so a batch of transactions (stored check results) gives way
+        after its current one instead of holding the store. On SQLite fn runs on the one writer
+        thread under the write lock: one hop, where aiosqlite hops to its thread and back for every
+        statement. On PostgreSQL and on a test's connection-bound sessions it runs inside run_sync,
+        and yield_now() is always false (no single writer to queue behind). fn must not touch the
+        event loop; publish events after it returns.
         """
         if self._writer_thread is None or self._writer_sessions is None:
-            async with self.write() as session:
-                return await session.run_sync(body)
-        assert self._write_lock is not None
+            async with self._locked(), self.sessions() as session:
+                return await session.run_sync(lambda s: fn(functools.partial(_nested, s), _never))
         sessions = self._writer_sessions
 
-        def run() -> T:
+        @contextmanager
+        def begin() -> Iterator[Session]:
             with sessions() as session, session.begin():
-                return body(session)
+                yield session
 
-        async with self._write_lock:
-            done = asyncio.get_running_loop().run_in_executor(self._writer_thread, run)
+        def yield_now() -> bool:
+            return self._write_waiters > 0
+
+        async with self._locked():
+            done = asyncio.get_running_loop().run_in_executor(self._writer_thread, fn, begin, yield_now)
             try:
                 return await asyncio.shield(done)
             except asyncio.CancelledError:

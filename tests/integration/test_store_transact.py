@@ -10,6 +10,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -140,3 +141,63 @@ async def test_writer_thread_and_async_writes_interleave_into_one_chain(sqlite_r
     await asyncio.gather(*(f(i) for i in range(40) for f in (via_async, via_thread)))
     result = await audit.verify(sqlite_rt)
     assert result.ok and result.records == 80
+
+
+# --- in_writer: several transactions in one hop --------------------------------------
+
+
+async def _each_transaction_stands_alone(any_rt: Runtime) -> None:
+    def two(begin: Any, _yield_now: Any) -> None:
+        with begin() as s:
+            audit.append_in(s, actor=SYSTEM, action="test.first", target="t")
+        with begin() as s:
+            _append_then_fail(s)
+
+    with pytest.raises(Boom):
+        await any_rt.in_writer(two)
+    async with any_rt.read() as s:
+        actions = list((await s.execute(select(AuditRecordRow.action))).scalars())
+    assert actions == ["test.first"]  # committed before the second failed; the second left nothing
+    assert (await audit.verify(any_rt)).ok
+
+
+async def test_in_writer_transactions_stand_alone_run_sync(store_rt: Runtime) -> None:
+    await _each_transaction_stands_alone(store_rt)
+
+
+async def test_in_writer_transactions_stand_alone_writer_thread(sqlite_rt: Runtime) -> None:
+    await _each_transaction_stands_alone(sqlite_rt)
+
+
+async def test_yield_now_tells_a_batch_that_another_writer_waits(sqlite_rt: Runtime) -> None:
+    """A long batch on the writer thread learns that a writer queued, so it can give way."""
+    first_done, queued = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def batch(begin: Any, yield_now: Any) -> int:
+        done = 0
+        for i in range(200):
+            with begin() as s:
+                audit.append_in(s, actor=SYSTEM, action="test.batch", target=f"t:{i}")
+            done += 1
+            seen.append(yield_now())
+            if seen[-1]:
+                return done
+            if i == 0:
+                first_done.set()
+                assert queued.wait(10)
+        return done
+
+    task = asyncio.create_task(sqlite_rt.in_writer(batch))
+    assert await asyncio.to_thread(first_done.wait, 10)  # nobody else has asked yet
+    other = asyncio.create_task(audit.append_alone(sqlite_rt, actor=SYSTEM, action="test.other", target="t"))
+    while not sqlite_rt._write_waiters:
+        await asyncio.sleep(0.001)
+    queued.set()
+    done = await task
+    await other
+    assert seen[0] is False and seen[-1] is True and done < 200
+    async with sqlite_rt.read() as s:
+        actions = list((await s.execute(select(AuditRecordRow.action).order_by(AuditRecordRow.seq))).scalars())
+    assert actions == ["test.batch"] * done + ["test.other"]
+    assert (await audit.verify(sqlite_rt)).ok
