@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opsroom.catalog.schema import STATES
-from opsroom.domain.check_state import HISTORY_SIZE, CheckStatus, Transition, apply, initial
+from opsroom.domain.check_state import HISTORY_SIZE, CheckStatus, Transition, apply, fold, initial
 
 FLAP = {"flap_low": 0.25, "flap_high": 0.5}
 
@@ -201,3 +201,24 @@ def test_flapping_follows_thresholds(stream: list[str]) -> None:
         if new.change_ratio < FLAP["flap_low"]:
             assert not new.flapping
         prev = new
+
+
+# (state, how many in a row, max_attempts then: a catalog reload may lower it mid-problem)
+runs = st.lists(st.tuples(st.sampled_from(STATES), st.integers(min_value=1, max_value=30), attempts),
+                min_size=1, max_size=8)
+
+
+@given(runs=runs, low=st.sampled_from([0.1, 0.25]), high=st.sampled_from([0.3, 0.5, 0.9]))
+@settings(max_examples=300)
+def test_the_steady_state_shortcut_gives_what_the_whole_fold_gives(
+        runs: list[tuple[str, int, int]], low: float, high: float) -> None:
+    """apply() skips the work for a repeated hard state; every transition must equal fold()'s."""
+    status = initial()
+    t = 0.0
+    for state, count, max_attempts in runs:
+        for _ in range(count):
+            t += 1.0
+            kw = {"now": t, "max_attempts": max_attempts, "flap_low": low, "flap_high": high}
+            fast, full = apply(status, state, **kw), fold(status, state, **kw)
+            assert fast == full
+            status = full.status

@@ -65,6 +65,16 @@ def apply(status: CheckStatus, new_state: str, *, now: float, max_attempts: int,
         raise ValueError(f"unknown check state {new_state!r}; expected one of {', '.join(STATES)}")
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
+    if _steady(status, new_state, max_attempts):
+        # The common case by far (an OK check staying OK): nothing changes, so nothing is rebuilt.
+        return Transition(status=status, changed=False, became_hard=False, flapping_changed=False,
+                          old_state=new_state, old_type="hard", attempt_advanced=False)
+    return fold(status, new_state, now=now, max_attempts=max_attempts, flap_low=flap_low, flap_high=flap_high)
+
+
+def fold(status: CheckStatus, new_state: str, *, now: float, max_attempts: int, flap_low: float,
+         flap_high: float) -> Transition:
+    """apply() without its shortcut for a steady state: the whole computation, every time."""
     old_state, old_type, old_attempt = status.state, status.state_type, status.attempt
     # Clamp: max_attempts may have been lowered by a catalog reload since the last result.
     old_attempt = min(old_attempt, max_attempts)
@@ -113,3 +123,13 @@ def apply(status: CheckStatus, new_state: str, *, now: float, max_attempts: int,
     return Transition(status=new, changed=changed, became_hard=hard_change,
                       flapping_changed=flapping != status.flapping, old_state=old_state, old_type=old_type,
                       attempt_advanced=attempt_advanced)
+
+
+_UNIFORM = {state: (state,) * HISTORY_SIZE for state in STATES}
+
+
+def _steady(status: CheckStatus, new_state: str, max_attempts: int) -> bool:
+    """The same hard state again over a full, uniform history: apply() would return an equal status."""
+    return (new_state == status.state and status.state_type == "hard" and not status.flapping
+            and status.change_ratio == 0.0 and status.history == _UNIFORM[new_state]
+            and status.attempt == (1 if new_state == "OK" else max_attempts))
