@@ -233,3 +233,42 @@ async def test_an_on_demand_run_leaves_the_schedule_alone(tmp_path: Path) -> Non
         await rt.monitor.run_check("x-http")
         assert rt.monitor.last["x-http"].output
         assert rt.monitor.scheduler.next_due("x-http") == due
+
+
+async def test_a_steady_check_rewrites_its_state_row_only_on_change_or_once_a_minute(tmp_path: Path) -> None:
+    """Thousands of OK results a second must not each rewrite a state row; a change always does."""
+    from opsroom.checks.models import CheckStateRow
+    from opsroom.checks.results import STATE_REFRESH_S
+    from opsroom.domain.check_state import HISTORY_SIZE
+
+    async def row() -> CheckStateRow:
+        async with rt.read() as s:
+            found = await s.get(CheckStateRow, "x-http")
+        assert found is not None
+        return found
+
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
+        assert rt.monitor is not None
+        t = T0
+        for _ in range(HISTORY_SIZE):  # fills the history: every one of these changes the status
+            t += 1
+            rt.monitor.record("x-http", _result("OK", f"OK at {t}"), now=t)
+        await rt.monitor.flush()
+        assert (await row()).last_check == t
+        filled = t
+        for _ in range(10):  # steady: the same status again, well inside the refresh period
+            t += 1
+            rt.monitor.record("x-http", _result("OK", f"OK at {t}"), now=t)
+        await rt.monitor.flush()
+        assert (await row()).last_check == filled
+        t = filled + STATE_REFRESH_S + 1  # the refresh falls due
+        rt.monitor.record("x-http", _result("OK", f"OK at {t}"), now=t)
+        await rt.monitor.flush()
+        assert ((await row()).last_check, (await row()).last_output) == (t, f"OK at {t}")
+        t += 1
+        rt.monitor.record("x-http", _result("CRITICAL", "down"), now=t)  # a change: written at once
+        await rt.monitor.flush()
+        assert ((await row()).state, (await row()).last_check) == ("CRITICAL", t)
+        async with rt.read() as s:  # every result is kept whether or not its state row was rewritten
+            assert (await s.execute(select(func.count()).select_from(CheckResultRow))).scalar_one() == \
+                HISTORY_SIZE + 12

@@ -1,33 +1,33 @@
 """The monitor: runs checks, applies the state machine, stores results, emits events.
 
-Results are written in batches by one writer task so thousands of checks per
-second never queue on the database; state changes are published at once.
+Results and states are stored in the background by a ResultWriter (checks/results.py)
+so thousands of checks per second never wait on the database; state changes are
+published at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from opsroom.catalog.schema import STATES
-from opsroom.checks.models import CheckResultRow, CheckStateRow
+from opsroom.checks.models import CheckStateRow
 from opsroom.checks.probes import ProbeContext, ProbeResult, get_probe
+from opsroom.checks.results import ResultWriter
 from opsroom.checks.scheduler import Scheduler
 from opsroom.domain.check_state import CheckStatus, apply, initial
 from opsroom.events import CheckFlapping, CheckStateChanged, SystemHealthChanged
 from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
-WRITE_CHUNK = 250
 
 
-@dataclass
+@dataclass(slots=True)
 class Last:
     at: float
     output: str
@@ -44,13 +44,8 @@ class Monitor:
         self.last: dict[str, Last] = {}
         self.system_healthy: dict[str, bool] = {}
         self.scheduler = Scheduler(self._scheduled, concurrency=concurrency)
-        self.persist = persist
-        self._pending_results: list[dict[str, Any]] = []
-        self._dirty: set[str] = set()
-        self._counts: dict[str, int] = {}
-        self._writer: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._inflight: dict[str, asyncio.Future[ProbeResult]] = {}
+        self.results = ResultWriter(rt, self._state_fields) if persist else None
+        self._inflight: dict[str, list[asyncio.Future[ProbeResult]]] = {}
         self.checks_run = 0
 
     # --- lifecycle ------------------------------------------------------
@@ -77,17 +72,13 @@ class Monitor:
                 if check.enabled:
                     self.scheduler.add(name, self._interval(name))
             self.scheduler.start()
-        if self.persist and self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        if self.results is not None:
+            self.results.start()
 
     async def stop(self) -> None:
         await self.scheduler.stop()
-        if self._writer is not None:
-            # Not cancel(): a cancelled write would drop its batch mid-transaction.
-            self._stopping.set()
-            await self._writer
-            self._writer = None
-        await self.flush()
+        if self.results is not None:
+            await self.results.stop()
         await self.ctx.close()
 
     # --- running checks -------------------------------------------------
@@ -104,23 +95,28 @@ class Monitor:
 
     async def run_check(self, name: str) -> ProbeResult:
         """Run one check now. Concurrent callers for the same check share one probe."""
-        running = self._inflight.get(name)
-        if running is not None:
-            return await asyncio.shield(running)
-        fut: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
-        self._inflight[name] = fut
+        waiters = self._inflight.get(name)
+        if waiters is not None:
+            mine: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+            waiters.append(mine)
+            return await mine
+        # A list, not a future: the shared result is only built when a second caller asks.
+        self._inflight[name] = waiters = []
         try:
             check = self.rt.catalog.checks[name]
             result = await get_probe(check.type).run(check, self.ctx)
             self.record(name, result)
-            fut.set_result(result)
-            return result
         except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
             raise
         finally:
             del self._inflight[name]
+        for w in waiters:
+            if not w.done():
+                w.set_result(result)
+        return result
 
     def record(self, name: str, result: ProbeResult, *, now: float | None = None) -> None:
         """Apply one result to the state machine and publish what changed."""
@@ -133,10 +129,13 @@ class Monitor:
         self.status[name] = tr.status
         self.last[name] = Last(now, result.output, result.latency_ms, result.down, result.perfdata)
         self.checks_run += 1
-        if self.persist:
-            self._pending_results.append({"check": name, "at": now, "state": state, "output": result.output[:2000],
-                                          "latency_ms": result.latency_ms, "perfdata": result.perfdata})
-            self._dirty.add(name)
+        if self.results is not None:
+            # An unchanged status is the same object (apply's steady path): no state row to rewrite.
+            self.results.add({"check": name, "at": now, "state": state, "output": result.output[:2000],
+                              "latency_ms": result.latency_ms, "perfdata": result.perfdata},
+                             state_changed=tr.status is not old)
+        if not (tr.changed or tr.attempt_advanced or tr.flapping_changed):
+            return  # nothing anyone needs to hear (thousands of times a second at scale)
         cat = self.rt.catalog
         system = cat.check_system(name)
         env = cat.check_environment(name)
@@ -197,59 +196,15 @@ class Monitor:
 
     # --- persistence ----------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.5)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("storing check results failed; will retry")
-
     async def flush(self) -> None:
-        """Store pending results in chunks; a chunk that fails is put back, never lost."""
-        if not self.persist:
-            return
-        while self._pending_results or self._dirty:
-            # Small transactions: a recovery waiting for the write lock never sits behind
-            # thousands of result rows.
-            results = self._pending_results[:WRITE_CHUNK]
-            del self._pending_results[:WRITE_CHUNK]
-            dirty = set(list(self._dirty)[:WRITE_CHUNK])
-            self._dirty -= dirty
-            try:
-                await self._write(results, dirty)
-            except BaseException:
-                self._pending_results[:0] = results
-                self._dirty |= dirty
-                raise
+        """Store every result recorded so far (tests, shutdown); normally the writer does it."""
+        if self.results is not None:
+            await self.results.flush()
 
-    async def _write(self, results: list[dict[str, Any]], dirty: set[str]) -> None:
-        retention = self.rt.settings.check_result_retention
-        async with self.rt.write() as s:
-            if results:
-                await s.run_sync(lambda ss: ss.bulk_insert_mappings(CheckResultRow, results))
-            rows = {r.check: r for r in (await s.execute(
-                select(CheckStateRow).where(CheckStateRow.check.in_(dirty)))).scalars()} if dirty else {}
-            for name in dirty:
-                st, last = self.status[name], self.last.get(name)
-                values = dict(state=st.state, state_type=st.state_type, attempt=st.attempt, since=st.since,
-                              last_check=last.at if last else None, last_output=last.output if last else "",
-                              last_latency_ms=last.latency_ms if last else None, down=bool(last and last.down),
-                              flapping=st.flapping, history=list(st.history))
-                row = rows.get(name)
-                if row is None:
-                    s.add(CheckStateRow(check=name, **values))
-                else:
-                    for k, v in values.items():
-                        setattr(row, k, v)
-            # Bounded retention: prune a check once it is 20% over, not on every write.
-            for name in {r["check"] for r in results}:
-                count = self._counts.get(name, 0) + sum(1 for r in results if r["check"] == name)
-                if count > retention * 1.2:
-                    keep = select(CheckResultRow.id).where(CheckResultRow.check == name).order_by(
-                        CheckResultRow.at.desc()).limit(retention)
-                    await s.execute(delete(CheckResultRow).where(CheckResultRow.check == name,
-                                                                 CheckResultRow.id.not_in(keep)))
-                    count = retention
-                self._counts[name] = count
+    def _state_fields(self, name: str) -> dict[str, Any]:
+        """A check's persisted status as of now: what a restart restores."""
+        st, last = self.status[name], self.last.get(name)
+        return {"state": st.state, "state_type": st.state_type, "attempt": st.attempt, "since": st.since,
+                "last_check": last.at if last else None, "last_output": last.output if last else "",
+                "last_latency_ms": last.latency_ms if last else None, "down": bool(last and last.down),
+                "flapping": st.flapping, "history": list(st.history)}

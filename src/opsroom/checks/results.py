@@ -1,0 +1,180 @@
+"""Storing check results and states: in the background, in chunks, off the event loop.
+
+At 20,000 checks the monitor records several thousand results a second. Each chunk
+is one `Runtime.transact` (one hop to SQLite's writer thread, or run_sync on
+PostgreSQL) of at most three prebuilt statements, each sending the whole chunk at
+once (results, state upsert, retention prune): the ORM's unit of work on the loop
+thread stored ~150 results/s at that load and let the scheduler fall seconds behind.
+Results waiting for the store are bounded; past the bound the oldest are dropped
+and counted, never the check states (one row per check, always the latest), so a
+slow disk costs history, not memory or correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from sqlalchemy import Integer, bindparam, delete, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from opsroom.checks.models import CheckResultRow, CheckStateRow
+from opsroom.runtime import Begin, Runtime
+
+log = structlog.get_logger(__name__)
+WRITE_CHUNK = 250  # rows per transaction: a recovery waiting for the write lock never waits long
+MAX_PENDING = 50_000  # results held while the store lags (~7 s at 6,700 checks/s)
+FLUSH_EVERY_S = 0.5
+# A check whose status did not change still has its state row refreshed this often, so after a
+# restart "last checked" and its output are at most this old (the results table has them all).
+STATE_REFRESH_S = 60.0
+
+_STATE_FIELDS = ("state", "state_type", "attempt", "since", "last_check", "last_output", "last_latency_ms",
+                 "down", "flapping", "history")
+# RETURNING makes SQLAlchemy send a chunk as one multi-row INSERT ("insertmanyvalues") instead of
+# executemany, whose sqlite3 step per row gives up the GIL and waits to get it back for the next
+# row: 250 rows took 390 ms beside a busy event loop, one statement takes a few ms.
+_ADD_RESULTS = insert(CheckResultRow).returning(CheckResultRow.id)
+
+
+def _upsert(dialect_insert: Any) -> Any:
+    stmt = dialect_insert(CheckStateRow)
+    return stmt.on_conflict_do_update(index_elements=[CheckStateRow.check],
+                                      set_={f: stmt.excluded[f] for f in _STATE_FIELDS}).returning(CheckStateRow.check)
+
+
+# One row per check, always the latest: insert or overwrite in one statement (SQLite >= 3.24, PostgreSQL).
+_SAVE_STATES = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(postgresql_insert)}
+_RANKED = select(CheckResultRow.id, func.row_number().over(
+    partition_by=CheckResultRow.check, order_by=(CheckResultRow.at.desc(), CheckResultRow.id.desc())).label("rank")
+).where(CheckResultRow.check.in_(bindparam("b_checks", expanding=True))).subquery()
+# Every check of the chunk that is over retention, pruned to its newest `b_keep` in one statement.
+_PRUNE = delete(CheckResultRow).where(
+    CheckResultRow.id.in_(select(_RANKED.c.id).where(_RANKED.c.rank > bindparam("b_keep", type_=Integer))))
+
+StateOf = Callable[[str], dict[str, Any]]
+
+
+class ResultWriter:
+    """Results and dirty check names, taken by the writer: a deque and a set, whose single operations
+    are atomic, because on SQLite the writer thread takes while the event loop adds."""
+
+    def __init__(self, rt: Runtime, state_of: StateOf, *, max_pending: int = MAX_PENDING) -> None:
+        self.rt = rt
+        self.max_pending = max_pending
+        self.state_of = state_of  # a check's current persisted fields, read when its chunk is written
+        self.pending: deque[dict[str, Any]] = deque()
+        self.dirty: set[str] = set()
+        self.dropped = 0  # results never stored because the store fell max_pending behind
+        self.stored = 0
+        self._counts: dict[str, int] = {}  # results per check in the store, for pruning (writer only)
+        self._refresh_at: dict[str, float] = {}  # when an unchanged check's state row is due again
+        self._warned_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def add(self, result: dict[str, Any], *, state_changed: bool = True) -> None:
+        """Queue a result; its check's state row is rewritten on a change, else once a STATE_REFRESH_S."""
+        self.pending.append(result)
+        name = result["check"]
+        if state_changed or result["at"] >= self._refresh_at.get(name, 0.0):
+            self.dirty.add(name)
+            self._refresh_at[name] = result["at"] + STATE_REFRESH_S
+        if len(self.pending) > self.max_pending:
+            excess = len(self.pending) - self.max_pending
+            for _ in range(excess):
+                self.pending.popleft()
+            self.dropped += excess
+            now = time.monotonic()
+            if now - self._warned_at > 60:
+                self._warned_at = now
+                log.warning("the store is behind: oldest check results dropped", dropped_total=self.dropped,
+                            pending=len(self.pending))
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            # Not cancel(): the loop finishes its drain, then the final flush stores the rest.
+            self._stopping.set()
+            await self._task
+            self._task = None
+        await self.flush()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_EVERY_S)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("storing check results failed; will retry")
+
+    async def flush(self) -> None:
+        """Return once everything recorded before the call is stored; a chunk that fails is put back."""
+        while True:
+            if self._drain is not None:
+                # A drain a cancelled flush left running: wait for it, whatever its outcome.
+                await asyncio.wait([self._drain])
+            if not self.pending and not self.dirty:
+                return
+            # Shielded: a drain that started finishes even if this flush is cancelled, and what it
+            # took is either stored or put back (no loss, no duplicates).
+            drain = self._drain = asyncio.ensure_future(self.rt.in_writer(self._store))
+            drain.add_done_callback(self._drained)
+            await asyncio.shield(drain)
+
+    def _drained(self, drain: asyncio.Future[None]) -> None:
+        if self._drain is drain:
+            self._drain = None
+        if not drain.cancelled():
+            drain.exception()  # retrieved here: a cancelled flush no longer awaits it
+
+    def _store(self, begin: Begin, yield_now: Callable[[], bool]) -> None:
+        """Chunk after chunk, a transaction each, until nothing is left or another writer waits."""
+        retention = self.rt.settings.check_result_retention
+        while True:
+            results = _take(self.pending, WRITE_CHUNK)
+            names = [self.dirty.pop() for _ in range(min(WRITE_CHUNK, len(self.dirty)))]
+            if not results and not names:
+                return
+            added = Counter(r["check"] for r in results)
+            # Pruned once 20% over retention, not on every write.
+            prune = [n for n, k in added.items() if self._counts.get(n, 0) + k > retention * 1.2]
+            try:
+                states = [{"check": n, **self.state_of(n)} for n in names]
+                with begin() as s:
+                    conn = s.connection()
+                    if results:
+                        conn.execute(_ADD_RESULTS, results)
+                    if states:
+                        conn.execute(_SAVE_STATES[conn.dialect.name], states)
+                    if prune:
+                        conn.execute(_PRUNE, {"b_checks": prune, "b_keep": retention})
+            except BaseException:
+                self.pending.extendleft(reversed(results))
+                self.dirty.update(names)
+                raise
+            self.stored += len(results)
+            for name, k in added.items():
+                self._counts[name] = retention if name in prune else self._counts.get(name, 0) + k
+            if yield_now():
+                return
+
+
+def _take(items: deque[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Up to n from the head; the loop may trim the head meanwhile (the backlog bound), so no len()."""
+    out: list[dict[str, Any]] = []
+    with contextlib.suppress(IndexError):
+        for _ in range(n):
+            out.append(items.popleft())
+    return out
