@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsroom.catalog.loader import load_catalog
+from opsroom.checks.probes import ProbeContext
 from opsroom.config import Settings
 from opsroom.runtime import Runtime
 from opsroom.store.engine import make_engine
@@ -91,3 +92,13 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
         yield rt, fake
     finally:
         await server.stop(rt)
+
+
+@pytest.fixture
+async def ctx() -> AsyncIterator[ProbeContext]:
+    """What probes share (HTTP session, deadlines, connect watcher), closed after the test."""
+    c = ProbeContext()
+    try:
+        yield c
+    finally:
+        await c.close()

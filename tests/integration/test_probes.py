@@ -69,15 +69,6 @@ async def target() -> AsyncIterator[Target]:
 
 
 @pytest.fixture
-async def ctx() -> AsyncIterator[ProbeContext]:
-    c = ProbeContext()
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-@pytest.fixture
 def closed_port() -> int:
     # Bind, learn the port, close: nothing listens there for the test's duration.
     with socket.socket() as s:
@@ -167,6 +158,62 @@ async def test_tcp_ok_and_refused(target: Target, closed_port: int, ctx: ProbeCo
     assert "time_ms" in r.perfdata
     r = await run(TcpCheck(name="t", type="tcp", host="127.0.0.1", port=closed_port), ctx)
     assert r.state == "CRITICAL" and r.down and r.output == f"connection refused (127.0.0.1:{closed_port})"
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A listener that never accepts and whose backlog is full: Linux drops further SYNs, so a
+    connect to it hangs (the real shape of a firewalled or overloaded host)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port: int = srv.getsockname()[1]
+    filler = socket.socket()
+    filler.connect(("127.0.0.1", port))
+    try:
+        yield port
+    finally:
+        filler.close()
+        srv.close()
+
+
+async def test_tcp_connect_that_hangs_times_out_and_leaves_nothing_watched(full_backlog: int,
+                                                                           ctx: ProbeContext) -> None:
+    start = time.monotonic()
+    r = await run(TcpCheck(name="t", type="tcp", host="127.0.0.1", port=full_backlog, timeout=0.3), ctx)
+    assert (r.state, r.output) == ("CRITICAL", "timed out after 0.3s")
+    assert time.monotonic() - start < 1.0
+    assert len(ctx.connects) == 0 and len(ctx.deadlines) == 0
+
+
+async def test_tcp_hundreds_at_once_each_get_their_own_answer(target: Target, closed_port: int,
+                                                               ctx: ProbeContext) -> None:
+    ports = [target.port if i % 3 else closed_port for i in range(500)]
+    results = await asyncio.gather(*(run(TcpCheck(name=f"t{i}", type="tcp", host="127.0.0.1", port=port), ctx)
+                                     for i, port in enumerate(ports)))
+    for port, r in zip(ports, results, strict=True):
+        if port == target.port:
+            assert r.state == "OK", r.output
+        else:
+            assert r.state == "CRITICAL" and r.output == f"connection refused (127.0.0.1:{closed_port})"
+    assert len(ctx.connects) == 0
+
+
+async def test_tcp_by_name_tries_each_address(target: Target, ctx: ProbeContext) -> None:
+    """localhost may resolve to ::1 first, where nothing listens: the next address is tried."""
+    r = await run(TcpCheck(name="t", type="tcp", host="localhost", port=target.port), ctx)
+    assert r.state == "OK", r.output
+
+
+async def test_tcp_on_the_plain_selector_path(target: Target, closed_port: int, ctx: ProbeContext,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where epoll is missing the probe uses loop.sock_connect, with the same answers."""
+    import select
+
+    monkeypatch.delattr(select, "epoll")
+    assert (await run(TcpCheck(name="t", type="tcp", host="127.0.0.1", port=target.port), ctx)).state == "OK"
+    r = await run(TcpCheck(name="t", type="tcp", host="127.0.0.1", port=closed_port), ctx)
+    assert r.output == f"connection refused (127.0.0.1:{closed_port})"
 
 
 # --- process --------------------------------------------------------------

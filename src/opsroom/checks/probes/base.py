@@ -13,6 +13,9 @@ from typing import ClassVar, Generic, TypeVar
 import aiohttp
 import structlog
 
+from opsroom.checks.probes.connects import Connects
+from opsroom.checks.probes.deadlines import Deadlines
+
 log = structlog.get_logger(__name__)
 
 C = TypeVar("C")
@@ -46,6 +49,8 @@ class ProbeContext:
         self.limit = limit
         self.keepalive_timeout = keepalive_timeout
         self._session: aiohttp.ClientSession | None = None
+        self.deadlines = Deadlines()
+        self.connects = Connects()
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -58,6 +63,8 @@ class ProbeContext:
         return self._session
 
     async def close(self) -> None:
+        self.deadlines.close()
+        self.connects.close()
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
@@ -84,9 +91,17 @@ class Probe(ABC, Generic[C]):
     async def run(self, check: C, ctx: ProbeContext) -> ProbeResult:
         timeout = float(getattr(check, "timeout", 10.0))
         start = time.perf_counter()
+        task = asyncio.current_task()
+        assert task is not None
+        token = ctx.deadlines.watch(task, asyncio.get_running_loop().time() + timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await self.probe(check, ctx)
+            return await self.probe(check, ctx)
+        except asyncio.CancelledError:
+            # Ours (the deadline) unless someone else cancelled the task too: then theirs wins.
+            if not ctx.deadlines.release(token) or task.uncancel() > 0:
+                raise
+            return ProbeResult("CRITICAL", f"timed out after {fmt_seconds(timeout)}",
+                               latency_ms=elapsed_ms(start))
         except TimeoutError:
             return ProbeResult("CRITICAL", f"timed out after {fmt_seconds(timeout)}",
                                latency_ms=elapsed_ms(start))
@@ -94,6 +109,8 @@ class Probe(ABC, Generic[C]):
             log.warning("probe failed", probe=self.type, check=getattr(check, "name", None), exc_info=True)
             return ProbeResult("UNKNOWN", f"{self.type} probe error: {type(exc).__name__}: {exc}",
                                latency_ms=elapsed_ms(start))
+        finally:
+            ctx.deadlines.release(token)
 
     @abstractmethod
     async def probe(self, check: C, ctx: ProbeContext) -> ProbeResult:

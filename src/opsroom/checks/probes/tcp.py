@@ -1,6 +1,6 @@
 """TCP probe: can a connection be opened, and how fast.
 
-It connects a bare non-blocking socket with ``loop.sock_connect`` and closes it:
+It connects a bare non-blocking socket (watched by ``Connects``) and closes it:
 no transport, protocol or stream objects are built for a connection that is
 never used, which halves the CPU per check against ``asyncio.open_connection``
 (measured in bench/check_throughput.py) and lets one core run thousands per second.
@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from opsroom.catalog.schema import TcpCheck
 from opsroom.checks.probes.base import Probe, ProbeContext, ProbeResult, elapsed_ms
+from opsroom.checks.probes.connects import Connects
 
 AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}
@@ -40,16 +41,15 @@ def _literal(host: str, port: int) -> list[AddrInfo] | None:
     return [(socket.AF_INET6, socket.SOCK_STREAM, 0, "", (str(ip), port, 0, 0))]
 
 
-async def connect(host: str, port: int) -> None:
+async def connect(host: str, port: int, connects: Connects) -> None:
     """Open and close one connection; raises the last OSError if no address accepts."""
-    loop = asyncio.get_running_loop()
-    infos = _literal(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = _literal(host, port) or await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                                                 type=socket.SOCK_STREAM)
     error: OSError | None = None
     for family, kind, proto, _, addr in infos:
-        sock = socket.socket(family, kind, proto)
+        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK, proto)
         try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, addr)
+            await connects.connect(sock, addr)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             return
         except OSError as exc:  # e.g. localhost: ::1 refused, 127.0.0.1 listening
@@ -66,7 +66,7 @@ class TcpProbe(Probe[TcpCheck]):
         target = f"{check.host}:{check.port}"
         start = time.perf_counter()
         try:
-            await connect(check.host, check.port)
+            await connect(check.host, check.port, ctx.connects)
         except ConnectionRefusedError:
             return ProbeResult("CRITICAL", f"connection refused ({target})", latency_ms=elapsed_ms(start),
                                down=True)
