@@ -6,7 +6,7 @@ check's first run is offset within its interval by a stable hash of its name,
 so 20,000 checks at 10 s spread to ~2,000 starts per second instead of one
 burst, and the phase survives restarts.
 
-Dispatch is bounded by a semaphore: a slow check holds one slot, never the
+Dispatch is bounded by `concurrency` slots: a slow check holds one slot, never the
 dispatcher. When every slot is busy the dispatcher waits (back-pressure, bounded
 memory) and the wait shows up as scheduler lag (actual start - due time), which
 is kept in a bounded window for ``lag_percentiles``.
@@ -61,7 +61,10 @@ class Scheduler:
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
         self._generations = itertools.count(1)
-        self._sem = asyncio.Semaphore(concurrency)
+        # Free slots: a counter and one future, not a Semaphore, whose locked() walks its waiters
+        # on every dispatch (the dispatcher is the only one that ever waits for a slot).
+        self._free = concurrency
+        self._slot_freed: asyncio.Future[None] | None = None
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._lags: deque[float] = deque(maxlen=lag_window)
@@ -191,11 +194,14 @@ class Scheduler:
                 burst = 0
                 await self._sleep_until(due)
                 continue
-            if self._sem.locked():
+            if self._free == 0:
                 burst = 0
-                await self._sem.acquire()
+                self._slot_freed = asyncio.get_running_loop().create_future()
+                try:
+                    await self._slot_freed
+                finally:
+                    self._slot_freed = None
                 # The world moved while we waited: re-read the head before using the slot.
-                self._sem.release()
                 continue
             heapq.heappop(self._heap)
             entry.due = self._next_due(entry, due, now)
@@ -203,7 +209,7 @@ class Scheduler:
             if name in self._running:
                 self.skipped_busy += 1
             else:
-                await self._sem.acquire()  # free: returns at once
+                self._free -= 1
                 self._running.add(name)
                 entry.last_start = now
                 task = asyncio.get_running_loop().create_task(self._run(name, due))
@@ -236,7 +242,9 @@ class Scheduler:
             log.exception("check run failed outside its probe", check=name)
         finally:
             self._running.discard(name)
-            self._sem.release()
+            self._free += 1
+            if self._slot_freed is not None and not self._slot_freed.done():
+                self._slot_freed.set_result(None)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
