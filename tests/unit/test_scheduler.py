@@ -218,6 +218,38 @@ async def test_far_behind_skips_missed_runs_instead_of_bursting() -> None:
         await sched.stop()
 
 
+async def test_runs_reuse_a_few_workers_instead_of_a_task_each() -> None:
+    rec = Recorder(delays={f"c{i}": 0.005 for i in range(4)})
+    sched = Scheduler(rec, concurrency=50)
+    for i in range(4):
+        sched.add(f"c{i}", 0.02)
+    sched.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert sched.dispatched >= 60
+        assert 1 <= sched.workers <= 4  # never more than the runs that overlapped
+    finally:
+        await sched.stop()
+    assert sched.workers == 0
+
+
+async def test_a_stopped_scheduler_starts_again_cleanly() -> None:
+    rec = Recorder(delays={"slow": 0.2})
+    sched = Scheduler(rec, concurrency=1)
+    sched.add("slow", 0.01)
+    sched.add("other", 0.01)
+    sched.start()
+    await asyncio.sleep(0.05)  # slow holds the one slot; other waits
+    await sched.stop()
+    before = rec.count("other")
+    sched.start()
+    try:
+        await asyncio.sleep(0.6)
+    finally:
+        await sched.stop()
+    assert rec.count("slow") >= 2 and rec.count("other") > before  # no slot or name left stuck
+
+
 def test_bad_arguments() -> None:
     async def noop(name: str) -> None:
         return None
