@@ -81,3 +81,25 @@ async def test_a_cancel_that_meets_the_deadline_still_wins(ctx: ProbeContext) ->
     assert task.cancelling() == 2
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class SwallowProbe(Probe[Sleepy]):
+    """A badly behaved probe: it catches the cancellation and returns as if nothing happened."""
+
+    type: ClassVar[str] = "swallow"
+
+    async def probe(self, check: Sleepy, ctx: ProbeContext) -> ProbeResult:
+        try:
+            await asyncio.sleep(check.sleep)
+        except asyncio.CancelledError:
+            return ProbeResult("OK", "swallowed the cancel")
+        return ProbeResult("OK", "slept")
+
+
+async def test_a_probe_that_swallows_its_deadline_leaves_the_task_uncancelled(ctx: ProbeContext) -> None:
+    """The scheduler's workers live on after a probe: a leftover cancel request would hit their next await."""
+    result = await SwallowProbe().run(Sleepy("rude", 5.0, 0.1), ctx)
+    assert result.output == "swallowed the cancel"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.01)  # the task goes on undisturbed

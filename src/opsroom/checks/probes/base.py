@@ -110,7 +110,10 @@ class Probe(ABC, Generic[C]):
             return ProbeResult("UNKNOWN", f"{self.type} probe error: {type(exc).__name__}: {exc}",
                                latency_ms=elapsed_ms(start))
         finally:
-            ctx.deadlines.release(token)
+            if ctx.deadlines.release(token):
+                # Cancelled for the deadline, but the probe swallowed it and returned: withdraw our
+                # request, or the task (a long-lived scheduler worker) stays marked as cancelling.
+                task.uncancel()
 
     @abstractmethod
     async def probe(self, check: C, ctx: ProbeContext) -> ProbeResult:
