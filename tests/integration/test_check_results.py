@@ -8,7 +8,6 @@ oldest results, counted, not unbounded memory.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -126,30 +125,33 @@ async def test_a_store_that_falls_behind_drops_the_oldest_results_and_counts_the
 
 async def test_a_flush_cancelled_while_its_transaction_runs_stores_the_chunk_once(tmp_path: Path) -> None:
     """Cancelled mid-transaction on SQLite's writer thread: the chunk reached the store, so it is not put back."""
+    import threading
+
     rt = await server.open_runtime(Settings(data=tmp_path / "data", catalog=small_catalog(tmp_path)))
     try:
+        inside, release = threading.Event(), threading.Event()
         states = States()
-        writer = ResultWriter(rt, states)
-        record(writer, states, "warm", 0.0)
-        await writer.flush()  # the writer knows which state rows exist; the next write goes straight in
+
+        def state_of(check: str) -> dict[str, Any]:
+            # Called on the writer thread inside the transaction, after the chunk was taken.
+            inside.set()
+            release.wait(10)
+            return states(check)
+
+        writer = ResultWriter(rt, state_of)
         for i in range(50):
             record(writer, states, "a", float(i))
-        # Another process holds SQLite's write lock: the writer thread waits inside BEGIN IMMEDIATE.
-        other = sqlite3.connect(rt.settings.data / "opsroom.db", isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
         flush = asyncio.create_task(writer.flush())
-        await asyncio.sleep(0.3)
-        assert not flush.done()
+        assert await asyncio.to_thread(inside.wait, 10)
         flush.cancel()
         with pytest.raises(asyncio.CancelledError):
             await flush
-        assert list(writer.pending) == []  # in flight, not put back: it may still commit
-        other.rollback()
-        other.close()
+        assert list(writer.pending) == []  # taken by the transaction in flight: not put back
+        release.set()
         await writer.flush()  # waits for the write still in flight
         assert [r.at for r in await stored(rt, "a")] == [float(i) for i in range(50)]
         await writer.flush()
-        assert len(await stored(rt, "a")) == 50
+        assert len(await stored(rt, "a")) == 50 and writer.stored == 50
     finally:
         await rt.close()
 
@@ -177,7 +179,7 @@ async def test_a_long_drain_gives_way_to_a_recovery_write(tmp_path: Path) -> Non
         for i in range(20_000):
             record(writer, states, f"c{i % 500}", float(i))
         flush = asyncio.create_task(writer.flush())
-        while writer.stored == 0:
+        while len(writer.pending) == 20_000:  # until the drain has begun taking chunks
             await asyncio.sleep(0.0005)
         left: list[int] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -210,6 +211,7 @@ async def test_a_cancelled_flush_loses_no_results(tmp_path: Path) -> None:
 
     async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
         assert rt.monitor is not None and rt._write_lock is not None
+        rt.settings.check_result_ok_interval = 0  # keep every result: this is about the flush
         for i in range(50):
             rt.monitor.record("x-http", _result("OK"), now=1000.0 + i)
         async with rt._write_lock:  # the store is busy: the flush takes its batch, then waits
@@ -249,6 +251,7 @@ async def test_a_steady_check_rewrites_its_state_row_only_on_change_or_once_a_mi
 
     async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
         assert rt.monitor is not None
+        rt.settings.check_result_ok_interval = 0  # keep every result: this is about state rows
         t = T0
         for _ in range(HISTORY_SIZE):  # fills the history: every one of these changes the status
             t += 1
@@ -272,3 +275,65 @@ async def test_a_steady_check_rewrites_its_state_row_only_on_change_or_once_a_mi
         async with rt.read() as s:  # every result is kept whether or not its state row was rewritten
             assert (await s.execute(select(func.count()).select_from(CheckResultRow))).scalar_one() == \
                 HISTORY_SIZE + 12
+
+
+async def test_a_restart_does_not_rewrite_every_stored_state_at_once(tmp_path: Path) -> None:
+    """Stored states are already right after a restart: their refreshes are spread, not a burst."""
+    from opsroom.checks.models import CheckStateRow
+    from opsroom.checks.results import STATE_REFRESH_S
+    from opsroom.domain.check_state import HISTORY_SIZE
+
+    catalog = _catalog(tmp_path)
+    names = ("x-http", "y-http", "t-http")
+    async with _boot(tmp_path, catalog) as (rt, _fake):
+        assert rt.monitor is not None
+        for i in range(HISTORY_SIZE):
+            for name in names:
+                rt.monitor.record(name, _result("OK"), now=T0 + i)
+    async def last_checks() -> dict[str, float | None]:
+        async with rt.read() as s:
+            return {r.check: r.last_check for r in (await s.execute(select(CheckStateRow))).scalars()}
+
+    async with _boot(tmp_path, catalog) as (rt, _fake):
+        assert rt.monitor is not None
+        t = T0 + 100
+        for name in names:
+            rt.monitor.record(name, _result("OK", "after the restart"), now=t)
+        await rt.monitor.flush()
+        # Nothing rewritten: the rows already hold these states (from before the restart).
+        assert await last_checks() == {n: T0 + HISTORY_SIZE - 1 for n in names}
+        while t < T0 + 100 + STATE_REFRESH_S:
+            t += 1
+            for name in names:
+                rt.monitor.record(name, _result("OK", f"at {t}"), now=t)
+        await rt.monitor.flush()
+        refreshed = await last_checks()
+        assert all(T0 + 100 < (refreshed[n] or 0) <= t for n in names)  # each within one period
+
+
+async def test_a_steady_ok_check_keeps_one_result_a_minute_and_every_problem(tmp_path: Path) -> None:
+    from opsroom.domain.check_state import HISTORY_SIZE
+
+    async with _boot(tmp_path, _catalog(tmp_path)) as (rt, _fake):
+        assert rt.monitor is not None and rt.monitor.results is not None
+        assert rt.settings.check_result_ok_interval == 60.0  # the default
+        t = T0
+        for _ in range(HISTORY_SIZE):  # a new check: each result changes the status, each is kept
+            t += 1
+            rt.monitor.record("x-http", _result("OK"), now=t)
+        for _ in range(300):  # five minutes of steady OK every second: one kept a minute
+            t += 1
+            rt.monitor.record("x-http", _result("OK", f"OK at {t}"), now=t)
+        problem_at = t + 1
+        for i in range(5):  # a problem: every result kept, soft and hard
+            rt.monitor.record("x-http", _result("CRITICAL", f"down {i}", down=True), now=problem_at + i)
+        rt.monitor.record("x-http", _result("OK", "back"), now=problem_at + 5)  # the recovery: kept
+        await rt.monitor.flush()
+        async with rt.read() as s:
+            rows = list((await s.execute(select(CheckResultRow).where(CheckResultRow.check == "x-http")
+                                         .order_by(CheckResultRow.at))).scalars())
+        steady = [r for r in rows[HISTORY_SIZE:] if r.at < problem_at]
+        assert 4 <= len(steady) <= 6, [r.at for r in steady]
+        assert all(b.at - a.at >= 60 for a, b in itertools.pairwise(steady))
+        assert [r.output for r in rows if r.at >= problem_at] == [f"down {i}" for i in range(5)] + ["back"]
+        assert rt.monitor.results.sampled_out == 300 - len(steady)
