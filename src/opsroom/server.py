@@ -61,7 +61,8 @@ async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, sched
     relay = OutboxRelay(rt)
     await relay.start()
     rt.extras["outbox"] = relay
-    rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt))
+    stopping = rt.extras["housekeeping_stop"] = asyncio.Event()
+    rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt, stopping))
     rt.catalog.prepare()
     # The catalog and engines live as long as the process: move them out of the cyclic
     # collector's view, whose full passes over 20,000 checks otherwise pause the loop 40-80 ms.
@@ -69,9 +70,16 @@ async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, sched
     gc.freeze()
 
 
-async def _housekeeping(rt: Runtime) -> None:
-    while True:
-        await asyncio.sleep(5)
+HOUSEKEEPING_EVERY_S = 5.0  # expired approvals are swept this often
+
+
+async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
+    # Stopped by the event between passes, not cancelled: a cancel landing inside a transaction
+    # cancels its rollback too, and the pool then logs a traceback for the abandoned connection.
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), HOUSEKEEPING_EVERY_S)
+            return
         try:
             await approvals.expire_due(rt)
         except Exception:
@@ -84,9 +92,11 @@ async def stop(rt: Runtime) -> None:
         await relay.stop()
     task = rt.extras.pop("housekeeping", None)
     if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        rt.extras.pop("housekeeping_stop").set()
+        try:
+            await asyncio.wait_for(task, 10)
+        except TimeoutError:
+            log.warning("housekeeping did not stop within 10 s; cancelled")
     if rt.monitor is not None:
         await rt.monitor.stop()
     if rt.executor is not None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
+from opsroom import server
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM
 from opsroom.approvals import service as approvals
@@ -22,8 +26,9 @@ from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 from opsroom.web import errors
-from tests.factories import token_for
+from tests.factories import small_catalog, token_for
 from tests.inprocess import ask as _ask
+from tests.inprocess import booted as _booted
 from tests.inprocess import said as _said
 from tests.inprocess import settle as _settle
 
@@ -186,3 +191,19 @@ async def test_web_and_api_decisions_record_the_same_audit_shape_as_chat(running
     executions = {e.id for e in await runbooks.list_executions(rt, actor=SYSTEM)}
     assert {r.details["execution"] for r in by_door.values()} == executions
     assert (await audit.verify(rt)).ok
+
+
+async def test_housekeeping_sweeps_expired_requests_and_stops_between_passes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "HOUSEKEEPING_EVERY_S", 0.05)
+    async with _booted(tmp_path, small_catalog(tmp_path)) as (rt, fake):
+        request = await _request_deploy(fake)
+        await _force_expiry(rt, request)
+        for _ in range(100):  # the sweep, not this test, closes it
+            if (await _approval(rt, request)).status == "expired":
+                break
+            await asyncio.sleep(0.05)
+        assert (await _approval(rt, request)).status == "expired"
+        task = rt.extras["housekeeping"]
+    # Left by stop between passes (finished), not cancelled in the middle of a transaction.
+    assert task.done() and not task.cancelled() and task.exception() is None
