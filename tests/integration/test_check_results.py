@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from opsroom import server
 from opsroom.checks.models import CheckResultRow, CheckStateRow
-from opsroom.checks.results import ResultWriter
+from opsroom.checks.results import WRITE_CHUNK, ResultWriter
 from opsroom.config import Settings
 from opsroom.runtime import Runtime
 from tests.factories import small_catalog
@@ -107,6 +107,25 @@ async def test_a_failing_chunk_is_kept_not_lost(store_rt: Runtime) -> None:
     writer.pending[1]["output"] = "fixed"
     await writer.flush()
     assert [r.at for r in await stored(store_rt)] == [1.0, 2.0]
+
+
+async def test_a_drain_is_one_transaction_across_its_chunks(store_rt: Runtime) -> None:
+    states = States()
+    writer = ResultWriter(store_rt, states)
+    n = WRITE_CHUNK * 2 + 100
+    for i in range(n):
+        record(writer, states, f"c{i % 7}", float(i))
+    writer.add({**result("c0", float(n)), "output": None})  # fails in the last chunk only
+    with pytest.raises(IntegrityError):
+        await writer.flush()
+    # The chunks stored before the failure were rolled back with it and everything is put back, in order.
+    assert await stored(store_rt) == []
+    assert [r["at"] for r in writer.pending] == [float(i) for i in range(n + 1)]
+    assert writer.dirty == {f"c{i}" for i in range(7)} and writer.stored == 0
+    writer.pending[-1]["output"] = "fixed"
+    await writer.flush()
+    assert [r.at for r in await stored(store_rt)] == [float(i) for i in range(n + 1)]
+    assert writer.stored == n + 1
 
 
 async def test_a_store_that_falls_behind_drops_the_oldest_results_and_counts_them(store_rt: Runtime) -> None:

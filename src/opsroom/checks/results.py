@@ -31,7 +31,7 @@ from opsroom.checks.models import CheckResultRow, CheckStateRow
 from opsroom.runtime import Begin, Runtime
 
 log = structlog.get_logger(__name__)
-WRITE_CHUNK = 250  # rows per transaction: a recovery waiting for the write lock never waits long
+WRITE_CHUNK = 250  # rows per statement; between chunks a drain gives way to a waiting writer (a recovery)
 MAX_PENDING = 50_000  # results held while the store lags (~7 s at 6,700 checks/s)
 FLUSH_EVERY_S = 0.5
 # A check whose status did not change still has its state row refreshed this often, so after a
