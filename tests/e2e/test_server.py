@@ -128,6 +128,9 @@ def test_operator_runs_via_api(served: tuple[Demo, dict[str, str]]) -> None:
         assert httpx.get(server.base + url, timeout=10).status_code == 200
     metrics = httpx.get(server.base + "/metrics").text
     assert 'opsroom_executions_total{runbook="hello",status="succeeded"}' in metrics
+    # The served schedule is running: opsroom's own load is there to alert on.
+    assert 'opsroom_scheduler_lag_seconds{quantile="0.99"}' in metrics
+    assert "opsroom_check_results_dropped_total 0.0" in metrics
 
 
 def _kill_marker_processes() -> None:

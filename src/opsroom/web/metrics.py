@@ -1,4 +1,5 @@
-"""Prometheus /metrics: check states and latencies, executions, rule runs."""
+"""Prometheus /metrics: check states and latencies, executions, rule runs, and opsroom's own load
+(scheduler lag and skips, the result store's backlog and drops)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,36 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from opsroom.checks.results import ResultWriter
+from opsroom.checks.scheduler import Scheduler
 from opsroom.events import ExecutionFinished, RuleHeld, RuleTriggered
 from opsroom.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)
+# No `_created` series: a start timestamp per labelled child doubles what Prometheus stores for
+# no alert anyone writes (process-wide, and opsroom is the only registry user in its process).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 STATE_VALUE = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 
 
 class _MonitorCollector(Collector):
+    """Read at scrape time from the monitor's own state: nothing to keep in step on the hot path."""
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("opsroom_check_state", "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
                                   labels=["check", "state_type"])
         latency = GaugeMetricFamily("opsroom_check_latency_ms", "latency of the last probe", labels=["check"])
@@ -34,12 +49,38 @@ class _MonitorCollector(Collector):
                 latency.add_metric([name], last.latency_ms)
             for system, ok in mon.system_healthy.items():
                 healthy.add_metric([system], 1 if ok else 0)
-            runs = GaugeMetricFamily("opsroom_checks_run", "checks run since start")
-            runs.add_metric([], mon.checks_run)
-            yield runs
+            yield CounterMetricFamily("opsroom_checks_run", "checks run since start", value=mon.checks_run)
+            yield from _scheduler_metrics(mon.scheduler)
+            if mon.results is not None:
+                yield from _result_store_metrics(mon.results)
         yield state
         yield latency
         yield healthy
+
+
+def _scheduler_metrics(sched: Scheduler) -> Iterator[Metric]:
+    # The signs that opsroom itself is overloaded: checks starting late, or whole runs skipped.
+    lag = GaugeMetricFamily("opsroom_scheduler_lag_seconds",
+                            "check start minus its due time over the recent window", labels=["quantile"])
+    pct = sched.lag_percentiles()
+    for q, key in (("0.5", "p50"), ("0.99", "p99"), ("1", "max")):
+        lag.add_metric([q], pct[key])
+    yield lag
+    yield CounterMetricFamily("opsroom_scheduler_skipped_late", "check runs skipped because the scheduler "
+                              "was a whole interval behind", value=sched.skipped_late)
+    yield CounterMetricFamily("opsroom_scheduler_skipped_busy", "check runs skipped because the previous "
+                              "run of the check was still going", value=sched.skipped_busy)
+
+
+def _result_store_metrics(results: ResultWriter) -> Iterator[Metric]:
+    # A growing backlog or any drop means the store is not keeping up with the checks.
+    yield GaugeMetricFamily("opsroom_check_results_pending", "check results waiting to be stored",
+                            value=len(results.pending))
+    yield CounterMetricFamily("opsroom_check_results_stored", "check results stored", value=results.stored)
+    yield CounterMetricFamily("opsroom_check_results_dropped", "check results dropped because the store "
+                              "fell behind by more than the backlog bound", value=results.dropped)
+    yield CounterMetricFamily("opsroom_check_results_sampled_out", "OK results of unchanged checks not kept "
+                              "(check_result_ok_interval)", value=results.sampled_out)
 
 
 class Metrics:
