@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,27 +29,44 @@ if TYPE_CHECKING:
 PG_ADMIN = os.environ.get("OPSROOM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    name = f"opsroom_test_{uuid.uuid4().hex[:8]}"
+def pg_admin(sql: str) -> None:
+    """Run one statement as the PostgreSQL admin (CREATE/DROP DATABASE, pg_terminate_backend)."""
 
-    async def admin(sql: str) -> None:
+    async def admin() -> None:
         conn = await asyncpg.connect(PG_ADMIN)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
-    def in_thread(sql: str) -> None:
-        # Session fixtures may be first requested from inside a running event loop.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, admin(sql)).result()
+    # Fixtures may be requested from inside a running event loop: run it on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, admin()).result()
 
-    in_thread(f'CREATE DATABASE "{name}"')
+
+@contextlib.contextmanager
+def _pg_database() -> Iterator[str]:
+    name = f"opsroom_test_{uuid.uuid4().hex[:8]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    in_thread(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    with _pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_own_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, for whole servers that commit for real."""
+    with _pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

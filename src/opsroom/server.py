@@ -21,6 +21,7 @@ from opsroom.outbox import OutboxRelay
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.executor import Executor
 from opsroom.runtime import Runtime
+from opsroom.store.lease import lease_for
 from opsroom.store.migrate import upgrade
 
 log = structlog.get_logger(__name__)
@@ -41,7 +42,13 @@ async def open_runtime(settings: Settings, catalog: Catalog | None = None) -> Ru
 
 async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, schedule: bool = True,
                 passwords: dict[str, str] | None = None) -> None:
-    """Start every engine. Order matters: rooms listen before checks can announce."""
+    """Start every engine. Order matters: rooms listen before checks can announce.
+
+    Raises LeaseHeld, before anything starts, when another server runs against the same store.
+    """
+    lease = lease_for(rt.engine, on_lost=lambda holder: _lease_lost(rt, holder))
+    await lease.acquire()
+    rt.extras["lease"] = lease
     await access.ensure_bootstrap_users(rt, passwords=passwords)
     rt.rooms = RoomHub(rt)
     for adapter in adapters or []:
@@ -86,6 +93,13 @@ async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
             log.exception("expiring approvals failed")
 
 
+def _lease_lost(rt: Runtime, holder: str) -> None:
+    # Another server has the store now: it runs the checks and recoveries, this one must not.
+    log.critical("server lease lost to another server; checks stop here", holder=holder)
+    if rt.monitor is not None:
+        rt.extras["lease_lost"] = asyncio.get_running_loop().create_task(rt.monitor.scheduler.stop())
+
+
 async def stop(rt: Runtime) -> None:
     relay = rt.extras.pop("outbox", None)
     if relay is not None:
@@ -105,4 +119,7 @@ async def stop(rt: Runtime) -> None:
     if rt.rooms is not None:
         await asyncio.sleep(0)  # let queued room posts reach the store
         await rt.rooms.stop()
+    lease = rt.extras.pop("lease", None)
+    if lease is not None:
+        await lease.release()
     await rt.close()

@@ -20,6 +20,7 @@ from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.loader import load_catalog
 from opsroom.config import Settings
 from opsroom.errors import OpsroomError
+from opsroom.store import lease
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="opsroom: ChatOps for production support.")
 catalog_app = typer.Typer(no_args_is_help=True, help="The catalog (config as code).")
@@ -109,6 +110,11 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
     except ValueError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
+    settings.data.mkdir(parents=True, exist_ok=True)
+    problem = lease.preflight(settings.db_url)
+    if problem:
+        err.print(f"error: {problem}", markup=False, highlight=False)
+        raise typer.Exit(2)
     out.print(f"opsroom serving http://{host}:{port}/ (data in {settings.data})", highlight=False)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The standard asyncio loop, named (uvicorn would pick uvloop when installed): it starts a

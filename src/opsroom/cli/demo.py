@@ -15,6 +15,7 @@ import platformdirs
 from rich.console import Console
 
 from opsroom.demo import ctl
+from opsroom.store import lease
 
 DEMO_PASSWORDS = {"you": "you-demo-pw", "boss": "boss-demo-pw", "dev": "dev-demo-pw"}
 CATALOG = Path(__file__).resolve().parent.parent / "demo" / "catalog"
@@ -38,6 +39,11 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
     from opsroom.web.app import create_app
 
     data = data or Path(platformdirs.user_data_dir("opsroom")) / "demo"
+    # Before the clean start below: a demo already running on this directory keeps its data.
+    problem = lease.preflight(f"sqlite:///{data / 'opsroom.db'}") if data.exists() else None
+    if problem:
+        Console(stderr=True, soft_wrap=True).print(f"error: {problem}", markup=False, highlight=False)
+        raise SystemExit(2)
     # A demo starts clean: yesterday's incident should not be in today's room.
     if data.exists():
         shutil.rmtree(data)
