@@ -95,7 +95,10 @@ async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
 
 def _lease_lost(rt: Runtime, holder: str) -> None:
     # Another server has the store now: it runs the checks and recoveries, this one must not.
-    log.critical("server lease lost to another server; checks stop here", holder=holder)
+    log.critical("server lease lost to another server; checks and rules stop here", holder=holder)
+    rules = rt.extras.get("rules")
+    if rules is not None:
+        rules.suspend(f"server lease lost to {holder}")
     if rt.monitor is not None:
         rt.extras["lease_lost"] = asyncio.get_running_loop().create_task(rt.monitor.scheduler.stop())
 

@@ -98,6 +98,7 @@ async def test_a_server_that_lost_its_lease_to_another_stops_checking(pg_server:
     try:
         holder._watch = asyncio.get_running_loop().create_task(holder._watchdog())
         assert await _until(lambda: first.monitor is not None and not first.monitor.scheduler.running)
+        assert "server lease lost to opsroom server" in first.extras["rules"].suspended
     finally:
         await server.stop(second)
 

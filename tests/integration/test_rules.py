@@ -93,6 +93,15 @@ async def test_hard_critical_runs_runbook_with_templated_params(tmp_path: Path) 
         assert len(said) == 2  # a rule's success is not announced: the health notice says it
 
 
+async def test_a_suspended_engine_acts_on_nothing(tmp_path: Path) -> None:
+    async with _boot(tmp_path, _catalog(tmp_path, [_rule()])) as (rt, _fake):
+        rt.bus.keep_history = True
+        rt.extras["rules"].suspend("server lease lost to another server")
+        await _feed(rt, ["CRITICAL"])
+        assert _runs(tmp_path) == [] and await _executions(rt) == []
+        assert not [e for e in rt.bus.history if isinstance(e, RuleTriggered | RuleHeld | RuleEscalated)]
+
+
 async def test_soft_attempt_rule_fires_before_hard_and_before_any_notice(tmp_path: Path) -> None:
     rule = _rule(when={"state_type": "soft", "attempt": 2})
     async with _boot(tmp_path, _catalog(tmp_path, [rule], max_attempts=3)) as (rt, fake):

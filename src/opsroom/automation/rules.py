@@ -67,6 +67,12 @@ class RulesEngine:
         self.runs: dict[str, deque[float]] = defaultdict(deque)
         self.pending_verify: dict[int, tuple[Rule, CheckStateChanged]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.suspended: str | None = None  # why this server no longer acts (another has the store)
+
+    def suspend(self, reason: str) -> None:
+        """Act on nothing from now on: another server runs the recoveries for this store."""
+        self.suspended = reason
+        log.warning("rules suspended", reason=reason)
 
     async def load(self) -> None:
         horizon = time.time() - max((r.policy.window for r in self.rt.catalog.rules.values()), default=0)
@@ -88,6 +94,8 @@ class RulesEngine:
             self.pending_verify.pop(ev.execution_id, None)
 
     async def on_state_changed(self, ev: CheckStateChanged) -> None:
+        if self.suspended is not None:
+            return
         for rule in self.rt.catalog.rules.values():
             if not rule.enabled:
                 continue
