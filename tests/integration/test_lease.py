@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from opsroom.store import lease
 from opsroom.store.lease import AdvisoryLease, FileLease, LeaseHeld
 from tests.conftest import pg_admin
 from tests.e2e.harness import cli
-from tests.factories import PASSWORDS, small_catalog
+from tests.factories import PASSWORDS, free_port, small_catalog
 
 ME = f"pid {os.getpid()}"
 
@@ -133,6 +135,28 @@ def test_serve_and_demo_refuse_a_store_in_use_without_touching_it(tmp_path: Path
     for result in (serve, demo):
         assert "Traceback" not in result.stdout + result.stderr
     assert (data / "keep.txt").read_text() == "yesterday's incident"  # the demo did not wipe it
+
+
+def test_a_server_that_loses_the_start_race_says_why_without_a_traceback(tmp_path: Path) -> None:
+    # Two servers started in the same second both pass the CLI's preflight; the one that then
+    # loses the lease inside the web server's startup must still say why in a line and exit 2.
+    data = tmp_path / "data"
+    data.mkdir()
+    held = FileLease(data / "opsroom.db.server-lock")
+    asyncio.run(held.acquire())
+    racing = ("import sys; from opsroom.store import lease; lease.preflight = lambda url: None; "
+              "from opsroom.cli import app; app(sys.argv[1:], prog_name='opsroom')")
+    try:
+        result = subprocess.run([sys.executable, "-c", racing, "serve", "--catalog", str(small_catalog(tmp_path)),
+                                 "--data", str(data), "--port", str(free_port())],
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        asyncio.run(held.release())
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "another opsroom server is already running against this store" in result.stderr, output
+    assert ME in result.stderr and "hint: one server per store" in result.stderr
+    assert "Traceback" not in output
 
 
 def test_serve_names_an_unreachable_database(tmp_path: Path) -> None:

@@ -120,8 +120,15 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
     # The standard asyncio loop, named (uvicorn would pick uvloop when installed): it starts a
     # recovery's process with vfork in ~1 ms where uvloop's libuv spawn takes ~2.7 ms, and the
     # probes' own machinery (probes/connects.py, probes/deadlines.py) leaves uvloop little to add.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, ws="websockets-sansio",
-                loop="asyncio")
+    web = create_app(settings)
+    try:
+        uvicorn.run(web, host=host, port=port, log_level=settings.log_level, ws="websockets-sansio", loop="asyncio")
+    except SystemExit:
+        # uvicorn exits 3 on any failed startup; a refusal it printed the reason for (a server
+        # that started in the same second holds the store) exits 2, as the preflight above does.
+        if web.state.refused:
+            raise typer.Exit(2) from None
+        raise
 
 
 @check_app.command("run")

@@ -88,6 +88,10 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         asyncio.run(main())
+    except SystemExit:
+        if app.state.refused:  # explained by uvicorn's log already; exit as the preflight does
+            raise SystemExit(2) from None
+        raise
     finally:
         for name in ("service-b", "service-c"):
             ctl.stop(data, name)

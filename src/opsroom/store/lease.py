@@ -201,14 +201,22 @@ async def ensure_free(url: str) -> None:
         await engine.dispose()
 
 
+def refusal(exc: BaseException) -> str | None:
+    """Why a server cannot start on its store, as a message with a hint, when `exc` says so (the
+    store is held by another server, or cannot be reached); None for any other failure."""
+    if isinstance(exc, LeaseHeld):
+        return (f"{exc}\n  hint: one server per store: stop that one first, or give this one its own "
+                "store (--data DIR, or OPSROOM_DATABASE_URL)")
+    if isinstance(exc, OSError | SQLAlchemyError):
+        return (f"cannot reach the store: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}\n"
+                "  hint: check OPSROOM_DATABASE_URL and that the database accepts connections")
+    return None
+
+
 def preflight(url: str) -> str | None:
     """What stops a server from starting on this store, as a message with a hint; None if nothing."""
     try:
         asyncio.run(ensure_free(url))
-    except LeaseHeld as exc:
-        return (f"{exc}\n  hint: one server per store: stop that one first, or give this one its own "
-                "store (--data DIR, or OPSROOM_DATABASE_URL)")
-    except (OSError, SQLAlchemyError) as exc:
-        return (f"cannot reach the store: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}\n"
-                "  hint: check OPSROOM_DATABASE_URL and that the database accepts connections")
+    except (LeaseHeld, OSError, SQLAlchemyError) as exc:
+        return refusal(exc)
     return None

@@ -15,6 +15,7 @@ from opsroom.catalog.catalog import Catalog
 from opsroom.checks.views import router as checks_router
 from opsroom.config import Settings
 from opsroom.runbooks.views import router as runbooks_router
+from opsroom.store import lease
 from opsroom.web import errors, metrics, room, ui
 
 
@@ -22,11 +23,20 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
                schedule: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = await server.open_runtime(settings, catalog)
-        app.state.rt = rt
-        app.state.metrics = metrics.Metrics(rt)
-        app.state.web_adapter = room.WebAdapter(rt)
-        await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords)
+        rt = None
+        try:
+            rt = await server.open_runtime(settings, catalog)
+            app.state.rt = rt
+            app.state.metrics = metrics.Metrics(rt)
+            app.state.web_adapter = room.WebAdapter(rt)
+            await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords)
+        except BaseException as exc:
+            # Named for StartupRefusal: another server starting in the same second got past the
+            # CLI's preflight, and the person should read why, not a traceback.
+            app.state.refused = lease.refusal(exc)
+            if rt is not None:
+                await rt.close()
+            raise
         try:
             yield
         finally:
@@ -35,8 +45,10 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app = FastAPI(title="opsroom", version=__version__, lifespan=lifespan,
                   description="ChatOps for production support: checks, runbooks, approvals, audit.")
     app.state.demo = settings.demo
+    app.state.refused = None
     app.add_middleware(GZipMiddleware, minimum_size=512)
     errors.install(app)
+    app.add_middleware(errors.StartupRefusal)
     api = APIRouter(prefix="/api/v1")
     for r in (checks_router, runbooks_router, approvals_router, audit_router):
         api.include_router(r)

@@ -9,6 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opsroom.errors import Conflict, Invalid, NotFound, OpsroomError, PermissionDenied, Unauthenticated
 
@@ -51,3 +52,25 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
         return JSONResponse({"detail": "internal error; see the opsroom log", "code": "internal"}, status_code=500)
+
+
+class StartupRefusal:
+    """uvicorn logs a failed startup's message as it is, and Starlette makes that message the
+    traceback. A refusal the lifespan expected and explained (`app.state.refused`: the store is
+    held by another server, or unreachable) reaches the operator as its one-line reason instead."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_reason(message: Message) -> None:
+            refused = getattr(scope["app"].state, "refused", None)
+            if message["type"] == "lifespan.startup.failed" and refused:
+                message = {"type": message["type"], "message": f"error: {refused}"}
+            await send(message)
+
+        await self.app(scope, receive, send_reason)
