@@ -27,8 +27,9 @@ from opsroom.store.migrate import upgrade
 log = structlog.get_logger(__name__)
 
 
-async def open_runtime(settings: Settings, catalog: Catalog | None = None) -> Runtime:
-    """A runtime with a migrated store and no engines running (CLI commands use this)."""
+async def open_runtime(settings: Settings, catalog: Catalog | None = None, *, migrate: bool = True) -> Runtime:
+    """A runtime with a migrated store and no engines running (CLI commands use this). A server
+    passes migrate=False and has `start` migrate once it holds the store's lease."""
     if catalog is None:
         if settings.catalog is None:
             catalog = Catalog()
@@ -36,19 +37,28 @@ async def open_runtime(settings: Settings, catalog: Catalog | None = None) -> Ru
             catalog = load_catalog(settings.catalog)
     settings.data.mkdir(parents=True, exist_ok=True)
     rt = Runtime(settings=settings, catalog=catalog)
-    await upgrade(rt.engine)
+    if migrate:
+        await upgrade(rt.engine)
     return rt
 
 
 async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, schedule: bool = True,
-                passwords: dict[str, str] | None = None) -> None:
+                passwords: dict[str, str] | None = None, migrate: bool = False) -> None:
     """Start every engine. Order matters: rooms listen before checks can announce.
 
     Raises LeaseHeld, before anything starts, when another server runs against the same store.
+    With `migrate`, the store is migrated after the lease is taken: a newer server refused
+    because the older one still runs must not change the schema under it.
     """
     lease = lease_for(rt.engine, on_lost=lambda holder: _lease_lost(rt, holder))
     await lease.acquire()
     rt.extras["lease"] = lease
+    if migrate:
+        try:
+            await upgrade(rt.engine)
+        except BaseException:
+            await lease.release()
+            raise
     await access.ensure_bootstrap_users(rt, passwords=passwords)
     rt.rooms = RoomHub(rt)
     for adapter in adapters or []:

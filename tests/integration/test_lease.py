@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,11 @@ def test_a_server_that_loses_the_start_race_says_why_without_a_traceback(tmp_pat
     assert "another opsroom server is already running against this store" in result.stderr, output
     assert ME in result.stderr and "hint: one server per store" in result.stderr
     assert "Traceback" not in output
+    # Refused before it migrated: a newer server must not change the schema under the one that runs.
+    db = data / "opsroom.db"
+    if db.exists():
+        with closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 def test_serve_names_an_unreachable_database(tmp_path: Path) -> None:

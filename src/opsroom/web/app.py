@@ -25,11 +25,12 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = None
         try:
-            rt = await server.open_runtime(settings, catalog)
+            rt = await server.open_runtime(settings, catalog, migrate=False)
             app.state.rt = rt
             app.state.metrics = metrics.Metrics(rt)
             app.state.web_adapter = room.WebAdapter(rt)
-            await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords)
+            await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords,
+                               migrate=True)
         except BaseException as exc:
             # Named for StartupRefusal: another server starting in the same second got past the
             # CLI's preflight, and the person should read why, not a traceback.
