@@ -40,6 +40,14 @@ async def test_missing_parameter(running: tuple[Runtime, FakeAdapter]) -> None:
     assert await _executions(rt) == []
 
 
+async def test_a_command_missing_its_name_lists_the_names_it_takes(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    assert await _ask(fake, "you", "health") == "missing system: write `health {system}` — systems: sys"
+    assert await _ask(fake, "you", "is") == "missing service: write `is {service} running` — services: svc"
+    assert await _ask(fake, "you", "approve") == "missing id: write `approve {id}`"
+    assert await _executions(rt) == []
+
+
 async def test_parameter_failing_its_pattern(running: tuple[Runtime, FakeAdapter]) -> None:
     rt, fake = running
     reply = await _ask(fake, "you", "run count n=12a")

@@ -182,6 +182,21 @@ def _did_you_mean(rt: Runtime, text: str) -> str:
     return "type `help` for the list of commands"
 
 
+KNOWN_SHOWN = 8  # a phone screen's worth; the rest is counted, `status` lists them all
+
+
+def _known(rt: Runtime, placeholders: list[str]) -> str:
+    """The names a missing placeholder can take, so the person can retype without looking them up."""
+    kinds = {"service": rt.catalog.services, "system": rt.catalog.systems, "runbook": rt.catalog.runbooks}
+    parts = []
+    for placeholder in placeholders:
+        names = sorted(kinds.get(placeholder, {}))
+        if names:
+            more = f" and {len(names) - KNOWN_SHOWN} more" if len(names) > KNOWN_SHOWN else ""
+            parts.append(f"{placeholder}s: {', '.join(names[:KNOWN_SHOWN])}{more}")
+    return "".join(f" — {p}" for p in parts)
+
+
 def _alias_args(alias: Alias, found: dict[str, str]) -> dict[str, str]:
     if not alias.params:
         return dict(found)
@@ -224,7 +239,7 @@ async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str) -> R
         for pattern in _command_words(rt):
             if pattern.split()[0] == first and "{" in pattern and len(text.split()) < len(pattern.split()):
                 missing = re.findall(r"\{(\w+)\}", pattern)
-                return f"missing {', '.join(missing)}: write `{pattern}`"
+                return f"missing {', '.join(missing)}: write `{pattern}`" + _known(rt, missing)
         return f"I don't understand {text!r}; {_did_you_mean(rt, text)}"
     except OpsroomError as exc:
         return f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "")
