@@ -187,10 +187,11 @@ KNOWN_SHOWN = 8  # a phone screen's worth; the rest is counted, `status` lists t
 
 def _known(rt: Runtime, placeholders: list[str]) -> str:
     """The names a missing placeholder can take, so the person can retype without looking them up."""
-    kinds = {"service": rt.catalog.services, "system": rt.catalog.systems, "runbook": rt.catalog.runbooks}
+    kinds: dict[str, list[str]] = {"service": list(rt.catalog.services), "system": list(rt.catalog.systems),
+                                   "runbook": list(rt.catalog.runbooks)}
     parts = []
     for placeholder in placeholders:
-        names = sorted(kinds.get(placeholder, {}))
+        names = sorted(kinds.get(placeholder, []))
         if names:
             more = f" and {len(names) - KNOWN_SHOWN} more" if len(names) > KNOWN_SHOWN else ""
             parts.append(f"{placeholder}s: {', '.join(names[:KNOWN_SHOWN])}{more}")
