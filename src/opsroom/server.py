@@ -17,11 +17,13 @@ from opsroom.chat.base import ChatAdapter
 from opsroom.chat.hub import RoomHub
 from opsroom.checks.monitor import Monitor
 from opsroom.config import Settings
+from opsroom.errors import OpsroomError
 from opsroom.outbox import OutboxRelay
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.executor import Executor
 from opsroom.runtime import Runtime
 from opsroom.store.lease import lease_for
+from opsroom.store.lease import refusal as lease_refusal
 from opsroom.store.migrate import upgrade
 
 log = structlog.get_logger(__name__)
@@ -53,12 +55,21 @@ async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, sched
     lease = lease_for(rt.engine, on_lost=lambda holder: _lease_lost(rt, holder))
     await lease.acquire()
     rt.extras["lease"] = lease
-    if migrate:
+    try:
+        await _start_engines(rt, adapters=adapters, schedule=schedule, passwords=passwords, migrate=migrate)
+    except BaseException:
+        # A half-started server must not keep the store: stop what did start, give the lease back.
         try:
-            await upgrade(rt.engine)
-        except BaseException:
-            await lease.release()
-            raise
+            await stop(rt)
+        except Exception:
+            log.exception("stopping a server that failed to start failed too")
+        raise
+
+
+async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, schedule: bool,
+                         passwords: dict[str, str] | None, migrate: bool) -> None:
+    if migrate:
+        await upgrade(rt.engine)
     await access.ensure_bootstrap_users(rt, passwords=passwords)
     rt.rooms = RoomHub(rt)
     for adapter in adapters or []:
@@ -101,6 +112,15 @@ async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
             await approvals.expire_due(rt)
         except Exception:
             log.exception("expiring approvals failed")
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why a server could not start, as a message with a hint, for the failures a person can fix
+    (the store held by another server or unreachable, a store migrated by a newer opsroom);
+    None for anything else, which deserves its traceback."""
+    if isinstance(exc, OpsroomError):
+        return exc.message + (f"\n  hint: {exc.hint}" if exc.hint else "")
+    return lease_refusal(exc)
 
 
 def _lease_lost(rt: Runtime, holder: str) -> None:

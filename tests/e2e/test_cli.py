@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import cli
-from tests.factories import DEMO_CATALOG, small_catalog, write_catalog
+from tests.factories import DEMO_CATALOG, free_port, small_catalog, write_catalog
 
 pytestmark = pytest.mark.e2e
 
@@ -93,3 +93,22 @@ def test_runbook_run_from_cli_as_operator(tmp_path: Path) -> None:
     bad = cli("runbook", "run", "count", "n=4x2", "--token", token, *common)
     assert bad.returncode == 1 and "does not match the pattern" in bad.stderr
     assert sys.executable  # the runbook ran with this interpreter
+
+
+def test_a_store_migrated_by_a_newer_opsroom_is_named_and_left_alone(tmp_path: Path) -> None:
+    # A rollback of opsroom after an upgrade: the store is at a revision this version lacks.
+    # Alembic's own answer is a traceback saying "Can't locate revision".
+    data, catalog = tmp_path / "data", small_catalog(tmp_path)
+    common = ["--data", str(data), "--catalog", str(catalog)]
+    assert cli("user", "list", *common).returncode == 0  # creates and migrates the store
+    with sqlite3.connect(data / "opsroom.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    listed = cli("user", "list", *common)
+    served = cli("serve", *common, "--port", str(free_port()))
+    for result, code in ((listed, 1), (served, 2)):
+        assert result.returncode == code, result.stdout + result.stderr
+        assert "the store's schema is at revision 0099_from_the_future" in result.stderr
+        assert "a newer opsroom has migrated this store" in result.stderr and "hint: run that newer" in result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+    with sqlite3.connect(data / "opsroom.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0099_from_the_future",)]

@@ -20,6 +20,7 @@ from opsroom.config import Settings
 from opsroom.runtime import Runtime
 from opsroom.store import lease
 from opsroom.store.lease import AdvisoryLease, FileLease, LeaseHeld
+from opsroom.store.migrate import SchemaAhead
 from tests.conftest import pg_admin
 from tests.e2e.harness import cli
 from tests.factories import PASSWORDS, free_port, small_catalog
@@ -116,6 +117,19 @@ async def test_a_server_whose_lease_connection_blipped_takes_it_again(pg_server:
     assert first.monitor is not None and first.monitor.scheduler.running
     with pytest.raises(LeaseHeld):  # held again: a newcomer is still refused
         await _started(settings)
+
+
+async def test_a_server_that_fails_to_start_gives_the_lease_back(tmp_path: Path, store_url: str | None) -> None:
+    settings = _settings(tmp_path, store_url)
+    rt = await server.open_runtime(settings)
+    async with rt.engine.begin() as conn:  # as a newer opsroom would leave it
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
+    await rt.close()
+    rt = await server.open_runtime(settings, migrate=False)
+    with pytest.raises(SchemaAhead):
+        await server.start(rt, schedule=False, passwords=PASSWORDS, migrate=True)
+    assert "lease" not in rt.extras
+    await lease.ensure_free(settings.db_url)  # raises LeaseHeld if the failed server kept it
 
 
 def test_serve_and_demo_refuse_a_store_in_use_without_touching_it(tmp_path: Path) -> None:

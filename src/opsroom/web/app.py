@@ -15,7 +15,6 @@ from opsroom.catalog.catalog import Catalog
 from opsroom.checks.views import router as checks_router
 from opsroom.config import Settings
 from opsroom.runbooks.views import router as runbooks_router
-from opsroom.store import lease
 from opsroom.web import errors, metrics, room, ui
 
 
@@ -32,9 +31,9 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
             await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords,
                                migrate=True)
         except BaseException as exc:
-            # Named for StartupRefusal: another server starting in the same second got past the
-            # CLI's preflight, and the person should read why, not a traceback.
-            app.state.refused = lease.refusal(exc)
+            # Named for StartupRefusal: a failure the person can fix (another server started in
+            # the same second got the store, a newer opsroom migrated it) is read as its reason.
+            app.state.refused = server.refusal(exc)
             if rt is not None:
                 await rt.close()
             raise

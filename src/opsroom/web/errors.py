@@ -56,8 +56,9 @@ def install(app: FastAPI) -> None:
 
 class StartupRefusal:
     """uvicorn logs a failed startup's message as it is, and Starlette makes that message the
-    traceback. A refusal the lifespan expected and explained (`app.state.refused`: the store is
-    held by another server, or unreachable) reaches the operator as its one-line reason instead."""
+    traceback. A refusal the lifespan explained (`app.state.refused`, from `server.refusal`: the
+    store held by another server or unreachable, or migrated by a newer opsroom) reaches the
+    operator as its reason and hint instead."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
