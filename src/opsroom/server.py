@@ -24,14 +24,15 @@ from opsroom.runbooks.executor import Executor
 from opsroom.runtime import Runtime
 from opsroom.store.lease import lease_for
 from opsroom.store.lease import refusal as lease_refusal
-from opsroom.store.migrate import upgrade
+from opsroom.store.migrate import upgrade, upgrade_unless_served
 
 log = structlog.get_logger(__name__)
 
 
 async def open_runtime(settings: Settings, catalog: Catalog | None = None, *, migrate: bool = True) -> Runtime:
-    """A runtime with a migrated store and no engines running (CLI commands use this). A server
-    passes migrate=False and has `start` migrate once it holds the store's lease."""
+    """A runtime with a migrated store and no engines running (CLI commands use this; they migrate
+    only a store no server runs on). A server passes migrate=False and has `start` migrate once
+    it holds the store's lease."""
     if catalog is None:
         if settings.catalog is None:
             catalog = Catalog()
@@ -40,7 +41,7 @@ async def open_runtime(settings: Settings, catalog: Catalog | None = None, *, mi
     settings.data.mkdir(parents=True, exist_ok=True)
     rt = Runtime(settings=settings, catalog=catalog)
     if migrate:
-        await upgrade(rt.engine)
+        await upgrade_unless_served(rt.engine)
     return rt
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 
+from opsroom.store.lease import FileLease
+from opsroom.store.migrate import alembic_config
 from tests.e2e.harness import cli
 from tests.factories import DEMO_CATALOG, free_port, small_catalog, write_catalog
 
@@ -112,3 +116,29 @@ def test_a_store_migrated_by_a_newer_opsroom_is_named_and_left_alone(tmp_path: P
         assert "Traceback" not in result.stdout + result.stderr
     with sqlite3.connect(data / "opsroom.db") as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0099_from_the_future",)]
+
+
+def test_a_command_migrates_only_a_store_no_server_runs_on(tmp_path: Path) -> None:
+    # A newer CLI beside an older server that still runs: upgrading the schema under it would
+    # break it, so the command refuses until that server stops.
+    data, catalog = tmp_path / "data", small_catalog(tmp_path)
+    common = ["--data", str(data), "--catalog", str(catalog)]
+    assert cli("user", "list", *common).returncode == 0
+    with sqlite3.connect(data / "opsroom.db") as db:  # as opsroom at revision 0001 left it
+        db.executescript("DROP TABLE outbox; UPDATE alembic_version SET version_num = '0001';")
+    held = FileLease(data / "opsroom.db.server-lock")
+    asyncio.run(held.acquire())
+    try:
+        refused = cli("user", "list", *common)
+    finally:
+        asyncio.run(held.release())
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "the store needs a schema upgrade" in refused.stderr
+    assert "another opsroom server is already running against this store" in refused.stderr
+    assert "hint: stop that server" in refused.stderr and "Traceback" not in refused.stderr
+    with sqlite3.connect(data / "opsroom.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+    assert cli("user", "list", *common).returncode == 0  # no server now: migrated
+    with sqlite3.connect(data / "opsroom.db") as db:
+        head = ScriptDirectory.from_config(alembic_config(str(data / "opsroom.db"))).get_current_head()
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)] != [("0001",)]

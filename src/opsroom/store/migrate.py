@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from opsroom import __version__
 from opsroom.errors import OpsroomError
 from opsroom.store.engine import normalize_url
+from opsroom.store.lease import LeaseHeld, lease_for
 
 HERE = Path(__file__).parent
 
@@ -31,25 +32,59 @@ class SchemaAhead(OpsroomError):
     code = "schema_ahead"
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the schema to head on an existing engine's connection.
+class StoreBusy(OpsroomError):
+    """The store needs migrating and a server runs on it: migrating under it would break it."""
 
-    Raises SchemaAhead when the store is at a revision this opsroom does not have (Alembic's own
-    error, "Can't locate revision", says nothing of the cause: usually a rollback of opsroom).
-    """
+    code = "store_busy"
+
+
+def _config(engine: AsyncEngine, sync_conn: Connection) -> Config:
+    cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
+    cfg.attributes["connection"] = sync_conn
+    return cfg
+
+
+def _behind(cfg: Config, sync_conn: Connection) -> bool:
+    """True when the store is new or older than this opsroom; SchemaAhead when it is newer."""
+    script = ScriptDirectory.from_config(cfg)
+    current = set(MigrationContext.configure(sync_conn).get_current_heads())
+    unknown = sorted(current - {rev.revision for rev in script.walk_revisions()})
+    if unknown:
+        # Alembic's own error, "Can't locate revision", says nothing of the usual cause: a rollback.
+        raise SchemaAhead(
+            f"the store's schema is at revision {', '.join(unknown)}, which opsroom {__version__} does not "
+            "know: a newer opsroom has migrated this store",
+            hint="run that newer opsroom against it, or restore the store from a backup taken before the upgrade")
+    return current != set(script.get_heads())
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Bring the schema to head on an existing engine's connection (SchemaAhead if it is newer)."""
 
     def _run(sync_conn: Connection) -> None:
-        cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
-        cfg.attributes["connection"] = sync_conn
-        known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
-        unknown = sorted(set(MigrationContext.configure(sync_conn).get_current_heads()) - known)
-        if unknown:
-            raise SchemaAhead(
-                f"the store's schema is at revision {', '.join(unknown)}, which opsroom {__version__} does not "
-                "know: a newer opsroom has migrated this store",
-                hint="run that newer opsroom against it, or restore the store from a backup taken before "
-                     "the upgrade")
-        command.upgrade(cfg, "head")
+        cfg = _config(engine, sync_conn)
+        if _behind(cfg, sync_conn):
+            command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
         await conn.run_sync(_run)
+
+
+async def upgrade_unless_served(engine: AsyncEngine) -> None:
+    """Migrate for a CLI command, which may run beside a server: only a store no server holds is
+    migrated, so a newer CLI never changes the schema under an older server that still runs."""
+    async with engine.connect() as conn:
+        behind = await conn.run_sync(lambda sync_conn: _behind(_config(engine, sync_conn), sync_conn))
+    if not behind:
+        return
+    held = lease_for(engine, on_lost=lambda _holder: None)
+    try:
+        await held.acquire()
+    except LeaseHeld as exc:
+        raise StoreBusy(f"the store needs a schema upgrade for opsroom {__version__}, and {exc}",
+                        hint="stop that server and start this version, which upgrades the store as it "
+                             "starts; or run the command with the opsroom that server runs") from None
+    try:
+        await upgrade(engine)
+    finally:
+        await held.release()
