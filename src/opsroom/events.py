@@ -185,6 +185,21 @@ class RoomMessagePosted(Event):
     reply_to: int | None = None
 
 
+@dataclass(kw_only=True)
+class AccessChanged(Event):
+    """A person's access ended or shrank: logout, new password, disabled, roles changed, token revoked.
+
+    Open doors (WebSockets, chat sessions) that act for this user drop or re-check at once;
+    `session_hash` narrows a logout to that one session (sha256 of its token).
+    """
+
+    type: ClassVar[str] = "access.changed"
+    user_id: int
+    user: str
+    reason: str  # logout | password | disabled | roles | token_revoked
+    session_hash: str | None = None
+
+
 def event_types() -> dict[str, type[Event]]:
     """Every event class by its type name (for the outbox, which stores events as JSON)."""
     found: dict[str, type[Event]] = {}

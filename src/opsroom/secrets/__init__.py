@@ -1,0 +1,1 @@
+"""Secrets: the one masker every sink passes through (encrypted store and injection follow)."""
