@@ -14,6 +14,8 @@ class UserRow(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # 'catalog': reconciled with the catalog's users at every start; 'local': added by `opsroom user add`.
+    source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 

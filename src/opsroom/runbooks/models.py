@@ -34,6 +34,12 @@ class ExecutionRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # The server process that runs it: start-up finds 'running' rows of dead owners.
     owner: Mapped[str | None] = mapped_column(String(64))
+    # Secret parameter values, sealed (AES-GCM); `params` holds only their masks.
+    secret_params: Mapped[str | None] = mapped_column(Text)
+    # The running command's process group, and that process's start time from /proc, so that
+    # recovery after a crash kills the group only while it is still the one we started.
+    pgid: Mapped[int | None] = mapped_column(Integer)
+    pg_started: Mapped[str | None] = mapped_column(String(32))
 
     # At most one active execution per runbook+parameters, enforced by the database.
     __table_args__ = (
