@@ -25,8 +25,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     demo: bool = False
-    # Sessions behind TLS must set this; plain-http loopback (the demo, tests) cannot.
-    secure_cookies: bool = False
+    # None: automatic (Secure over https or when listening beyond loopback); true/false forces it.
+    secure_cookies: bool | None = None
+    # Request bodies over this are refused (413) before anything reads them.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     session_hours: float = 12.0
     check_result_retention: int = 200
     # An OK check that stays OK keeps one result per this many seconds (0: every result); every
