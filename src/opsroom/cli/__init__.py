@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -116,13 +115,17 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
         err.print(f"error: {problem}", markup=False, highlight=False)
         raise typer.Exit(2)
     out.print(f"opsroom serving http://{host}:{port}/ (data in {settings.data})", highlight=False)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One logging set-up for uvicorn, the libraries and opsroom: plain tracebacks, no locals, masked.
+    from opsroom import logs
+
+    logs.configure(settings.log_level)
     # The standard asyncio loop, named (uvicorn would pick uvloop when installed): it starts a
     # recovery's process with vfork in ~1 ms where uvloop's libuv spawn takes ~2.7 ms, and the
     # probes' own machinery (probes/connects.py, probes/deadlines.py) leaves uvloop little to add.
     web = create_app(settings)
     try:
-        uvicorn.run(web, host=host, port=port, log_level=settings.log_level, ws="websockets-sansio", loop="asyncio")
+        uvicorn.run(web, host=host, port=port, log_level=settings.log_level, log_config=None,
+                    ws="websockets-sansio", loop="asyncio")
     except SystemExit:
         # uvicorn exits 3 on any failed startup; a refusal it printed the reason for (a server
         # that started in the same second holds the store) exits 2, as the preflight above does.

@@ -14,6 +14,7 @@ from pathlib import Path
 import platformdirs
 from rich.console import Console
 
+from opsroom import logs
 from opsroom.demo import ctl
 from opsroom.store import lease
 
@@ -63,6 +64,9 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
         if ctl.start(data, name) != 0:
             raise SystemExit(1)
     settings = Settings(data=data, catalog=CATALOG, host=host, port=port, demo=True)
+    # The server's logging: plain tracebacks, no locals, every line masked (uvicorn's own
+    # level below keeps its access log out of the demo's terminal).
+    logs.configure("info")
     app = create_app(settings, passwords=DEMO_PASSWORDS)
     url = f"http://{host}:{port}/rooms/ops"
     out.print(f"\n[bold]opsroom demo[/bold] — System A is service-b (:{port_b}) + service-c (:{port_c})")
@@ -74,7 +78,8 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
         out.print("service-b will be killed in 15 s")
 
     async def main() -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio")
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None,
+                                ws="websockets-sansio")
         srv = uvicorn.Server(config)
         killer = asyncio.get_running_loop().create_task(_outage(data)) if outage else None
         try:
