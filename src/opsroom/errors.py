@@ -35,3 +35,13 @@ class Unauthenticated(OpsroomError):
 
 class Conflict(OpsroomError):
     code = "conflict"
+
+
+class TooManyAttempts(OpsroomError):
+    """Refused before any work is done (login throttling); says when to try again."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after

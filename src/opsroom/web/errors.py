@@ -11,10 +11,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opsroom.errors import Conflict, Invalid, NotFound, OpsroomError, PermissionDenied, Unauthenticated
+from opsroom.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    OpsroomError,
+    PermissionDenied,
+    TooManyAttempts,
+    Unauthenticated,
+)
 
 log = structlog.get_logger(__name__)
-STATUS = {NotFound: 404, Invalid: 422, PermissionDenied: 403, Unauthenticated: 401, Conflict: 409}
+STATUS = {NotFound: 404, Invalid: 422, PermissionDenied: 403, Unauthenticated: 401, Conflict: 409,
+          TooManyAttempts: 429}
 
 
 def _safe(value: Any, depth: int = 0) -> Any:
@@ -46,6 +55,8 @@ def install(app: FastAPI) -> None:
         if exc.hint:
             body["hint"] = exc.hint
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, TooManyAttempts):
+            headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(Exception)
