@@ -16,6 +16,8 @@ class UserRow(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     # 'catalog': reconciled with the catalog's users at every start; 'local': added by `opsroom user add`.
     source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
+    # Who disabled the user: 'catalog' (removed from it; re-enabled if it comes back) or 'admin' (stays off).
+    disabled_by: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 

@@ -27,10 +27,13 @@ def upgrade() -> None:
     with op.batch_alter_table('users') as batch:
         # 'catalog' users are reconciled with the catalog at start; 'local' ones (opsroom user add) are not.
         batch.add_column(sa.Column('source', sa.String(length=16), nullable=False, server_default='local'))
+        # Who disabled a user: 'catalog' (removed from it: re-enabled if it comes back) or 'admin' (stays off).
+        batch.add_column(sa.Column('disabled_by', sa.String(length=16), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('users') as batch:
+        batch.drop_column('disabled_by')
         batch.drop_column('source')
     with op.batch_alter_table('executions') as batch:
         batch.drop_column('pg_started')
