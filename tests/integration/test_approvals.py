@@ -139,7 +139,8 @@ async def test_a_stale_request_can_still_be_denied(running: Running) -> None:
     rt.catalog.runbooks["deploy"] = old.model_copy(update={"timeout": old.timeout + 1})
     mark = len(fake.sent)
     await fake.say("ops", "boss", f"deny {request} changed under us")
-    assert (await _said(rt, fake, mark))[-1] == f"request #{request} denied by boss: changed under us. Nothing was run."
+    assert (await _said(rt, fake, mark))[-1] == (
+        f'request #{request} denied by boss: "changed under us". Nothing was run.')
     assert (await _execution_of(rt, request)).status == "denied"
 
 

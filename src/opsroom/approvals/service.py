@@ -5,17 +5,29 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals.models import ApprovalRow, ApprovalVoteRow
 from opsroom.audit import service as audit
-from opsroom.domain.approval import DEFAULT_EXPIRY_S, binding_hash, may_vote
-from opsroom.domain.execution import advance
+from opsroom.catalog.catalog import Catalog
+from opsroom.domain.approval import DEFAULT_EXPIRY_S, Verdict, binding_hash, may_vote, reason_problem
+from opsroom.domain.execution import advance, can_transition
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
-from opsroom.events import ApprovalDecided, ApprovalRequested
+from opsroom.events import ApprovalDecided, ApprovalRequested, ExecutionFinished
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
+
+
+def binding_of(execution: ExecutionRow, *, runbook_hash: str | None = None) -> str:
+    """The binding of an execution as its row holds it now (`runbook_hash`: another version's)."""
+    return binding_hash(runbook_hash=runbook_hash or execution.runbook_hash, params=execution.params,
+                        target=execution.target, secret_params=execution.secret_params)
+
+
+_CHANGED = "its parameters, secrets or target were changed in the store since it was requested"
 
 
 def open_in(s: Session, *, actor: Actor, execution: ExecutionRow, roles: list[str], protected: bool,
@@ -28,8 +40,7 @@ def open_in(s: Session, *, actor: Actor, execution: ExecutionRow, roles: list[st
     now = time.time()
     row = ApprovalRow(execution_id=execution.id, status="open", roles=roles, requester=actor.name,
                       requester_id=actor.user_id, summary=execution.summary,
-                      binding_hash=binding_hash(runbook_hash=execution.runbook_hash, params=execution.params,
-                                                target=execution.target),
+                      binding_hash=binding_of(execution),
                       created_at=now, expires_at=now + expiry_s)
     s.add(row)
     s.flush()
@@ -47,50 +58,32 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
                  reason: str | None = None) -> ApprovalRow:
     """Approve or deny. The requester's vote is refused; a deny decides at once."""
     verb = "approve" if approve else "deny"
+    target = f"approval:{approval_id}"
     if not actor.can("approval.decide"):
-        await audit.append_alone(rt, actor=actor, action=f"approval.{verb}", target=f"approval:{approval_id}",
+        await audit.append_alone(rt, actor=actor, action=f"approval.{verb}", target=target,
                                  outcome="refused", details={"reason": "missing permission approval.decide"})
         actor.require("approval.decide", what=f"{verb} requests")
-    if not approve and not (reason and reason.strip()):
+    reason = reason.strip() if reason else None
+    problem = reason_problem(reason) if reason else None
+    if problem is not None:
+        # The bad text itself is not recorded: it is what could forge a line wherever it shows.
+        await audit.append_alone(rt, actor=actor, action=f"approval.{verb}", target=target,
+                                 outcome="refused", details={"reason": f"invalid reason: {problem}"})
+        raise Invalid(problem, hint=f"write the reason as one line of plain text, e.g. `{verb} {approval_id} "
+                                    "wrong target, use the canary first`")
+    if not approve and not reason:
         raise Invalid("a deny needs a reason", hint=f"write `deny {approval_id} <why>`")
-    now = time.time()
-    async with rt.write() as s:
-        row = await s.get(ApprovalRow, approval_id)
-        if row is None:
-            raise NotFound(f"there is no request #{approval_id}", hint="see open requests with `status`")
-        execution = await s.get(ExecutionRow, row.execution_id)
-        verdict = may_vote(status=row.status, expired=row.expires_at < now, requester_id=row.requester_id,
-                           requester=row.requester, voter_id=actor.user_id, voter=actor.name,
-                           voter_roles=actor.roles, roles=row.roles)
-        # The catalog may have changed since the request: an approval covers the old version only
-        # (a runbook removed since counts as changed). A deny runs nothing, so it stays allowed.
-        current = rt.catalog.runbooks.get(execution.runbook) if execution is not None else None
-        stale = approve and execution is not None and (
-            current is None or current.content_hash != execution.runbook_hash)
-        if verdict.allowed and stale:
-            verdict = type(verdict)(False, "the runbook changed since it was requested; ask again")
-            # Nothing may ever run under this request: close it, or its run would hold the
-            # runbook's lock and refuse the "ask again" as a duplicate until it expires.
-            row.status, row.decided_at, row.reason = "expired", now, verdict.reason
-            if execution is not None:
-                execution.status, execution.finished_at = advance(execution.status, "expired"), now
-        if not verdict.allowed:
-            refused = True
-        else:
-            refused = False
-            s.add(ApprovalVoteRow(approval_id=row.id, user_id=actor.user_id or 0, user_name=actor.name,
-                                  decision="approve" if approve else "deny"))
-            row.status = "approved" if approve else "denied"
-            row.decided_by, row.decided_at, row.reason = actor.name, now, reason
-            if execution is not None:
-                execution.status = advance(execution.status, "pending" if approve else "denied")
-                if not approve:
-                    execution.finished_at = now
-        await audit.append(s, actor=actor, action=f"approval.{verb}", target=f"approval:{approval_id}",
-                           outcome="refused" if refused else ("approved" if approve else "denied"),
-                           details={"reason": verdict.reason if refused else reason,
-                                    "execution": row.execution_id, "requester": row.requester})
-    if refused:
+    try:
+        row, execution, verdict = await _decide(rt, actor=actor, approval_id=approval_id, approve=approve,
+                                                reason=reason)
+    except IntegrityError:
+        # Only a second vote of one person racing their first gets here now that the request
+        # row is locked; answered like any decision that came too late.
+        verdict = Verdict(False, "it was decided at the same moment by another vote")
+        await audit.append_alone(rt, actor=actor, action=f"approval.{verb}", target=target, outcome="refused",
+                                 details={"reason": verdict.reason})
+        raise Conflict(f"request #{approval_id} cannot be decided: {verdict.reason}") from None
+    if not verdict.allowed:
         if "own request" in verdict.reason or "needs role" in verdict.reason:
             raise PermissionDenied(f"you cannot {verb} request #{approval_id}: {verdict.reason}")
         raise Conflict(f"request #{approval_id} cannot be decided: {verdict.reason}")
@@ -104,22 +97,125 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
     return row
 
 
+async def _decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
+                  reason: str | None) -> tuple[ApprovalRow, ExecutionRow | None, Verdict]:
+    """One decision in one transaction; the verdict says whether it was taken."""
+    verb = "approve" if approve else "deny"
+    now = time.time()
+    async with rt.write() as s:
+        # FOR UPDATE: two approvers deciding at once on PostgreSQL queue here, so the second
+        # sees the first's decision and is refused (409) instead of deciding it again.
+        # SQLite serialises writers already and ignores the clause.
+        row = await s.get(ApprovalRow, approval_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"there is no request #{approval_id}", hint="see open requests with `status`")
+        execution = await s.get(ExecutionRow, row.execution_id)
+        verdict = may_vote(status=row.status, expired=row.expires_at < now, requester_id=row.requester_id,
+                           requester=row.requester, voter_id=actor.user_id, voter=actor.name,
+                           voter_roles=actor.roles, roles=row.roles)
+        if verdict.allowed and approve:
+            # The catalog may have changed since the request: an approval covers the old version
+            # only (a runbook removed since counts as changed). And the execution row must still
+            # be what was asked for: its parameters edited in the store since would otherwise run
+            # under this approval. A deny runs nothing, so it stays allowed either way.
+            current = rt.catalog.runbooks.get(execution.runbook) if execution is not None else None
+            if execution is None or current is None or current.content_hash != execution.runbook_hash:
+                verdict = Verdict(False, "the runbook changed since it was requested; ask again")
+            elif binding_of(execution) != row.binding_hash:
+                verdict = Verdict(False, f"{_CHANGED}; ask again")
+            if not verdict.allowed:
+                # Nothing may ever run under this request: close it, or its run would hold the
+                # runbook's lock and refuse the "ask again" as a duplicate until it expires.
+                row.status, row.decided_at, row.reason = "expired", now, verdict.reason
+                if execution is not None and can_transition(execution.status, "expired"):
+                    execution.status, execution.finished_at = "expired", now
+        if verdict.allowed:
+            s.add(ApprovalVoteRow(approval_id=row.id, user_id=actor.user_id or 0, user_name=actor.name,
+                                  decision="approve" if approve else "deny"))
+            row.status = "approved" if approve else "denied"
+            row.decided_by, row.decided_at, row.reason = actor.name, now, reason
+            if execution is not None:
+                execution.status = advance(execution.status, "pending" if approve else "denied")
+                if not approve:
+                    execution.finished_at = now
+            # The vote's unique key is checked here, inside the error handling of the caller.
+            await s.flush()
+        await audit.append(s, actor=actor, action=f"approval.{verb}", target=f"approval:{approval_id}",
+                           outcome="refused" if not verdict.allowed else ("approved" if approve else "denied"),
+                           details={"reason": verdict.reason if not verdict.allowed else reason,
+                                    "execution": row.execution_id, "requester": row.requester})
+    return row, execution, verdict
+
+
+async def start_problem_in(s: AsyncSession, *, catalog: Catalog, execution: ExecutionRow) -> str | None:
+    """Why an execution must not start now, or None: checked when it moves to running.
+
+    A run under an approval runs only what was approved: the approval must be this
+    execution's and approved, and the binding recomputed from the row as it is now, with
+    the runbook version that would run, must equal the approved one.
+    """
+    if execution.approval_id is None:
+        return None
+    approval = await s.get(ApprovalRow, execution.approval_id)
+    if approval is None or approval.execution_id != execution.id:
+        return f"its approval #{execution.approval_id} is not a request for this execution"
+    if approval.status != "approved":
+        return f"its request #{approval.id} is {approval.status}, not approved"
+    current = catalog.runbooks.get(execution.runbook)
+    if current is None or current.content_hash != execution.runbook_hash:
+        return f"runbook {execution.runbook} changed after request #{approval.id} was approved; ask again"
+    if binding_of(execution, runbook_hash=current.content_hash) != approval.binding_hash:
+        return f"it is not what request #{approval.id} approved: {_CHANGED}"
+    return None
+
+
+async def refuse_start_in(s: AsyncSession, *, execution: ExecutionRow, problem: str) -> ExecutionFinished | None:
+    """Fail an execution that may not start, audited; returns the event to publish after the commit."""
+    now = time.time()
+    error = f"not run: {problem}"
+    await audit.append(s, actor=SYSTEM, action="execution.refused", target=f"execution:{execution.id}",
+                       outcome="refused", details={"runbook": execution.runbook, "reason": problem,
+                                                   "approval": execution.approval_id})
+    if not can_transition(execution.status, "failed"):
+        return None  # e.g. still awaiting approval: left as it is, it cannot start
+    execution.status, execution.finished_at, execution.error = "failed", now, error
+    return ExecutionFinished(
+        execution_id=execution.id, runbook=execution.runbook, summary=execution.summary, status="failed",
+        duration_s=0.0, message=f"execution #{execution.id} ({execution.summary}) was not run: {problem}",
+        rule=execution.rule, error=error, correlation_id=execution.correlation_id,
+        source=f"execution:{execution.id}", room=execution.room)
+
+
 async def list_open(rt: Runtime, *, actor: Actor) -> list[ApprovalRow]:
-    actor.require("approval.read", what="see approval requests")
+    await _require_read(rt, actor, action="approval.list", target="approvals")
     async with rt.read() as s:
         rows = list((await s.execute(select(ApprovalRow).where(ApprovalRow.status == "open")
                                      .order_by(ApprovalRow.id))).scalars())
     now = time.time()
-    return [r for r in rows if r.expires_at >= now]
+    found = [r for r in rows if r.expires_at >= now]
+    await audit.append_alone(rt, actor=actor, action="approval.list", target="approvals",
+                             details={"count": len(found)})
+    return found
 
 
 async def get(rt: Runtime, *, actor: Actor, approval_id: int) -> ApprovalRow:
-    actor.require("approval.read", what="see approval requests")
+    target = f"approval:{approval_id}"
+    await _require_read(rt, actor, action="approval.view", target=target)
     async with rt.read() as s:
         row = await s.get(ApprovalRow, approval_id)
     if row is None:
-        raise NotFound(f"there is no request #{approval_id}")
+        await audit.append_alone(rt, actor=actor, action="approval.view", target=target, outcome="not_found")
+        raise NotFound(f"there is no request #{approval_id}", hint="see open requests with `status`")
+    await audit.append_alone(rt, actor=actor, action="approval.view", target=target)
     return row
+
+
+async def _require_read(rt: Runtime, actor: Actor, *, action: str, target: str) -> None:
+    """A refused read is recorded too: who looks where they may not is what an audit is for."""
+    if not actor.can("approval.read"):
+        await audit.append_alone(rt, actor=actor, action=action, target=target, outcome="refused",
+                                 details={"reason": "missing permission approval.read"})
+        actor.require("approval.read", what="see approval requests")
 
 
 async def expire_due(rt: Runtime) -> list[ApprovalRow]:
