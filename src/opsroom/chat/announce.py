@@ -68,7 +68,10 @@ def render(rt: Runtime, ev: Event) -> Announcement | None:
         if ev.decision == "approved":
             text = f"approved by {ev.decided_by}. Running runbook {ev.runbook} (execution #{ev.execution_id})…"
         elif ev.decision == "denied":
-            text = f"request #{ev.approval_id} denied by {ev.decided_by}: {ev.reason}. Nothing was run."
+            # Quoted, and one line by construction (decide refuses line breaks and control
+            # characters): what the denier wrote never reads as a bot line of its own.
+            reason = " ".join((ev.reason or "").split())
+            text = f'request #{ev.approval_id} denied by {ev.decided_by}: "{reason}". Nothing was run.'
         else:
             text = f"request #{ev.approval_id} expired without a decision. Nothing was run."
         return Announcement(_rooms(rt, ev.room), text)

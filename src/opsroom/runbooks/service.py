@@ -159,8 +159,15 @@ async def mark_running(rt: Runtime, execution_id: int) -> ExecutionRow | None:
         row = await s.get(ExecutionRow, execution_id)
         if row is None or not can_transition(row.status, "running"):
             return None
-        row.status, row.started_at, row.owner = "running", time.time(), rt.node_id
-        return row
+        # An approved run runs only what was approved (the row may have been edited since).
+        problem = await approvals.start_problem_in(s, catalog=rt.catalog, execution=row)
+        if problem is None:
+            row.status, row.started_at, row.owner = "running", time.time(), rt.node_id
+            return row
+        refused = await approvals.refuse_start_in(s, execution=row, problem=problem)
+    if refused is not None:
+        rt.bus.publish(refused)
+    return None
 
 
 async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: str, error: str | None,
