@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # million rows a day to keep 200 each: 13 minutes of history for a 4 s check, not 3 hours.
     check_result_ok_interval: float = 60.0
     log_level: str = "info"
+    # Where the CLI's person-acting commands (`runbook run`, `check run`) send their requests.
+    url: str = "http://127.0.0.1:8080"
 
     @property
     def db_url(self) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from alembic.script import ScriptDirectory
 
 from opsroom.store.lease import FileLease
 from opsroom.store.migrate import alembic_config
-from tests.e2e.harness import cli
+from tests.e2e.harness import cli, start_server
 from tests.factories import DEMO_CATALOG, free_port, small_catalog, write_catalog
 
 pytestmark = pytest.mark.e2e
@@ -55,9 +54,11 @@ def test_catalog_validate_accepts_the_demo() -> None:
     assert "catalog OK" in result.stdout and "4 runbooks" in result.stdout
 
 
-def test_users_tokens_checks_and_audit(tmp_path: Path) -> None:
+def test_users_tokens_and_audit_on_the_server_host(tmp_path: Path) -> None:
     catalog = small_catalog(tmp_path)
     common = ["--data", str(tmp_path / "data"), "--catalog", str(catalog)]
+    created = cli("migrate", "--data", str(tmp_path / "data"))
+    assert created.returncode == 0 and "new store in" in created.stdout, created.stderr
     made = cli("user", "add", "carol", "--role", "viewer", "--password-stdin", *common,
                stdin="a-long-enough-password\n")
     assert made.returncode == 0, made.stderr
@@ -69,13 +70,10 @@ def test_users_tokens_checks_and_audit(tmp_path: Path) -> None:
                stdin="another-long-password\n").returncode == 0
     token = cli("token", "create", "carol", *common).stdout.strip()
     assert token.startswith("opr_")
-    checked = cli("check", "run", "svc-cmd", "--token", token, *common)
-    assert checked.returncode == 0, checked.stderr
-    assert "svc-cmd: OK OK - fine" in checked.stdout
-    assert cli("check", "run", "svc-cmd", *common).returncode == 2  # no token, no identity
-    assert cli("check", "run", "svc-cmd", "--token", "opr_wrong", *common).returncode == 1
     listed = cli("user", "list", *common)
     assert "carol" in listed.stdout and "viewer" in listed.stdout
+    again = cli("migrate", "--data", str(tmp_path / "data"))
+    assert again.returncode == 0 and again.stdout.startswith("store in"), again.stderr
 
     ok = cli("audit", "verify", "--data", str(tmp_path / "data"))
     assert ok.returncode == 0 and "chain intact" in ok.stdout
@@ -86,17 +84,54 @@ def test_users_tokens_checks_and_audit(tmp_path: Path) -> None:
     assert "audit BROKEN at record 2" in broken.stderr
 
 
-def test_runbook_run_from_cli_as_operator(tmp_path: Path) -> None:
+def test_runbook_and_check_run_are_requests_to_the_server(tmp_path: Path) -> None:
     catalog = small_catalog(tmp_path)
-    common = ["--data", str(tmp_path / "data"), "--catalog", str(catalog)]
-    assert cli("user", "add", "op", "--role", "operator", *common).returncode == 0
-    token = cli("token", "create", "op", *common).stdout.strip()
-    ran = cli("runbook", "run", "count", "n=42", "--token", token, *common)
-    assert ran.returncode == 0, ran.stderr
-    assert "42" in ran.stdout and "succeeded" in ran.stdout
-    bad = cli("runbook", "run", "count", "n=4x2", "--token", token, *common)
-    assert bad.returncode == 1 and "does not match the pattern" in bad.stderr
-    assert sys.executable  # the runbook ran with this interpreter
+    server = start_server(tmp_path, ["serve", "--catalog", str(catalog)])
+    try:
+        data = ["--data", str(server.data)]
+        token = cli("token", "create", "you", *data).stdout.strip()
+        viewer = cli("token", "create", "dev", *data).stdout.strip()
+        remote = ["--server", server.base, "--token", token]
+        ran = cli("runbook", "run", "count", "n=42", *remote)
+        assert ran.returncode == 0, ran.stderr
+        assert "42" in ran.stdout and "succeeded" in ran.stdout
+        bad = cli("runbook", "run", "count", "n=4x2", *remote)
+        assert bad.returncode == 1 and "does not match the pattern" in bad.stderr
+        asked = cli("runbook", "run", "deploy", *remote)
+        assert asked.returncode == 0 and re.search(r"execution #\d+ awaits approval \(request #\d+\)", asked.stdout)
+        started = cli("runbook", "run", "count", "n=7", "--no-wait", *remote)
+        assert started.returncode == 0 and re.fullmatch(r"execution #\d+: running\n", started.stdout)
+        assert cli("runbook", "run", "count", "n", *remote).returncode == 2  # not key=value
+
+        checked = cli("check", "run", "svc-cmd", *remote)
+        assert checked.returncode == 0, checked.stderr
+        assert "svc-cmd: OK OK - fine" in checked.stdout
+        # OPSROOM_URL instead of --server; OPSROOM_TOKEN instead of --token
+        by_env = cli("check", "run", "svc-cmd", env={"OPSROOM_URL": server.base, "OPSROOM_TOKEN": token})
+        assert by_env.returncode == 0, by_env.stderr
+
+        answers = {
+            "no token": (cli("check", "run", "svc-cmd", "--server", server.base), 2,
+                         "this command acts as a user", "OPSROOM_TOKEN"),
+            "wrong token": (cli("check", "run", "svc-cmd", "--server", server.base, "--token", "opr_wrong"), 1,
+                            "invalid or revoked API token", "opsroom token create"),
+            "forbidden": (cli("runbook", "run", "count", "n=1", "--server", server.base, "--token", viewer), 3,
+                          "error: ", "hint: "),
+            "unknown runbook": (cli("runbook", "run", "cuont", "n=1", *remote), 1,
+                                "I don't know a runbook called 'cuont'", "did you mean"),
+            "unknown check": (cli("check", "run", "nope", *remote), 1, "error: ", "hint: "),
+            "no server": (cli("check", "run", "svc-cmd", "--server", f"http://127.0.0.1:{free_port()}",
+                              "--token", token), 1, "cannot reach the opsroom server", "is `opsroom serve` running"),
+            "not a url": (cli("check", "run", "svc-cmd", "--server", "ftp://x", "--token", token), 2,
+                          "not an http:// or https:// address", "--server"),
+        }
+        for case, (result, code, message, hint) in answers.items():
+            assert result.returncode == code, (case, result.stdout, result.stderr)
+            assert message in result.stderr and hint in result.stderr, (case, result.stderr)
+            assert "Traceback" not in result.stdout + result.stderr, case
+            assert len(result.stderr.strip().splitlines()) == 2, (case, result.stderr)  # the error, its hint
+    finally:
+        server.stop()
 
 
 def test_a_store_migrated_by_a_newer_opsroom_is_named_and_left_alone(tmp_path: Path) -> None:
@@ -104,12 +139,13 @@ def test_a_store_migrated_by_a_newer_opsroom_is_named_and_left_alone(tmp_path: P
     # Alembic's own answer is a traceback saying "Can't locate revision".
     data, catalog = tmp_path / "data", small_catalog(tmp_path)
     common = ["--data", str(data), "--catalog", str(catalog)]
-    assert cli("user", "list", *common).returncode == 0  # creates and migrates the store
+    assert cli("migrate", "--data", str(data)).returncode == 0  # creates the store
     with sqlite3.connect(data / "opsroom.db") as db:
         db.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
     listed = cli("user", "list", *common)
+    migrated = cli("migrate", "--data", str(data))
     served = cli("serve", *common, "--port", str(free_port()))
-    for result, code in ((listed, 1), (served, 2)):
+    for result, code in ((listed, 1), (migrated, 1), (served, 2)):
         assert result.returncode == code, result.stdout + result.stderr
         assert "the store's schema is at revision 0099_from_the_future" in result.stderr
         assert "a newer opsroom has migrated this store" in result.stderr and "hint: run that newer" in result.stderr
@@ -123,7 +159,7 @@ def test_a_command_migrates_only_a_store_no_server_runs_on(tmp_path: Path) -> No
     # break it, so the command refuses until that server stops.
     data, catalog = tmp_path / "data", small_catalog(tmp_path)
     common = ["--data", str(data), "--catalog", str(catalog)]
-    assert cli("user", "list", *common).returncode == 0
+    assert cli("migrate", "--data", str(data)).returncode == 0
     with sqlite3.connect(data / "opsroom.db") as db:  # as opsroom at revision 0001 left it
         db.executescript("DROP TABLE outbox; UPDATE alembic_version SET version_num = '0001';")
     held = FileLease(data / "opsroom.db.server-lock")

@@ -1,78 +1,26 @@
-"""The opsroom command line (typer + rich). Every command goes through the service layer."""
+"""The opsroom command line (typer + rich).
+
+Two kinds of command (DESIGN 8): those that act as a person (`check run`, `runbook run`) are
+requests to the running server over its API (cli/remote.py); local admin commands on the server
+host (users, tokens, audit verify, migrate; cli/admin.py) open the store through the service layer.
+No process but the server runs a runbook.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import getpass
 import os
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from opsroom.access.identity import Actor
 from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.loader import load_catalog
-from opsroom.config import Settings
-from opsroom.errors import OpsroomError
+from opsroom.cli import admin, remote
+from opsroom.cli.common import CatalogOpt, DataOpt, app, catalog_app, err, local_admin, out, run, settings_for
 from opsroom.store import lease
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="opsroom: ChatOps for production support.")
-catalog_app = typer.Typer(no_args_is_help=True, help="The catalog (config as code).")
-check_app = typer.Typer(no_args_is_help=True, help="Health checks.")
-runbook_app = typer.Typer(no_args_is_help=True, help="Runbooks.")
-audit_app = typer.Typer(no_args_is_help=True, help="The audit log.")
-user_app = typer.Typer(no_args_is_help=True, help="Users.")
-token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
-for sub, name in ((catalog_app, "catalog"), (check_app, "check"), (runbook_app, "runbook"), (audit_app, "audit"),
-                  (user_app, "user"), (token_app, "token")):
-    app.add_typer(sub, name=name)
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)  # a file:line must never be split by wrapping
-T = TypeVar("T")
-
-CatalogOpt = Annotated[Path | None, typer.Option("--catalog", envvar="OPSROOM_CATALOG", help="catalog directory")]
-DataOpt = Annotated[Path | None, typer.Option("--data", envvar="OPSROOM_DATA", help="data directory")]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="OPSROOM_TOKEN", help="API token (acts as its user)")]
-
-
-def settings_for(catalog: Path | None = None, data: Path | None = None, **extra: Any) -> Settings:
-    values: dict[str, Any] = dict(extra)
-    if catalog is not None:
-        values["catalog"] = catalog
-    if data is not None:
-        values["data"] = data
-    return Settings(**values)
-
-
-def local_admin() -> Actor:
-    """Whoever can run the CLI on the server's host can already read its database."""
-    return Actor(f"local:{getpass.getuser()}", "cli", frozenset({"admin"}), frozenset({"*"}))
-
-
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a command body; service errors become a clear message and exit code, never a traceback."""
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except CatalogError as exc:
-        err.print(exc.render(), markup=False, highlight=False)
-        raise typer.Exit(2) from None
-    except OpsroomError as exc:
-        err.print(f"error: {exc.message}", markup=False, highlight=False)
-        if exc.hint:
-            err.print(f"  hint: {exc.hint}", markup=False, highlight=False)
-        raise typer.Exit(1 if exc.code != "forbidden" else 3) from None
-
-
-async def _runtime(settings: Settings) -> Any:
-    from opsroom import server
-
-    return await server.open_runtime(settings)
+__all__ = ["admin", "app", "local_admin", "main", "remote", "run", "settings_for"]
 
 
 @catalog_app.command("validate")
@@ -132,187 +80,6 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
         if web.state.refused:
             raise typer.Exit(2) from None
         raise
-
-
-@check_app.command("run")
-def check_run(name: str, token: TokenOpt = None, catalog: CatalogOpt = None, data: DataOpt = None) -> None:
-    """Run one check now and print its result."""
-    from opsroom.access import service as access
-    from opsroom.checks import service as checks
-    from opsroom.checks.monitor import Monitor
-
-    async def body() -> dict[str, Any]:
-        rt = await _runtime(settings_for(catalog, data))
-        try:
-            actor = await access.authenticate_token(rt, token=_need(token), door="cli")
-            rt.monitor = Monitor(rt, persist=False)
-            await rt.monitor.load()
-            view = await checks.run_check(rt, actor=actor, check=name)
-            await rt.monitor.stop()
-            return view
-        finally:
-            await rt.close()
-
-    view = run(body)
-    out.print(f"{view['check']}: {view['state']} {view['output']}", markup=False, highlight=False)
-    raise typer.Exit({"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(view["state"], 3))
-
-
-def _need(token: str | None) -> str:
-    if not token:
-        err.print("error: this command acts as a user\n  hint: pass --token or set OPSROOM_TOKEN "
-                  "(create one with `opsroom token create USER`)")
-        raise typer.Exit(2)
-    return token
-
-
-@runbook_app.command("run")
-def runbook_run(name: str, params: Annotated[list[str] | None, typer.Argument(help="key=value")] = None,
-                token: TokenOpt = None, catalog: CatalogOpt = None, data: DataOpt = None) -> None:
-    """Run a runbook as the token's user; on protected environments it waits for approval."""
-    from opsroom.access import service as access
-    from opsroom.checks.monitor import Monitor
-    from opsroom.outbox import OutboxWriter
-    from opsroom.runbooks import service as runbooks
-    from opsroom.runbooks.executor import Executor
-
-    given: dict[str, str] = {}
-    for p in params or []:
-        if "=" not in p:
-            err.print(f"error: {p!r} is not key=value\n  hint: opsroom runbook run {name} key=value")
-            raise typer.Exit(2)
-        k, _, v = p.partition("=")
-        given[k] = v
-
-    async def body() -> Any:
-        rt = await _runtime(settings_for(catalog, data))
-        try:
-            actor = await access.authenticate_token(rt, token=_need(token), door="cli")
-            rt.monitor = Monitor(rt, persist=False)
-            await rt.monitor.load()
-            rt.executor = Executor(rt)
-            OutboxWriter(rt)  # the server's rooms hear about this run (approval asked, result)
-            row = await runbooks.request_run(rt, actor=actor, runbook=name, params=given)
-            if row.status != "awaiting_approval":
-                await rt.executor.wait(row.id)
-                await rt.executor.close()
-                row = await runbooks.get_execution(rt, actor=actor, execution_id=row.id)
-            await rt.monitor.stop()
-            await rt.bus.drain()
-            return row
-        finally:
-            await rt.close()
-
-    row = run(body)
-    if row.status == "awaiting_approval":
-        out.print(f"execution #{row.id} awaits approval (request #{row.approval_id}); "
-                  "an approver decides in the room or the API", highlight=False)
-        return
-    sys.stdout.write(row.output)
-    out.print(f"execution #{row.id}: {row.status}", highlight=False)
-    raise typer.Exit(0 if row.status == "succeeded" else 1)
-
-
-@audit_app.command("verify")
-def audit_verify(data: DataOpt = None, catalog: CatalogOpt = None) -> None:
-    """Walk the hash chain; name the first broken record."""
-    from opsroom.audit import service as audit
-
-    async def body() -> Any:
-        rt = await _runtime(settings_for(catalog, data))
-        try:
-            return await audit.verify(rt)
-        finally:
-            await rt.close()
-
-    result = run(body)
-    if result.ok:
-        out.print(f"audit OK: {result.records} records, chain intact")
-        return
-    err.print(f"audit BROKEN at record {result.broken_seq}: {result.reason}", markup=False)
-    raise typer.Exit(1)
-
-
-@user_app.command("add")
-def user_add(name: str, role: Annotated[list[str], typer.Option("--role", help="repeatable")],
-             password_stdin: Annotated[bool, typer.Option(help="read the password from stdin")] = False,
-             data: DataOpt = None, catalog: CatalogOpt = None) -> None:
-    """Add a user (no password: token-only until `user passwd`)."""
-    from opsroom.access import service as access
-
-    password = _read_password(password_stdin) if password_stdin else None
-
-    async def body() -> None:
-        rt = await _runtime(settings_for(catalog, data))
-        try:
-            await access.add_user(rt, actor=local_admin(), name=name, roles=role, password=password)
-        finally:
-            await rt.close()
-
-    run(body)
-    out.print(f"user {name} added with roles {', '.join(role)}", highlight=False)
-
-
-def _read_password(from_stdin: bool) -> str:
-    if from_stdin or not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("new password: ")
-    if getpass.getpass("again: ") != first:
-        err.print("error: the passwords differ")
-        raise typer.Exit(2)
-    return first
-
-
-@user_app.command("passwd")
-def user_passwd(name: str, password_stdin: Annotated[bool, typer.Option()] = False, data: DataOpt = None,
-                catalog: CatalogOpt = None) -> None:
-    """Set a user's password (ends their web sessions)."""
-    from opsroom.access import service as access
-
-    password = _read_password(password_stdin)
-
-    async def body() -> None:
-        rt = await _runtime(settings_for(catalog, data))
-        try:
-            await access.set_password(rt, actor=local_admin(), name=name, password=password)
-        finally:
-            await rt.close()
-
-    run(body)
-    out.print(f"password of {name} changed", highlight=False)
-
-
-@user_app.command("list")
-def user_list(data: DataOpt = None, catalog: CatalogOpt = None) -> None:
-    from opsroom.access import service as access
-
-    async def body() -> Any:
-        rt = await _runtime(settings_for(catalog, data))
-        try:
-            return await access.list_users(rt, actor=local_admin())
-        finally:
-            await rt.close()
-
-    table = Table("user", "roles", "password")
-    for u in run(body):
-        table.add_row(u.name, ", ".join(u.roles), "set" if u.password_hash else "-")
-    out.print(table)
-
-
-@token_app.command("create")
-def token_create(user: str, name: Annotated[str, typer.Option()] = "cli", data: DataOpt = None,
-                 catalog: CatalogOpt = None) -> None:
-    """Create an API token; it is printed once and stored only as a hash."""
-    from opsroom.access import service as access
-
-    async def body() -> str:
-        rt = await _runtime(settings_for(catalog, data))
-        try:
-            return await access.create_token(rt, actor=local_admin(), user=user, name=name)
-        finally:
-            await rt.close()
-
-    print(run(body))
 
 
 @app.command()

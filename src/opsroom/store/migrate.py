@@ -58,6 +58,20 @@ def _behind(cfg: Config, sync_conn: Connection) -> bool:
     return current != set(script.get_heads())
 
 
+def _sqlite_file(db: str | None) -> bool:
+    return bool(db) and db != ":memory:" and Path(str(db)).is_file()
+
+
+async def store_exists(engine: AsyncEngine) -> bool:
+    """True when the engine's database holds an opsroom store (a schema revision). Creates
+    nothing: a SQLite file that is not there is never opened, since opening it would create it."""
+    if engine.url.get_backend_name() == "sqlite" and not _sqlite_file(engine.url.database):
+        return False
+    async with engine.connect() as conn:
+        heads = await conn.run_sync(lambda sync_conn: MigrationContext.configure(sync_conn).get_current_heads())
+    return bool(heads)
+
+
 async def upgrade(engine: AsyncEngine) -> None:
     """Bring the schema to head on an existing engine's connection (SchemaAhead if it is newer)."""
 

@@ -1,0 +1,276 @@
+"""Local admin commands on the server host: users, tokens, audit verify, migrate.
+
+They open the store directly and act as `local:<login>` (whoever can run them can read the store
+anyway), through the service layer, which checks and audits them. Only `opsroom migrate` creates
+a store: any other command pointed at a place with no store says so instead of answering from an
+empty one it made up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from opsroom.cli.common import (
+    CatalogOpt,
+    DataOpt,
+    app,
+    audit_app,
+    local_admin,
+    out,
+    run,
+    settings_for,
+    token_app,
+    user_app,
+)
+from opsroom.cli.terminal import clean, error, write
+from opsroom.config import Settings
+from opsroom.errors import OpsroomError
+
+if TYPE_CHECKING:
+    from opsroom.runtime import Runtime
+
+
+class NoStore(OpsroomError):
+    code = "no_store"
+
+
+def _where(settings: Settings) -> str:
+    if settings.database_url:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(settings.database_url).render_as_string(hide_password=True)
+        except Exception:
+            return "the database of OPSROOM_DATABASE_URL"
+    return str(settings.data)
+
+
+async def _exists(settings: Settings) -> bool:
+    from opsroom.store.engine import make_engine
+    from opsroom.store.migrate import store_exists
+
+    engine = make_engine(settings.db_url)
+    try:
+        return await store_exists(engine)
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def store(catalog: Path | None, data: Path | None) -> AsyncIterator[Runtime]:
+    """The runtime of an existing store (migrated if no server holds it); NoStore if there is none."""
+    from opsroom import server
+
+    settings = settings_for(catalog, data)
+    if not await _exists(settings):
+        where = _where(settings)
+        raise NoStore(f"no opsroom store in {where}",
+                      hint="pass --data DIR (or OPSROOM_DATA / OPSROOM_DATABASE_URL) of the store the server uses; "
+                           f"a new store is made by starting the server once or by `opsroom migrate --data {where}`"
+                      if not settings.database_url else
+                      "point OPSROOM_DATABASE_URL at the server's database; a new store is made by starting "
+                      "the server once or by `opsroom migrate`")
+    rt = await server.open_runtime(settings)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+def _when(at: float | None) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "-"
+
+
+def _cell(value: Any) -> Text:
+    return Text(clean(str(value)))  # a Text is never read as rich markup
+
+
+@app.command()
+def migrate(data: DataOpt = None) -> None:
+    """Create the store, or bring its schema up to this version (refused while a server runs on it)."""
+    from sqlalchemy import text
+
+    from opsroom import server
+    from opsroom.catalog.catalog import Catalog
+
+    settings = settings_for(None, data)
+
+    async def body() -> tuple[bool, str]:
+        existed = await _exists(settings)
+        rt = await server.open_runtime(settings, Catalog())
+        try:
+            async with rt.read() as session:
+                version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        finally:
+            await rt.close()
+        return existed, str(version)
+
+    existed, version = run(body)
+    write(f"{'store' if existed else 'new store'} in {_where(settings)} at schema revision {version}")
+
+
+@audit_app.command("verify")
+def audit_verify(data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Walk the hash chain; name the first broken record (audited, as `audit.verify`)."""
+    from opsroom.audit import service as audit
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await audit.verify_as(rt, actor=local_admin())
+
+    result = run(body)
+    if result.ok:
+        write(f"audit OK: {result.records} records, chain intact")
+        return
+    write(f"audit BROKEN at record {result.broken_seq}: {result.reason}", stream=sys.stderr)
+    raise typer.Exit(1)
+
+
+@user_app.command("add")
+def user_add(name: str, role: Annotated[list[str], typer.Option("--role", help="repeatable")],
+             password_stdin: Annotated[bool, typer.Option(help="read the password from stdin")] = False,
+             data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Add a user (no password: token-only until `user passwd`)."""
+    from opsroom.access import service as access
+
+    password = _read_password(password_stdin) if password_stdin else None
+
+    async def body() -> None:
+        async with store(catalog, data) as rt:
+            await access.add_user(rt, actor=local_admin(), name=name, roles=role, password=password)
+
+    run(body)
+    write(f"user {name} added with roles {', '.join(role)}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("new password: ")
+    if getpass.getpass("again: ") != first:
+        error("the passwords differ")
+        raise typer.Exit(2)
+    return first
+
+
+@user_app.command("passwd")
+def user_passwd(name: str, password_stdin: Annotated[bool, typer.Option()] = False, data: DataOpt = None,
+                catalog: CatalogOpt = None) -> None:
+    """Set a user's password (ends their web sessions)."""
+    from opsroom.access import service as access
+
+    password = _read_password(password_stdin)
+
+    async def body() -> None:
+        async with store(catalog, data) as rt:
+            await access.set_password(rt, actor=local_admin(), name=name, password=password)
+
+    run(body)
+    write(f"password of {name} changed")
+
+
+@user_app.command("list")
+def user_list(data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Users, their roles, and whether they are disabled."""
+    from opsroom.access import service as access
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await access.list_users(rt, actor=local_admin())
+
+    table = Table("user", "roles", "password", "state")
+    for u in run(body):
+        table.add_row(_cell(u.name), _cell(", ".join(u.roles)), "set" if u.password_hash else "-",
+                      "disabled" if u.disabled else "active")
+    out.print(table)
+
+
+@user_app.command("disable")
+def user_disable(name: str, data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Disable a user: their tokens, sessions and open sockets stop working at once."""
+    from opsroom.access import service as access
+
+    async def body() -> None:
+        async with store(catalog, data) as rt:
+            await access.disable_user(rt, actor=local_admin(), name=name)
+
+    run(body)
+    write(f"user {name} disabled: their tokens and sessions no longer work")
+
+
+@user_app.command("enable")
+def user_enable(name: str, data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Enable a disabled user again (revoked tokens stay revoked)."""
+    from opsroom.access import service as access
+
+    async def body() -> None:
+        async with store(catalog, data) as rt:
+            await access.enable_user(rt, actor=local_admin(), name=name)
+
+    run(body)
+    write(f"user {name} enabled")
+
+
+@token_app.command("create")
+def token_create(user: str, name: Annotated[str, typer.Option()] = "cli", data: DataOpt = None,
+                 catalog: CatalogOpt = None) -> None:
+    """Create an API token; it is printed once and stored only as a hash."""
+    from opsroom.access import service as access
+
+    async def body() -> str:
+        async with store(catalog, data) as rt:
+            return await access.create_token(rt, actor=local_admin(), user=user, name=name)
+
+    print(run(body))
+
+
+def _token_user(row: Any) -> str:
+    # The access service names the token's user on the row (a join); the id is the fallback.
+    for attr in ("user", "user_name", "username"):
+        value = getattr(row, attr, None)
+        if isinstance(value, str):
+            return value
+        if value is not None and isinstance(getattr(value, "name", None), str):
+            return str(value.name)
+    return f"#{row.user_id}"
+
+
+@token_app.command("list")
+def token_list(user: Annotated[str | None, typer.Argument(help="only this user's tokens")] = None,
+               data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """API tokens (never their values): id, user, name, created, last used, revoked."""
+    from opsroom.access import service as access
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await access.list_tokens(rt, actor=local_admin(), user=user)
+
+    table = Table("id", "user", "name", "created", "last used", "state")
+    for t in run(body):
+        table.add_row(str(t.id), _cell(_token_user(t)), _cell(t.name), _when(t.created_at), _when(t.last_used_at),
+                      "revoked" if t.revoked else "active")
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", min=1, help="from `opsroom token list`")],
+                 data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Revoke an API token: it stops working at once."""
+    from opsroom.access import service as access
+
+    async def body() -> None:
+        async with store(catalog, data) as rt:
+            await access.revoke_token(rt, actor=local_admin(), token_id=token_id)
+
+    run(body)
+    write(f"token #{token_id} revoked")

@@ -1,0 +1,111 @@
+"""The CLI's side of the JSON API: one request, one clear answer or one clear error line.
+
+The server answers errors as {"detail", "code", "hint"}; every failure a person can meet here
+(no server, a wrong token, an unknown name, a refusal) becomes a `ClientError` with a hint and an
+exit code, and every string the server sent is cleaned before it reaches the terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from opsroom import __version__
+from opsroom.cli.terminal import clean
+
+# Exit codes: 1 a refusal or failure, 2 a usage problem (no token, bad arguments), 3 forbidden.
+FORBIDDEN_EXIT = 3
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = clean(message)
+        self.hint = clean(hint) if hint else None
+        self.exit_code = exit_code
+
+
+def path_part(name: str) -> str:
+    """A name as one path segment: `a/b` or `..` must not reach another route."""
+    return quote(name, safe="")
+
+
+def _detail(body: Any) -> tuple[str | None, str | None]:
+    """(detail, hint) from the API's error body; a 422's list of field errors as one line."""
+    if not isinstance(body, dict):
+        return None, None
+    detail, hint = body.get("detail"), body.get("hint")
+    if isinstance(detail, list):
+        parts = []
+        for item in detail[:5]:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
+        detail = "; ".join(parts) or None
+    return (str(detail) if detail is not None else None), (str(hint) if hint else None)
+
+
+class Client:
+    """A synchronous client for one server and one token (the CLI does one thing at a time)."""
+
+    def __init__(self, server: str, token: str, *, timeout: float = 30.0) -> None:
+        self.server = server.rstrip("/")
+        self._http = httpx.Client(base_url=self.server + "/api/v1", timeout=timeout,
+                                  headers={"Authorization": f"Bearer {token}",
+                                           "User-Agent": f"opsroom-cli/{__version__}"})
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._http.close()
+
+    def get(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._request("POST", path, body)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        unreachable = (f"is `opsroom serve` running at {self.server}? set --server or OPSROOM_URL "
+                       "to the server's address")
+        try:
+            resp = self._http.request(method, path, json=body)
+        except httpx.TimeoutException:
+            raise ClientError(f"the opsroom server at {self.server} did not answer in time",
+                              hint="it may be overloaded or stuck; see its log") from None
+        except httpx.InvalidURL as exc:
+            raise ClientError(f"{self.server!r} is not a usable server address: {exc}",
+                              hint="pass --server http://HOST:PORT or set OPSROOM_URL", exit_code=2) from None
+        except httpx.UnsupportedProtocol:
+            raise ClientError(f"{self.server!r} is not an http:// or https:// address",
+                              hint="pass --server http://HOST:PORT or set OPSROOM_URL", exit_code=2) from None
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach the opsroom server at {self.server} ({type(exc).__name__})",
+                              hint=unreachable) from None
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = None
+        if resp.is_success:
+            if payload is None:
+                raise ClientError(f"{self.server} answered {method} {path} with something that is not JSON",
+                                  hint=f"is {self.server} an opsroom server? {unreachable}")
+            return payload
+        raise self._error(resp.status_code, payload)
+
+    def _error(self, status: int, payload: Any) -> ClientError:
+        detail, hint = _detail(payload)
+        if detail is None:  # not opsroom's JSON: another program answers at that address
+            return ClientError(f"{self.server} answered HTTP {status}, not as an opsroom server would",
+                               hint=f"is `opsroom serve` running at {self.server}? set --server or OPSROOM_URL")
+        if status == 401:
+            return ClientError(detail, hint="pass a valid token with --token or OPSROOM_TOKEN; an admin creates "
+                                            "one on the server host with `opsroom token create USER`")
+        if status == 403:
+            return ClientError(detail, hint=hint, exit_code=FORBIDDEN_EXIT)
+        if status >= 500:
+            return ClientError(f"the server failed: {detail}", hint=hint or "see the opsroom server's log")
+        return ClientError(detail, hint=hint)

@@ -1,0 +1,74 @@
+"""What every CLI module shares: the command groups, the options, and turning errors into one line."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from opsroom.access.identity import Actor
+from opsroom.catalog.errors import CatalogError
+from opsroom.config import Settings
+from opsroom.errors import OpsroomError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="opsroom: ChatOps for production support.")
+catalog_app = typer.Typer(no_args_is_help=True, help="The catalog (config as code).")
+check_app = typer.Typer(no_args_is_help=True, help="Health checks (asked of the running server).")
+runbook_app = typer.Typer(no_args_is_help=True, help="Runbooks (asked of the running server).")
+audit_app = typer.Typer(no_args_is_help=True, help="The audit log (local admin, on the server host).")
+user_app = typer.Typer(no_args_is_help=True, help="Users (local admin, on the server host).")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens (local admin, on the server host).")
+for sub, name in ((catalog_app, "catalog"), (check_app, "check"), (runbook_app, "runbook"), (audit_app, "audit"),
+                  (user_app, "user"), (token_app, "token")):
+    app.add_typer(sub, name=name)
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)  # a file:line must never be split by wrapping
+T = TypeVar("T")
+
+CatalogOpt = Annotated[Path | None, typer.Option("--catalog", envvar="OPSROOM_CATALOG", help="catalog directory")]
+DataOpt = Annotated[Path | None, typer.Option("--data", envvar="OPSROOM_DATA", help="data directory")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="OPSROOM_TOKEN", help="API token (acts as its user)")]
+ServerOpt = Annotated[str | None, typer.Option("--server", help="the server's URL (default: OPSROOM_URL, "
+                                                                "else http://127.0.0.1:8080)")]
+
+
+def settings_for(catalog: Path | None = None, data: Path | None = None, **extra: Any) -> Settings:
+    values: dict[str, Any] = dict(extra)
+    if catalog is not None:
+        values["catalog"] = catalog
+    if data is not None:
+        values["data"] = data
+    return Settings(**values)
+
+
+def local_admin() -> Actor:
+    """Whoever can run the CLI on the server's host can already read its database."""
+    return Actor(f"local:{getpass.getuser()}", "cli", frozenset({"admin"}), frozenset({"*"}))
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a command body; service errors become a clear message and exit code, never a traceback."""
+    from opsroom.cli.terminal import error
+    from opsroom.store.lease import refusal
+
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except CatalogError as exc:
+        err.print(exc.render(), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except OpsroomError as exc:
+        error(exc.message, exc.hint)
+        raise typer.Exit(1 if exc.code != "forbidden" else 3) from None
+    except Exception as exc:
+        reason = refusal(exc)  # a store that cannot be reached is a fact to fix, not a traceback
+        if reason is None:
+            raise
+        message, _, hint = reason.partition("\n  hint: ")
+        error(message, hint or None)
+        raise typer.Exit(1) from None
