@@ -8,7 +8,7 @@ import gc
 
 import structlog
 
-from opsroom.access import service as access
+from opsroom.access.reconcile import reconcile_users
 from opsroom.approvals import service as approvals
 from opsroom.automation.rules import RulesEngine
 from opsroom.catalog.catalog import Catalog
@@ -71,7 +71,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
                          passwords: dict[str, str] | None, migrate: bool) -> None:
     if migrate:
         await upgrade(rt.engine)
-    await access.ensure_bootstrap_users(rt, passwords=passwords)
+    await reconcile_users(rt, passwords=passwords)
     rt.rooms = RoomHub(rt)
     for adapter in adapters or []:
         rt.rooms.add_adapter(adapter)
