@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from opsroom.approvals import service
 from opsroom.approvals.schemas import ApprovalOut, DecisionRequest
-from opsroom.web.deps import ApiActor, PathId, RuntimeDep
+from opsroom.web.deps import ApiActor, DecisionActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["approvals"])
 
@@ -22,7 +22,8 @@ async def get_approval(approval_id: PathId, rt: RuntimeDep, actor: ApiActor) -> 
 
 
 @router.post("/approvals/{approval_id}/decision")
-async def decide(approval_id: PathId, body: DecisionRequest, rt: RuntimeDep, actor: ApiActor) -> ApprovalOut:
+async def decide(approval_id: PathId, body: DecisionRequest, rt: RuntimeDep,
+                 actor: DecisionActor) -> ApprovalOut:
     row = await service.decide(rt, actor=actor, approval_id=approval_id, approve=body.decision == "approve",
                                reason=body.reason)
     return ApprovalOut.model_validate(row)
