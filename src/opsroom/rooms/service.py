@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -42,13 +43,28 @@ async def open_room(rt: Runtime, *, actor: Actor, room: str, limit: int = 50) ->
     }
 
 
-async def approval_views(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
+async def approval_views(rt: Runtime, *, actor: Actor,
+                         sign: Callable[[int, str], str] | None = None) -> list[dict[str, Any]]:
+    """Open requests as a room shows them; `sign(id, binding_hash)` adds the web door's decision
+    token to the ones this actor may decide (the binding hash itself never leaves the server)."""
     rows = await approvals.list_open(rt, actor=actor)
-    return [{"id": r.id, "summary": r.summary, "requester": r.requester, "roles": r.roles,
-             "expires_at": r.expires_at,
-             # Shown, not enforced here: decide() refuses regardless of what the page offers.
-             "can_decide": actor.can("approval.decide") and r.requester != actor.name}
-            for r in rows]
+    views = []
+    for r in rows:
+        # Shown, not enforced here: decide() refuses regardless of what the page offers.
+        can = actor.can("approval.decide") and r.requester != actor.name
+        view = {"id": r.id, "summary": r.summary, "requester": r.requester, "roles": r.roles,
+                "expires_at": r.expires_at, "can_decide": can}
+        if can and sign is not None:
+            view["token"] = sign(r.id, r.binding_hash)
+        views.append(view)
+    return views
+
+
+async def join_room(rt: Runtime, *, actor: Actor, room: str) -> None:
+    """A live connection to a room (the web room's socket) is a view too: checked and audited."""
+    actor.require("status.read", what="join rooms")
+    _room(rt, room)
+    await audit.append_alone(rt, actor=actor, action="room.join", target=f"room:{room}")
 
 
 async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+import structlog
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from opsroom import __version__, server
 from opsroom.approvals.views import router as approvals_router
@@ -15,7 +18,10 @@ from opsroom.catalog.catalog import Catalog
 from opsroom.checks.views import router as checks_router
 from opsroom.config import Settings
 from opsroom.runbooks.views import router as runbooks_router
-from opsroom.web import errors, metrics, room, ui
+from opsroom.web import errors, metrics, room, security, ui
+from opsroom.web.deps import ApiActor, WebSession
+
+log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords: dict[str, str] | None = None,
@@ -30,6 +36,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
             app.state.web_adapter = room.WebAdapter(rt)
             await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords,
                                migrate=True)
+            log.info(security.cookie_policy(settings)[1])
         except BaseException as exc:
             # Named for StartupRefusal: a failure the person can fix (another server started in
             # the same second got the store, a newer opsroom migrated it) is read as its reason.
@@ -42,13 +49,21 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
         finally:
             await server.stop(rt)
 
-    app = FastAPI(title="opsroom", version=__version__, lifespan=lifespan,
+    # No Swagger UI or ReDoc: they load scripts from a CDN and run inline script, which the CSP
+    # forbids on every page (and which an offline server could not load anyway). /docs is a
+    # server-rendered index of the operations and /openapi.json the schema, both behind a login.
+    app = FastAPI(title="opsroom", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="ChatOps for production support: checks, runbooks, approvals, audit.")
     app.state.demo = settings.demo
     app.state.refused = None
     app.add_middleware(GZipMiddleware, minimum_size=512)
     errors.install(app)
     app.add_middleware(errors.StartupRefusal)
+    # Outermost last: every answer, a 413 included, carries the security headers.
+    app.add_middleware(security.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(security.SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     api = APIRouter(prefix="/api/v1")
     for r in (checks_router, runbooks_router, approvals_router, audit_router):
         api.include_router(r)
@@ -56,6 +71,20 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.include_router(ui.router)
     app.include_router(room.router)
     app.include_router(metrics.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(_actor: ApiActor) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request, session: WebSession) -> Response:
+        if session is None:
+            return RedirectResponse("/login?next=/docs", status_code=303)
+        return ui.api_index(request, app.openapi())
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return RedirectResponse("/docs", status_code=303)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -12,6 +12,7 @@ from opsroom.access import service as access
 from opsroom.access.identity import Actor
 from opsroom.errors import PermissionDenied, Unauthenticated
 from opsroom.runtime import Runtime
+from opsroom.web.security import require_decision_token
 
 SESSION_COOKIE = "opsroom_session"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -45,6 +46,31 @@ async def api_actor(request: Request, rt: RuntimeDep) -> Actor:
 
 ApiActor = Annotated[Actor, Depends(api_actor)]
 
+# Ids fit the store's integer columns: anything larger is a 422, never an overflow (500) inside.
+MAX_ID = 2**31 - 1
+PathId = Annotated[int, FastAPIPath(ge=1, le=MAX_ID)]
+QueryId = Annotated[int | None, Query(ge=0, le=MAX_ID)]
+
+
+async def decision_actor(request: Request, rt: RuntimeDep, approval_id: PathId) -> Actor:
+    """The API caller of a decision. A browser session must also send the request's decision token
+    (X-Decision-Token, from the room page's approvals) so a script riding the cookie cannot decide
+    a request its page never showed; a bearer token is a deliberate credential and needs none."""
+    actor = await api_actor(request, rt)
+    if request.headers.get("authorization", "").lower().startswith("bearer "):
+        return actor
+    try:
+        verb = "deny" if (await request.json()).get("decision") == "deny" else "approve"
+    except Exception:  # not JSON: the body's own validation reports it after this refusal
+        verb = "approve"
+    _, csrf = await access.session_actor(rt, session_token=request.cookies.get(SESSION_COOKIE, ""), door="api")
+    await require_decision_token(rt, actor=actor, csrf=csrf, approval_id=approval_id,
+                                 token=request.headers.get("x-decision-token"), verb=verb)
+    return actor
+
+
+DecisionActor = Annotated[Actor, Depends(decision_actor)]
+
 
 async def optional_web_session(request: Request, rt: RuntimeDep) -> tuple[Actor, str] | None:
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -57,8 +83,3 @@ async def optional_web_session(request: Request, rt: RuntimeDep) -> tuple[Actor,
 
 
 WebSession = Annotated[tuple[Actor, str] | None, Depends(optional_web_session)]
-
-# Ids fit the store's integer columns: anything larger is a 422, never an overflow (500) inside.
-MAX_ID = 2**31 - 1
-PathId = Annotated[int, FastAPIPath(ge=1, le=MAX_ID)]
-QueryId = Annotated[int | None, Query(ge=0, le=MAX_ID)]

@@ -1,4 +1,10 @@
-"""The built-in web room: an HTML page plus a WebSocket, and its ChatAdapter."""
+"""The built-in web room: an HTML page plus a WebSocket, and its ChatAdapter.
+
+The socket acts for a web session, so every frame re-reads that session (one indexed read): a
+logout, new password or disabled user ends what the socket may do at the next frame, and the
+AccessChanged event closes it at once. Frames are checked for shape and size here, so bad input
+gets an error frame and the socket stays up.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -15,22 +21,41 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from opsroom.access import service as access
 from opsroom.access.identity import Actor
+from opsroom.access.secrets import token_hash
 from opsroom.approvals import service as approvals
 from opsroom.chat.base import ChatAdapter, Message, MessageHandler, Person
-from opsroom.errors import OpsroomError
-from opsroom.events import ApprovalDecided, ApprovalRequested, Event
+from opsroom.errors import OpsroomError, Unauthenticated
+from opsroom.events import AccessChanged, ApprovalDecided, ApprovalRequested, Event
 from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
-from opsroom.web.deps import SESSION_COOKIE
+from opsroom.web.deps import MAX_ID, SESSION_COOKIE
+from opsroom.web.security import (
+    MAX_FRAME_CHARS,
+    MAX_REASON_CHARS,
+    decision_in_text,
+    lone_surrogate,
+    require_decision_token,
+    signer,
+)
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
 
 
 class _Conn:
-    def __init__(self, ws: WebSocket, actor: Actor) -> None:
-        self.ws, self.actor = ws, actor
+    def __init__(self, ws: WebSocket, actor: Actor, csrf: str, session_token: str) -> None:
+        self.ws, self.actor, self.csrf = ws, actor, csrf
+        self.session_token = session_token
+        self.session_hash = token_hash(session_token)  # what AccessChanged names a logout by
+        self.closed = False
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=500)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):  # already gone: nothing left to close
+            await self.ws.close(code=code, reason=reason)
 
     def push(self, frame: dict[str, Any] | str) -> None:
         try:
@@ -54,6 +79,7 @@ class WebAdapter(ChatAdapter):
         self._on_message, self._on_presence = on_message, on_presence
         self.rt.bus.subscribe(ApprovalRequested, self._approvals_changed)
         self.rt.bus.subscribe(ApprovalDecided, self._approvals_changed)
+        self.rt.bus.subscribe(AccessChanged, self._access_changed)
 
     async def stop(self) -> None:
         for conns in self.conns.values():
@@ -86,7 +112,19 @@ class WebAdapter(ChatAdapter):
         for conns in self.conns.values():
             for c in list(conns):
                 with contextlib.suppress(OpsroomError):
-                    c.push({"type": "approvals", "items": await rooms.approval_views(self.rt, actor=c.actor)})
+                    c.push({"type": "approvals", "items": await rooms.approval_views(
+                        self.rt, actor=c.actor, sign=signer(c.csrf))})
+
+    async def _access_changed(self, ev: Event) -> None:
+        """Close the sockets of an ended session (logout names it) or of a user whose access
+        ended or shrank. 4401 sends the page to the login; after a role change the session is
+        still good, so 4001 makes the page reconnect as the person now is."""
+        assert isinstance(ev, AccessChanged)
+        code, why = (4001, "your roles changed") if ev.reason == "roles" else (4401, f"access ended: {ev.reason}")
+        for conns in list(self.conns.values()):
+            for c in list(conns):
+                if c.actor.user_id == ev.user_id and ev.session_hash in (None, c.session_hash):
+                    await c.close(code, why)
 
     async def connected(self, room: str, conn: _Conn) -> None:
         first = not any(c.actor.name == conn.actor.name for c in self.conns[room])
@@ -118,24 +156,59 @@ async def room_socket(ws: WebSocket, room: str) -> None:
         await ws.close(code=4403)
         return
     try:
-        actor, _csrf = await access.session_actor(rt, session_token=cookie, door="web")
+        actor, csrf = await access.session_actor(rt, session_token=cookie, door="web")
     except OpsroomError:
         await ws.close(code=4401)
         return
+    try:
+        await rooms.join_room(rt, actor=actor, room=room)
+    except OpsroomError:
+        await ws.close(code=4403)
+        return
     await ws.accept()
-    conn = _Conn(ws, actor)
+    conn = _Conn(ws, actor, csrf, cookie)
     sender = asyncio.get_running_loop().create_task(_sender(conn))
     await adapter.connected(room, conn)
-    conn.push({"type": "approvals", "items": await rooms.approval_views(rt, actor=actor)})
+    conn.push({"type": "approvals", "items": await rooms.approval_views(rt, actor=actor, sign=signer(csrf))})
     try:
-        while True:
-            raw = await ws.receive_text()
-            await _handle_frame(rt, conn, room, raw)
-    except WebSocketDisconnect:
-        pass
+        while not conn.closed:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if conn.closed:
+                break  # closed by an AccessChanged while this frame was on its way: not acted on
+            await _receive(rt, conn, room, message)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the peer left, or we closed the socket while waiting: the finally cleans up
     finally:
         sender.cancel()
         await adapter.disconnected(room, conn)
+
+
+async def _receive(rt: Runtime, conn: _Conn, room: str, message: MutableMapping[str, Any]) -> None:
+    raw = message.get("text")
+    if raw is None:
+        conn.push({"type": "error", "text": "binary frames are not understood: send JSON text, "
+                                            'e.g. {"type": "say", "text": "help"}'})
+        return
+    if len(raw) > MAX_FRAME_CHARS:
+        conn.push({"type": "error", "text": f"frame too large ({len(raw)} characters; the limit is "
+                                            f"{MAX_FRAME_CHARS}): say less at a time"})
+        return
+    # The session is read again for every frame: a logout or a new password elsewhere ends
+    # what this socket may do, and changed roles apply at once.
+    try:
+        conn.actor, conn.csrf = await access.session_actor(rt, session_token=conn.session_token, door="web")
+    except Unauthenticated:
+        await conn.close(4401, "session ended; log in again")
+        return
+    try:
+        await _handle_frame(rt, conn, room, raw)
+    except OpsroomError as exc:
+        conn.push({"type": "error", "text": str(exc)})
+    except Exception:  # one bad frame must not drop the person's room
+        log.exception("room frame failed", room=room, user=conn.actor.name)
+        conn.push({"type": "error", "text": "internal error; see the opsroom log"})
 
 
 async def _sender(conn: _Conn) -> None:
@@ -144,19 +217,47 @@ async def _sender(conn: _Conn) -> None:
             await conn.ws.send_text(await conn.queue.get())
 
 
+USAGE = 'send {"type": "say", "text": "..."} or {"type": "decide", "id": N, "decision": "approve", "token": ...}'
+
+
 async def _handle_frame(rt: Runtime, conn: _Conn, room: str, raw: str) -> None:
     try:
         frame = json.loads(raw)
-        kind = frame.get("type") if isinstance(frame, dict) else None
     except ValueError:
-        kind = None
-    try:
-        if kind == "say" and isinstance(frame.get("text"), str):
-            await rooms.say(rt, actor=conn.actor, room=room, text=frame["text"])
-        elif kind == "decide" and isinstance(frame.get("id"), int) and frame.get("decision") in ("approve", "deny"):
-            await approvals.decide(rt, actor=conn.actor, approval_id=frame["id"],
-                                   approve=frame["decision"] == "approve", reason=frame.get("reason"))
+        frame = None
+    if not isinstance(frame, dict):
+        conn.push({"type": "error", "text": f"a frame is a JSON object: {USAGE}"})
+        return
+    where = lone_surrogate(frame, "frame")
+    if where is not None:
+        conn.push({"type": "error", "text": f"{where} holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                                            "which is not text: send valid Unicode"})
+        return
+    kind = frame.get("type")
+    if kind == "say":
+        text = frame.get("text")
+        if not isinstance(text, str):
+            conn.push({"type": "error", "text": "`text` must be a string"})
+            return
+        decided = decision_in_text(text)
+        if decided is not None and decided <= MAX_ID:
+            # Typing `approve 12` in the web room decides too: it needs the same token as the button.
+            verb = "approve" if text.strip().lstrip("!/").strip().lower().startswith("approve") else "deny"
+            await require_decision_token(rt, actor=conn.actor, csrf=conn.csrf, approval_id=decided,
+                                         token=frame.get("token"), verb=verb)
+        await rooms.say(rt, actor=conn.actor, room=room, text=text)
+    elif kind == "decide":
+        approval_id, decision, reason = frame.get("id"), frame.get("decision"), frame.get("reason")
+        if isinstance(approval_id, bool) or not isinstance(approval_id, int) or not 1 <= approval_id <= MAX_ID:
+            conn.push({"type": "error", "text": f"`id` must be a request number from 1 to {MAX_ID}"})
+        elif decision not in ("approve", "deny"):
+            conn.push({"type": "error", "text": '`decision` must be "approve" or "deny"'})
+        elif reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+            conn.push({"type": "error", "text": f"`reason` must be text of at most {MAX_REASON_CHARS} characters"})
         else:
-            conn.push({"type": "error", "text": 'send {"type": "say", "text": "..."} or a decision'})
-    except OpsroomError as exc:
-        conn.push({"type": "error", "text": str(exc)})
+            await require_decision_token(rt, actor=conn.actor, csrf=conn.csrf, approval_id=approval_id,
+                                         token=frame.get("token"), verb=decision)
+            await approvals.decide(rt, actor=conn.actor, approval_id=approval_id,
+                                   approve=decision == "approve", reason=reason)
+    else:
+        conn.push({"type": "error", "text": USAGE})

@@ -1,36 +1,56 @@
-"""Server-rendered pages: login, logout, the room. No front-end build; one inline script."""
+"""Server-rendered pages: login, logout, the room, the API index. No front-end build.
+
+Every HTML answer is an autoescaping Jinja2 template (no HTML from f-strings): a room name,
+error text or query value is always text on the page, never markup. Scripts and styles are
+static files, so the CSP (web/security.py) forbids every inline one.
+"""
 
 from __future__ import annotations
 
 import hmac
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from opsroom.access import service as access
-from opsroom.errors import NotFound, Unauthenticated
+from opsroom.errors import NotFound, OpsroomError, Unauthenticated
 from opsroom.rooms import service as rooms
 from opsroom.web.deps import SESSION_COOKIE, RuntimeDep, WebSession
+from opsroom.web.security import secure_cookie, signer
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "ui" / "templates"))
+STATIC = Path(__file__).parent / "ui" / "static"
 LOGIN_CSRF = "opsroom_login_csrf"
 
 
 def _safe_next(target: str | None) -> str:
     # Only local paths: an attacker's link must not bounce a fresh login off-site.
-    if target and target.startswith("/") and not target.startswith("//"):
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
 
 
+def _login_url(next_path: str, error: str | None = None) -> str:
+    query = {"next": _safe_next(next_path)}
+    if error:
+        query["error"] = error
+    return "/login?" + urlencode(query)
+
+
 def _cookie(response: Response, request: Request, name: str, value: str, max_age: int | None = None) -> None:
     response.set_cookie(name, value, httponly=True, samesite="lax", max_age=max_age,
-                        secure=request.app.state.rt.settings.secure_cookies, path="/")
+                        secure=secure_cookie(request.app.state.rt.settings, request.url.scheme), path="/")
+
+
+def page_error(request: Request, status: int, title: str, message: str, hint: str | None = None) -> Response:
+    return templates.TemplateResponse(request, "error.html", {"title": title, "message": message, "hint": hint},
+                                      status_code=status)
 
 
 @router.get("/login")
@@ -46,13 +66,12 @@ async def login_form(request: Request, next: str | None = None, error: str | Non
 async def login(request: Request, rt: RuntimeDep, username: Annotated[str, Form(max_length=64)],
                 password: Annotated[str, Form(max_length=1024)], csrf: Annotated[str, Form()],
                 next: Annotated[str, Form()] = "/") -> Response:
-    if not hmac.compare_digest(csrf, request.cookies.get(LOGIN_CSRF, "")):
-        return RedirectResponse(f"/login?error=form+expired,+try+again&next={_safe_next(next)}", status_code=303)
+    if not hmac.compare_digest(csrf.encode(), request.cookies.get(LOGIN_CSRF, "").encode()):
+        return RedirectResponse(_login_url(next, "form expired, try again"), status_code=303)
     try:
         result = await access.login(rt, name=username.strip(), password=password)
     except Unauthenticated:
-        return RedirectResponse(f"/login?error=wrong+user+name+or+password&next={_safe_next(next)}",
-                                status_code=303)
+        return RedirectResponse(_login_url(next, "wrong user name or password"), status_code=303)
     resp = RedirectResponse(_safe_next(next), status_code=303)
     _cookie(resp, request, SESSION_COOKIE, result.session_token, int(rt.settings.session_hours * 3600))
     resp.delete_cookie(LOGIN_CSRF, path="/")
@@ -60,32 +79,54 @@ async def login(request: Request, rt: RuntimeDep, username: Annotated[str, Form(
 
 
 @router.post("/logout")
-async def logout(request: Request, rt: RuntimeDep, session: WebSession, csrf: Annotated[str, Form()]) -> Response:
-    if session is not None and hmac.compare_digest(csrf, session[1]):
-        await access.logout(rt, actor=session[0], session_token=request.cookies.get(SESSION_COOKIE, ""))
+async def logout(request: Request, rt: RuntimeDep, session: WebSession,
+                 csrf: Annotated[str, Form()] = "") -> Response:
+    if session is None:
+        # Nothing to end (expired or never logged in): clearing a dead cookie harms no one.
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+    if not hmac.compare_digest(csrf.encode(), session[1].encode()):
+        # A forged logout (another site's form) must not end the session, nor seem to: the cookie
+        # stays, and the person reads why.
+        return page_error(request, 403, "log out refused",
+                          "The log out form expired or came from another page; you are still logged in.",
+                          hint="go back, reload the room and press log out again")
+    await access.logout(rt, actor=session[0], session_token=request.cookies.get(SESSION_COOKIE, ""))
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(SESSION_COOKIE, path="/")
     return resp
 
 
 @router.get("/")
-async def home(rt: RuntimeDep, session: WebSession) -> Response:
+async def home(request: Request, rt: RuntimeDep, session: WebSession) -> Response:
     if session is None:
         return RedirectResponse("/login", status_code=303)
     first = next(iter(rt.catalog.rooms), None)
     if first is None:
-        return HTMLResponse("<p>No rooms are configured in the catalog.</p>")
-    return RedirectResponse(f"/rooms/{first}", status_code=303)
+        return page_error(request, 404, "no rooms", "No rooms are configured in the catalog.",
+                          hint="add one under `rooms:` in the catalog")
+    return RedirectResponse(f"/rooms/{quote(first, safe='')}", status_code=303)
 
 
 @router.get("/rooms/{room}")
 async def room_page(room: str, request: Request, rt: RuntimeDep, session: WebSession) -> Response:
     if session is None:
-        return RedirectResponse(f"/login?next=/rooms/{room}", status_code=303)
+        return RedirectResponse(_login_url(f"/rooms/{quote(room, safe='')}"), status_code=303)
     actor, csrf = session
     try:
         view = await rooms.open_room(rt, actor=actor.via("web"), room=room)
+        view["approvals"] = await rooms.approval_views(rt, actor=actor, sign=signer(csrf))
     except NotFound as exc:
-        return HTMLResponse(f"<p>{exc.message}</p>", status_code=404)
+        return page_error(request, 404, "not found", exc.message, exc.hint)
+    except OpsroomError as exc:
+        return page_error(request, 403, "not allowed", exc.message, exc.hint)
     return templates.TemplateResponse(request, "room.html", {"view": view, "me": actor.name, "csrf": csrf,
                                                               "roles": sorted(actor.roles)})
+
+
+def api_index(request: Request, openapi: dict[str, Any]) -> Response:
+    ops = [{"method": method.upper(), "path": path, "summary": op.get("summary", "")}
+           for path, methods in openapi.get("paths", {}).items() for method, op in methods.items()]
+    return templates.TemplateResponse(request, "docs.html", {"operations": ops,
+                                                              "version": openapi.get("info", {}).get("version")})

@@ -1,0 +1,94 @@
+// The room page's only script, served from /static so the CSP can forbid inline script.
+(() => {
+  const data = JSON.parse(document.getElementById('room-data').textContent);
+  const room = data.room;
+  let approvals = data.approvals;
+  const log = document.getElementById('log'), box = document.getElementById('approvals'),
+        conn = document.getElementById('conn');
+  const seen = new Set([...log.children].map(li => +li.dataset.id));
+  let ws, delay = 500, queue = [];
+  const hm = t => new Date(t * 1000).toTimeString().slice(0, 5);
+  document.querySelectorAll('time[data-at]').forEach(t => { t.textContent = hm(+t.dataset.at); });
+  const bottom = () => { log.scrollTop = log.scrollHeight; };
+  bottom();
+
+  function add(m) {
+    if (m.id && seen.has(m.id)) return;
+    seen.add(m.id);
+    const li = document.createElement('li'); li.className = m.kind; li.dataset.id = m.id;
+    const t = document.createElement('time'); t.textContent = hm(m.at || Date.now() / 1000); li.append(t);
+    if (m.kind !== 'notice') {
+      const w = document.createElement('span'); w.className = 'who'; w.textContent = m.author; li.append(w);
+    }
+    li.append(document.createTextNode(m.text)); log.append(li); bottom();
+  }
+
+  function output(o) {
+    let p = document.getElementById('x' + o.execution_id);
+    if (!p) {
+      const li = document.createElement('li'); li.className = 'notice';
+      li.textContent = 'execution #' + o.execution_id + ' output';
+      p = document.createElement('pre'); p.id = 'x' + o.execution_id; li.append(p); log.append(li);
+    }
+    p.textContent = (p.textContent + o.text).slice(-4000); p.scrollTop = p.scrollHeight; bottom();
+  }
+
+  // Each button carries the request's decision token (from the server, per session and request
+  // version): a decision is the press of this button, not something a guessed id can forge.
+  function drawApprovals() {
+    box.replaceChildren(...approvals.map(a => {
+      const d = document.createElement('div'); d.className = 'req'; d.dataset.id = a.id;
+      const s = document.createElement('span'), b = document.createElement('b');
+      b.textContent = '#' + a.id; s.append(b, ' ' + a.summary + ' — by ' + a.requester + ', needs ' + a.roles.join(' or '));
+      d.append(s);
+      if (a.can_decide && a.token) {
+        for (const [label, dec, cls] of [['Approve', 'approve', 'ok'], ['Deny', 'deny', 'no']]) {
+          const btn = document.createElement('button'); btn.textContent = label; btn.className = cls;
+          btn.onclick = () => {
+            const f = {type: 'decide', id: a.id, decision: dec, token: a.token};
+            if (dec === 'deny') { const r = prompt('Why deny #' + a.id + '?'); if (!r) return; f.reason = r; }
+            send(f); btn.disabled = true;
+          };
+          d.append(btn);
+        }
+      }
+      return d;
+    }));
+  }
+  drawApprovals();
+
+  function send(f) {
+    const s = JSON.stringify(f);
+    if (ws && ws.readyState === 1) ws.send(s); else queue.push(s);
+  }
+
+  function connect() {
+    ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/rooms/' +
+                       encodeURIComponent(room) + '/ws');
+    ws.onopen = () => { conn.textContent = 'live'; delay = 500; while (queue.length) ws.send(queue.shift()); };
+    ws.onmessage = e => {
+      const f = JSON.parse(e.data);
+      if (f.type === 'message') add(f);
+      else if (f.type === 'approvals') { approvals = f.items; drawApprovals(); }
+      else if (f.type === 'output') output(f);
+      else if (f.type === 'error') add({kind: 'bot', author: 'opsroom', text: f.text, at: Date.now() / 1000});
+    };
+    ws.onclose = e => {
+      conn.textContent = 'reconnecting…';
+      if (e.code === 4401) { location.href = '/login?next=' + encodeURIComponent(location.pathname); return; }
+      setTimeout(connect, delay); delay = Math.min(delay * 2, 10000);
+    };
+  }
+  connect();
+
+  // `approve 12` typed here is the same deliberate act as the button: it carries that token.
+  document.getElementById('say').onsubmit = e => {
+    e.preventDefault();
+    const i = document.getElementById('text'), t = i.value.trim();
+    if (!t) return;
+    const f = {type: 'say', text: t};
+    const m = /^\s*[!/]?\s*(approve|deny)\s+#?(\d+)/i.exec(t);
+    if (m) { const a = approvals.find(x => x.id === +m[2]); if (a && a.token) f.token = a.token; }
+    send(f); i.value = '';
+  };
+})();
