@@ -18,7 +18,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from opsroom.access import service as access
-from opsroom.errors import NotFound, OpsroomError, Unauthenticated
+from opsroom.errors import NotFound, OpsroomError, TooManyAttempts, Unauthenticated
 from opsroom.rooms import service as rooms
 from opsroom.web.deps import SESSION_COOKIE, RuntimeDep, WebSession
 from opsroom.web.security import secure_cookie, signer
@@ -69,7 +69,11 @@ async def login(request: Request, rt: RuntimeDep, username: Annotated[str, Form(
     if not hmac.compare_digest(csrf.encode(), request.cookies.get(LOGIN_CSRF, "").encode()):
         return RedirectResponse(_login_url(next, "form expired, try again"), status_code=303)
     try:
-        result = await access.login(rt, name=username.strip(), password=password)
+        result = await access.login(rt, name=username.strip(), password=password,
+                                    address=request.client.host if request.client else None)
+    except TooManyAttempts as exc:
+        return RedirectResponse(_login_url(next, f"too many failed logins, try again in {exc.retry_after} s"),
+                                status_code=303)
     except Unauthenticated:
         return RedirectResponse(_login_url(next, "wrong user name or password"), status_code=303)
     resp = RedirectResponse(_safe_next(next), status_code=303)
