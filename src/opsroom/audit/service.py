@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from opsroom.access.identity import Actor
+from opsroom.access.models import UserRow
 from opsroom.audit.chain import GENESIS, record_hash
 from opsroom.audit.models import AuditHeadRow, AuditRecordRow
+from opsroom.runbooks.models import ExecutionRow
+from opsroom.secrets.masking import mask_obj
 
 if TYPE_CHECKING:
     from opsroom.runtime import Runtime
@@ -49,7 +52,7 @@ def append_in(session: Session, *, actor: Actor, action: str, target: str, outco
         conn.execute(_START_HEAD, {"id": 1, "seq": 0, "hash": GENESIS})
     else:
         prev_seq, prev_hash = head.seq, head.hash
-    clean = {k: (v[:MAX_DETAIL] if isinstance(v, str) else v) for k, v in (details or {}).items()}
+    clean = {k: (v[:MAX_DETAIL] if isinstance(v, str) else v) for k, v in mask_obj(details or {}).items()}
     record: dict[str, Any] = {"seq": prev_seq + 1, "at": _round(time.time()), "actor": actor.name, "door": actor.door,
               "action": action, "target": target, "outcome": outcome, "details": clean,
               "correlation_id": actor.correlation_id, "prev_hash": prev_hash}
@@ -82,8 +85,18 @@ class VerifyResult:
 
 
 async def verify(rt: Runtime) -> VerifyResult:
-    """Walk the chain; name the first record whose hash, link or sequence is wrong."""
+    """Walk the chain; name the first record whose hash, link or sequence is wrong.
+
+    What a chain alone can show: an edited, inserted or removed record in the middle, and a
+    removed tail while the head row still names it. Also refused: records with no head row
+    (the head deleted with the tail), an empty log over a store that has users or executions
+    (the log emptied), and executions with no record of being asked for (a tail cut together
+    with the head moved back, when runs were asked for in it). A tail cut with the head moved
+    back over records that left no other trace needs signed checkpoints kept outside the
+    store (the audit issue, #16): nothing inside one database can tell it from a shorter log.
+    """
     prev, expected_seq, count = GENESIS, 1, 0
+    requested: set[int] = set()  # executions whose request is in the log
     async with rt.read() as session:
         result = await session.stream_scalars(select(AuditRecordRow).order_by(AuditRecordRow.seq))
         async for row in result:
@@ -97,10 +110,27 @@ async def verify(rt: Runtime) -> VerifyResult:
                                  correlation_id=row.correlation_id, prev_hash=row.prev_hash)
             if digest != row.hash:
                 return VerifyResult(False, count, row.seq, "content does not match its hash")
+            if row.action == "runbook.run" and isinstance(row.details.get("execution"), int):
+                requested.add(row.details["execution"])
             prev, expected_seq = row.hash, expected_seq + 1
         head = (await session.execute(select(AuditHeadRow).where(AuditHeadRow.id == 1))).scalar_one_or_none()
+        users = (await session.execute(select(func.count()).select_from(UserRow))).scalar_one()
+        executions = list((await session.execute(select(ExecutionRow.id).order_by(ExecutionRow.id))).scalars())
+    if count and head is None:
+        return VerifyResult(False, count, expected_seq,
+                            "the head row is missing while records exist (records after the last one may "
+                            "have been removed with it)")
     if head is not None and (head.seq != expected_seq - 1 or head.hash != prev):
         return VerifyResult(False, count, expected_seq, "records after this point were removed (head mismatch)")
+    if not count and (users or executions):
+        return VerifyResult(False, 0, 1, f"the audit log is empty but the store holds {users} users and "
+                                         f"{len(executions)} executions: its records were removed")
+    missing = [e for e in executions if e not in requested]
+    if missing:
+        return VerifyResult(False, count, expected_seq,
+                            f"execution #{missing[0]} has no record of being asked for"
+                            + (f" ({len(missing)} executions in all)" if len(missing) > 1 else "")
+                            + ": records were removed from the end of the log and the head moved back")
     return VerifyResult(True, count)
 
 

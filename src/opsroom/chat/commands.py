@@ -6,9 +6,9 @@ service layer's, so a chat command and the same API call behave the same.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
-import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +17,10 @@ from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.catalog.schema import Alias
 from opsroom.checks import service as checks
-from opsroom.errors import Invalid, OpsroomError
+from opsroom.errors import Invalid, NotFound, OpsroomError
 from opsroom.runbooks import service as runbooks
 from opsroom.runtime import Runtime
+from opsroom.secrets.masking import MASK, mask, register
 
 Reply = str
 
@@ -30,6 +31,8 @@ class Builtin:
     help: str
     regex: re.Pattern[str]
     handler: Callable[[Runtime, Actor, str | None, dict[str, str]], Awaitable[Reply]]
+    # read: only looks; decide: approves or denies; change: runs something (aliases do too).
+    kind: str = "read"
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -97,25 +100,118 @@ async def _deny_no_reason(rt: Runtime, actor: Actor, room: str | None, a: dict[s
     raise Invalid("a deny needs a reason", hint=f"write `deny {a['id']} <why>`")
 
 
-def _int(text: str, verb: str) -> int:
+MAX_ID = 2**31 - 1  # ids are 32-bit in the store; a larger number names nothing
+
+
+def _int(text: str, verb: str, what: str = "request") -> int:
+    """A request or execution number: ASCII digits only ('²' and '٣' are digits to str.isdigit)."""
     text = text.strip().lstrip("#")
-    if not text.isdigit():
-        raise Invalid(f"{text!r} is not a request number", hint=f"write `{verb} 17` with the number from the request")
-    return int(text)
+    shown = text if len(text) <= 24 else text[:24] + "…"
+    article = "an" if what[0] in "aeiou" else "a"
+    if not re.fullmatch(r"[0-9]+", text):
+        raise Invalid(f"#{shown} is not {article} {what} number",
+                      hint=f"write `{verb} 17` with the number from the {what}")
+    number = int(text)
+    if number > MAX_ID:
+        raise NotFound(f"there is no {what} #{shown}: the number is too large",
+                       hint=f"`status` lists open requests; numbers go up to {MAX_ID}")
+    return number
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """Shell words as shlex.split (POSIX) reads them, each with the span it was written in.
+
+    The spans let redact() mask a secret however it was typed (`a\\ b`, 'a b', "a b"), and
+    _run() uses the same words, so what is masked is exactly what is run.
+    """
+    words: list[tuple[str, int, int]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return words
+        start, buf = i, []
+        while i < n and text[i] not in _SPACE:
+            c = text[i]
+            if c == "\\":
+                if i + 1 >= n:
+                    raise ValueError("No escaped character")
+                buf.append(text[i + 1])
+                i += 2
+            elif c == "'":
+                end = text.find("'", i + 1)
+                if end < 0:
+                    raise ValueError("No closing quotation")
+                buf.append(text[i + 1:end])
+                i = end + 1
+            elif c == '"':
+                i += 1
+                while True:
+                    if i >= n:
+                        raise ValueError("No closing quotation")
+                    c = text[i]
+                    if c == '"':
+                        i += 1
+                        break
+                    if c == "\\" and i + 1 < n and text[i + 1] in '"\\':
+                        c = text[i + 1]
+                        i += 1
+                    buf.append(c)
+                    i += 1
+            else:
+                buf.append(c)
+                i += 1
+        words.append(("".join(buf), start, i))
+
+
+_SPACE = " \t\r\n"  # shlex's whitespace
+
+
+@dataclass
+class _RunLine:
+    """`run NAME key=value…` read once, for the handler and for redaction alike."""
+
+    name: str
+    runbook: str | None  # the catalog's name, when NAME is one
+    params: dict[str, str]
+    # (span of the value as written, value) of every key=value word
+    values: list[tuple[str, int, int, str]]
+
+
+def _read_run(rt: Runtime, args: str) -> _RunLine:
+    words = split_words(args)
+    if not words:
+        raise Invalid("which runbook?", hint="write `run NAME key=value…`")
+    name = words[0][0]
+    runbook, _ = rt.catalog.find_runbook(name)
+    known = list(rt.catalog.runbooks[runbook].parameters) if runbook is not None else []
+    lower = {k.lower(): k for k in known}
+    params: dict[str, str] = {}
+    values: list[tuple[str, int, int, str]] = []
+    for word, start, end in words[1:]:
+        if "=" not in word:
+            continue
+        key, _, value = word.partition("=")
+        key = key if key in known else lower.get(key.lower(), key)  # `Token=` means `token=`
+        params[key] = value
+        written = args[start:end]
+        eq = written.find("=")
+        values.append((key, start + eq + 1 if eq >= 0 else start, end, value))
+    return _RunLine(name, runbook, params, values)
 
 
 async def _run(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
     try:
-        words = shlex.split(a["args"])
+        line = _read_run(rt, a["args"])
     except ValueError as exc:
         raise Invalid(f"cannot read the parameters: {exc}", hint="quote values with spaces: key='a b'") from None
-    name, params = words[0], {}
-    for w in words[1:]:
-        if "=" not in w:
-            raise Invalid(f"{w!r} is not key=value", hint=f"write `run {name} key=value`")
-        k, _, v = w.partition("=")
-        params[k] = v
-    return await _request(rt, actor, room, name, params)
+    for word, _, _ in split_words(a["args"])[1:]:
+        if "=" not in word:
+            # For a runbook that takes secrets the word may be one typed without its key: not echoed.
+            shown = "a parameter" if _secret_params(rt, line.runbook) else repr(word)
+            raise Invalid(f"{shown} is not key=value", hint=f"write `run {line.name} key=value`")
+    return await _request(rt, actor, room, line.runbook or line.name, line.params)
 
 
 async def _request(rt: Runtime, actor: Actor, room: str | None, runbook: str, params: dict[str, Any]) -> Reply:
@@ -126,7 +222,7 @@ async def _request(rt: Runtime, actor: Actor, room: str | None, runbook: str, pa
 
 
 async def _execution(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
-    row = await runbooks.get_execution(rt, actor=actor, execution_id=_int(a["id"], "execution"))
+    row = await runbooks.get_execution(rt, actor=actor, execution_id=_int(a["id"], "execution", "execution"))
     tail = "\n".join(row.output.strip().splitlines()[-10:])
     return f"execution #{row.id} {row.summary}: {row.status}" + (f"\n{tail}" if tail else "")
 
@@ -146,8 +242,9 @@ async def _who(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -
 
 
 def _builtin(pattern: str, help_text: str,
-             handler: Callable[[Runtime, Actor, str | None, dict[str, str]], Awaitable[Reply]]) -> Builtin:
-    return Builtin(pattern, help_text, _compile(pattern), handler)
+             handler: Callable[[Runtime, Actor, str | None, dict[str, str]], Awaitable[Reply]],
+             kind: str = "read") -> Builtin:
+    return Builtin(pattern, help_text, _compile(pattern), handler, kind)
 
 
 BUILTINS: list[Builtin] = [
@@ -155,10 +252,10 @@ BUILTINS: list[Builtin] = [
     _builtin("is {service} up", "", _is_running),
     _builtin("health {system}", "every service of a system", _health),
     _builtin("status", "all systems and open requests", _status),
-    _builtin("approve {id}", "approve a request", _approve),
-    _builtin("deny {id} {reason}", "deny a request, with a reason", _deny),
-    _builtin("deny {id}", "", _deny_no_reason),
-    _builtin("run {args}", "run a runbook: run NAME key=value…", _run),
+    _builtin("approve {id}", "approve a request", _approve, "decide"),
+    _builtin("deny {id} {reason}", "deny a request, with a reason", _deny, "decide"),
+    _builtin("deny {id}", "", _deny_no_reason, "decide"),
+    _builtin("run {args}", "run a runbook: run NAME key=value…", _run, "change"),
     _builtin("execution {id}", "an execution's status and last output", _execution),
     _builtin("help", "this list", _help),
     _builtin("who", "who is in the room", _who),
@@ -169,17 +266,46 @@ def _command_words(rt: Runtime) -> list[str]:
     return [b.pattern for b in BUILTINS] + [a.pattern for a in rt.catalog.aliases]
 
 
+def _kinds(rt: Runtime) -> dict[str, str]:
+    """Every command pattern and what it does: aliases run runbooks, so they change things."""
+    kinds = {a.pattern: "change" for a in rt.catalog.aliases}
+    kinds.update({b.pattern: b.kind for b in BUILTINS})  # a builtin wins where an alias shadows it
+    return kinds
+
+
+# Text starting with one of these, or ending with '?', asks something: it is never answered
+# with a command that changes anything ("status of web" must not suggest `start web`).
+QUESTION_WORDS = frozenset({"status", "state", "what", "whats", "what's", "is", "are", "show", "tail", "ack",
+                            "list", "where", "why", "how", "who", "when", "which", "check", "get", "view",
+                            "log", "logs", "uptime", "ping", "health", "info", "describe"})
+_FALLBACK_READS = ("is {service} running", "status")
+
+
+def reads_as_question(text: str) -> bool:
+    words = text.lower().split()
+    return bool(words) and (words[0] in QUESTION_WORDS or text.rstrip().endswith("?"))
+
+
 def _did_you_mean(rt: Runtime, text: str) -> str:
-    first = text.split()[0].lower() if text.split() else ""
-    patterns = _command_words(rt)
-    heads = {p.split()[0]: p for p in patterns}
-    close = difflib.get_close_matches(first, list(heads), n=2, cutoff=0.5)
-    if close:
-        return "did you mean " + " or ".join(f"`{heads[c]}`" for c in close) + "? (`help` lists all)"
-    close_full = difflib.get_close_matches(text.lower(), patterns, n=1, cutoff=0.4)
-    if close_full:
-        return f"did you mean `{close_full[0]}`? (`help` lists all)"
-    return "type `help` for the list of commands"
+    """Close commands, reading ones first; a question gets reading ones only, and a command
+    that changes or decides something is never the only suggestion."""
+    words = text.lower().split()
+    first = words[0] if words else ""
+    kinds = _kinds(rt)
+    heads: dict[str, str] = {}
+    for pattern in kinds:
+        heads.setdefault(pattern.split()[0].lower(), pattern)
+    close = [heads[h] for h in difflib.get_close_matches(first, list(heads), n=3, cutoff=0.5)]
+    if not close:
+        close = difflib.get_close_matches(text.lower(), list(kinds), n=2, cutoff=0.4)
+    reads = [p for p in close if kinds[p] == "read"]
+    others = [] if reads_as_question(text) else [p for p in close if kinds[p] != "read"]
+    if not reads and (others or reads_as_question(text)):
+        reads = list(_FALLBACK_READS)
+    chosen = [*reads, *others][:3]
+    if not chosen:
+        return "type `help` for the list of commands"
+    return "did you mean " + " or ".join(f"`{p}`" for p in chosen) + "? (`help` lists all)"
 
 
 KNOWN_SHOWN = 8  # a phone screen's worth; the rest is counted, `status` lists them all
@@ -204,19 +330,63 @@ def _alias_args(alias: Alias, found: dict[str, str]) -> dict[str, str]:
     return {k: v.format(**found) for k, v in alias.params.items()}
 
 
+def _secret_params(rt: Runtime, runbook: str | None) -> set[str]:
+    if runbook is None or runbook not in rt.catalog.runbooks:
+        return set()
+    return {k for k, p in rt.catalog.runbooks[runbook].parameters.items() if p.secret}
+
+
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    for start, end in sorted(set(spans), reverse=True):
+        text = text[:start] + MASK + text[end:]
+    return text
+
+
 def redact(rt: Runtime, text: str) -> str:
-    """Mask values of secret runbook parameters in what a person typed, before anyone else sees it."""
-    m = re.match(r"^\s*[!/]?run\s+(\S+)\s+(.*)$", text, re.IGNORECASE | re.DOTALL)
-    if not m:
-        return text
-    name, _ = rt.catalog.find_runbook(m.group(1))
-    if name is None:
-        return text
-    secret = {k for k, p in rt.catalog.runbooks[name].parameters.items() if p.secret}
-    if not secret:
-        return text
-    pattern = r"(\b(?:" + "|".join(map(re.escape, secret)) + r")=)(\"[^\"]*\"|'[^']*'|\S+)"
-    return text[: m.start(2)] + re.sub(pattern, r"\1****", m.group(2))
+    """Mask the values of secret runbook parameters in what a person typed, before anyone sees it.
+
+    The line is read as the handler reads it (run words, or an alias), the secret values are
+    masked where they were written, however quoted or escaped, and registered with the
+    process-wide masker, so an echo of them anywhere later (a reply, a log line) is masked too.
+    """
+    body = re.match(r"^\s*[!/]?", text)
+    offset = body.end() if body else 0
+    command = text[offset:]
+    run = re.match(r"run\s+", command, re.IGNORECASE)
+    if run is not None:
+        args_at = offset + run.end()
+        args = text[args_at:]
+        try:
+            line = _read_run(rt, args)
+        except (ValueError, OpsroomError):
+            # Unreadable: everything after a secret-taking runbook's name is hidden.
+            name = args.split()[0] if args.split() else ""
+            found, _ = rt.catalog.find_runbook(name) if name else (None, [])
+            if not _secret_params(rt, found):
+                return text
+            return text[:args_at + args.index(name) + len(name)] + " " + MASK
+        secret = _secret_params(rt, line.runbook)
+        hidden = [(key, start, end, value) for key, start, end, value in line.values if key in secret]
+        register(*(value for *_, value in hidden), *(args[start:end] for _, start, end, _ in hidden))
+        with contextlib.suppress(ValueError, OpsroomError):  # handle() reads the line with spaces collapsed
+            register(*(v for k, _, _, v in _read_run(rt, " ".join(args.split())).values if k in secret))
+        return mask(text[:args_at] + _cut(args, [(start, end) for _, start, end, _ in hidden if end > start]))
+    for alias in rt.catalog.aliases:
+        m = _compile(alias.pattern).match(command)
+        if m is None:
+            continue
+        secret = _secret_params(rt, rt.catalog.find_runbook(alias.runbook)[0])
+        if alias.params:
+            feeding = {ph for k, tmpl in alias.params.items() if k in secret for ph in re.findall(r"\{(\w+)\}", tmpl)}
+            with contextlib.suppress(KeyError, IndexError, ValueError):
+                given = _alias_args(alias, m.groupdict())
+                register(*(given[k] for k in secret if k in given))
+        else:
+            feeding = secret & set(m.groupdict())
+        register(*(m.group(ph) for ph in feeding), *(" ".join(m.group(ph).split()) for ph in feeding))
+        spans = [(offset + m.start(ph), offset + m.end(ph)) for ph in feeding]
+        return mask(_cut(text, spans))
+    return mask(text)
 
 
 async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str) -> Reply:

@@ -21,6 +21,7 @@ from opsroom.errors import OpsroomError
 from opsroom.events import Event, ExecutionOutput, RoomMessagePosted, RoomPresence
 from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
+from opsroom.secrets.masking import mask
 
 log = structlog.get_logger(__name__)
 _Item = tuple[Message, "asyncio.Future[Message] | None"]
@@ -76,7 +77,8 @@ class RoomHub:
         try:
             return await commands.handle(self.rt, actor=actor, room=msg.room, text=msg.text)
         except Exception:
-            log.exception("chat command crashed", text=msg.text[:200])
+            # The redacted line: the log is read by more people than the room's secrets are for.
+            log.exception("chat command crashed", text=commands.redact(self.rt, msg.text)[:200])
             return "something went wrong on my side; the error is in the opsroom log"
 
     async def on_presence(self, room: str, person: Person, joined: bool) -> None:
@@ -129,7 +131,7 @@ class RoomHub:
         for adapter in self.adapters:
             stream = getattr(adapter, "stream_output", None)
             if stream is not None:
-                await stream(msg.room, msg.extra["execution_id"], msg.text)
+                await stream(msg.room, msg.extra["execution_id"], mask(msg.text))
 
     async def _drain(self) -> None:
         while True:
@@ -156,9 +158,12 @@ class RoomHub:
 
     async def _store(self, msg: Message) -> Message:
         author = msg.author.user or msg.author.display_name if msg.author else "opsroom"
+        # Everything said in a room (people, replies, announcements) is masked once, here: what is
+        # stored, published to sockets and sent to every adapter is this one masked text.
+        text = mask(msg.text)
         msg_id, at = await rooms.store_message(self.rt, room=msg.room, author=author or "?", kind=msg.kind,
-                                               text=msg.text, reply_to=msg.reply_to)
+                                               text=text, reply_to=msg.reply_to)
         self.rt.bus.publish(RoomMessagePosted(room=msg.room, message_id=msg_id, author=author or "?",
-                                              text=msg.text, kind=msg.kind, reply_to=msg.reply_to))
-        return Message(room=msg.room, text=msg.text, author=msg.author, id=msg_id, kind=msg.kind,
+                                              text=text, kind=msg.kind, reply_to=msg.reply_to))
+        return Message(room=msg.room, text=text, author=msg.author, id=msg_id, kind=msg.kind,
                        reply_to=msg.reply_to, extra={**msg.extra, "at": at, "author": author})

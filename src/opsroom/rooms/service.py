@@ -16,6 +16,7 @@ from opsroom.chat.base import Message, Person
 from opsroom.errors import NotFound
 from opsroom.rooms.models import RoomMessageRow
 from opsroom.runtime import Runtime
+from opsroom.secrets.masking import mask
 
 _ADD_MESSAGE = insert(RoomMessageRow)
 
@@ -76,9 +77,14 @@ async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
 
 async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text: str,
                         reply_to: int | None) -> tuple[int, float]:
-    """Keep what was said (people and bot): the room's history and the incident's raw timeline."""
+    """Keep what was said (people and bot): the room's history and the incident's raw timeline.
+
+    Masked here as well as by the hub: history is read by every viewer, so nothing reaches
+    the table unmasked whichever code path stored it.
+    """
     at = time.time()
-    values = {"room": room, "at": at, "author": author, "kind": kind, "text": text[:8000], "reply_to": reply_to}
+    values = {"room": room, "at": at, "author": author, "kind": kind, "text": mask(text)[:8000],
+              "reply_to": reply_to}
 
     def body(s: Session) -> tuple[int, float]:
         # Prebuilt Core insert: every announcement and chat line passes here, often while a
