@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from opsroom import __version__, server
+from opsroom.access.views import router as access_router
 from opsroom.approvals.views import router as approvals_router
 from opsroom.audit.views import router as audit_router
 from opsroom.catalog.catalog import Catalog
@@ -65,7 +66,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.add_middleware(security.SecurityHeaders)
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     api = APIRouter(prefix="/api/v1")
-    for r in (checks_router, runbooks_router, approvals_router, audit_router):
+    for r in (checks_router, runbooks_router, approvals_router, audit_router, access_router):
         api.include_router(r)
     app.include_router(api)
     app.include_router(ui.router)
