@@ -319,10 +319,23 @@ class Role(Obj):
 
 
 class User(Obj):
-    name: Name
+    name: str
     roles: list[Name] = ["viewer"]
     display_name: str | None = None
     password_env: str | None = None  # bootstrap password from this variable, never from the YAML
+
+    @field_validator("name")
+    @classmethod
+    def _normal_name(cls, v: str) -> str:
+        # The same rule as every other door (access/names.py), written in its stored form.
+        from opsroom.access.names import ALLOWED, name_problem, normalise_name
+
+        problem = name_problem(v)
+        if problem is not None:
+            raise ValueError(f"{problem}; user names are {ALLOWED}")
+        if normalise_name(v) != v:
+            raise ValueError(f"write the user name as {normalise_name(v)!r}: names are stored case-folded")
+        return v
 
 
 KINDS: dict[str, str] = {
