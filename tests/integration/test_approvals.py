@@ -208,3 +208,37 @@ async def test_housekeeping_sweeps_expired_requests_and_stops_between_passes(
         task = rt.extras["housekeeping"]
     # Left by stop between passes (finished), not cancelled in the middle of a transaction.
     assert task.done() and not task.cancelled() and task.exception() is None
+
+
+@pytest.mark.parametrize("second", ["lead", "boss"])
+async def test_concurrent_approvals_on_postgresql_decide_once(tmp_path: Path, pg_own_url: str, second: str) -> None:
+    """Two approvers (or one approver's double click) at the same moment on a real committed
+    PostgreSQL: one decision, one 409, one `approved` record, one run; never a 500."""
+    from opsroom.config import Settings
+    from tests.factories import PASSWORDS
+
+    rt = await server.open_runtime(Settings(data=tmp_path / "data", catalog=small_catalog(tmp_path),
+                                            database_url=pg_own_url))
+    fake = FakeAdapter()
+    await server.start(rt, adapters=[fake], schedule=False, passwords=PASSWORDS)
+    try:
+        request = await _request_deploy(fake)
+        app = FastAPI()
+        app.state.rt = rt
+        errors.install(app)
+        app.include_router(approvals_router, prefix="/api/v1")
+        tokens = [await token_for(rt, "boss"), await token_for(rt, second)]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            responses = await asyncio.gather(*(
+                http.post(f"/api/v1/approvals/{request}/decision", json={"decision": "approve"},
+                          headers={"Authorization": f"Bearer {t}"}) for t in tokens))
+        assert sorted(r.status_code for r in responses) == [200, 409], [r.text for r in responses]
+        assert "already approved" in next(r.text for r in responses if r.status_code == 409)
+        await _settle(rt)
+        assert (await _execution_of(rt, request)).status == "succeeded"
+        records = [r for r in await audit.list_records(rt, actor=SYSTEM, limit=100)
+                   if r.action == "approval.approve"]
+        assert sorted(r.outcome for r in records) == ["approved", "refused"]
+        assert (await audit.verify(rt)).ok
+    finally:
+        await server.stop(rt)

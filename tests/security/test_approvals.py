@@ -169,7 +169,7 @@ async def test_the_requester_cannot_approve_their_own_request_through_any_door(p
 async def test_a_deny_reason_is_one_plain_line_of_bounded_length(prod: Running, reason: str) -> None:
     rt, _ = prod
     execution = await _request(rt)
-    with pytest.raises(Invalid, match="one line|control or invisible|at most 500"):
+    with pytest.raises(Invalid, match=r"one line|control or invisible|at most 500"):
         await approvals.decide(rt, actor=await _who(rt, "boss"), approval_id=execution.approval_id or 0,
                                approve=False, reason=reason)
     assert (await _execution(rt, execution.id)).status == "awaiting_approval"  # nothing decided
