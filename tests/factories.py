@@ -54,13 +54,13 @@ def small_catalog(tmp: Path, **extra: Any) -> Path:
         "checks": [{"name": "svc-cmd", "type": "command", "service": "svc", "interval": "60s",
                     "argv": [sys.executable, "-c", "print('OK - fine')"]}],
         "runbooks": [{
-            "name": "echo-args", "approval": "none",
+            "name": "echo-args", "approval": "none", "environment": "test",
             "parameters": {"text": {"type": "string"}},
             "steps": [{"command": [sys.executable, "-c",
                                    "import json,sys; open(sys.argv[1],'w').write(json.dumps(sys.argv[2:]))",
                                    str(tmp / "argv.json"), "{{ params.text }}"]}],
         }, {
-            "name": "count", "approval": "none",
+            "name": "count", "approval": "none", "environment": "test",
             "parameters": {"n": {"type": "string", "pattern": "[0-9]{1,3}"}},
             "steps": [{"command": [sys.executable, "-c", "import sys; print(sys.argv[1])", "{{ params.n }}"]}],
         }, {

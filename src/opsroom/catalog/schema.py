@@ -150,6 +150,10 @@ class Parameter(Obj):
     choices: list[str] | None = None
     pattern: str | None = None
     secret: bool = False
+    # Longest value accepted, in characters: input reaches argv, rows and the audit log.
+    max_length: int = Field(default=1024, ge=1, le=65536)
+    # A string value starting with '-' is refused unless the runbook means it as an option.
+    allow_options: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> Parameter:
@@ -235,6 +239,8 @@ class Runbook(Obj):
     summary: str | None = None  # e.g. "start {{ params.service }}"
     success_message: str | None = None
     failure_message: str | None = None
+    # Server environment variables its commands receive; they get a minimal environment otherwise.
+    inherit_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
 
 
 class RuleWhen(Obj):

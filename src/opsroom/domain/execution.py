@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"awaiting_approval", "running", "failed"}),
+    # interrupted: an approved run a dead server never started (recovery frees its lock key).
+    "pending": frozenset({"awaiting_approval", "running", "failed", "interrupted"}),
     "awaiting_approval": frozenset({"pending", "running", "denied", "expired"}),
     "running": frozenset({"succeeded", "failed", "timed_out", "interrupted"}),
     "succeeded": frozenset(),

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,10 +18,13 @@ import structlog
 
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, Step
+from opsroom.errors import OpsroomError
 from opsroom.events import ExecutionFinished, ExecutionOutput, ExecutionStarted
+from opsroom.runbooks import processes
 from opsroom.runbooks import service as store
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
+from opsroom.secrets import masking
 
 log = structlog.get_logger(__name__)
 MAX_OUTPUT = 64_000
@@ -41,6 +43,9 @@ class Executor:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.spawned_at: dict[int, float] = {}  # first process spawned (for the dispatch benchmark)
         self._http: aiohttp.ClientSession | None = None
+        self._home: Path | None = None
+        # Per execution: the write storing its running process group (awaited before the next one).
+        self._recording: dict[int, asyncio.Task[None]] = {}
 
     def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
         """Run an execution; `claimed` is a row this process already stored as running."""
@@ -71,12 +76,15 @@ class Executor:
             execution_id=row.id, runbook=row.runbook, summary=row.summary, environment=row.environment,
             triggered_by=row.requested_by, door=row.door, rule=row.rule, correlation_id=row.correlation_id,
             source=f"execution:{row.id}", room=row.room))
-        out = _Output(self, row.id, row.runbook, row.room, secrets=_secret_values(runbook, row.params))
-        ctx = {"params": row.params, "execution": {"id": row.id}, "runbook": row.runbook,
-               "python": sys.executable, "environment": row.environment, "data_dir": str(rt.settings.data)}
+        out = _Output(self, row.id, row.runbook, row.room)
+        # Messages and summaries see the stored, masked parameters; only steps see the secrets.
+        shown = {"params": row.params, "execution": {"id": row.id}, "runbook": row.runbook,
+                 "python": sys.executable, "environment": row.environment, "data_dir": str(rt.settings.data)}
+        ctx = dict(shown)
         started = time.monotonic()
         status, error = "succeeded", None
         try:
+            ctx["params"] = {**row.params, **store.secret_params(rt, row)}
             async with asyncio.timeout(runbook.timeout):
                 for index, step in enumerate(runbook.steps):
                     try:
@@ -91,15 +99,20 @@ class Executor:
             status, error = "timed_out", f"runbook timed out after {runbook.timeout:g}s"
         except asyncio.CancelledError:
             status, error = "interrupted", "opsroom stopped while it ran"
+        except OpsroomError as exc:
+            status, error = "failed", exc.message
         except Exception as exc:
             log.exception("execution crashed", execution_id=row.id)
             status, error = "failed", f"internal error: {type(exc).__name__}"
         # Errors quote what failed (a URL, an argv[0]) and go to the store, the room and the
         # append-only audit log: mask them like the output.
-        error = out.mask(error) if error else error
+        error = masking.mask(error) if error else error
         out.flush()
         duration = time.monotonic() - started
-        message = _final_message(runbook, ctx, status, row.id, duration, error)
+        message = masking.mask(_final_message(runbook, shown, status, row.id, duration, error))
+        recording = self._recording.pop(row.id, None)
+        if recording is not None:
+            await asyncio.gather(recording, return_exceptions=True)
         await store.mark_finished(rt, row.id, status=status, output=out.text, error=error, message=message)
         rt.bus.publish(ExecutionFinished(
             execution_id=row.id, runbook=row.runbook, summary=row.summary, status=status, duration_s=duration,
@@ -117,7 +130,12 @@ class Executor:
 
     async def _command(self, step: Step, argv: list[str], ctx: dict[str, Any], out: _Output,
                        execution_id: int) -> None:
-        env = {**os.environ, **{k: render(v, ctx) for k, v in step.env.items()}}
+        if self._home is None:
+            self._home = processes.home_dir(self.rt.settings.data)
+        runbook = self.rt.catalog.runbooks[ctx["runbook"]]
+        # Never the server's environment: it holds the store's URL, passwords and tokens.
+        env = processes.minimal_env(home=self._home, inherit=runbook.inherit_env,
+                                    extra={k: render(v, ctx) for k, v in step.env.items()})
         out.write(f"$ {' '.join(argv)}\n")
         try:
             # argv straight to exec: no shell sees any parameter value.
@@ -127,7 +145,12 @@ class Executor:
                 start_new_session=True)
         except (FileNotFoundError, PermissionError) as exc:
             raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror}") from None
+        except ValueError:  # a NUL byte the catalog's own template put into an argument
+            raise StepFailed(f"cannot start {argv[0]!r}: an argument holds a NUL byte") from None
         self.spawned_at.setdefault(execution_id, time.perf_counter())
+        # Stored after the spawn, off its path: a crash of the server in between leaves at most
+        # one process unrecorded, where a write before the spawn would delay every recovery.
+        self._record(execution_id, proc.pid)
         assert proc.stdout is not None
         try:
             async with asyncio.timeout(step.timeout):
@@ -147,7 +170,7 @@ class Executor:
                     out.write(line.decode(errors="replace"))
                 code = await proc.wait()
         except (TimeoutError, asyncio.CancelledError) as exc:
-            _kill_group(proc.pid)
+            processes.kill_group(proc.pid)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 5)
             if isinstance(exc, asyncio.CancelledError):
@@ -155,6 +178,19 @@ class Executor:
             raise StepFailed(f"timed out after {step.timeout:g}s", "timed_out") from None
         if code != 0:
             raise StepFailed(f"exit code {code}")
+
+    def _record(self, execution_id: int, pid: int) -> None:
+        previous = self._recording.get(execution_id)
+
+        async def record() -> None:
+            if previous is not None:  # in step order, so the last step's group is the one stored
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                await store.record_process(self.rt, execution_id, pgid=pid, started=processes.start_time(pid))
+            except Exception:
+                log.exception("could not store the process group of a running step", execution_id=execution_id)
+
+        self._recording[execution_id] = asyncio.get_running_loop().create_task(record())
 
     async def _check(self, step: Step, check: str, out: _Output) -> None:
         if check not in self.rt.catalog.checks or self.rt.monitor is None:
@@ -188,15 +224,6 @@ class Executor:
             raise StepFailed(f"HTTP {resp.status} (expected {', '.join(map(str, call.expect_status))})")
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _secret_values(runbook: Runbook, params: dict[str, Any]) -> list[str]:
-    return [str(params[n]) for n, p in runbook.parameters.items() if p.secret and params.get(n)]
-
-
 def _final_message(runbook: Runbook, ctx: dict[str, Any], status: str, execution_id: int, duration: float,
                    error: str | None) -> str:
     ok = status == "succeeded"
@@ -213,22 +240,16 @@ def _final_message(runbook: Runbook, ctx: dict[str, Any], status: str, execution
 class _Output:
     """Captured output: masked, bounded, streamed to the room at most once a second."""
 
-    def __init__(self, executor: Executor, execution_id: int, runbook: str, room: str | None, *,
-                 secrets: list[str]) -> None:
+    def __init__(self, executor: Executor, execution_id: int, runbook: str, room: str | None) -> None:
         self.executor, self.execution_id, self.runbook, self.room = executor, execution_id, runbook, room
-        self.secrets = [s for s in secrets if len(s) >= 3]
         self.parts: list[str] = []
         self.size = 0
         self.unsent: list[str] = []
         self.last_sent = 0.0
 
-    def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "****")
-        return text
-
     def write(self, text: str) -> None:
-        text = self.mask(text)
+        # The one masker: secret parameters (and their encodings) and the catalog's secrets.
+        text = masking.mask(text)
         if self.size < MAX_OUTPUT:
             self.parts.append(text[: MAX_OUTPUT - self.size])
             self.size += len(text)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from opsroom.secrets.masking import mask, mask_obj
 
 ParamValue = str | int | bool
 
@@ -14,6 +16,8 @@ class RunRequest(BaseModel):
 
 
 class ExecutionOut(BaseModel):
+    """An execution as responses show it: secret parameters are stored masked (sealed apart)."""
+
     model_config = ConfigDict(from_attributes=True)
     id: int
     runbook: str
@@ -31,8 +35,21 @@ class ExecutionOut(BaseModel):
     error: str | None
 
 
+    # The last sink before a response: whatever secret value this process knows is masked
+    # even if it reached a stored field some other way.
+    @field_validator("summary", "error", "params", mode="after")
+    @classmethod
+    def _masked(cls, v: Any) -> Any:
+        return mask_obj(v)
+
+
 class ExecutionDetail(ExecutionOut):
     output: str
+
+    @field_validator("output", mode="after")
+    @classmethod
+    def _masked_output(cls, v: str) -> str:
+        return mask(v)
 
 
 class RunbookOut(BaseModel):

@@ -9,22 +9,25 @@ import socket
 import time
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals import service as approvals
+from opsroom.approvals.models import ApprovalRow
 from opsroom.audit import service as audit
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, approval_roles
 from opsroom.domain.execution import ACTIVE, advance, can_transition
-from opsroom.errors import Conflict, NotFound
+from opsroom.errors import Conflict, Invalid, NotFound
 from opsroom.events import ApprovalRequested, ExecutionFinished
 from opsroom.runbooks import params as runbook_params
+from opsroom.runbooks import processes
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
+from opsroom.secrets import masking, sealing
 
 _ADD_EXECUTION = insert(ExecutionRow)
 
@@ -39,11 +42,22 @@ def get_runbook(rt: Runtime, name: str) -> Runbook:
 
 
 def _environment(rt: Runtime, runbook: Runbook, params: dict[str, Any]) -> str:
-    """A run's environment: that of the service it acts on, else the runbook's, else the first."""
+    """A run's environment: that of the service it acts on, else the runbook's own.
+
+    Never the catalog's first environment: adding `staging` above `prod` once made a prod
+    runbook run as staging, with no approval. A catalog of one environment has no order
+    to get wrong, so that one is used; anything else must be said.
+    """
     for pname, spec in runbook.parameters.items():
         if spec.type == "service" and pname in params:
             return rt.catalog.service_environment(params[pname])
-    return runbook.environment or next(iter(rt.catalog.environments), "default")
+    if runbook.environment:
+        return runbook.environment
+    if len(rt.catalog.environments) == 1:
+        return next(iter(rt.catalog.environments))
+    raise Invalid(f"runbook {runbook.name} does not say which environment it acts on",
+                  hint=f"set `environment:` on runbook {runbook.name} in the catalog (one of "
+                       f"{', '.join(rt.catalog.environments) or 'none defined'}), or give it a service parameter")
 
 
 def _home_room(rt: Runtime, runbook: Runbook, params: dict[str, Any]) -> str | None:
@@ -62,19 +76,30 @@ def _home_room(rt: Runtime, runbook: Runbook, params: dict[str, Any]) -> str | N
     return next(iter(rt.catalog.rooms), None)
 
 
+SUMMARY_MAX = 255  # executions.summary and approvals.summary are String(255)
+
+
 def _summary(runbook: Runbook, params: dict[str, Any]) -> str:
     """How rooms name the run; secret values are masked before any template sees them."""
     shown = _masked(runbook, params)
+    text = ""
     if runbook.summary:
         try:
-            return render(runbook.summary, {"params": shown})
+            text = render(runbook.summary, {"params": shown})
         except Exception:  # noqa: S110 - a bad summary template must not block a recovery
             pass
-    args = " ".join(f"{k}={v}" for k, v in shown.items())
-    return f"run {runbook.name}{' ' + args if args else ''}"
+    if not text:
+        args = " ".join(f"{k}={v}" for k, v in shown.items())
+        text = f"run {runbook.name}{' ' + args if args else ''}"
+    # Long parameter values are fine in argv, not in a varchar(255) (a 500 on PostgreSQL).
+    return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
 
 
 def lock_key(runbook: str, params: dict[str, Any]) -> str:
+    """Runbook + parameters, over the MASKED parameters: a plain hash of a secret could be brute-forced.
+
+    Two runs that differ only in a secret are therefore the same run for the lock: safer.
+    """
     return hashlib.sha256(json.dumps([runbook, params], sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -85,9 +110,17 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
 
     `approval` overrides the runbook's own policy; rules pass theirs (reviewed in the catalog).
     """
-    actor.require("runbook.run", what="run runbooks")
+    if not actor.can("runbook.run"):
+        await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{runbook[:64]}",
+                                 outcome="refused", details={"reason": "missing permission runbook.run"})
+        actor.require("runbook.run", what="run runbooks")
     rb = get_runbook(rt, runbook)
     clean = runbook_params.validate(rt.catalog, rb, params)
+    # From here on every sink masks them; the row keeps them sealed and only their masks in clear.
+    secret = {k: v for k, v in clean.items() if rb.parameters[k].secret}
+    masking.register(*secret.values())
+    sealed = sealing.seal(data_key(rt), secret) if secret else None
+    clean = _masked(rb, clean)
     env = _environment(rt, rb, clean)
     protected = rt.catalog.is_protected(env)
     roles = approval_roles(approval if approval is not None else rb.approval)
@@ -105,6 +138,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     now = time.time()
     values: dict[str, Any] = {
         "runbook": rb.name, "runbook_hash": rb.content_hash, "lock_key": key, "params": clean,
+        "secret_params": sealed,
         "target": rb.target, "environment": env, "status": status, "summary": summary,
         "requested_by": actor.name, "requester_id": actor.user_id, "door": actor.door, "rule": rule,
         "correlation_id": actor.correlation_id, "room": room, "approval_id": None, "created_at": now,
@@ -118,7 +152,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
         eid: int = s.connection().execute(_ADD_EXECUTION, values).inserted_primary_key[0]  # type: ignore[index]
         audit.append_in(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
                         outcome="awaiting_approval" if roles else "started",
-                        details={"execution": eid, "params": _masked(rb, clean), "environment": env})
+                        details={"execution": eid, "params": clean, "environment": env})
         event = None
         if roles:
             row = s.get_one(ExecutionRow, eid)
@@ -135,7 +169,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
             busy = (await s.execute(select(ExecutionRow.id).where(
                 ExecutionRow.lock_key == key, ExecutionRow.status.in_(ACTIVE)).limit(1))).scalar_one_or_none()
         await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
-                                 outcome="refused", details={"params": _masked(rb, clean), "reason": f"busy #{busy}"})
+                                 outcome="refused", details={"params": clean, "reason": f"busy #{busy}"})
         raise Conflict(f"{summary} is already in progress as execution #{busy}",
                        hint=f"follow it with `execution {busy}`; a second identical run is refused") from None
     if event is not None:
@@ -146,7 +180,21 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
 
 
 def _masked(rb: Runbook, params: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("****" if rb.parameters[k].secret else v) for k, v in params.items()}
+    return {k: (masking.MASK if rb.parameters[k].secret else v) for k, v in params.items()}
+
+
+def data_key(rt: Runtime) -> bytes:
+    """The key secret parameters are sealed with (see secrets.sealing: one file per data dir)."""
+    return sealing.data_key(rt.settings.data)
+
+
+def secret_params(rt: Runtime, row: ExecutionRow) -> dict[str, Any]:
+    """The execution's secret parameter values, unsealed: for a step's context and nothing else."""
+    if not row.secret_params:
+        return {}
+    values = sealing.unseal(data_key(rt), row.secret_params)
+    masking.register(*values.values())  # after a restart, this process has not seen them yet
+    return values
 
 
 async def start_approved(rt: Runtime, *, execution_id: int) -> None:
@@ -183,9 +231,24 @@ async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: 
                            outcome=status, details={"runbook": row.runbook, "message": message})
 
 
+async def record_process(rt: Runtime, execution_id: int, *, pgid: int, started: str | None) -> None:
+    """Store the running step's process group, so recovery after a crash can kill it (processes.py)."""
+    async with rt.write() as s:
+        await s.execute(update(ExecutionRow).where(ExecutionRow.id == execution_id)
+                        .values(pgid=pgid, pg_started=started))
+
+
+async def _require_read(rt: Runtime, actor: Actor, *, what: str, target: str) -> None:
+    """A refused read is audited too: someone looking where they may not is worth knowing."""
+    if not actor.can("execution.read"):
+        await audit.append_alone(rt, actor=actor, action="execution.read", target=target, outcome="refused",
+                                 details={"reason": "missing permission execution.read"})
+        actor.require("execution.read", what=what)
+
+
 async def list_executions(rt: Runtime, *, actor: Actor, limit: int = 50,
                           status: str | None = None) -> list[ExecutionRow]:
-    actor.require("execution.read", what="list executions")
+    await _require_read(rt, actor, what="list executions", target="executions")
     stmt = select(ExecutionRow).order_by(ExecutionRow.id.desc()).limit(min(limit, 500))
     if status:
         stmt = stmt.where(ExecutionRow.status == status)
@@ -196,7 +259,7 @@ async def list_executions(rt: Runtime, *, actor: Actor, limit: int = 50,
 
 
 async def get_execution(rt: Runtime, *, actor: Actor, execution_id: int) -> ExecutionRow:
-    actor.require("execution.read", what="see executions")
+    await _require_read(rt, actor, what="see executions", target=f"execution:{execution_id}")
     async with rt.read() as s:
         row = await s.get(ExecutionRow, execution_id)
     if row is None:
@@ -222,28 +285,65 @@ def _owner_dead(owner: str | None) -> bool:
     return False
 
 
+PENDING_GRACE_S = 60.0  # an approved run is started within milliseconds by the server that approved it
+
+
+def _orphaned_pending(row: ExecutionRow, decided_at: float | None, now: float) -> bool:
+    """A 'pending' run nobody will start: its owner died, or it waited past the grace period."""
+    if row.owner:
+        return _owner_dead(row.owner)
+    return (decided_at or row.created_at) < now - PENDING_GRACE_S
+
+
 async def recover_interrupted(rt: Runtime) -> list[ExecutionRow]:
-    """At start-up: executions left 'running' by a dead server become 'interrupted', never re-run."""
+    """At start-up: executions a dead server left behind become 'interrupted', never re-run.
+
+    'running' ones of a dead owner: their step's process group is killed first if it still runs
+    (a kill -9 of the server does not reach it: it has a session of its own), so that no second
+    run starts beside it. 'pending' ones (approved, never started) would hold their lock key
+    forever: they are closed too.
+    """
     found: list[ExecutionRow] = []
+    now = time.time()
     async with rt.write() as s:
-        rows = (await s.execute(select(ExecutionRow).where(ExecutionRow.status == "running"))).scalars()
-        for row in rows:
-            if row.owner == rt.node_id or not _owner_dead(row.owner):
+        rows = (await s.execute(select(ExecutionRow, ApprovalRow.decided_at)
+                                .outerjoin(ApprovalRow, ApprovalRow.id == ExecutionRow.approval_id)
+                                .where(ExecutionRow.status.in_(("running", "pending"))))).all()
+        for row, decided_at in rows:
+            if row.owner == rt.node_id:
                 continue
-            row.status, row.finished_at = advance(row.status, "interrupted"), time.time()
-            row.error = "the opsroom server stopped while this ran; it was not re-run"
+            killed = False
+            if row.status == "running":
+                if not _owner_dead(row.owner):
+                    continue
+                killed = processes.kill_if_ours(row.pgid, row.pg_started)
+                row.error = "the opsroom server stopped while this ran; it was not re-run" + (
+                    " (its still running process group was killed)" if killed else "")
+            else:
+                if not _orphaned_pending(row, decided_at, now):
+                    continue
+                row.error = "the opsroom server stopped before this approved run started; it was not run"
+            row.status, row.finished_at = advance(row.status, "interrupted"), now
             await audit.append(s, actor=SYSTEM, action="execution.interrupted", target=f"execution:{row.id}",
-                               outcome="interrupted", details={"runbook": row.runbook, "owner": row.owner})
+                               outcome="interrupted", details={"runbook": row.runbook, "owner": row.owner,
+                                                               "pgid": row.pgid, "killed": killed})
             found.append(row)
     for row in found:
         rt.bus.publish(ExecutionFinished(
             execution_id=row.id, runbook=row.runbook, summary=row.summary, status="interrupted", duration_s=0.0,
-            message=f"execution #{row.id} ({row.summary}) was interrupted: opsroom stopped while it ran. "
+            message=f"execution #{row.id} ({row.summary}) was interrupted: opsroom stopped "
+                    f"{'while it ran' if row.started_at else 'before it started'}. "
                     "It was not re-run; check the system and run it again if needed.",
             rule=row.rule, error=row.error, correlation_id=row.correlation_id, source="recovery", room=row.room))
     return found
 
 
-def list_runbooks(rt: Runtime, *, actor: Actor) -> list[Runbook]:
-    actor.require("status.read", what="list runbooks")
-    return list(rt.catalog.runbooks.values())
+async def list_runbooks(rt: Runtime, *, actor: Actor) -> list[Runbook]:
+    if not actor.can("status.read"):
+        await audit.append_alone(rt, actor=actor, action="runbook.list", target="runbooks", outcome="refused",
+                                 details={"reason": "missing permission status.read"})
+        actor.require("status.read", what="list runbooks")
+    found = list(rt.catalog.runbooks.values())
+    await audit.append_alone(rt, actor=actor, action="runbook.list", target="runbooks",
+                             details={"count": len(found)})
+    return found

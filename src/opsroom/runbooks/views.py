@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query
 
+from opsroom.catalog.schema import Parameter
 from opsroom.runbooks import service
 from opsroom.runbooks.schemas import ExecutionDetail, ExecutionOut, RunbookOut, RunRequest
+from opsroom.secrets.masking import MASK
 from opsroom.web.deps import ApiActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["runbooks"])
@@ -14,9 +18,16 @@ router = APIRouter(tags=["runbooks"])
 @router.get("/runbooks")
 async def list_runbooks(rt: RuntimeDep, actor: ApiActor) -> list[RunbookOut]:
     return [RunbookOut(name=r.name, title=r.title, description=r.description, approval=r.approval,
-                       parameters={k: p.model_dump(mode="json") for k, p in r.parameters.items()},
+                       parameters={k: _parameter(p) for k, p in r.parameters.items()},
                        content_hash=r.content_hash)
-            for r in service.list_runbooks(rt, actor=actor)]
+            for r in await service.list_runbooks(rt, actor=actor)]
+
+
+def _parameter(p: Parameter) -> dict[str, Any]:
+    shown = p.model_dump(mode="json")
+    if p.secret and p.default is not None:
+        shown["default"] = MASK  # a secret's default is as secret as a value given
+    return shown
 
 
 @router.post("/runbooks/{name}/run", status_code=202)
