@@ -23,6 +23,7 @@ from opsroom.catalog import schema
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import MAX_PROBLEMS, CatalogError, Problem, did_you_mean, explain, yaml_hint
 from opsroom.catalog.schema import CHECK_TYPES, KINDS, Alias, Check, approval_roles
+from opsroom.secrets.masking import register, secret_name
 
 KeyPath = tuple[str | int, ...]
 
@@ -188,18 +189,28 @@ class _Loader:
         return self.interpolate(value, doc, path) if isinstance(value, str) else value
 
     def interpolate(self, text: str, doc: _Doc, path: KeyPath) -> str:
-        """${NAME} and ${NAME:-default} from the environment, so secrets and hosts stay out of git."""
+        """${NAME} and ${NAME:-default} from the environment, so secrets and hosts stay out of git.
+
+        ${secret:NAME}, and any NAME that says it is a secret (PASSWORD, TOKEN, SECRET, KEY),
+        is registered with the masker as it is read: it is `****` in every output from then on.
+        """
 
         def substitute(match: re.Match[str]) -> str:
             if match.group(0) == "$${":
                 return "${"
-            body = _VAR_BODY.fullmatch(match.group(1))
+            inner = match.group(1)
+            body = _VAR_BODY.fullmatch(inner.removeprefix("secret:"))
+            secret = body is not None and (inner.startswith("secret:") or secret_name(body.group(1)))
             if body is None:
                 self.add(doc.values[path], f"malformed variable reference '{match.group(0)}'",
-                         "write ${NAME} or ${NAME:-default}; write $${ for a literal ${")
+                         "write ${NAME}, ${NAME:-default} or ${secret:NAME}; write $${ for a literal ${")
             elif body.group(1) in os.environ:
+                if secret:
+                    register(os.environ[body.group(1)])
                 return os.environ[body.group(1)]
             elif body.group(2) is not None:
+                if secret:
+                    register(body.group(2))
                 return body.group(2)
             else:
                 name = body.group(1)

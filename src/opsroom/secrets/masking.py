@@ -78,6 +78,17 @@ class Masker:
 
 MASKER = Masker()
 
+_SECRET_WORDS = ("PASSWORD", "PASSWD", "TOKEN", "SECRET")
+
+
+def secret_name(name: str) -> bool:
+    """Whether an environment variable's name says it holds a secret: DB_PASSWORD, GITHUB_TOKEN,
+    API_KEY, APIKEY. KEY counts only as a word of its own or at the end, so MONKEY_HOST and
+    KEYBOARD do not hide ordinary values."""
+    upper = name.upper()
+    return (any(word in upper for word in _SECRET_WORDS) or upper.endswith("KEY")
+            or "KEY" in upper.split("_"))
+
 
 def register(*values: Any) -> None:
     MASKER.add(*values)
