@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,7 +137,16 @@ class RoomClient:
         return [f for f in self.frames if f["type"] == "message"]
 
     async def say(self, text: str) -> None:
-        await self.ws.send(json.dumps({"type": "say", "text": text}))
+        frame: dict[str, Any] = {"type": "say", "text": text}
+        # `approve N` typed in the web room carries the request's decision token, as the page does.
+        decision = re.match(r"\s*(?:approve|deny)\s+#?(\d+)", text, re.IGNORECASE)
+        if decision:
+            shown = [f for f in self.frames if f["type"] == "approvals"]
+            token = next((a.get("token") for a in (shown[-1]["items"] if shown else [])
+                          if a["id"] == int(decision.group(1))), None)
+            if token:
+                frame["token"] = token
+        await self.ws.send(json.dumps(frame))
 
     async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
                        start: int = 0) -> dict[str, Any]:

@@ -214,19 +214,21 @@ async def require_decision_token(rt: Runtime, *, actor: Actor, csrf: str, approv
     """Refuse (and audit) a browser-session decision without its page's token.
 
     A request the decider never saw (a guessed id in a forged frame or API call) or whose
-    parameters changed since the page showed it is refused; an unknown id is left to
-    `approvals.decide`, which answers 404.
+    parameters changed since the page showed it is refused. What `approvals.decide` would refuse
+    anyway (unknown id, own request, no permission, already decided) is left to it, so the person
+    reads the reason that matters and the refusal is audited once.
     """
+    try:
+        row = await approvals.get(rt, actor=actor, approval_id=approval_id)
+    except OpsroomError:
+        return  # not found / may not read: decide() says so in its own words
+    if row.status != "open" or row.requester == actor.name or not actor.can("approval.decide"):
+        return  # decide() refuses these anyway, with the reason that matters to the person
     reason = None
     if not isinstance(token, str) or not token:
         reason = "missing decision token"
-    else:
-        try:
-            row = await approvals.get(rt, actor=actor, approval_id=approval_id)
-        except OpsroomError:
-            return  # not found / may not read: decide() says so in its own words
-        if not hmac.compare_digest(token, decision_token(csrf, approval_id, row.binding_hash)):
-            reason = "wrong decision token"
+    elif not hmac.compare_digest(token.encode(), decision_token(csrf, approval_id, row.binding_hash).encode()):
+        reason = "wrong decision token"
     if reason is None:
         return
     await audit.append_alone(rt, actor=actor, action=f"approval.{verb}", target=f"approval:{approval_id}",
