@@ -35,11 +35,11 @@ def _catalog(tmp: Path, rules: list[dict[str, Any]], *, max_attempts: int = 1, c
                           "import os,sys; ok=os.path.exists(sys.argv[1]); print('OK' if ok else 'DOWN - no file');"
                           "sys.exit(0 if ok else 2)", str(up)]}],
         runbooks=[
-            {"name": "record", "approval": "none", "parameters": {"text": {"type": "string"}},
+            {"name": "record", "approval": "none", "environment": "test", "parameters": {"text": {"type": "string"}},
              "steps": [{"command": [sys.executable, "-c", append, str(log), "{{ params.text }}"]}]},
-            {"name": "fix", "approval": "none",
+            {"name": "fix", "approval": "none", "environment": "test",
              "steps": [{"command": [sys.executable, "-c", "import sys; open(sys.argv[1],'w').close()", str(up)]}]},
-            {"name": "broken", "approval": "none",
+            {"name": "broken", "approval": "none", "environment": "test",
              "steps": [{"command": [sys.executable, "-c", "import sys; print('no luck'); sys.exit(3)"]}]},
         ],
         rules=rules,
