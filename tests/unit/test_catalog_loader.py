@@ -294,3 +294,201 @@ def test_unknown_role_permission_is_named_with_a_hint(tmp_path: Path) -> None:
     text = err.value.render()
     assert re.search(r"roles\.yaml:3:\d+: error: role 'oncall' has unknown permission 'runbok.run'", text), text
     assert "did you mean 'runbook.run'?" in text
+
+
+# --- a runbook's environment is said, never taken from file order (issue 9, finding 0) --------
+
+TWO_ENVS = """\
+environments:
+  - name: staging
+  - name: prod
+    protected: true
+systems:
+  - name: system-a
+    environment: prod
+services:
+  - name: service-b
+    system: system-a
+"""
+
+
+def test_a_runbook_with_no_environment_is_refused_when_there_are_several(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", TWO_ENVS)
+    runbooks = write(tmp_path, "runbooks.yaml", """\
+        runbooks:
+          - name: flush-cache
+            steps:
+              - command: [redis-cli, flushall]
+          - name: start-service
+            parameters:
+              service: {type: service}
+            steps:
+              - command: [systemctl, start, "{{ params.service }}"]
+          - name: rotate-logs
+            environment: prod
+            steps:
+              - command: [logrotate, -f, /etc/logrotate.conf]
+        """)
+    out = problems(tmp_path)
+    found = block(out, f"{runbooks}:2:5: error: runbook 'flush-cache' does not say which environment it acts on")
+    assert "hint: set `environment: <name>` (one of: staging, prod) or give it a parameter of type service" in found
+    assert out.count("error:") == 1  # a service parameter or an environment says it
+
+
+def test_a_runbook_in_a_catalog_of_one_environment_needs_no_environment(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    write(tmp_path, "runbooks.yaml", """\
+        runbooks:
+          - name: flush-cache
+            steps:
+              - command: [redis-cli, flushall]
+        """)
+    assert load_catalog(tmp_path).runbooks["flush-cache"].environment is None
+
+
+# --- templates and conditions compiled at load, their names checked (finding 26) -------------
+
+RUNBOOK = """\
+runbooks:
+  - name: start-service
+    parameters:
+      service: {type: service}
+    steps:
+      - command: [systemctl, start, "{{ params.service }}"]
+"""
+
+
+def _rule(tmp_path: Path, when: str, then: str = "params: {service: service-b}") -> Path:
+    write(tmp_path, "base.yaml", BASE)
+    write(tmp_path, "runbooks.yaml", RUNBOOK)
+    return write(tmp_path, "rules.yaml", f"""\
+rules:
+  - name: restart-b
+    when:
+      service: service-b
+      {when}
+    then:
+      runbook: start-service
+      {then}
+""")
+
+
+def test_a_rule_condition_with_a_syntax_error(tmp_path: Path) -> None:
+    rules = _rule(tmp_path, "condition: \"state == 'CRITICAL' and\"")
+    found = block(problems(tmp_path), f"{rules}:5:19: error: rule 'restart-b': when.condition: condition "
+                                      "\"state == 'CRITICAL' and\" does not compile: unexpected 'end of template'")
+    assert "a condition is one Jinja2 expression" in found
+
+
+def test_a_rule_condition_naming_an_undefined_variable(tmp_path: Path) -> None:
+    rules = _rule(tmp_path, "condition: attempt >= 2 and stat == 'CRITICAL'")
+    out = problems(tmp_path)
+    found = block(out, f"{rules}:5:35: error: rule 'restart-b': when.condition uses 'stat', which a rule cannot see")
+    assert "did you mean 'state'?" in found and "a rule can use: check, service, system, state," in found
+    assert out.count("error:") == 1
+
+
+def test_a_parameter_that_does_not_exist(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    runbooks = write(tmp_path, "runbooks.yaml", """\
+        runbooks:
+          - name: start-service
+            parameters:
+              service: {type: service}
+            summary: start {{ params['servise'] }}
+            steps:
+              - command: [systemctl, start, "{{ params.servce }}"]
+              - http:
+                  url: http://localhost/{{ params.service }}?run={{ execution.idd }}
+        """)
+    out = problems(tmp_path)
+    found = block(out, f"{runbooks}:7:41: error: runbook 'start-service': steps[0].command[2] uses "
+                       "params.servce, which runbook 'start-service' does not have")
+    assert "hint: did you mean 'service'? runbook 'start-service' takes: service" in found
+    assert "did you mean 'service'?" in block(out, f"{runbooks}:5:23: error: runbook 'start-service': summary "
+                                                   "uses params.servise")
+    assert "'execution' has: id" in block(out, f"{runbooks}:9:61: error: runbook 'start-service': "
+                                               "steps[1].http.url uses execution.idd")
+    assert out.count("error:") == 3
+
+
+def test_template_names_are_those_of_the_context_it_is_rendered_with(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    runbooks = write(tmp_path, "runbooks.yaml", """\
+        runbooks:
+          - name: start-service
+            parameters:
+              service: {type: service}
+            summary: "start {{ params.service }} as #{{ execution.id }}"
+            success_message: "{{ params.service }} started by #{{ execution.id }} in {{ environment }}"
+            steps:
+              - command: ["{{ python }}", -c, "print(1)", "{{ data_dir }}/{{ runbook }}"]
+                env: {WHO: "{{ user }}"}
+        """)
+    rules = write(tmp_path, "rules.yaml", """\
+        rules:
+          - name: restart-b
+            when: {service: service-b}
+            then:
+              runbook: start-service
+              params: {service: "{{ params.service }}"}
+        """)
+    out = problems(tmp_path)
+    # A summary is made before the run has an execution: it sees params only.
+    assert "a runbook's summary can use: params" in block(
+        out, f"{runbooks}:5:49: error: runbook 'start-service': summary uses 'execution'")
+    assert "a runbook's steps and messages can use: params, execution, runbook, python, environment, data_dir" \
+        in block(out, f"{runbooks}:9:24: error: runbook 'start-service': steps[0].env.WHO uses 'user'")
+    assert "a rule can use: check, service" in block(
+        out, f"{rules}:6:29: error: rule 'restart-b': then.params.service uses 'params', which a rule cannot see")
+    assert out.count("error:") == 3
+
+
+def test_template_syntax_unknown_filters_and_private_attributes(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    runbooks = write(tmp_path, "runbooks.yaml", """\
+        runbooks:
+          - name: start-service
+            parameters:
+              service: {type: service}
+            failure_message: |
+              could not start {{ params.service }}
+              {% if params.service %}see the log{% endfi %}
+            steps:
+              - command: [systemctl, start, "{{ params.service | uppr }}"]
+              - command: [echo, "{{ params.service.__class__ }}"]
+        """)
+    out = problems(tmp_path)
+    assert "write {{ expression }} for a value" in block(
+        out, f"{runbooks}:7:7: error: runbook 'start-service': failure_message: template")
+    assert "did you mean 'upper'?" in block(
+        out, f"{runbooks}:9:38: error: runbook 'start-service': steps[0].command[2]: template "
+             "'{{ params.service | uppr }}' does not compile: No filter named 'uppr'.")
+    assert "remove it" in block(out, f"{runbooks}:10:44: error: runbook 'start-service': steps[1].command[1] reads "
+                                     "'__class__', a private attribute the sandbox refuses")
+    assert out.count("error:") == 3
+
+
+def test_alias_params_use_only_the_placeholders_of_their_pattern(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    write(tmp_path, "runbooks.yaml", RUNBOOK)
+    aliases = write(tmp_path, "aliases.yaml", """\
+        aliases:
+          - pattern: "bounce {svc}"
+            runbook: start-service
+            params: {service: "{srv}"}
+        """)
+    out = problems(tmp_path)
+    found = block(out, f"{aliases}:4:24: error: alias 'bounce {{svc}}': params.service uses {{srv}}")
+    assert "did you mean 'svc'?" in found
+    assert "which runbook 'start-service' does not take" in out  # {svc} itself, as before
+
+
+def test_the_rule_names_checked_at_load_are_those_a_rule_is_evaluated_with() -> None:
+    from opsroom.automation.rules import _context
+    from opsroom.catalog.templates import RULE_NAMES
+    from opsroom.events import CheckStateChanged
+
+    ev = CheckStateChanged(check="c", service="s", system="y", environment="prod", old_state="OK",
+                           new_state="CRITICAL", state_type="hard", attempt=3, max_attempts=3, output="", since=0.0)
+    assert sorted(_context(ev)) == sorted(RULE_NAMES)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
 from opsroom.errors import Invalid
@@ -27,8 +28,37 @@ def _compile_expr(source: str) -> Any:
     return _env.compile_expression(source)
 
 
+# Names every template may use besides its context (range, dict, namespace, ...).
+GLOBALS = frozenset(_env.globals)
+FILTERS = frozenset(_env.filters)
+TESTS = frozenset(_env.tests)
+
+
+def is_template(source: str) -> bool:
+    """Whether render() treats `source` as a template (a literal is used as it is)."""
+    return "{" in source
+
+
+def parse_template(source: str) -> nodes.Template:
+    """The template's syntax tree, after compiling it as render() will (unknown filters and
+    tests fail here too). Raises jinja2.TemplateSyntaxError: for checking a catalog at load."""
+    _compile(source)
+    return _env.parse(source)
+
+
+def parse_expression(source: str) -> nodes.Template:
+    """A condition's syntax tree, wrapped as a one-output template so jinja2.meta can read it.
+    Raises jinja2.TemplateSyntaxError, as evaluate() would at the worst moment."""
+    _compile_expr(source)
+    parser = Parser(_env, source, state="variable")
+    expr = parser.parse_expression()
+    tree = nodes.Template([nodes.Output([expr], lineno=1)], lineno=1)
+    tree.set_environment(_env)
+    return tree
+
+
 def render(source: str, context: dict[str, Any]) -> str:
-    if "{" not in source:
+    if not is_template(source):
         return source  # the common case: a literal argv element
     try:
         return str(_compile(source).render(context))

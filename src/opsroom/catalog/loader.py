@@ -23,6 +23,7 @@ from opsroom.catalog import schema
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import MAX_PROBLEMS, CatalogError, Problem, did_you_mean, explain, yaml_hint
 from opsroom.catalog.schema import CHECK_TYPES, KINDS, Alias, Check, approval_roles
+from opsroom.catalog.templates import check_templates
 from opsroom.secrets.masking import register, secret_name
 
 KeyPath = tuple[str | int, ...]
@@ -371,6 +372,13 @@ class _Loader:
             self.ref(cat, ("check", n, "environment"), "runs in", "environment", chk.environment)
         for n, rb in cat.runbooks.items():
             self.ref(cat, ("runbook", n, "environment"), "runs in", "environment", rb.environment)
+            # Never from file order: a `staging` added above `prod` once made a prod runbook run
+            # as staging, unapproved. A catalog of one environment has no order to get wrong.
+            acts_on_service = any(p.type == "service" for p in rb.parameters.values())
+            if rb.environment is None and not acts_on_service and len(cat.environments) != 1:
+                envs = ", ".join(cat.environments) or "none defined yet"
+                self.add(cat.locate("runbook", n), f"runbook '{n}' does not say which environment it acts on",
+                         f"set `environment: <name>` (one of: {envs}) or give it a parameter of type service")
             self.approvers(cat, ("runbook", n, "approval"), rb.approval)
             for i, step in enumerate(rb.steps):
                 at = ("runbook", n, "steps", str(i), "check")
@@ -446,6 +454,7 @@ def load_catalog(path: str | Path) -> Catalog:
     catalog = loader.build()
     if not loader.broken:  # with a file unreadable, every reference into it would look broken
         loader.check_refs(catalog)
+    check_templates(catalog, loader.add)  # each object alone: judged even when a file is broken
     if loader.problems:
         def order(p: Problem) -> tuple[int, int, int]:
             loc = p.location
