@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
 
 from opsroom.store.lease import FileLease
@@ -159,9 +160,8 @@ def test_a_command_migrates_only_a_store_no_server_runs_on(tmp_path: Path) -> No
     # break it, so the command refuses until that server stops.
     data, catalog = tmp_path / "data", small_catalog(tmp_path)
     common = ["--data", str(data), "--catalog", str(catalog)]
-    assert cli("migrate", "--data", str(data)).returncode == 0
-    with sqlite3.connect(data / "opsroom.db") as db:  # as opsroom at revision 0001 left it
-        db.executescript("DROP TABLE outbox; UPDATE alembic_version SET version_num = '0001';")
+    data.mkdir()
+    command.upgrade(alembic_config(f"sqlite:///{data / 'opsroom.db'}"), "0001")  # as opsroom 0001 left it
     held = FileLease(data / "opsroom.db.server-lock")
     asyncio.run(held.acquire())
     try:

@@ -1,4 +1,4 @@
-"""A run asked for from the CLI is announced in the server's room, and approved there."""
+"""A run asked for from the CLI (a client of the server's API) is announced in the server's room, and approved there."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import cli, join, start_demo
-from tests.factories import DEMO_CATALOG
 
 pytestmark = pytest.mark.e2e
 
@@ -19,9 +18,9 @@ async def test_cli_request_reaches_the_room_and_boss_approves_it(tmp_path: Path)
         demo.kill_service("service-b")
         boss = await join(demo, "boss")
         await boss.wait_for(lambda f: f["type"] == "message" and "is unhealthy" in f["text"])
-        common = ["--data", str(demo.data), "--catalog", str(DEMO_CATALOG)]
-        token = cli("token", "create", "you", *common, env=demo.env).stdout.strip()
-        asked = cli("runbook", "run", "start-service", "service=service-b", "--token", token, *common, env=demo.env)
+        token = cli("token", "create", "you", "--data", str(demo.data), env=demo.env).stdout.strip()
+        asked = cli("runbook", "run", "start-service", "service=service-b", "--token", token, "--server", demo.base,
+                    env=demo.env)
         assert asked.returncode == 0, asked.stderr
         request = int(re.search(r"request #(\d+)", asked.stdout).group(1))  # type: ignore[union-attr]
 

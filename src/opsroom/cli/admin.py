@@ -234,17 +234,6 @@ def token_create(user: str, name: Annotated[str, typer.Option()] = "cli", data: 
     print(run(body))
 
 
-def _token_user(row: Any) -> str:
-    # The access service names the token's user on the row (a join); the id is the fallback.
-    for attr in ("user", "user_name", "username"):
-        value = getattr(row, attr, None)
-        if isinstance(value, str):
-            return value
-        if value is not None and isinstance(getattr(value, "name", None), str):
-            return str(value.name)
-    return f"#{row.user_id}"
-
-
 @token_app.command("list")
 def token_list(user: Annotated[str | None, typer.Argument(help="only this user's tokens")] = None,
                data: DataOpt = None, catalog: CatalogOpt = None) -> None:
@@ -257,7 +246,7 @@ def token_list(user: Annotated[str | None, typer.Argument(help="only this user's
 
     table = Table("id", "user", "name", "created", "last used", "state")
     for t in run(body):
-        table.add_row(str(t.id), _cell(_token_user(t)), _cell(t.name), _when(t.created_at), _when(t.last_used_at),
+        table.add_row(str(t.id), _cell(t.user), _cell(t.name), _when(t.created_at), _when(t.last_used_at),
                       "revoked" if t.revoked else "active")
     out.print(table)
 

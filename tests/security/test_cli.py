@@ -1,0 +1,219 @@
+"""CLI door security: the server decides every run, the terminal obeys nothing a runbook prints,
+admin commands never answer from a store they made up, and access taken away ends at once."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from opsroom.catalog.loader import load_catalog
+from opsroom.cli.terminal import clean
+from tests.e2e.harness import Demo, cli, start_server
+from tests.factories import small_catalog, write_catalog
+
+# --- the terminal --------------------------------------------------------------------------------
+
+HOSTILE = {
+    "set title (OSC 0, BEL)": ("\x1b]0;you have been pwned\x07done", "done"),
+    "set title (OSC 2, ST)": ("\x1b]2;title\x1b\\done", "done"),
+    "clear screen and home": ("\x1b[2J\x1b[Hdone", "done"),
+    "hidden text": ("\x1b[8msecret\x1b[28mdone", "secretdone"),
+    "OSC 8 hyperlink": ("\x1b]8;;https://evil.example/\x1b\\click here\x1b]8;;\x1b\\", "click here"),
+    "bell": ("a\x07b\x07", "ab"),
+    "C1 CSI (8-bit)": ("\x9b2Jdone", "done"),
+    "C1 OSC (8-bit)": ("\x9d0;title\x9cdone", "done"),
+    "DCS request (answerback)": ("\x1bP$q m\x1b\\done", "done"),
+    "full reset": ("\x1bcdone", "done"),
+    "carriage return overwrite": ("rm -rf /\rls", "rm -rf /ls"),
+    "backspace overwrite": ("approve\x08\x08\x08\x08\x08\x08\x08deny", "approvedeny"),
+    "bidi override": ("file\u202egpj.exe", "filegpj.exe"),
+    "NUL and DEL": ("a\x00b\x7fc", "abc"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_clean_drops_escape_sequences_and_control_characters(case: str) -> None:
+    text, shown = HOSTILE[case]
+    assert clean(text) == shown
+
+
+def test_clean_keeps_text_newlines_and_tabs() -> None:
+    text = "line 1\n\tindented: ünïcödé 日本 ✓\r\nline 3 [bold]not markup[/bold] :smile:\n"
+    assert clean(text) == "line 1\n\tindented: ünïcödé 日本 ✓\nline 3 [bold]not markup[/bold] :smile:\n"
+
+
+# --- a real server -------------------------------------------------------------------------------
+
+NOISY = ("import sys; sys.stdout.write('\\x1b]0;pwned\\x07\\x1b[2J\\x1b[Hhello "
+         "\\x1b]8;;https://evil.example/\\x1b\\\\link\\x1b]8;;\\x1b\\\\ \\x9b2J\\x07bye\\n')")
+
+
+def _server_catalog(tmp: Path) -> Path:
+    catalog = small_catalog(tmp)
+    data = yaml.safe_load((catalog / "catalog.yaml").read_text())
+    data["runbooks"].append({"name": "noisy", "approval": "none", "environment": "test",
+                             "steps": [{"command": [sys.executable, "-c", NOISY]}]})
+    return write_catalog(catalog, data)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    tmp = tmp_path_factory.mktemp("clisec")
+    running = start_server(tmp, ["serve", "--catalog", str(_server_catalog(tmp))])
+    yield running
+    running.stop()
+
+
+def _token(server: Demo, user: str, name: str = "cli") -> str:
+    made = cli("token", "create", user, "--name", name, "--data", str(server.data))
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+def _audit(server: Demo, action: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(server.data / "opsroom.db") as db:
+        return db.execute("SELECT actor, door, target, outcome, details FROM audit_records WHERE action = ? "
+                          "ORDER BY seq", (action,)).fetchall()
+
+
+def test_a_doctored_catalog_copy_does_not_skip_approval(server: Demo, tmp_path: Path) -> None:
+    # The operator's own copy of the catalog: prod's deploy needs nobody, and a runbook the
+    # server never reviewed writes a marker file if it ever runs anywhere.
+    marker = tmp_path / "wiped"
+    copy = small_catalog(tmp_path)
+    data = yaml.safe_load((copy / "catalog.yaml").read_text())
+    next(r for r in data["runbooks"] if r["name"] == "deploy")["approval"] = "none"
+    data["runbooks"].append({"name": "wipe", "approval": "none", "environment": "prod", "steps": [
+        {"command": [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"]}]})
+    write_catalog(copy, data)
+    token = _token(server, "you")
+    as_you = ["--server", server.base, "--token", token]
+
+    asked = cli("runbook", "run", "deploy", *as_you, env={"OPSROOM_CATALOG": str(copy)})
+    assert asked.returncode == 0, asked.stderr
+    found = re.search(r"execution #(\d+) awaits approval \(request #\d+\)", asked.stdout)
+    assert found, asked.stdout
+    given = cli("runbook", "run", "deploy", "--catalog", str(copy), *as_you)
+    assert given.returncode == 2 and "No such option" in given.stderr  # the option is gone, not ignored
+    unknown = cli("runbook", "run", "wipe", *as_you, env={"OPSROOM_CATALOG": str(copy)})
+    assert unknown.returncode == 1 and "I don't know a runbook called 'wipe'" in unknown.stderr
+    assert not marker.exists()
+
+    # The server's runbook, its hash, and its approval: not the copy's.
+    execution = int(found.group(1))
+    with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {token}"}) as api:
+        listed = {r["name"]: r for r in api.get("/api/v1/runbooks").json()}
+    server_hash = listed["deploy"]["content_hash"]
+    assert server_hash != load_catalog(copy).runbooks["deploy"].content_hash
+    with sqlite3.connect(server.data / "opsroom.db") as db:
+        row = db.execute("SELECT runbook_hash, status, door, approval_id FROM executions WHERE id = ?",
+                         (execution,)).fetchone()
+    assert row[0] == server_hash and row[1] == "awaiting_approval" and row[2] == "api" and row[3] is not None
+    asked_records = [r for r in _audit(server, "runbook.run") if f'"execution": {execution}' in r[4]]
+    assert [(r[0], r[1], r[3]) for r in asked_records] == [("you", "api", "awaiting_approval")]
+
+
+def test_runbook_output_reaches_the_terminal_without_escape_sequences(server: Demo) -> None:
+    token = _token(server, "you")
+    ran = cli("runbook", "run", "noisy", "--server", server.base, "--token", token)
+    assert ran.returncode == 0, ran.stderr
+    assert "hello link bye" in ran.stdout and "succeeded" in ran.stdout
+    for control in ("\x1b", "\x07", "\x9b", "\x9c", "\x9d"):
+        assert control not in ran.stdout + ran.stderr, repr(control)
+    # The output did hold them: the server keeps what the runbook wrote, the CLI shows it safely.
+    execution = int(re.search(r"execution #(\d+)", ran.stdout).group(1))  # type: ignore[union-attr]
+    with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {token}"}) as api:
+        raw = api.get(f"/api/v1/executions/{execution}").json()["output"]
+    assert "\x1b]0;pwned" in raw
+
+
+def test_error_details_from_the_server_are_cleaned(server: Demo) -> None:
+    token = _token(server, "you")
+    # A name echoed back in the server's 404 detail and hint.
+    asked = cli("runbook", "run", "x\x1b]0;pwned\x07y", "--server", server.base, "--token", token)
+    assert asked.returncode == 1
+    assert "\x1b" not in asked.stderr and "\x07" not in asked.stderr and "error: " in asked.stderr
+
+
+def test_user_disable_and_token_revoke_take_effect_at_once(server: Demo) -> None:
+    data = ["--data", str(server.data)]
+    lead = _token(server, "lead", "lead-laptop")
+    other = _token(server, "lead", "lead-desktop")
+    dev = _token(server, "dev", "dev-laptop")
+
+    def check(token: str) -> Any:
+        return cli("check", "run", "svc-cmd", "--server", server.base, "--token", token)
+
+    assert check(lead).returncode == 0 and check(dev).returncode == 0
+
+    disabled = cli("user", "disable", "dev", *data)
+    assert disabled.returncode == 0, disabled.stderr
+    refused = check(dev)  # same server process, no restart
+    assert refused.returncode == 1 and "invalid or revoked API token" in refused.stderr
+    assert "disabled" in cli("user", "list", *data).stdout
+    enabled = cli("user", "enable", "dev", *data, "--catalog", str(server.data.parent / "catalog"))
+    assert enabled.returncode == 0, enabled.stderr
+    assert check(dev).returncode == 0
+
+    listed = cli("token", "list", "lead", *data)
+    assert listed.returncode == 0, listed.stderr
+    assert lead not in listed.stdout and "dev-laptop" not in listed.stdout  # never a token's value
+    found = re.search(r"(\d+)\D+lead\D+lead-laptop", listed.stdout)
+    assert found, listed.stdout
+    revoked = cli("token", "revoke", found.group(1), *data)
+    assert revoked.returncode == 0, revoked.stderr
+    gone = check(lead)
+    assert gone.returncode == 1 and "invalid or revoked API token" in gone.stderr
+    assert check(other).returncode == 0  # only that token
+    assert re.search(r"lead-laptop.*revoked", cli("token", "list", "lead", *data).stdout)
+    assert _audit(server, "token.revoke") and _audit(server, "user.disable")
+    missing = cli("token", "revoke", "999999", *data)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+# --- admin commands on a store that is not there --------------------------------------------------
+
+ADMIN = {
+    "audit verify": ["audit", "verify"],
+    "user list": ["user", "list"],
+    "user add": ["user", "add", "eve", "--role", "admin"],
+    "user disable": ["user", "disable", "boss"],
+    "token create": ["token", "create", "boss"],
+    "token list": ["token", "list"],
+    "token revoke": ["token", "revoke", "1"],
+}
+
+
+@pytest.mark.parametrize("command", list(ADMIN))
+@pytest.mark.parametrize("place", ["missing dir", "empty dir", "OPSROOM_DATA"])
+def test_admin_commands_refuse_a_place_with_no_store(command: str, place: str, tmp_path: Path) -> None:
+    data = tmp_path / "nowhere"
+    if place == "empty dir":
+        data.mkdir()
+    args, env = (["--data", str(data)], {}) if place != "OPSROOM_DATA" else ([], {"OPSROOM_DATA": str(data)})
+    result = cli(*ADMIN[command], *args, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: no opsroom store in {data}" in result.stderr
+    assert "hint: " in result.stderr and "opsroom migrate" in result.stderr and "--data" in result.stderr
+    assert "audit OK" not in result.stdout and "Traceback" not in result.stderr
+    assert not (data / "opsroom.db").exists()  # nothing made up
+    assert data.exists() == (place == "empty dir")
+
+
+def test_only_migrate_creates_a_store_and_audit_verify_is_audited(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    made = cli("migrate", "--data", str(data))
+    assert made.returncode == 0 and f"new store in {data}" in made.stdout, made.stderr
+    verified = cli("audit", "verify", "--data", str(data))
+    assert verified.returncode == 0 and "chain intact" in verified.stdout, verified.stderr
+    with sqlite3.connect(data / "opsroom.db") as db:
+        records = db.execute("SELECT actor, door, action, outcome FROM audit_records").fetchall()
+    assert [(a.split(":")[0], d, act, o) for a, d, act, o in records] == [("local", "cli", "audit.verify", "ok")]
