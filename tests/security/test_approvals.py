@@ -39,6 +39,10 @@ def _catalog(tmp: Path) -> Path:
         "name": "release", "environment": "prod",
         "parameters": {"version": {"type": "string", "pattern": "[0-9.]{1,10}"}},
         "steps": [{"command": [sys.executable, "-c", write, "{{ params.version }}"]}],
+    }, {
+        "name": "rotate", "environment": "prod",
+        "parameters": {"version": {"type": "string"}, "password": {"type": "string", "secret": True}},
+        "steps": [{"command": [sys.executable, "-c", write, "{{ params.version }}-{{ params.password }}"]}],
     }], aliases=[])
 
 
@@ -104,6 +108,23 @@ async def test_a_request_changed_in_the_store_before_the_decision_is_not_run(
     await approvals.decide(rt, actor=await _who(rt, "boss"), approval_id=again.approval_id or 0, approve=True)
     await settle(rt)
     assert _ran(rt) == ["1.1"]
+
+
+async def test_sealed_secrets_are_bound_too(prod: Running) -> None:
+    """The approved secret runs; another request's sealed secret swapped in does not."""
+    rt, _ = prod
+    you, boss = await _who(rt, "you"), await _who(rt, "boss")
+    first, second = [await runbooks.request_run(rt, actor=you, runbook="rotate",
+                                                params={"version": n, "password": f"s3cret-{n}"}) for n in "12"]
+    assert first.secret_params and second.secret_params and first.secret_params != second.secret_params
+    await approvals.decide(rt, actor=boss, approval_id=first.approval_id or 0, approve=True)
+    await settle(rt)
+    assert _ran(rt) == ["1-s3cret-1"]
+    await _tamper(rt, second.id, secret_params=first.secret_params)
+    with pytest.raises(Conflict, match="changed in the store"):
+        await approvals.decide(rt, actor=boss, approval_id=second.approval_id or 0, approve=True)
+    await settle(rt)
+    assert _ran(rt) == ["1-s3cret-1"]
 
 
 async def test_parameters_changed_between_the_approval_and_the_start_are_not_run(prod: Running) -> None:
