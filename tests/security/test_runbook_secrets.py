@@ -16,7 +16,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, text
 
+from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM
+from opsroom.approvals import service as approvals
 from opsroom.audit.models import AuditRecordRow
 from opsroom.chat.fake import FakeAdapter
 from opsroom.runbooks import service as runbooks
@@ -52,9 +54,14 @@ def _catalog(tmp: Path) -> Path:
             "name": "rotate-bad", "environment": "test", "approval": "none",
             "parameters": {"password": {"type": "string", "secret": True}},
             "failure_message": "could not use {{ params.password }}",
-            "steps": [{"command": [PY, "-c", "import sys; sys.exit(3)", "{{ params.password }}"]}]}],
+            "steps": [{"command": [PY, "-c", "import sys; sys.exit(3)", "{{ params.password }}"]}]}, {
+            "name": "rotate-prod", "environment": "prod",
+            "parameters": {"password": {"type": "string", "secret": True}},
+            "steps": [{"command": [PY, "-c", "import sys; open(sys.argv[1], 'w').write(sys.argv[2])",
+                                   str(tmp / "seen-prod"), "{{ params.password }}"]}]}],
         "rooms": [{"name": "ops"}],
-        "users": [{"name": "you", "roles": ["operator"]}, {"name": "dev", "roles": ["viewer"]}],
+        "users": [{"name": "you", "roles": ["operator"]}, {"name": "dev", "roles": ["viewer"]},
+                  {"name": "boss", "roles": ["approver"]}],
     })
 
 
@@ -116,6 +123,23 @@ async def test_a_failure_message_is_masked_too(booted: tuple[Runtime, FakeAdapte
                   ).scalar_one()
     assert finish.details["message"].startswith("could not use **** (")
     assert SECRET not in json.dumps(finish.details)
+
+
+async def test_an_approved_run_gets_its_sealed_secret(booted: tuple[Runtime, FakeAdapter], tmp_path: Path) -> None:
+    rt, _fake = booted
+    you = await access.actor_by_name(rt, name="you", door="api")
+    row = await runbooks.request_run(rt, actor=you, runbook="rotate-prod", params={"password": SECRET})
+    assert row.status == "awaiting_approval" and row.approval_id is not None
+    assert row.params == {"password": "****"}
+    boss = await access.actor_by_name(rt, name="boss", door="api")
+    await approvals.decide(rt, actor=boss, approval_id=row.approval_id, approve=True)
+    assert rt.executor is not None
+    await rt.executor.wait(row.id)
+    await inprocess.settle(rt)
+    assert (tmp_path / "seen-prod").read_text() == SECRET  # unsealed from the stored row, after approval
+    async with rt.read() as s:
+        done = await s.get(ExecutionRow, row.id)
+    assert done is not None and done.status == "succeeded"
 
 
 async def test_viewers_read_executions_without_secrets(booted: tuple[Runtime, FakeAdapter]) -> None:
