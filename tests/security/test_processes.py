@@ -29,6 +29,7 @@ from tests.factories import write_catalog
 
 PY = sys.executable
 CANARY = "canary-db-password-0xdeadbeef"
+API_CANARY = "canary-api-key-0xfeedface"
 DUMP_ENV = "import json,os,sys; open(sys.argv[1],'w').write(json.dumps(dict(os.environ)))"
 
 
@@ -42,6 +43,7 @@ def _alive(pid: int) -> bool:
 
 async def test_a_runbook_never_sees_the_servers_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPSROOM_TEST_DB_PASSWORD", CANARY)
+    monkeypatch.setenv("OPSROOM_TEST_API_CANARY", API_CANARY)
     monkeypatch.setenv("KUBECONFIG", "/etc/kube/config-for-test")
     monkeypatch.setenv("PATH", f"/home/someone/.local/bin:{os.environ['PATH']}")
     catalog = write_catalog(tmp_path / "catalog", {
@@ -52,12 +54,16 @@ async def test_a_runbook_never_sees_the_servers_environment(tmp_path: Path, monk
             {"name": "env", "approval": "none", "steps": [
                 {"command": [PY, "-c", DUMP_ENV, str(tmp_path / "plain.json")], "env": {"MODE": "x{{ runbook }}"}},
                 {"command": [PY, "-c", "import os; print(sorted(os.environ))"]}]},
+            # A secret ${VAR} handed over on purpose is masked wherever the command prints it.
+            {"name": "api", "approval": "none", "steps": [
+                {"command": [PY, "-c", "import os; print('key is', os.environ['API_KEY'])"],
+                 "env": {"API_KEY": "${secret:OPSROOM_TEST_API_CANARY}"}}]},
             {"name": "kube", "approval": "none", "inherit_env": ["KUBECONFIG", "NOT_SET_ANYWHERE"],
              "steps": [{"command": [PY, "-c", DUMP_ENV, str(tmp_path / "kube.json")]}]}],
         "rooms": [{"name": "ops"}],
     })
     async with inprocess.booted(tmp_path, catalog) as (rt, fake):
-        for name in ("env", "kube"):
+        for name in ("env", "api", "kube"):
             row = await runbooks.request_run(rt, actor=SYSTEM, runbook=name, params={}, room="ops")
             assert rt.executor is not None
             await rt.executor.wait(row.id)
@@ -72,6 +78,7 @@ async def test_a_runbook_never_sees_the_servers_environment(tmp_path: Path, monk
     assert kube["KUBECONFIG"] == "/etc/kube/config-for-test" and "NOT_SET_ANYWHERE" not in kube
     assert "OPSROOM_TEST_DB_PASSWORD" not in kube
     assert not [t for t in [*said, *outputs] if CANARY in t or "OPSROOM_TEST_DB_PASSWORD" in t]
+    assert any("key is ****" in t for t in outputs) and not [t for t in [*said, *outputs] if API_CANARY in t]
 
 
 def test_a_process_group_is_killed_only_while_it_is_still_ours() -> None:
