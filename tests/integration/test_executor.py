@@ -58,6 +58,7 @@ def _catalog(tmp: Path) -> Path:
                 {"command": ["/nonexistent/tool", "x"], "continue_on_error": True},
                 _cmd("print('second step ran')")]},
             {"name": "missing", "approval": "none", "steps": [{"command": ["/nonexistent/tool", "--help"]}]},
+            {"name": "nul", "approval": "none", "steps": [{"command": [PY, "-c", "print(1)", "a\x00b"]}]},
             {"name": "call", "approval": "none", "parameters": {"url": {"type": "string"}},
              "steps": [{"http": {"url": "{{ params.url }}", "method": "POST", "body": "hello"},
                         "timeout": "3s"}]},
@@ -170,6 +171,13 @@ async def test_missing_executable_cannot_start(booted: tuple[Runtime, FakeAdapte
     row = await _run(rt, "missing")
     assert row.status == "failed"
     assert row.error == "cannot start '/nonexistent/tool': No such file or directory"
+
+
+async def test_a_nul_in_an_argument_fails_the_step_clearly(booted: tuple[Runtime, FakeAdapter]) -> None:
+    rt, _fake = booted
+    row = await _run(rt, "nul")
+    assert row.status == "failed"
+    assert row.error == f"cannot start {PY!r}: an argument holds a NUL byte"  # not "internal error"
 
 
 async def test_http_step(booted: tuple[Runtime, FakeAdapter]) -> None:
