@@ -253,7 +253,8 @@ async def test_false_condition_does_not_fire(tmp_path: Path) -> None:
 
 
 async def test_broken_condition_escalates_instead_of_guessing(tmp_path: Path) -> None:
-    rule = _rule(when={"condition": "no_such_name > 3"})
+    # Names and syntax are checked at load now; a type error only shows with the event's values.
+    rule = _rule(when={"condition": "attempt > 'three'"})
     async with _boot(tmp_path, _catalog(tmp_path, [rule])) as (rt, fake):
         await _feed(rt, ["CRITICAL"])
         assert _runs(tmp_path) == []

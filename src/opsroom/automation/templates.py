@@ -57,17 +57,23 @@ def parse_expression(source: str) -> nodes.Template:
     return tree
 
 
+# What a template that compiled can still raise with the values it meets: `attempt > 'x'`
+# (TypeError), `1 / 0`, `'a' | int(base=99)`. Loading checks names and syntax; these are
+# only known at run time, and must reach the caller as a clear error, not a crashed handler.
+_RENDER_ERRORS = (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
+
+
 def render(source: str, context: dict[str, Any]) -> str:
     if not is_template(source):
         return source  # the common case: a literal argv element
     try:
         return str(_compile(source).render(context))
-    except TemplateError as exc:
+    except _RENDER_ERRORS as exc:
         raise Invalid(f"template {source!r} failed: {exc}", hint="check the names used inside {{ }}") from exc
 
 
 def evaluate(expression: str, context: dict[str, Any]) -> bool:
     try:
         return bool(_compile_expr(expression)(**context))
-    except TemplateError as exc:
+    except _RENDER_ERRORS as exc:
         raise Invalid(f"condition {expression!r} failed: {exc}", hint="check the names in the condition") from exc
