@@ -75,3 +75,19 @@ async def test_tail_cut_and_head_moved_back_is_detected_when_runs_were_asked_for
     result = await audit.verify(store_rt)
     assert not result.ok and result.records == 2
     assert f"execution #{execution.id} has no record of being asked for" in (result.reason or "")
+
+
+async def test_a_refused_look_at_the_log_is_recorded(store_rt: Runtime) -> None:
+    import pytest
+
+    from opsroom.access.identity import Actor
+    from opsroom.errors import PermissionDenied
+
+    viewer = Actor("dev", "api", frozenset({"viewer"}), frozenset({"status.read"}), user_id=7)
+    with pytest.raises(PermissionDenied):
+        await audit.list_records(store_rt, actor=viewer)
+    with pytest.raises(PermissionDenied):
+        await audit.verify_as(store_rt, actor=viewer)
+    rows = await audit.list_records(store_rt, actor=SYSTEM)
+    assert [(r.action, r.actor, r.outcome) for r in reversed(rows)] == [
+        ("audit.list", "dev", "refused"), ("audit.verify", "dev", "refused")]

@@ -136,7 +136,7 @@ async def verify(rt: Runtime) -> VerifyResult:
 
 async def list_records(rt: Runtime, *, actor: Actor, limit: int = 100, action: str | None = None,
                        since_seq: int | None = None) -> list[AuditRecordRow]:
-    actor.require("audit.read", what="read the audit log")
+    await _require_read(rt, actor, action="audit.list", what="read the audit log")
     stmt = select(AuditRecordRow).order_by(AuditRecordRow.seq.desc()).limit(min(limit, 1000))
     if action:
         stmt = stmt.where(AuditRecordRow.action == action)
@@ -149,8 +149,16 @@ async def list_records(rt: Runtime, *, actor: Actor, limit: int = 100, action: s
 
 
 async def verify_as(rt: Runtime, *, actor: Actor) -> VerifyResult:
-    actor.require("audit.read", what="verify the audit log")
+    await _require_read(rt, actor, action="audit.verify", what="verify the audit log")
     result = await verify(rt)
     await append_alone(rt, actor=actor, action="audit.verify", target="audit",
                        outcome="ok" if result.ok else "broken", details={"records": result.records})
     return result
+
+
+async def _require_read(rt: Runtime, actor: Actor, *, action: str, what: str) -> None:
+    """A refused look at the log is itself recorded in it."""
+    if not actor.can("audit.read"):
+        await append_alone(rt, actor=actor, action=action, target="audit", outcome="refused",
+                           details={"reason": "missing permission audit.read"})
+        actor.require("audit.read", what=what)
