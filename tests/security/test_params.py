@@ -16,7 +16,7 @@ from sqlalchemy import select
 from opsroom.access.identity import SYSTEM, Actor, permissions_for
 from opsroom.audit.models import AuditRecordRow
 from opsroom.catalog.loader import load_catalog
-from opsroom.errors import Invalid, PermissionDenied
+from opsroom.errors import Invalid, NotFound, PermissionDenied
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
@@ -150,3 +150,9 @@ async def test_refused_runs_and_reads_are_audited(store_rt: Runtime) -> None:
     assert records[-1].details == {"count": len(listed)}
     rows = await runbooks.list_executions(store_rt, actor=SYSTEM)
     assert rows == []  # nothing refused left a row behind
+
+
+async def test_an_unknown_runbook_name_is_quoted_back_bounded(store_rt: Runtime) -> None:
+    with pytest.raises(NotFound) as refused:
+        await runbooks.request_run(store_rt, actor=OPERATOR, runbook="z" * 10_000, params={})
+    assert len(refused.value.message) < 120 and "zzz…'" in refused.value.message

@@ -37,7 +37,8 @@ def get_runbook(rt: Runtime, name: str) -> Runbook:
     if found is None:
         hint = f"did you mean {' or '.join(suggestions)}?" if suggestions else \
             f"known runbooks: {', '.join(sorted(rt.catalog.runbooks))}"
-        raise NotFound(f"I don't know a runbook called {name!r}", hint=hint)
+        shown = name if len(name) <= 64 else name[:64] + "…"  # input: quoted back, but bounded
+        raise NotFound(f"I don't know a runbook called {shown!r}", hint=hint)
     return rt.catalog.runbooks[found]
 
 
