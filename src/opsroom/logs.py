@@ -10,17 +10,45 @@ known to opsroom cannot reach the log in any field, message or traceback.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import IO
 
 import structlog
 from structlog.typing import Processor
 
-from opsroom.secrets.masking import mask
+from opsroom.secrets.masking import MASK, mask
 
 # Loggers whose libraries attach handlers of their own: they go through ours instead.
 _ROUTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "sqlalchemy", "asyncio", "opsroom")
+# Loggers that print SQL statements with their parameters (password hashes, session data) at
+# debug or info: kept at warning whatever the level, so `log_level = debug` is safe to turn on.
+_STATEMENTS = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg")
 _HANDLER_NAME = "opsroom"
+# websockets' debug line for a frame, e.g. `< TEXT '{"type": "say", …}' [66 bytes]`.
+_FRAME = re.compile(r"^([<>]) (TEXT|BINARY|CONT|CLOSE|PING|PONG) .*?(\[\d+ bytes(?:, continued)?\])?$", re.DOTALL)
+
+
+_CREDENTIAL_HEADERS = frozenset({"cookie", "set-cookie", "authorization", "proxy-authorization", "x-csrf-token"})
+
+
+class _WireDebug(logging.Filter):
+    """websockets' debug lines show the handshake's headers and every frame. Headers carry session
+    cookies and bearer tokens, and frames what people type, secrets included, before chat
+    redaction has read them (so the masker cannot know them yet): credentials are replaced and
+    a frame is logged by its kind and size only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG or not isinstance(record.msg, str) or record.msg[:2] not in ("< ", "> "):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg[2:] == "%s: %s" and len(args) == 2 and str(args[0]).lower() in _CREDENTIAL_HEADERS:
+            record.args = (args[0], MASK)
+            return True
+        m = _FRAME.match(record.getMessage())
+        if m:
+            record.msg, record.args = f"{m.group(1)} {m.group(2)} {m.group(3) or ''}".rstrip(), ()
+        return True
 
 
 class MaskingFormatter(structlog.stdlib.ProcessorFormatter):
@@ -70,6 +98,7 @@ def configure(level: str | int = "info", *, json: bool | None = None, stream: IO
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
+    handler.addFilter(_WireDebug())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -79,6 +108,8 @@ def configure(level: str | int = "info", *, json: bool | None = None, stream: IO
         routed = logging.getLogger(name)
         routed.handlers.clear()
         routed.propagate = True
+    for name in _STATEMENTS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, _level(level)))
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -116,6 +116,24 @@ def test_an_exception_log_shows_no_locals_and_no_secret(logged: io.StringIO, as_
         assert all(isinstance(json.loads(line), dict) for line in lines)  # one JSON object a line
 
 
+def test_debug_logging_keeps_credentials_frames_and_statements_out(logged: io.StringIO) -> None:
+    """At debug, websockets logs handshake headers and frames, and aiosqlite/SQLAlchemy every
+    statement with its parameters: a session cookie, a typed secret, a password hash."""
+    typed = _canary("frame")
+    logs.configure("debug", stream=logged)
+    wire = logging.getLogger("uvicorn.error")
+    wire.debug("< %s: %s", "Cookie", "opsroom_session=SessionValue123")
+    wire.debug("< %s: %s", "Authorization", "Bearer TokenValue123")
+    wire.debug("< %s", f"TEXT '{{\"type\": \"say\", \"text\": \"run x token={typed}\"}}' [66 bytes]")
+    logging.getLogger("aiosqlite").debug("executing INSERT ... ('$argon2id$hash-of-a-password')")
+    logging.getLogger("sqlalchemy.engine.Engine").info("[generated] ('$argon2id$hash-of-a-password',)")
+    wire.debug("< %s: %s", "Host", "127.0.0.1")
+    out = logged.getvalue()
+    assert "SessionValue123" not in out and "TokenValue123" not in out and typed not in out, out
+    assert "argon2id" not in out, out
+    assert "< Cookie: ****" in out and "< TEXT [66 bytes]" in out and "< Host: 127.0.0.1" in out
+
+
 def test_a_terminal_gets_console_lines_and_a_file_gets_json(logged: io.StringIO) -> None:
     logs.configure("info", stream=logged)  # a StringIO is not a terminal
     structlog.get_logger("opsroom.test").info("hello", n=1)
@@ -229,7 +247,7 @@ def _canary_catalog(tmp: Path) -> Path:
 
 
 def _token(server: Demo, catalog: Path, user: str) -> str:
-    made = cli("token", "create", user, "--data", str(server.data), "--catalog", str(catalog))
+    made = cli("token", "create", user, "--data", str(server.data), "--catalog", str(catalog), env=server.env)
     assert made.returncode == 0, made.stdout + made.stderr
     return made.stdout.strip().splitlines()[-1]
 
@@ -270,8 +288,7 @@ async def _viewer_responses(base: str, token: str, session: httpx.AsyncClient) -
                 if "{" + key + "}" in path:
                     urls = [u.replace("{" + key + "}", v) for u in urls for v in values]
             for url in urls:
-                resp = await api.get(url, params={"limit": 1000} if "{" not in url else None)
-                out[url] = resp.text
+                out[url] = (await api.get(url)).text
         for extra in ("/api/v1/executions", "/api/v1/approvals", "/api/v1/runbooks", "/api/v1/checks",
                       "/api/v1/systems"):
             if extra not in out:
@@ -293,6 +310,8 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
                                         "dev")
         speaker = await RoomClient.open(server.base, await login(server.base, "you", PW["OPSROOM_CANARY_PW_YOU"]),
                                         "you")
+        # Credentials are secrets too: no log line, response or stored row may hold one in clear.
+        credentials = [*tokens.values(), *(c.http.cookies["opsroom_session"] for c in (watcher, speaker) if c.http)]
         api = httpx.AsyncClient(base_url=server.base + "/api/v1", timeout=30,
                                 headers={"Authorization": f"Bearer {tokens['you']}"})
         try:
@@ -344,12 +363,12 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
         # The test reads what it claims to: every door ran, every place has content.
         assert '"runbook:canary"' in places["audit log (admin)"], places["audit log (admin)"]
         assert "canary ran with ****" in places["dev's room socket"], places["dev's room socket"]
-        assert "values: **** **** ****" in places["viewer GET /api/v1/executions"], \
-            places["viewer GET /api/v1/executions"]
+        details = "\n".join(v for k, v in places.items() if k.startswith("viewer GET /api/v1/executions/"))
+        assert details.count("values: **** **** ****") == runs, details
         assert places["store file opsroom.db"]
-        found = {where: _leaks(text, canaries) for where, text in places.items()}
+        found = {where: _leaks(text, [*canaries, *credentials]) for where, text in places.items()}
         assert {k: v for k, v in found.items() if v} == {}
-        assert "env has CANARY_ENV: False" in places["viewer GET /api/v1/executions"]  # minimal environment
+        assert details.count("env has CANARY_ENV: False") == runs  # the minimal runbook environment
         assert cli_leg or not _cli_is_a_client()
     finally:
         server.stop()
