@@ -30,14 +30,16 @@ LAST_USED_EVERY_S = 60.0  # a token's last_used_at is written at most this often
 
 # argon2 takes tens of milliseconds of CPU and releases the GIL: it runs here, never on the event
 # loop, and on threads of its own so a flood of logins cannot starve the loop's default pool
-# (DNS lookups, file reads) either. Few threads: each hash also holds 64 MiB while it runs.
+# (DNS lookups, file reads) either. Few threads, and one core left to the loop: each hash
+# also holds 64 MiB while it runs, and a flood must not take the loop's CPU.
 _argon2: ThreadPoolExecutor | None = None
 
 
 def _argon2_pool() -> ThreadPoolExecutor:
     global _argon2
     if _argon2 is None:
-        _argon2 = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="opsroom-argon2")
+        _argon2 = ThreadPoolExecutor(max_workers=min(4, max(1, (os.cpu_count() or 1) - 1)),
+                                     thread_name_prefix="opsroom-argon2")
     return _argon2
 
 
