@@ -36,8 +36,8 @@ def _use(rt: Runtime, tmp: Path, runbooks_yaml: list[dict[str, Any]]) -> None:
     rt.catalog = load_catalog(write_catalog(tmp / "swapped", base))
 
 
-def _step() -> list[dict[str, Any]]:
-    return [{"command": [PY, "-c", "print(1)", "--", "{{ params.x }}"]}]
+def _step(param: str = "x") -> list[dict[str, Any]]:
+    return [{"command": [PY, "-c", "print(1)", "--", f"{{{{ params.{param} }}}}"]}]
 
 
 async def _records(rt: Runtime, action: str) -> list[AuditRecordRow]:
@@ -103,7 +103,7 @@ async def test_errors_about_a_secret_never_quote_it(store_rt: Runtime, tmp_path:
         "token": {"secret": True, "pattern": "[a-z]+"},
         "pin": {"type": "int", "secret": True, "required": False},
         "mode": {"type": "choice", "choices": ["a", "b"], "secret": True, "required": False}},
-        "steps": _step()}])
+        "steps": _step("token")}])
     for params in ({"token": SECRET}, {"token": "ok", "pin": SECRET}, {"token": "ok", "mode": SECRET}):
         with pytest.raises(Invalid) as refused:
             await runbooks.request_run(store_rt, actor=OPERATOR, runbook="login", params=params)
@@ -117,8 +117,12 @@ async def test_errors_about_a_secret_never_quote_it(store_rt: Runtime, tmp_path:
 async def test_the_environment_is_never_the_catalogs_first(store_rt: Runtime, tmp_path: Path) -> None:
     # Environments are [prod (protected), test]: the old fallback made this run as prod.
     _use(store_rt, tmp_path, [
-        {"name": "vague", "approval": "none", "steps": _step(), "parameters": {"x": {"required": False}}},
-        {"name": "on-svc", "parameters": {"service": {"type": "service"}}, "steps": _step()}])
+        {"name": "vague", "environment": "test", "approval": "none", "steps": _step(),
+         "parameters": {"x": {"required": False}}},
+        {"name": "on-svc", "parameters": {"service": {"type": "service"}}, "steps": _step("service")}])
+    # `catalog validate` refuses such a runbook; the run refuses it too should one get past.
+    vague = store_rt.catalog.runbooks["vague"]
+    store_rt.catalog.runbooks["vague"] = vague.model_copy(update={"environment": None})
     with pytest.raises(Invalid) as refused:
         await runbooks.request_run(store_rt, actor=OPERATOR, runbook="vague", params={})
     assert "does not say which environment" in refused.value.message
