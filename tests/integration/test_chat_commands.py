@@ -136,3 +136,12 @@ async def test_deny_needs_reason_and_decides(running: tuple[Runtime, FakeAdapter
     assert "not during business hours" in denied.text and "Nothing was run" in denied.text
     assert [r.status for r in await _executions(rt)] == ["denied"]  # type: ignore[attr-defined]
     assert "already denied" in await _ask(fake, "boss", f"approve {request}")
+
+
+async def test_a_typo_of_a_reading_command_suggests_it_first(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "you", "helth sys")
+    assert reply.split("did you mean ", 1)[1].startswith("`health {system}`"), reply
+    reply = await _ask(fake, "you", "ech hello")  # a change: offered, but never alone and never first
+    assert "`echo {text}`" in reply and not reply.split("did you mean ", 1)[1].startswith("`echo"), reply
+    assert await _executions(rt) == []
