@@ -218,12 +218,17 @@ PW = {"OPSROOM_CANARY_PW_YOU": "you-password-long", "OPSROOM_CANARY_PW_DEV": "de
 
 def _canary_catalog(tmp: Path) -> Path:
     return write_catalog(tmp / "catalog", {
-        "environments": [{"name": "test"}],
+        "environments": [{"name": "test"}, {"name": "prod", "protected": True}],
         "systems": [{"name": "sys", "environment": "test"}],
         "services": [{"name": "svc", "system": "sys"}],
         "checks": [{"name": "svc-cmd", "type": "command", "service": "svc", "interval": "60s",
                     "argv": [sys.executable, "-c", "print('OK - fine')"]}],
         "runbooks": [{
+            # Left waiting for approval: the request is on the approvals a viewer can read.
+            "name": "canary-prod", "environment": "prod",
+            "parameters": {"token": {"secret": True}},
+            "steps": [{"command": [sys.executable, "-c", "print('never runs')"]}],
+        }, {
             "name": "canary", "approval": "none", "environment": "test",
             "parameters": {"token": {"secret": True, "pattern": "[A-Za-z0-9]+"}},
             "success_message": "canary ran with {{ params.token }}",
@@ -240,6 +245,7 @@ def _canary_catalog(tmp: Path) -> Path:
                 "env": {"CANARY_STEP_ENV": "${secret:CANARY_ENV}"}}],
         }],
         "rooms": [{"name": "ops"}],
+        "aliases": [{"pattern": "canary {token}", "runbook": "canary"}],
         "users": [{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_CANARY_PW_YOU"},
                   {"name": "dev", "roles": ["viewer"], "password_env": "OPSROOM_CANARY_PW_DEV"},
                   {"name": "admin", "roles": ["admin"], "password_env": "OPSROOM_CANARY_PW_ADMIN"}],
@@ -298,9 +304,9 @@ async def _viewer_responses(base: str, token: str, session: httpx.AsyncClient) -
 
 @pytest.mark.e2e
 async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
-    env_canary, chat_canary, api_canary, cli_canary, bad_canary = (_canary(t) for t in ("env", "chat", "api",
-                                                                                        "cli", "bad"))
-    canaries = [env_canary, chat_canary, api_canary, cli_canary, bad_canary]
+    env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary = (
+        _canary(t) for t in ("env", "chat", "alias", "api", "cli", "bad", "prod"))
+    canaries = [env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary]
     catalog = _canary_catalog(tmp_path)
     server = start_server(tmp_path, ["serve", "--catalog", str(catalog)],
                           env_extra={**PW, "CANARY_ENV": env_canary, "OPSROOM_LOG_LEVEL": "debug"})
@@ -320,6 +326,9 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
             await speaker.ask(f"run canary token={chat_canary}", "canary")
             runs += 1
             await _finished(api, runs)
+            await speaker.ask(f"canary {alias_canary}", "canary")
+            runs += 1
+            await _finished(api, runs)
             # API, and a refused value: the refusal must not echo it either
             resp = await api.post("/runbooks/canary/run", json={"params": {"token": api_canary}})
             assert resp.status_code == 202, resp.text
@@ -327,6 +336,8 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
             await _finished(api, runs)
             refused = await api.post("/runbooks/canary/run", json={"params": {"token": bad_canary + "!"}})
             assert refused.status_code == 422 and _leaks(refused.text, [bad_canary]) == [], refused.text
+            waiting = await api.post("/runbooks/canary-prod/run", json={"params": {"token": prod_canary}})
+            assert waiting.status_code == 202 and waiting.json()["status"] == "awaiting_approval", waiting.text
             # CLI, as a client of the server
             cli_leg = _cli_is_a_client()
             if cli_leg:
@@ -335,7 +346,7 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
                 assert ran.returncode == 0, ran.stdout + ran.stderr
                 runs += 1
             rows = await _finished(api, runs)
-            assert {r["status"] for r in rows} == {"succeeded"}, rows
+            assert sorted(r["status"] for r in rows) == ["awaiting_approval"] + ["succeeded"] * runs, rows
             await speaker.ask("help", "commands")  # the room's queue is past every announcement
             await watcher.wait_for(lambda f: f["type"] == "message" and "commands:" in f.get("text", ""))
         finally:
@@ -370,5 +381,7 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
         assert {k: v for k, v in found.items() if v} == {}
         assert details.count("env has CANARY_ENV: False") == runs  # the minimal runbook environment
         assert cli_leg or not _cli_is_a_client()
+        approvals = "\n".join(v for k, v in places.items() if k.startswith("viewer GET /api/v1/approvals"))
+        assert "canary-prod" in approvals, approvals  # the waiting request was read, not refused
     finally:
         server.stop()
