@@ -1,15 +1,17 @@
-"""Acceptance 4: boss, on a phone-sized screen, approves from the web room; the room updates live."""
+"""Acceptance 4: boss, on a phone-sized screen, approves from the web room; the room updates live.
+Issue 9: a crafted link does not get a request approved."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from tests.e2e.harness import DEMO_PASSWORDS, join, start_demo
+from tests.e2e.harness import DEMO_PASSWORDS, join, login, start_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
@@ -55,6 +57,60 @@ async def test_boss_approves_on_a_phone(tmp_path: Path) -> None:
             await browser.close()
         # The person who asked saw it too, live.
         await you.wait_for(lambda f: f["type"] == "message" and "service-b started" in f["text"])
+        await you.close()
+    finally:
+        demo.stop()
+
+
+async def test_a_link_to_a_crafted_room_name_gets_nothing_approved(tmp_path: Path) -> None:
+    """Issue 9, finding 1: `you` asks for a production change and sends the approver a link whose
+    room name is markup with a script. Opened by boss in chromium, the script must not run (the
+    name is escaped text and the CSP allows no inline script), and nothing gets approved."""
+    demo = start_demo(tmp_path)
+    try:
+        you = await join(demo, "you")
+        asked = await you.ask("start service-b", "needs approval")
+        request = int(re.search(r"Request #(\d+)", asked["text"]).group(1))  # type: ignore[union-attr]
+        # What the attack script does with boss's cookie: open the room's socket and decide, both
+        # as the button's frame and as typed chat. No slash in it: the name is one path segment.
+        script = ("window.__pwned=1;document.title=`pwned`;var s=String.fromCharCode(47);"
+                  "var w=new WebSocket(location.origin.replace(`http`,`ws`)+s+`rooms`+s+`ops`+s+`ws`);"
+                  f"w.onopen=function(){{w.send(JSON.stringify({{type:`decide`,id:{request},decision:`approve`}}));"
+                  f"w.send(JSON.stringify({{type:`say`,text:`approve {request}`}}));window.__sent=1}}")
+        link = f"{demo.base}/rooms/" + quote(f'<svg onload="{script}">', safe="")
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = await browser.new_page()
+            await page.goto(f"{demo.base}/login")
+            await page.fill("#username", "boss")
+            await page.fill("#password", DEMO_PASSWORDS["boss"])
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(re.compile(r"/rooms/ops$"))
+            await expect(page.locator(f'.req[data-id="{request}"]')).to_be_visible()
+
+            violations: list[str] = []
+            page.on("console", lambda m: violations.append(m.text))
+            attacked = await page.goto(link)
+            assert attacked is not None and attacked.status == 404
+            await expect(page.locator("p.err")).to_contain_text('<svg onload="window.__pwned=1')  # shown as text
+            assert await page.title() != "pwned"
+            assert await page.evaluate("[window.__pwned, window.__sent]") == [None, None]
+            # Even markup that did slip into a page could not run: the CSP refuses inline handlers.
+            refused = await page.evaluate("""() => new Promise(done => {
+                document.addEventListener('securitypolicyviolation', e => done(e.violatedDirective));
+                document.body.insertAdjacentHTML('beforeend', '<img src="data:," onerror="window.__ran=1">');
+            })""")
+            assert refused.startswith("script-src") and await page.evaluate("window.__ran") is None
+
+            # Back in the room, the request is still waiting for a real decision.
+            await page.goto(f"{demo.base}/rooms/ops")
+            await expect(page.locator("#conn")).to_have_text("live")
+            await expect(page.locator(f'.req[data-id="{request}"]')).to_contain_text("start service-b")
+            await browser.close()
+        boss = await login(demo.base, "boss", DEMO_PASSWORDS["boss"])
+        assert (await boss.get(f"/api/v1/approvals/{request}")).json()["status"] == "open"
+        await boss.aclose()
+        assert not any(f["type"] == "message" and "approved by boss" in f["text"] for f in you.frames)
         await you.close()
     finally:
         demo.stop()
