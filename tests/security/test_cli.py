@@ -217,3 +217,16 @@ def test_only_migrate_creates_a_store_and_audit_verify_is_audited(tmp_path: Path
     with sqlite3.connect(data / "opsroom.db") as db:
         records = db.execute("SELECT actor, door, action, outcome FROM audit_records").fetchall()
     assert [(a.split(":")[0], d, act, o) for a, d, act, o in records] == [("local", "cli", "audit.verify", "ok")]
+
+
+@pytest.mark.pg
+def test_admin_commands_refuse_an_empty_postgresql_database(pg_own_url: str, tmp_path: Path) -> None:
+    env = {"OPSROOM_DATABASE_URL": pg_own_url, "OPSROOM_DATA": str(tmp_path / "data")}
+    for command in (["audit", "verify"], ["user", "list"], ["token", "create", "boss"]):
+        refused = cli(*command, env=env)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "error: no opsroom store in postgresql" in refused.stderr and "Traceback" not in refused.stderr
+    made = cli("migrate", env=env)  # "new": nothing above created the schema
+    assert made.returncode == 0 and made.stdout.startswith("new store in postgresql"), made.stdout + made.stderr
+    verified = cli("audit", "verify", env=env)
+    assert verified.returncode == 0 and "audit OK: 0 records" in verified.stdout, verified.stderr

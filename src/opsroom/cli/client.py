@@ -7,13 +7,14 @@ exit code, and every string the server sent is cleaned before it reaches the ter
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from opsroom import __version__
-from opsroom.cli.terminal import clean
+from opsroom.cli.terminal import clean, write
 
 # Exit codes: 1 a refusal or failure, 2 a usage problem (no token, bad arguments), 3 forbidden.
 FORBIDDEN_EXIT = 3
@@ -52,6 +53,18 @@ class Client:
 
     def __init__(self, server: str, token: str, *, timeout: float = 30.0) -> None:
         self.server = server.rstrip("/")
+        try:
+            url = httpx.URL(self.server)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ClientError(f"{self.server!r} is not a usable server address: {exc}",
+                              hint="pass --server http://HOST:PORT or set OPSROOM_URL", exit_code=2) from None
+        if url.scheme not in {"http", "https"}:
+            raise ClientError(f"{self.server!r} is not an http:// or https:// address",
+                              hint="pass --server http://HOST:PORT or set OPSROOM_URL", exit_code=2)
+        if url.scheme == "http" and url.host not in {"127.0.0.1", "localhost", "::1"}:
+            # A bearer token over plain http to another host can be read on the way.
+            write(f"warning: the token goes to {url.host} over plain http; use https:// outside this host",
+                  stream=sys.stderr)
         self._http = httpx.Client(base_url=self.server + "/api/v1", timeout=timeout,
                                   headers={"Authorization": f"Bearer {token}",
                                            "User-Agent": f"opsroom-cli/{__version__}"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -49,7 +50,11 @@ def settings_for(catalog: Path | None = None, data: Path | None = None, **extra:
 
 def local_admin() -> Actor:
     """Whoever can run the CLI on the server's host can already read its database."""
-    return Actor(f"local:{getpass.getuser()}", "cli", frozenset({"admin"}), frozenset({"*"}))
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no LOGNAME
+        login = f"uid{os.getuid()}"
+    return Actor(f"local:{login}", "cli", frozenset({"admin"}), frozenset({"*"}))
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:

@@ -38,6 +38,14 @@ def _client(server: str | None, token: str | None) -> Client:
     return Client(server, token, timeout=60)
 
 
+def _object(payload: Any, *fields: str) -> dict[str, Any]:
+    """The server's answer as the object it must be, with `fields`; anything else is one clear line."""
+    if not isinstance(payload, dict) or any(f not in payload for f in fields):
+        raise ClientError("the server's answer is not what this opsroom CLI expects",
+                          hint="is the server an opsroom of the same version? see `opsroom --help` on both")
+    return payload
+
+
 def _fail(exc: ClientError) -> typer.Exit:
     error(exc.message, exc.hint)
     return typer.Exit(exc.exit_code)
@@ -48,10 +56,10 @@ def check_run(name: str, server: ServerOpt = None, token: TokenOpt = None) -> No
     """Ask the server to run one check now; print its result, exit 0/1/2/3 like a Nagios plugin."""
     try:
         with _client(server, token) as api:
-            view = api.post(f"/checks/{path_part(name)}/run")
+            view = _object(api.post(f"/checks/{path_part(name)}/run"), "check", "state")
     except ClientError as exc:
         raise _fail(exc) from None
-    write(f"{view.get('check', name)}: {view.get('state', 'UNKNOWN')} {view.get('output', '')}")
+    write(f"{view['check']}: {view['state']} {view.get('output') or ''}")
     raise typer.Exit(CHECK_EXIT.get(str(view.get("state")), 3))
 
 
@@ -72,7 +80,7 @@ def _wait(api: Client, execution: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     pause = 0.1
     while True:
-        row: dict[str, Any] = api.get(f"/executions/{execution}")
+        row = _object(api.get(f"/executions/{execution}"), "status")
         if row.get("status") not in WAITING or time.monotonic() >= deadline:
             return row
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
@@ -89,8 +97,10 @@ def runbook_run(name: str, params: Annotated[list[str] | None, typer.Argument(he
     given = _params(name, params or [])
     try:
         with _client(server, token) as api:
-            row: dict[str, Any] = api.post(f"/runbooks/{path_part(name)}/run", {"params": given})
-            eid = row.get("id")
+            row = _object(api.post(f"/runbooks/{path_part(name)}/run", {"params": given}), "id", "status")
+            eid = row["id"]
+            if not isinstance(eid, int):
+                raise ClientError("the server's answer is not what this opsroom CLI expects (execution id)")
             if row.get("status") == "awaiting_approval":
                 write(f"execution #{eid} awaits approval (request #{row.get('approval_id')}); "
                       "an approver decides in the room or the API")
@@ -98,7 +108,7 @@ def runbook_run(name: str, params: Annotated[list[str] | None, typer.Argument(he
             if no_wait:
                 write(f"execution #{eid}: {row.get('status')}")
                 return
-            row = _wait(api, int(str(eid)), timeout)
+            row = _wait(api, eid, timeout)
     except ClientError as exc:
         raise _fail(exc) from None
     status = str(row.get("status"))
