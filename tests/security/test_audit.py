@@ -91,3 +91,15 @@ async def test_a_refused_look_at_the_log_is_recorded(store_rt: Runtime) -> None:
     rows = await audit.list_records(store_rt, actor=SYSTEM)
     assert [(r.action, r.actor, r.outcome) for r in reversed(rows)] == [
         ("audit.list", "dev", "refused"), ("audit.verify", "dev", "refused")]
+
+
+async def test_a_log_emptied_and_restarted_is_detected(store_rt: Runtime) -> None:
+    """Records and head deleted, then the next change starts a fresh chain at seq 1: the chain
+    itself is whole, but the users it should record the creation of are older than it."""
+    await access.add_user(store_rt, actor=SYSTEM, name="alice", roles=["viewer"])
+    await _sql(store_rt, "DELETE FROM audit_records", "DELETE FROM audit_head")
+    await _records(store_rt, 2)
+    result = await audit.verify(store_rt)
+    assert not result.ok and result.records == 2
+    assert result.reason == "user 'alice' has no record of being added: records were removed (the log " \
+                            "emptied or cut, then restarted)"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -90,13 +90,14 @@ async def verify(rt: Runtime) -> VerifyResult:
     What a chain alone can show: an edited, inserted or removed record in the middle, and a
     removed tail while the head row still names it. Also refused: records with no head row
     (the head deleted with the tail), an empty log over a store that has users or executions
-    (the log emptied), and executions with no record of being asked for (a tail cut together
-    with the head moved back, when runs were asked for in it). A tail cut with the head moved
+    (the log emptied), and users or executions with no record of being added or asked for (a
+    log emptied and restarted, or a tail cut with the head moved back over such records). A tail cut with the head moved
     back over records that left no other trace needs signed checkpoints kept outside the
     store (the audit issue, #16): nothing inside one database can tell it from a shorter log.
     """
     prev, expected_seq, count = GENESIS, 1, 0
     requested: set[int] = set()  # executions whose request is in the log
+    added: set[str] = set()  # users whose creation is in the log
     async with rt.read() as session:
         result = await session.stream_scalars(select(AuditRecordRow).order_by(AuditRecordRow.seq))
         async for row in result:
@@ -112,9 +113,11 @@ async def verify(rt: Runtime) -> VerifyResult:
                 return VerifyResult(False, count, row.seq, "content does not match its hash")
             if row.action == "runbook.run" and isinstance(row.details.get("execution"), int):
                 requested.add(row.details["execution"])
+            elif row.action == "user.add" or (row.action == "user.reconcile" and row.details.get("created")):
+                added.add(row.target.removeprefix("user:"))
             prev, expected_seq = row.hash, expected_seq + 1
         head = (await session.execute(select(AuditHeadRow).where(AuditHeadRow.id == 1))).scalar_one_or_none()
-        users = (await session.execute(select(func.count()).select_from(UserRow))).scalar_one()
+        users = list((await session.execute(select(UserRow.name).order_by(UserRow.id))).scalars())
         executions = list((await session.execute(select(ExecutionRow.id).order_by(ExecutionRow.id))).scalars())
     if count and head is None:
         return VerifyResult(False, count, expected_seq,
@@ -123,8 +126,14 @@ async def verify(rt: Runtime) -> VerifyResult:
     if head is not None and (head.seq != expected_seq - 1 or head.hash != prev):
         return VerifyResult(False, count, expected_seq, "records after this point were removed (head mismatch)")
     if not count and (users or executions):
-        return VerifyResult(False, 0, 1, f"the audit log is empty but the store holds {users} users and "
+        return VerifyResult(False, 0, 1, f"the audit log is empty but the store holds {len(users)} users and "
                                          f"{len(executions)} executions: its records were removed")
+    unknown = [u for u in users if u not in added]
+    if unknown:
+        return VerifyResult(False, count, expected_seq,
+                            f"user '{unknown[0]}' has no record of being added"
+                            + (f" ({len(unknown)} users in all)" if len(unknown) > 1 else "")
+                            + ": records were removed (the log emptied or cut, then restarted)")
     missing = [e for e in executions if e not in requested]
     if missing:
         return VerifyResult(False, count, expected_seq,
