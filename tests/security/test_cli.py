@@ -50,6 +50,14 @@ def test_clean_keeps_text_newlines_and_tabs() -> None:
     assert clean(text) == "line 1\n\tindented: ünïcödé 日本 ✓\nline 3 [bold]not markup[/bold] :smile:\n"
 
 
+def test_catalog_errors_are_cleaned(tmp_path: Path) -> None:
+    # A catalog under review (a contributor's change) names a check with a set-title sequence.
+    path = write_catalog(tmp_path / "cat", 'checks:\n  - name: "a\\e]0;pwned\\a\\e[2J"\n    type: htp\n')
+    result = cli("catalog", "validate", str(path))
+    assert result.returncode == 2 and "unknown check type 'htp'" in result.stderr, result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+
+
 # --- a real server -------------------------------------------------------------------------------
 
 NOISY = ("import sys; sys.stdout.write('\\x1b]0;pwned\\x07\\x1b[2J\\x1b[Hhello "

@@ -9,6 +9,7 @@ No process but the server runs a runbook.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.loader import load_catalog
 from opsroom.cli import admin, remote
 from opsroom.cli.common import CatalogOpt, DataOpt, app, catalog_app, err, local_admin, out, run, settings_for
+from opsroom.cli.terminal import write
 from opsroom.store import lease
 
 __all__ = ["admin", "app", "local_admin", "main", "remote", "run", "settings_for"]
@@ -29,7 +31,7 @@ def catalog_validate(path: Annotated[Path, typer.Argument(help="catalog director
     try:
         cat = load_catalog(path)
     except CatalogError as exc:
-        err.print(exc.render(), markup=False, highlight=False)
+        write(exc.render(), stream=sys.stderr)  # a catalog under review may hold escapes
         raise typer.Exit(2) from None
     counts = ", ".join(f"{len(getattr(cat, k))} {k}" for k in ("systems", "services", "checks", "runbooks", "rules",
                                                                 "rooms"))
@@ -52,7 +54,7 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
         settings = settings_for(catalog, data, host=host, port=port)
         load_catalog(catalog)
     except CatalogError as exc:
-        err.print(exc.render(), markup=False, highlight=False)
+        write(exc.render(), stream=sys.stderr)  # a catalog under review may hold escapes
         raise typer.Exit(2) from None
     except ValueError as exc:
         err.print(f"error: {exc}", markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -59,13 +60,13 @@ def local_admin() -> Actor:
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run a command body; service errors become a clear message and exit code, never a traceback."""
-    from opsroom.cli.terminal import error
+    from opsroom.cli.terminal import error, write
     from opsroom.store.lease import refusal
 
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
     except CatalogError as exc:
-        err.print(exc.render(), markup=False, highlight=False)
+        write(exc.render(), stream=sys.stderr)  # a catalog under review may hold escapes
         raise typer.Exit(2) from None
     except OpsroomError as exc:
         error(exc.message, exc.hint)
