@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 import sys
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from opsroom.chat import commands
 from opsroom.chat.fake import FakeAdapter
 from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
+from opsroom.secrets import masking
 from tests.factories import small_catalog, write_catalog
 from tests.inprocess import ask, booted, said
 
@@ -115,6 +117,21 @@ async def test_a_bare_word_for_a_secret_runbook_is_not_echoed(chat: tuple[Runtim
     _rt, fake = chat
     reply = await ask(fake, "you", "run rotate Forgot4key")
     assert "is not key=value" in reply and "Forgot4key" not in reply
+
+
+async def test_a_viewer_cannot_teach_the_masker_to_hide_words(chat: tuple[Runtime, FakeAdapter]) -> None:
+    """Typed secrets are learned process-wide only from people who may run runbooks: otherwise a
+    viewer could make any word (a user name, an action) vanish from the audit and server logs."""
+    rt, fake = chat
+    word = "evidence" + secrets.token_hex(3)
+    reply = await ask(fake, "dev", f"run rotate token={word}")
+    assert "dev may not run runbooks" in reply
+    assert masking.mask(f"x {word} y") == f"x {word} y"
+    history = [m.text for m in await rooms.history_of(rt, room="ops", limit=50)]
+    assert "run rotate token=****" in history and not any(word in h for h in history)
+    typed = "Learned" + secrets.token_hex(3)
+    await fake.say("ops", "you", f"run rotate token={typed}")
+    assert masking.mask(typed) == "****"
 
 
 @given(st.text(alphabet="ab =\\'\"\t\n", max_size=14))

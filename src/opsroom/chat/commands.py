@@ -330,6 +330,10 @@ def _alias_args(alias: Alias, found: dict[str, str]) -> dict[str, str]:
     return {k: v.format(**found) for k, v in alias.params.items()}
 
 
+def _forget(*_values: Any) -> None:
+    return None
+
+
 def _secret_params(rt: Runtime, runbook: str | None) -> set[str]:
     if runbook is None or runbook not in rt.catalog.runbooks:
         return set()
@@ -342,13 +346,16 @@ def _cut(text: str, spans: list[tuple[int, int]]) -> str:
     return text
 
 
-def redact(rt: Runtime, text: str) -> str:
+def redact(rt: Runtime, text: str, *, learn: bool = False) -> str:
     """Mask the values of secret runbook parameters in what a person typed, before anyone sees it.
 
-    The line is read as the handler reads it (run words, or an alias), the secret values are
-    masked where they were written, however quoted or escaped, and registered with the
-    process-wide masker, so an echo of them anywhere later (a reply, a log line) is masked too.
+    The line is read as the handler reads it (run words, or an alias) and the secret values are
+    masked where they were written, however quoted or escaped. With `learn` (the person may run
+    runbooks) they are also registered with the process-wide masker, so an echo anywhere later
+    (a reply, a log line) is masked too; not for others, or a viewer could make any word of
+    the audit log and the server log vanish by "typing it as a secret".
     """
+    remember = register if learn else _forget
     body = re.match(r"^\s*[!/]?", text)
     offset = body.end() if body else 0
     command = text[offset:]
@@ -367,9 +374,9 @@ def redact(rt: Runtime, text: str) -> str:
             return text[:args_at + args.index(name) + len(name)] + " " + MASK
         secret = _secret_params(rt, line.runbook)
         hidden = [(key, start, end, value) for key, start, end, value in line.values if key in secret]
-        register(*(value for *_, value in hidden), *(args[start:end] for _, start, end, _ in hidden))
+        remember(*(value for *_, value in hidden), *(args[start:end] for _, start, end, _ in hidden))
         with contextlib.suppress(ValueError, OpsroomError):  # handle() reads the line with spaces collapsed
-            register(*(v for k, _, _, v in _read_run(rt, " ".join(args.split())).values if k in secret))
+            remember(*(v for k, _, _, v in _read_run(rt, " ".join(args.split())).values if k in secret))
         return mask(text[:args_at] + _cut(args, [(start, end) for _, start, end, _ in hidden if end > start]))
     for alias in rt.catalog.aliases:
         m = _compile(alias.pattern).match(command)
@@ -380,10 +387,10 @@ def redact(rt: Runtime, text: str) -> str:
             feeding = {ph for k, tmpl in alias.params.items() if k in secret for ph in re.findall(r"\{(\w+)\}", tmpl)}
             with contextlib.suppress(KeyError, IndexError, ValueError):
                 given = _alias_args(alias, m.groupdict())
-                register(*(given[k] for k in secret if k in given))
+                remember(*(given[k] for k in secret if k in given))
         else:
             feeding = secret & set(m.groupdict())
-        register(*(m.group(ph) for ph in feeding), *(" ".join(m.group(ph).split()) for ph in feeding))
+        remember(*(m.group(ph) for ph in feeding), *(" ".join(m.group(ph).split()) for ph in feeding))
         spans = [(offset + m.start(ph), offset + m.end(ph)) for ph in feeding]
         return mask(_cut(text, spans))
     return mask(text)

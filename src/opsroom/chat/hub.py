@@ -59,12 +59,22 @@ class RoomHub:
     async def on_message(self, msg: Message) -> None:
         if msg.room not in self.rt.catalog.rooms:
             return
-        shown = commands.redact(self.rt, msg.text)
+        shown = commands.redact(self.rt, msg.text, learn=await self._may_run(msg.author))
         stored = await self.post(msg if shown == msg.text else
                                  Message(room=msg.room, text=shown, author=msg.author, kind=msg.kind))
         reply = await self.answer(msg)
         if reply:
             await self.post(Message(room=msg.room, text=reply, kind="bot", reply_to=stored.id))
+
+    async def _may_run(self, person: Person | None) -> bool:
+        """Whether what this person types as a secret may be taught to the process-wide masker."""
+        if person is None or person.user is None:
+            return False
+        try:
+            actor = await access.actor_by_name(self.rt, name=person.user, door="chat")
+        except OpsroomError:
+            return False
+        return actor.can("runbook.run")
 
     async def answer(self, msg: Message) -> str:
         person = msg.author
