@@ -124,8 +124,10 @@ def test_operator_runs_via_api(served: tuple[Demo, dict[str, str]]) -> None:
             time.sleep(0.05)
         assert got["status"] == "succeeded" and "hello" in got["output"]
         assert api.get("/audit").status_code == 403  # operators do not read the audit log
-    for url in ("/metrics", "/openapi.json"):
-        assert httpx.get(server.base + url, timeout=10).status_code == 200
+    assert httpx.get(server.base + "/metrics", timeout=10).status_code == 200
+    assert httpx.get(server.base + "/openapi.json", timeout=10).status_code == 401  # the schema needs a login
+    assert httpx.get(server.base + "/openapi.json", timeout=10,
+                     headers={"Authorization": f"Bearer {tokens['you']}"}).status_code == 200
     metrics = httpx.get(server.base + "/metrics").text
     assert 'opsroom_executions_total{runbook="hello",status="succeeded"}' in metrics
     # The served schedule is running: opsroom's own load is there to alert on.
