@@ -84,7 +84,7 @@ async def _records(rt: Runtime, action: str) -> list[Any]:
 
 
 @pytest.mark.parametrize("change", [{"params": {"version": "6.6.6"}}, {"target": "ssh"},
-                                    {"secret_params": "sealed:forged"}])
+                                    {"secret_params": "sealed:forged"}, {"environment": "test"}])
 async def test_a_request_changed_in_the_store_before_the_decision_is_not_run(
         prod: Running, change: dict[str, Any]) -> None:
     rt, _ = prod

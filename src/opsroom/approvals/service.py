@@ -24,10 +24,11 @@ from opsroom.runtime import Runtime
 def binding_of(execution: ExecutionRow, *, runbook_hash: str | None = None) -> str:
     """The binding of an execution as its row holds it now (`runbook_hash`: another version's)."""
     return binding_hash(runbook_hash=runbook_hash or execution.runbook_hash, params=execution.params,
-                        target=execution.target, secret_params=execution.secret_params)
+                        target=execution.target, secret_params=execution.secret_params,
+                        environment=execution.environment)
 
 
-_CHANGED = "its parameters, secrets or target were changed in the store since it was requested"
+_CHANGED = "its parameters, secrets, target or environment were changed in the store since it was requested"
 
 
 def open_in(s: Session, *, actor: Actor, execution: ExecutionRow, roles: list[str], protected: bool,

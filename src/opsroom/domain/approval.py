@@ -13,16 +13,19 @@ MAX_REASON = 500
 
 
 def binding_hash(*, runbook_hash: str, params: dict[str, Any], target: str,
-                 secret_params: str | None = None) -> str:
+                 secret_params: str | None = None, environment: str | None = None) -> str:
     """An approval covers exactly this runbook version, these parameters, this target.
 
     `secret_params` is the sealed blob of the secret values (their masks are in `params`):
-    swapping it would run other secrets under the same approval. Left out when there is
-    none, so a request made before sealed parameters existed keeps its hash.
+    swapping it would run other secrets under the same approval. `environment` reaches the
+    steps as `{{ environment }}`. Each is left out when absent, so a binding computed
+    without it keeps its hash.
     """
     parts: list[Any] = [runbook_hash, params, target]
     if secret_params is not None:
         parts.append(secret_params)
+    if environment is not None:
+        parts.append({"environment": environment})
     body = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
