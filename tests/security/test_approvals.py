@@ -227,3 +227,12 @@ async def test_reading_requests_is_audited_and_so_is_a_refused_read(prod: Runnin
                     ("approval.view", "dev", "ok", f"approval:{execution.approval_id}"),
                     ("approval.list", "mallory", "refused", "approvals"),
                     ("approval.view", "mallory", "refused", f"approval:{execution.approval_id}")]
+
+
+async def test_a_reason_that_is_not_text_is_invalid_not_a_crash(prod: Running) -> None:
+    rt, _ = prod
+    execution = await _request(rt)
+    with pytest.raises(Invalid, match="a reason is one line of text"):
+        await approvals.decide(rt, actor=await _who(rt, "boss"), approval_id=execution.approval_id or 0,
+                               approve=False, reason={"forged": "\n"})  # type: ignore[arg-type]
+    assert (await _execution(rt, execution.id)).status == "awaiting_approval"

@@ -64,6 +64,8 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
         await audit.append_alone(rt, actor=actor, action=f"approval.{verb}", target=target,
                                  outcome="refused", details={"reason": "missing permission approval.decide"})
         actor.require("approval.decide", what=f"{verb} requests")
+    if reason is not None and not isinstance(reason, str):  # a door that passed a JSON value through
+        raise Invalid("a reason is one line of text", hint=f"write `deny {approval_id} <why>`")
     reason = reason.strip() if reason else None
     problem = reason_problem(reason) if reason else None
     if problem is not None:
