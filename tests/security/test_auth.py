@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from opsroom import events
+from opsroom import events, server
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM
 from opsroom.access.models import UserRow
@@ -280,6 +280,26 @@ async def test_logout_and_a_new_password_tell_open_doors(store_rt: Runtime) -> N
     assert changed[0].session_hash is not None and changed[1].session_hash is None
     with pytest.raises(Unauthenticated):
         await access.session_actor(store_rt, session_token=second.session_token, door="web")
+
+
+async def test_a_user_disabled_from_the_cli_reaches_the_servers_open_doors(running: Running) -> None:
+    """`opsroom user disable` runs in its own process: the server learns it through the outbox."""
+    rt, _fake = running
+    rt.bus.keep_history = True
+    cli_rt = await server.open_runtime(rt.settings)  # the same store, as the CLI opens it
+    try:
+        await access.disable_user(cli_rt, actor=SYSTEM.via("cli"), name="dev")
+        token = await access.create_token(cli_rt, actor=SYSTEM.via("cli"), user="you")
+        [mine] = await access.list_tokens(cli_rt, actor=SYSTEM, user="you")
+        await access.revoke_token(cli_rt, actor=SYSTEM.via("cli"), token_id=mine.id)
+    finally:
+        await cli_rt.close()
+    with pytest.raises(Unauthenticated):
+        await access.authenticate_token(rt, token=token, door="api")
+    await rt.extras["outbox"].relay_once()
+    await rt.bus.drain()
+    changed = [(e.user, e.reason) for e in rt.bus.history if isinstance(e, events.AccessChanged)]
+    assert changed == [("dev", "disabled"), ("you", "token_revoked")]
 
 
 async def test_the_access_api_disables_users_and_revokes_tokens(running: Running) -> None:

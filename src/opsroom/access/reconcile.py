@@ -97,7 +97,7 @@ async def reconcile_users(rt: Runtime, *, passwords: dict[str, str] | None = Non
                     report.roles[name] = (list(row.roles), list(user.roles))
                     details["roles"] = {"old": list(row.roles), "new": list(user.roles)}
                     row.roles = list(user.roles)
-                    changes.append(access_changed(row, "roles"))
+                    changes.append(access_changed(rt, s, user_id=row.id, user=row.name, reason="roles"))
                 if user.display_name is not None and row.display_name != user.display_name:
                     details["display_name"] = user.display_name
                     row.display_name = user.display_name
@@ -110,7 +110,7 @@ async def reconcile_users(rt: Runtime, *, passwords: dict[str, str] | None = Non
                     await s.execute(delete(WebSessionRow).where(WebSessionRow.user_id == row.id))
                     report.passwords.append(name)
                     details["password"] = f"set from {user.password_env or 'the demo passwords'}"
-                    changes.append(access_changed(row, "password"))
+                    changes.append(access_changed(rt, s, user_id=row.id, user=row.name, reason="password"))
             if details:
                 await audit.append(s, actor=SYSTEM, action="user.reconcile", target=f"user:{name}", details=details)
         for name, row in rows.items():
@@ -119,7 +119,7 @@ async def reconcile_users(rt: Runtime, *, passwords: dict[str, str] | None = Non
             row.disabled, row.disabled_by = True, "catalog"
             await s.execute(delete(WebSessionRow).where(WebSessionRow.user_id == row.id))
             report.disabled.append(name)
-            changes.append(access_changed(row, "disabled"))
+            changes.append(access_changed(rt, s, user_id=row.id, user=row.name, reason="disabled"))
             await audit.append(s, actor=SYSTEM, action="user.reconcile", target=f"user:{name}",
                                details={"disabled": "no longer in the catalog"})
     for change in changes:

@@ -8,10 +8,9 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
-import structlog
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from opsroom import events
@@ -22,9 +21,9 @@ from opsroom.access.secrets import hash_password, new_token, token_hash, verify_
 from opsroom.access.throttle import LoginThrottle
 from opsroom.audit import service as audit
 from opsroom.errors import Conflict, Invalid, NotFound, TooManyAttempts, Unauthenticated
+from opsroom.outbox import OutboxRow
 from opsroom.runtime import Runtime
 
-log = structlog.get_logger(__name__)
 MIN_PASSWORD = 12
 LAST_USED_EVERY_S = 60.0  # a token's last_used_at is written at most this often (one write, not one per call)
 
@@ -77,11 +76,17 @@ def check_password(rt: Runtime, password: str) -> None:
                       hint=f"use at least {MIN_PASSWORD} characters, e.g. four random words")
 
 
-def access_changed(row: UserRow, reason: str, session_hash: str | None = None) -> events.AccessChanged:
-    return events.AccessChanged(user_id=row.id, user=row.name, reason=reason, session_hash=session_hash)
+def access_changed(rt: Runtime, s: AsyncSession, *, user_id: int, user: str, reason: str,
+                   session_hash: str | None = None) -> events.AccessChanged:
+    """The event for open doors, also written to the outbox in the change's own transaction: a
+    server relays it when the CLI disabled someone, and so do the other servers of a cluster.
+    The caller publishes it on its own bus after the commit."""
+    event = events.AccessChanged(user_id=user_id, user=user, reason=reason, session_hash=session_hash)
+    s.add(OutboxRow(origin=rt.node_id, type=event.type, payload=event.as_dict()))
+    return event
 
 
-async def _user(s: Any, name: str) -> UserRow | None:
+async def _user(s: AsyncSession, name: str) -> UserRow | None:
     row: UserRow | None = (await s.execute(select(UserRow).where(UserRow.name == name))).scalar_one_or_none()
     return row
 
@@ -125,7 +130,8 @@ async def set_password(rt: Runtime, *, actor: Actor, name: str, password: str) -
         # A new password ends every open web session of that user.
         await s.execute(delete(WebSessionRow).where(WebSessionRow.user_id == row.id))
         await audit.append(s, actor=actor, action="user.passwd", target=f"user:{name}")
-    rt.bus.publish(access_changed(row, "password"))
+        event = access_changed(rt, s, user_id=row.id, user=row.name, reason="password")
+    rt.bus.publish(event)
 
 
 async def list_users(rt: Runtime, *, actor: Actor) -> list[UserRow]:
@@ -150,7 +156,8 @@ async def disable_user(rt: Runtime, *, actor: Actor, name: str) -> None:
         sessions = getattr(ended, "rowcount", 0)  # a DELETE's result is a CursorResult
         await audit.append(s, actor=actor, action="user.disable", target=f"user:{name}",
                            details={"was_disabled": was, "sessions_ended": sessions or 0})
-    rt.bus.publish(access_changed(row, "disabled"))
+        event = access_changed(rt, s, user_id=row.id, user=row.name, reason="disabled")
+    rt.bus.publish(event)
 
 
 async def enable_user(rt: Runtime, *, actor: Actor, name: str) -> None:
@@ -212,7 +219,8 @@ async def revoke_token(rt: Runtime, *, actor: Actor, token_id: int) -> None:
         token.revoked = True
         await audit.append(s, actor=actor, action="token.revoke", target=f"user:{owner.name}",
                            details={"token_id": token_id, "name": token.name, "was_revoked": was})
-    rt.bus.publish(access_changed(owner, "token_revoked"))
+        event = access_changed(rt, s, user_id=owner.id, user=owner.name, reason="token_revoked")
+    rt.bus.publish(event)
 
 
 async def create_token(rt: Runtime, *, actor: Actor, user: str, name: str = "cli") -> str:
@@ -310,12 +318,15 @@ async def session_actor(rt: Runtime, *, session_token: str, door: Door) -> tuple
 
 async def logout(rt: Runtime, *, actor: Actor, session_token: str) -> None:
     session_hash = token_hash(session_token)
+    event = None
     async with rt.write() as s:
         await s.execute(delete(WebSessionRow).where(WebSessionRow.token_hash == session_hash))
         await audit.append(s, actor=actor, action="logout", target=f"user:{actor.name}")
-    if actor.user_id is not None:
-        rt.bus.publish(events.AccessChanged(user_id=actor.user_id, user=actor.name, reason="logout",
-                                            session_hash=session_hash))
+        if actor.user_id is not None:
+            event = access_changed(rt, s, user_id=actor.user_id, user=actor.name, reason="logout",
+                                   session_hash=session_hash)
+    if event is not None:
+        rt.bus.publish(event)
 
 
 async def holders_of(rt: Runtime, *, roles: list[str]) -> list[str]:
