@@ -125,6 +125,12 @@ def test_runbook_and_check_run_are_requests_to_the_server(tmp_path: Path) -> Non
                               "--token", token), 1, "cannot reach the opsroom server", "is `opsroom serve` running"),
             "not a url": (cli("check", "run", "svc-cmd", "--server", "ftp://x", "--token", token), 2,
                           "not an http:// or https:// address", "--server"),
+            "bad url": (cli("check", "run", "svc-cmd", "--server", "http://[::1", "--token", token), 2,
+                        "is not a usable server address", "--server"),
+            "non-ascii token": (cli("check", "run", "svc-cmd", *remote[:2], "--token", "opr_é"), 2,
+                                "the token holds characters", "opsroom token create"),
+            "token with a newline": (cli("check", "run", "svc-cmd", *remote[:2], "--token", "opr_a\nb"), 2,
+                                     "the token holds characters", "opsroom token create"),
         }
         for case, (result, code, message, hint) in answers.items():
             assert result.returncode == code, (case, result.stdout, result.stderr)

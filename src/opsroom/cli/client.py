@@ -89,12 +89,6 @@ class Client:
         except httpx.TimeoutException:
             raise ClientError(f"the opsroom server at {self.server} did not answer in time",
                               hint="it may be overloaded or stuck; see its log") from None
-        except httpx.InvalidURL as exc:
-            raise ClientError(f"{self.server!r} is not a usable server address: {exc}",
-                              hint="pass --server http://HOST:PORT or set OPSROOM_URL", exit_code=2) from None
-        except httpx.UnsupportedProtocol:
-            raise ClientError(f"{self.server!r} is not an http:// or https:// address",
-                              hint="pass --server http://HOST:PORT or set OPSROOM_URL", exit_code=2) from None
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the opsroom server at {self.server} ({type(exc).__name__})",
                               hint=unreachable) from None

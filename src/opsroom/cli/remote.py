@@ -27,6 +27,11 @@ def _client(server: str | None, token: str | None) -> Client:
         error("this command acts as a user",
               "pass --token or set OPSROOM_TOKEN (an admin creates one with `opsroom token create USER`)")
         raise typer.Exit(2)
+    token = token.strip()
+    if not token.isascii() or not token.isprintable() or " " in token:
+        error("the token holds characters no opsroom token has (spaces, control or non-ASCII characters)",
+              "copy the whole token `opsroom token create` printed, and nothing else")
+        raise typer.Exit(2)
     if server is None:
         from opsroom.config import Settings
 
