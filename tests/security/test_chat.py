@@ -91,7 +91,7 @@ async def test_an_alias_placeholder_feeding_a_secret_is_masked(chat: tuple[Runti
     await fake.say("ops", "you", "login bob with Aliased5ecret")
     await fake.say("ops", "you", "rotate now Direct7secret")
     seen = await _everywhere(rt, fake)
-    assert _ran(tmp_path) == ["Aliased5ecret", "Direct7secret"]
+    assert sorted(_ran(tmp_path)) == ["Aliased5ecret", "Direct7secret"]  # the two runs may end in any order
     assert "Aliased5ecret" not in seen and "Direct7secret" not in seen
     assert "login bob with ****" in seen  # the rest of the line is kept: only the secret is hidden
 
@@ -114,9 +114,10 @@ async def test_an_unreadable_line_hides_everything_after_the_runbook(chat: tuple
 
 
 async def test_a_bare_word_for_a_secret_runbook_is_not_echoed(chat: tuple[Runtime, FakeAdapter]) -> None:
-    _rt, fake = chat
+    rt, fake = chat
     reply = await ask(fake, "you", "run rotate Forgot4key")
     assert "is not key=value" in reply and "Forgot4key" not in reply
+    assert "Forgot4key" not in await _everywhere(rt, fake)  # the typed line shows `run rotate ****`
 
 
 async def test_a_viewer_cannot_teach_the_masker_to_hide_words(chat: tuple[Runtime, FakeAdapter]) -> None:

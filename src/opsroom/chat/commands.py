@@ -175,8 +175,9 @@ class _RunLine:
     name: str
     runbook: str | None  # the catalog's name, when NAME is one
     params: dict[str, str]
-    # (span of the value as written, value) of every key=value word
+    # (key, start and end of the value as written, value) of every key=value word
     values: list[tuple[str, int, int, str]]
+    bare: list[tuple[int, int]]  # spans of words that are not key=value
 
 
 def _read_run(rt: Runtime, args: str) -> _RunLine:
@@ -189,16 +190,18 @@ def _read_run(rt: Runtime, args: str) -> _RunLine:
     lower = {k.lower(): k for k in known}
     params: dict[str, str] = {}
     values: list[tuple[str, int, int, str]] = []
+    bare: list[tuple[int, int]] = []
     for word, start, end in words[1:]:
         if "=" not in word:
+            bare.append((start, end))
             continue
         key, _, value = word.partition("=")
         key = key if key in known else lower.get(key.lower(), key)  # `Token=` means `token=`
         params[key] = value
-        written = args[start:end]
-        eq = written.find("=")
-        values.append((key, start + eq + 1 if eq >= 0 else start, end, value))
-    return _RunLine(name, runbook, params, values)
+        # Every '=' written yields an '=' read, so the first one written ends the key.
+        eq = args[start:end].find("=")
+        values.append((key, start + eq + 1, end, value))
+    return _RunLine(name, runbook, params, values, bare)
 
 
 async def _run(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
@@ -206,11 +209,11 @@ async def _run(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -
         line = _read_run(rt, a["args"])
     except ValueError as exc:
         raise Invalid(f"cannot read the parameters: {exc}", hint="quote values with spaces: key='a b'") from None
-    for word, _, _ in split_words(a["args"])[1:]:
-        if "=" not in word:
-            # For a runbook that takes secrets the word may be one typed without its key: not echoed.
-            shown = "a parameter" if _secret_params(rt, line.runbook) else repr(word)
-            raise Invalid(f"{shown} is not key=value", hint=f"write `run {line.name} key=value`")
+    if line.bare:
+        # For a runbook that takes secrets the word may be one typed without its key: not echoed.
+        start, end = line.bare[0]
+        shown = "a parameter" if _secret_params(rt, line.runbook) else repr(a["args"][start:end])
+        raise Invalid(f"{shown} is not key=value", hint=f"write `run {line.name} key=value`")
     return await _request(rt, actor, room, line.runbook or line.name, line.params)
 
 
@@ -375,9 +378,11 @@ def redact(rt: Runtime, text: str, *, learn: bool = False) -> str:
         secret = _secret_params(rt, line.runbook)
         hidden = [(key, start, end, value) for key, start, end, value in line.values if key in secret]
         remember(*(value for *_, value in hidden), *(args[start:end] for _, start, end, _ in hidden))
+        # A word that is not key=value may be a secret typed without its key: hidden, not learned.
+        spans = [(start, end) for _, start, end, _ in hidden] + (line.bare if secret else [])
         with contextlib.suppress(ValueError, OpsroomError):  # handle() reads the line with spaces collapsed
             remember(*(v for k, _, _, v in _read_run(rt, " ".join(args.split())).values if k in secret))
-        return mask(text[:args_at] + _cut(args, [(start, end) for _, start, end, _ in hidden if end > start]))
+        return mask(text[:args_at] + _cut(args, [(start, end) for start, end in spans if end > start]))
     for alias in rt.catalog.aliases:
         m = _compile(alias.pattern).match(command)
         if m is None:
