@@ -281,3 +281,26 @@ def test_cookie_policy_is_automatic_off_loopback_and_forced_by_the_setting() -> 
     assert not secure_cookie(Settings(host="::1", secure_cookies=None), "http")
     assert not secure_cookie(Settings(host="0.0.0.0", secure_cookies=False), "https")
     assert secure_cookie(Settings(host="127.0.0.1", secure_cookies=True), "http")
+
+
+def test_a_backslash_next_cannot_bounce_the_login_off_site(demo: Demo) -> None:
+    # Browsers read `/\evil.example` as `//evil.example`.
+    with httpx.Client(base_url=demo.base) as c:
+        csrf = c.get("/login").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        resp = c.post("/login", data={"username": "dev", "password": DEMO_PASSWORDS["dev"], "csrf": csrf,
+                                      "next": "/\\evil.example/x"})
+        assert resp.headers["location"] == "/"
+
+
+async def test_joining_a_room_over_the_socket_is_audited(demo: Demo) -> None:
+    dev = await login(demo.base, "dev", DEMO_PASSWORDS["dev"])
+    with sqlite3.connect(demo.data / "opsroom.db") as db:
+        before = db.execute("SELECT count(*) FROM audit_records WHERE action = 'room.join' AND actor = 'dev'"
+                            ).fetchone()[0]
+    async with connect(_ws_url(demo), additional_headers={"Cookie": _cookie_header(dev)}) as ws:
+        await _frames_until(ws, lambda f: f["type"] == "approvals")
+    with sqlite3.connect(demo.data / "opsroom.db") as db:
+        rows = db.execute("SELECT door, target, outcome FROM audit_records WHERE action = 'room.join' "
+                          "AND actor = 'dev'").fetchall()
+    assert len(rows) == before + 1 and rows[-1] == ("web", "room:ops", "ok")
+    await dev.aclose()
