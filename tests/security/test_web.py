@@ -304,3 +304,18 @@ async def test_joining_a_room_over_the_socket_is_audited(demo: Demo) -> None:
                           "AND actor = 'dev'").fetchall()
     assert len(rows) == before + 1 and rows[-1] == ("web", "room:ops", "ok")
     await dev.aclose()
+
+
+async def test_a_listening_socket_closes_when_its_session_ends_elsewhere(demo: Demo) -> None:
+    """No frame sent: the socket only receives the room. A session ended outside this server
+    process (here: expired in the store) still closes it, so it stops reading the room."""
+    dev = await login(demo.base, "dev", DEMO_PASSWORDS["dev"])
+    async with connect(_ws_url(demo), additional_headers={"Cookie": _cookie_header(dev)}) as ws:
+        await _frames_until(ws, lambda f: f["type"] == "approvals")
+        with sqlite3.connect(demo.data / "opsroom.db") as db:
+            db.execute("UPDATE web_sessions SET expires_at = 0 WHERE token_hash = ?",
+                       (hashlib.sha256(dev.cookies["opsroom_session"].encode()).hexdigest(),))
+        with pytest.raises(ConnectionClosed) as closed:
+            await _frames_until(ws, lambda f: False)  # the room's sweep (every 10 s) closes it
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    await dev.aclose()

@@ -39,6 +39,7 @@ from opsroom.web.security import (
 )
 
 log = structlog.get_logger(__name__)
+SWEEP_S = 10.0  # how long an idle socket may outlive a session ended outside this process
 router = APIRouter()
 
 
@@ -73,6 +74,7 @@ class WebAdapter(ChatAdapter):
         self.conns: dict[str, set[_Conn]] = defaultdict(set)
         self._on_message: MessageHandler | None = None
         self._on_presence: Callable[[str, Person, bool], Awaitable[None]] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, on_message: MessageHandler,
                     on_presence: Callable[[str, Person, bool], Awaitable[None]]) -> None:
@@ -80,8 +82,27 @@ class WebAdapter(ChatAdapter):
         self.rt.bus.subscribe(ApprovalRequested, self._approvals_changed)
         self.rt.bus.subscribe(ApprovalDecided, self._approvals_changed)
         self.rt.bus.subscribe(AccessChanged, self._access_changed)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """A socket that only listens sends no frame to be checked: every SWEEP_S its session is
+        read again, so one ended by another process (`opsroom user disable`, `user passwd` on the
+        server host) or by expiry stops receiving the room within that time."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            for conns in list(self.conns.values()):
+                for c in list(conns):
+                    try:
+                        c.actor, c.csrf = await access.session_actor(self.rt, session_token=c.session_token,
+                                                                     door="web")
+                    except Unauthenticated:
+                        await c.close(4401, "session ended; log in again")
+                    except Exception:  # the store busy or away: the next sweep tries again
+                        log.warning("checking a room socket's session failed", exc_info=True)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conns in self.conns.values():
             for c in list(conns):
                 with contextlib.suppress(Exception):
