@@ -17,11 +17,18 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from opsroom.access import service as access
+from opsroom.access.secrets import token_hash
+from opsroom.chat.fake import FakeAdapter
 from opsroom.config import Settings
+from opsroom.events import AccessChanged
+from opsroom.runtime import Runtime
+from opsroom.web.room import WebAdapter, _Conn
 from opsroom.web.security import cookie_policy, secure_cookie
 from tests.e2e.harness import DEMO_PASSWORDS, Demo, RoomClient, cli, join, login, start_demo
 
 pytestmark = pytest.mark.e2e
+Running = tuple[Runtime, FakeAdapter]
 
 
 @pytest.fixture(scope="module")
@@ -319,3 +326,49 @@ async def test_a_listening_socket_closes_when_its_session_ends_elsewhere(demo: D
             await _frames_until(ws, lambda f: False)  # the room's sweep (every 10 s) closes it
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     await dev.aclose()
+
+
+class _Socket:
+    """Stands in for the network end of a room socket: records how the server closed it."""
+
+    def __init__(self) -> None:
+        self.closed: tuple[int, str] | None = None
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+
+async def test_access_changes_close_the_right_sockets_with_the_right_code(running: Running) -> None:
+    rt, _fake = running
+    adapter = WebAdapter(rt)
+    await adapter.start(_nothing, _nobody)
+    boss = await access.actor_by_name(rt, name="boss", door="web")
+    dev = await access.actor_by_name(rt, name="dev", door="web")
+    socks = {name: _Socket() for name in ("boss-a", "boss-b", "dev")}
+    conns = {"boss-a": _Conn(socks["boss-a"], boss, "csrf", "token-a"),  # type: ignore[arg-type]
+             "boss-b": _Conn(socks["boss-b"], boss, "csrf", "token-b"),  # type: ignore[arg-type]
+             "dev": _Conn(socks["dev"], dev, "csrf", "token-c")}  # type: ignore[arg-type]
+    for c in conns.values():
+        adapter.conns["ops"].add(c)
+    assert boss.user_id is not None
+
+    async def changed(reason: str, session_hash: str | None = None) -> None:
+        await adapter._access_changed(AccessChanged(user_id=boss.user_id or 0, user="boss", reason=reason,
+                                                    session_hash=session_hash))
+
+    await changed("token_revoked")  # API tokens open no sockets
+    assert all(s.closed is None for s in socks.values())
+    await changed("logout", token_hash("token-a"))  # that session only
+    assert socks["boss-a"].closed is not None and socks["boss-a"].closed[0] == 4401
+    assert socks["boss-b"].closed is None and socks["dev"].closed is None
+    await changed("roles")  # still logged in: reconnect as the person now is
+    assert socks["boss-b"].closed == (4001, "your roles changed") and socks["dev"].closed is None
+    await adapter.stop()
+
+
+async def _nothing(_message: Any) -> None:
+    return None
+
+
+async def _nobody(_room: str, _person: Any, _here: bool) -> None:
+    return None
