@@ -150,6 +150,20 @@ async def test_the_login_page_says_when_to_try_again(running: Running) -> None:
     assert throttled[-1].details["address"] == "10.7.0.1"
 
 
+async def test_a_throttled_api_call_is_429_with_retry_after() -> None:
+    app = FastAPI()
+    errors.install(app)
+
+    @app.post("/try")
+    async def attempt() -> None:
+        raise TooManyAttempts("too many failed logins", retry_after=42, hint="try again in 42 s")
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        resp = await http.post("/try")
+    assert resp.status_code == 429 and resp.headers["retry-after"] == "42"
+    assert resp.json() == {"detail": "too many failed logins", "code": "too_many_requests", "hint": "try again in 42 s"}
+
+
 # --- 20: one name per person -------------------------------------------------------------------
 
 
