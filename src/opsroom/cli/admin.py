@@ -80,15 +80,11 @@ async def store(catalog: Path | None, data: Path | None) -> AsyncIterator[Runtim
                       if not settings.database_url else
                       "point OPSROOM_DATABASE_URL at the server's database; a new store is made by starting "
                       "the server once or by `opsroom migrate`")
-    from opsroom.outbox import OutboxWriter
-
+    # What the server must hear of (access taken away: it closes those sockets) the access
+    # service writes to the store's outbox in the change's own transaction.
     rt = await server.open_runtime(settings)
-    # What the server must hear of (events of the outbox's RELAYED kinds, e.g. access taken away,
-    # whose open sockets it closes) goes through the store's outbox: this process has no rooms.
-    OutboxWriter(rt)
     try:
         yield rt
-        await rt.bus.drain()
     finally:
         await rt.close()
 
