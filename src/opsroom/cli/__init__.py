@@ -98,4 +98,9 @@ def demo(port: Annotated[int, typer.Option(envvar="OPSROOM_PORT")] = 8080,
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Admin commands run service code in this process: its warnings get the server's safe
+    # logging (plain tracebacks, no locals, masked); serve and demo configure their own.
+    from opsroom import logs
+
+    logs.configure("warning", json=False)
     app()
