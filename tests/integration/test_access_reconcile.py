@@ -12,8 +12,9 @@ from structlog.testing import capture_logs
 from opsroom import events, server
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM
-from opsroom.access.models import UserRow
+from opsroom.access.models import ApiTokenRow, UserRow
 from opsroom.access.reconcile import reconcile_users
+from opsroom.access.secrets import new_token, token_hash
 from opsroom.audit.models import AuditRecordRow
 from opsroom.catalog.loader import load_catalog
 from opsroom.chat.fake import FakeAdapter
@@ -172,3 +173,25 @@ async def test_a_restart_with_a_changed_catalog_applies_it(tmp_path: Path) -> No
         assert {"user:boss", "user:lead"} <= targets
     finally:
         await server.stop(rt)
+
+
+async def test_names_stored_before_normalisation_are_renamed_or_disabled(store_rt: Runtime, tmp_path: Path) -> None:
+    lookalike = "b\u043ess"  # Cyrillic o
+    async with store_rt.write() as s:
+        s.add_all([UserRow(name="Ops", roles=["admin"]), UserRow(name=lookalike, roles=["admin"]),
+                   UserRow(name="OPS", roles=["viewer"])])
+    async with store_rt.read() as s:
+        bad_id = (await s.execute(select(UserRow.id).where(UserRow.name == lookalike))).scalar_one()
+    token = new_token("opr")
+    async with store_rt.write() as s:
+        s.add(ApiTokenRow(user_id=bad_id, name="old", token_hash=token_hash(token)))
+    assert (await access.authenticate_token(store_rt, token=token, door="api")).name == lookalike
+    store_rt.catalog = load_catalog(_catalog(tmp_path, [{"name": "you", "roles": ["operator"]}]))
+    report = await reconcile_users(store_rt)
+    assert report.renamed == {"OPS": "ops"}  # the first in order gets the name; the other is disabled
+    assert sorted(report.disabled) == sorted(["Ops", lookalike])
+    users = await _users(store_rt)
+    assert users["ops"].display_name == "OPS" and users["ops"].roles == ["viewer"] and not users["ops"].disabled
+    assert users[lookalike].disabled and users["Ops"].disabled
+    with pytest.raises(Unauthenticated):
+        await access.authenticate_token(store_rt, token=token, door="api")

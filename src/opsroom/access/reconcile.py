@@ -15,11 +15,12 @@ from typing import Any
 
 import structlog
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from opsroom import events
 from opsroom.access.identity import SYSTEM
 from opsroom.access.models import UserRow, WebSessionRow
-from opsroom.access.names import normalise_name
+from opsroom.access.names import ALLOWED, name_problem, normalise_name
 from opsroom.access.service import _hash, _verify, access_changed, check_password
 from opsroom.audit import service as audit
 from opsroom.catalog.schema import User
@@ -38,10 +39,12 @@ class ReconcileReport:
     adopted: list[str] = field(default_factory=list)  # local users the catalog now names
     passwords: list[str] = field(default_factory=list)
     no_password: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # stored before names were normalised: old -> new
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.roles or self.disabled or self.enabled or self.adopted or self.passwords)
+        return bool(self.created or self.roles or self.disabled or self.enabled or self.adopted or self.passwords
+                    or self.renamed)
 
 
 def _wanted_password(rt: Runtime, user: User, passwords: dict[str, str]) -> str | None:
@@ -57,6 +60,39 @@ def _wanted_password(rt: Runtime, user: User, passwords: dict[str, str]) -> str 
                         reason=exc.message, hint=f"set a longer one, or `opsroom user passwd {user.name}`")
             return None
     return password
+
+
+async def _legacy_names(rt: Runtime, s: AsyncSession, rows: dict[str, UserRow],
+                        report: ReconcileReport) -> list[events.AccessChanged]:
+    """Users stored before names were normalised: renamed to their normal form when it is free,
+    disabled otherwise (a Cyrillic lookalike beside `boss` is what the rule exists for: its
+    tokens would still work, and no door could reach it by name to disable it)."""
+    out: list[events.AccessChanged] = []
+    for name, row in sorted(rows.items()):
+        problem = name_problem(name)
+        if problem is None and normalise_name(name) == name:
+            continue
+        new = normalise_name(name) if problem is None else None
+        if new is not None and new not in rows:
+            row.name = new
+            if row.display_name is None:
+                row.display_name = name
+            rows[new] = rows.pop(name)
+            report.renamed[name] = new
+            await audit.append(s, actor=SYSTEM, action="user.reconcile", target=f"user:{new}",
+                               details={"renamed_from": name})
+            continue
+        if not row.disabled:
+            row.disabled, row.disabled_by = True, "admin"
+            await s.execute(delete(WebSessionRow).where(WebSessionRow.user_id == row.id))
+            report.disabled.append(name)
+            out.append(access_changed(rt, s, user_id=row.id, user=name, reason="disabled"))
+            why = problem or f"the same name as {new!r}"
+            await audit.append(s, actor=SYSTEM, action="user.reconcile", target=f"user:{name[:64]}",
+                               details={"disabled": f"name not allowed: {why}"})
+            log.warning(f"stored user {name!r} disabled: its name is not allowed ({why})", user=name,
+                        hint=f"user names are {ALLOWED}")
+    return out
 
 
 async def reconcile_users(rt: Runtime, *, passwords: dict[str, str] | None = None) -> ReconcileReport:
@@ -78,6 +114,7 @@ async def reconcile_users(rt: Runtime, *, passwords: dict[str, str] | None = Non
     changes: list[events.AccessChanged] = []
     async with rt.write() as s:
         rows = {r.name: r for r in (await s.execute(select(UserRow))).scalars()}
+        changes += await _legacy_names(rt, s, rows, report)
         for name, user in wanted.items():
             details: dict[str, Any] = {}
             row = rows.get(name)
@@ -125,7 +162,7 @@ async def reconcile_users(rt: Runtime, *, passwords: dict[str, str] | None = Non
     for change in changes:
         rt.bus.publish(change)
     if report.changed:
-        log.info("catalog users reconciled", created=report.created, adopted=report.adopted,
+        log.info("catalog users reconciled", created=report.created, adopted=report.adopted, renamed=report.renamed,
                  roles={n: f"{','.join(o) or '-'} -> {','.join(w) or '-'}" for n, (o, w) in report.roles.items()},
                  disabled=report.disabled, enabled=report.enabled, passwords_set=report.passwords)
     for name in report.no_password:
