@@ -42,6 +42,8 @@ async def test_a_huge_declared_body_is_refused_before_it_is_read(demo: Demo) -> 
     status, body = await _raw(demo, head, b'{"params":')
     assert status == 413
     assert json.loads(body)["detail"] == f"request body too large: the limit is {LIMIT} bytes"
+    status, _ = await _raw(demo, "GET /login HTTP/1.1\r\nHost: x\r\nContent-Length: 300000000\r\n", b"x")
+    assert status == 413  # a body on a GET is no way around it
 
 
 async def test_a_chunked_body_is_counted_and_refused_at_the_limit(demo: Demo) -> None:

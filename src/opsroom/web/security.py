@@ -109,7 +109,7 @@ class BodyLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict((k.lower(), v) for k, v in scope.get("headers", []))
@@ -120,6 +120,9 @@ class BodyLimit:
             for m in _json_answer(413 if declared.isdigit() else 400, too_big if declared.isdigit() else
                                   {"detail": "bad Content-Length header", "code": "invalid"}):
                 await send(m)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS") and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body to hold (nothing here reads one)
             return
         chunks, size = [], 0
         while True:
