@@ -3,6 +3,8 @@ admin commands never answer from a store they made up, and access taken away end
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import sqlite3
 import sys
@@ -13,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from websockets.exceptions import ConnectionClosed
 
 from opsroom.catalog.loader import load_catalog
 from opsroom.cli.terminal import clean
-from tests.e2e.harness import Demo, cli, start_server
+from tests.e2e.harness import Demo, cli, join, start_demo, start_server
 from tests.factories import small_catalog, write_catalog
 
 # --- the terminal --------------------------------------------------------------------------------
@@ -185,6 +188,23 @@ def test_user_disable_and_token_revoke_take_effect_at_once(server: Demo) -> None
     assert _audit(server, "token.revoke") and _audit(server, "user.disable")
     missing = cli("token", "revoke", "999999", *data)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+async def test_a_user_disabled_from_the_cli_loses_their_open_room_socket(tmp_path: Path) -> None:
+    demo = start_demo(tmp_path, interval="5s")
+    try:
+        dev = await join(demo, "dev")
+        await dev.wait_for(lambda f: f["type"] == "message" or f["type"] == "approvals")
+        disabled = await asyncio.to_thread(cli, "user", "disable", "dev", "--data", str(demo.data), env=demo.env)
+        assert disabled.returncode == 0, disabled.stderr
+        assert dev._task is not None
+        # A guard against hanging, not a measurement: the server closes the socket on its own.
+        with contextlib.suppress(ConnectionClosed):  # the reader ends with the close frame's code
+            await asyncio.wait_for(asyncio.shield(dev._task), 30)
+        assert dev.ws.close_code == 4401, (dev.ws.close_code, dev.ws.close_reason)
+        await dev.close()
+    finally:
+        demo.stop()
 
 
 # --- admin commands on a store that is not there --------------------------------------------------
