@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # non-OK result and every state change is kept. 20,000 checks would otherwise write ~430
     # million rows a day to keep 200 each: 13 minutes of history for a 4 s check, not 3 hours.
     check_result_ok_interval: float = 60.0
-    log_level: str = "info"
+    log_level: str = Field(default="info", pattern=r"(?i)^(critical|error|warning|info|debug|trace)$")
     # Where the CLI's person-acting commands (`runbook run`, `check run`) send their requests.
     url: str = "http://127.0.0.1:8080"
 

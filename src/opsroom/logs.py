@@ -58,9 +58,14 @@ class MaskingFormatter(structlog.stdlib.ProcessorFormatter):
         return mask(super().format(record))
 
 
+TRACE = 5  # uvicorn's level below debug
+
+
 def _level(level: str | int) -> int:
     if isinstance(level, int):
         return level
+    if level.lower() == "trace":
+        return TRACE
     value = logging.getLevelName(level.upper())
     if not isinstance(value, int):
         raise ValueError(f"unknown log level {level!r}; use debug, info, warning, error or critical")

@@ -134,6 +134,16 @@ def test_debug_logging_keeps_credentials_frames_and_statements_out(logged: io.St
     assert "< Cookie: ****" in out and "< TEXT [66 bytes]" in out and "< Host: 127.0.0.1" in out
 
 
+def test_a_log_level_is_checked_when_settings_are_read() -> None:
+    from pydantic import ValidationError
+
+    from opsroom.config import Settings
+
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings(log_level="verbose")
+    assert Settings(log_level="TRACE").log_level == "TRACE"
+
+
 def test_a_terminal_gets_console_lines_and_a_file_gets_json(logged: io.StringIO) -> None:
     logs.configure("info", stream=logged)  # a StringIO is not a terminal
     structlog.get_logger("opsroom.test").info("hello", n=1)
