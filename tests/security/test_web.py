@@ -274,7 +274,9 @@ def test_session_cookie_is_secure_over_https_and_the_start_says_so(demo: Demo) -
     """Loopback demo: Secure follows the request's scheme (uvicorn trusts X-Forwarded-Proto from
     127.0.0.1, as from a TLS proxy on the host)."""
     with httpx.Client(base_url=demo.base, headers={"X-Forwarded-Proto": "https"}) as c:
-        assert "; secure" in c.get("/login").headers["set-cookie"].lower()
+        page = c.get("/login")
+        assert "; secure" in page.headers["set-cookie"].lower()
+        assert page.headers["strict-transport-security"] == "max-age=31536000"
     with httpx.Client(base_url=demo.base) as c:
         assert "; secure" not in c.get("/login").headers["set-cookie"].lower()
     assert "session cookies: Secure when the request came over https" in demo.output()

@@ -117,6 +117,10 @@ def test_headers_and_no_reflection_on_every_page(demo: Demo, user: str | None) -
     with closing(_client(demo, user)) as c:
         for url in [u for urls in PAGES.values() for u in urls] + EXTRA:
             _check(c.get(url))
+            _check(c.get(url, headers={"Accept": "text/html"}))  # as a browser asks: pages, 404s too
+        missing = c.get("/no/such/page", headers={"Accept": "text/html"})
+        assert missing.status_code == 404 and "There is no such page." in missing.text
+        assert c.get("/no/such/page").json() == {"detail": "Not Found"}
         if user:
             page = c.get(f"/rooms/{Q}")
             assert page.status_code == 404 and "&lt;svg onload=alert(1)&gt;" in page.text

@@ -8,7 +8,8 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opsroom.errors import (
@@ -20,6 +21,7 @@ from opsroom.errors import (
     TooManyAttempts,
     Unauthenticated,
 )
+from opsroom.web.ui import page_error
 
 log = structlog.get_logger(__name__)
 STATUS = {NotFound: 404, Invalid: 422, PermissionDenied: 403, Unauthenticated: 401, Conflict: 409,
@@ -42,6 +44,16 @@ def _safe(value: Any, depth: int = 0) -> Any:
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # A person's browser gets a page (from the autoescaping template, naming no input); any
+        # other client and the API keep JSON.
+        if "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api/"):
+            return page_error(request, exc.status_code, "not found" if exc.status_code == 404 else "error",
+                              "There is no such page." if exc.status_code == 404 else str(exc.detail),
+                              hint="rooms are under /rooms/NAME; the API index is at /docs")
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),

@@ -57,6 +57,8 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in HEADERS if k not in present]
+                if scope.get("scheme") == "https" and b"strict-transport-security" not in present:
+                    extra.append((b"strict-transport-security", b"max-age=31536000"))
                 if b"cache-control" not in present:
                     extra.append((b"cache-control", b"no-cache" if static else b"no-store"))
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
