@@ -225,6 +225,10 @@ async def _receive(rt: Runtime, conn: _Conn, room: str, message: MutableMapping[
     except Unauthenticated:
         await conn.close(4401, "session ended; log in again")
         return
+    except Exception:  # the store busy or away: say so, act on nothing, keep the socket
+        log.warning("checking a room socket's session failed", exc_info=True)
+        conn.push({"type": "error", "text": "could not check your session just now; nothing was done, try again"})
+        return
     try:
         await _handle_frame(rt, conn, room, raw)
     except OpsroomError as exc:
