@@ -24,6 +24,8 @@ import httpx
 import pytest
 import structlog
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opsroom import logs
 from opsroom.access.identity import SYSTEM
@@ -62,6 +64,22 @@ def test_the_masker_hides_a_value_and_its_encodings() -> None:
     for form in _forms(value) | {json.dumps(value)[1:-1]}:
         assert masking.mask(f"before {form} after") == "before **** after", form
     assert masking.mask_obj({"a": [value, 3, (value,)]}) == {"a": ["****", 3, ("****",)]}
+
+
+@given(st.lists(st.text(alphabet="ab=/", min_size=3, max_size=6), min_size=1, max_size=8),
+       st.text(alphabet="ab=/ ", max_size=40), st.integers(min_value=1, max_value=40))
+@settings(max_examples=300, deadline=None)
+def test_no_registered_value_survives_masking(values: list[str], text: str, recent_max: int) -> None:
+    """Whether a value sits in the big pattern, the small recent one, or both: it never shows whole."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(masking, "RECENT_MAX", recent_max)
+        masker = masking.Masker()
+        for value in values:
+            masker.add(value)
+        masked = masker.mask(text + " " + " ".join(values))
+    pieces = masked.split(masking.MASK)
+    for value in values:
+        assert not any(value in piece for piece in pieces), (values, text, masked)
 
 
 def test_secret_names() -> None:
