@@ -73,6 +73,8 @@ def _ran(tmp: Path) -> list[str]:
     ('run rotate token="double quoted secret"', "double quoted secret"),
     ('run rotate token=mixed"quote part"tail', "mixedquote parttail"),
     ("!run rotate user=bob token=Bangprefixed9", "Bangprefixed9"),
+    ("run  rotate\ttoken='two  spaces kept'", "two  spaces kept"),
+    ("  /  run rotate token=Slashspaced3", "Slashspaced3"),
 ])
 async def test_a_secret_typed_in_any_shell_form_is_masked_and_is_what_runs(
         chat: tuple[Runtime, FakeAdapter], tmp_path: Path, typed: str, value: str) -> None:

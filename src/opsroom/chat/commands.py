@@ -359,7 +359,7 @@ def redact(rt: Runtime, text: str, *, learn: bool = False) -> str:
     the audit log and the server log vanish by "typing it as a secret".
     """
     remember = register if learn else _forget
-    body = re.match(r"^\s*[!/]?", text)
+    body = re.match(r"^\s*(?:[!/]\s*)?", text)
     offset = body.end() if body else 0
     command = text[offset:]
     run = re.match(r"run\s+", command, re.IGNORECASE)
@@ -403,16 +403,21 @@ def redact(rt: Runtime, text: str, *, learn: bool = False) -> str:
 
 async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str) -> Reply:
     """Run one chat command; every error becomes a helpful reply, never a traceback."""
-    text = " ".join(text.strip().split())
-    if text.startswith(("!", "/")):
-        text = text[1:]
+    raw = text.strip()
+    if raw.startswith(("!", "/")):
+        raw = raw[1:].strip()
+    text = " ".join(raw.split())  # commands match however they were spaced
     if not text:
         return ""
     try:
         for b in BUILTINS:
             m = b.regex.match(text)
             if m:
-                return await b.handler(rt, actor, room, m.groupdict())
+                found = m.groupdict()
+                if b.handler is _run:
+                    # The words as typed: a quoted value keeps its spaces ('a  b' is not 'a b').
+                    found = {"args": raw.split(maxsplit=1)[1]}
+                return await b.handler(rt, actor, room, found)
         for alias in rt.catalog.aliases:
             m = _compile(alias.pattern).match(text)
             if m:
