@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -330,14 +331,27 @@ async def _viewer_responses(base: str, token: str, session: httpx.AsyncClient) -
     return out
 
 
+def _store_text(server: Demo, url: str | None) -> dict[str, str]:
+    """The store as bytes: SQLite's files (WAL included), or a PostgreSQL dump of every row."""
+    if url is None:
+        return {f"store file {p.name}": p.read_bytes().decode("latin-1")
+                for p in sorted(server.data.glob("opsroom.db*")) if p.is_file()}
+    dump = subprocess.run(["pg_dump", "--data-only", url], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    return {"store file opsroom.db": dump.stdout}
+
+
 @pytest.mark.e2e
-async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_the_canary_leaves_no_trace(tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    url: str | None = request.getfixturevalue("pg_own_url") if store == "postgresql" else None
     env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary = (
         _canary(t) for t in ("env", "chat", "alias", "api", "cli", "bad", "prod"))
     canaries = [env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary]
     catalog = _canary_catalog(tmp_path)
     server = start_server(tmp_path, ["serve", "--catalog", str(catalog)],
-                          env_extra={**PW, "CANARY_ENV": env_canary, "OPSROOM_LOG_LEVEL": "debug"})
+                          env_extra={**PW, "CANARY_ENV": env_canary, "OPSROOM_LOG_LEVEL": "debug",
+                                     **({"OPSROOM_DATABASE_URL": url} if url else {})})
     try:
         tokens = {user: _token(server, catalog, user) for user in ("you", "dev", "admin")}
         watcher = await RoomClient.open(server.base, await login(server.base, "dev", PW["OPSROOM_CANARY_PW_DEV"]),
@@ -396,15 +410,14 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path) -> None:
             places["audit log (admin)"] = (await admin.get("/api/v1/audit", params={"limit": 1000})).text
         server.stop()
         places["server log"] = server.output()
-        for path in sorted(server.data.glob("opsroom.db*")):
-            places[f"store file {path.name}"] = path.read_bytes().decode("latin-1")
+        places.update(_store_text(server, url))
 
         # The test reads what it claims to: every door ran, every place has content.
         assert '"runbook:canary"' in places["audit log (admin)"], places["audit log (admin)"]
         assert "canary ran with ****" in places["dev's room socket"], places["dev's room socket"]
         details = "\n".join(v for k, v in places.items() if k.startswith("viewer GET /api/v1/executions/"))
         assert details.count("values: **** **** ****") == runs, details
-        assert places["store file opsroom.db"]
+        assert "runbook:canary" in places["store file opsroom.db"]  # the store read holds the runs' records
         found = {where: _leaks(text, [*canaries, *credentials]) for where, text in places.items()}
         assert {k: v for k, v in found.items() if v} == {}
         assert details.count("env has CANARY_ENV: False") == runs  # the minimal runbook environment
