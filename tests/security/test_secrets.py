@@ -253,6 +253,14 @@ def _canary_catalog(tmp: Path) -> Path:
         "checks": [{"name": "svc-cmd", "type": "command", "service": "svc", "interval": "60s",
                     "argv": [sys.executable, "-c", "print('OK - fine')"]}],
         "runbooks": [{
+            # Fails, quoting the secret in a start error, on stderr and in its failure message.
+            "name": "canary-fail", "approval": "none", "environment": "test",
+            "parameters": {"token": {"secret": True}},
+            "failure_message": "canary-fail failed with {{ params.token }}",
+            "steps": [{"command": ["/nonexistent/{{ params.token }}"], "continue_on_error": True},
+                      {"command": [sys.executable, "-c", "import sys; sys.exit('exit with ' + sys.argv[1])",
+                                   "{{ params.token }}"]}],
+        }, {
             # Left waiting for approval: the request is on the approvals a viewer can read.
             "name": "canary-prod", "environment": "prod",
             "parameters": {"token": {"secret": True}},
@@ -345,9 +353,10 @@ def _store_text(server: Demo, url: str | None) -> dict[str, str]:
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 async def test_the_canary_leaves_no_trace(tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
     url: str | None = request.getfixturevalue("pg_own_url") if store == "postgresql" else None
-    env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary = (
-        _canary(t) for t in ("env", "chat", "alias", "api", "cli", "bad", "prod"))
-    canaries = [env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary]
+    env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary, fail_canary = (
+        _canary(t) for t in ("env", "chat", "alias", "api", "cli", "bad", "prod", "fail"))
+    canaries = [env_canary, chat_canary, alias_canary, api_canary, cli_canary, bad_canary, prod_canary,
+                fail_canary]
     catalog = _canary_catalog(tmp_path)
     server = start_server(tmp_path, ["serve", "--catalog", str(catalog)],
                           env_extra={**PW, "CANARY_ENV": env_canary, "OPSROOM_LOG_LEVEL": "debug",
@@ -378,6 +387,10 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path, store: str, request: p
             await _finished(api, runs)
             refused = await api.post("/runbooks/canary/run", json={"params": {"token": bad_canary + "!"}})
             assert refused.status_code == 422 and _leaks(refused.text, [bad_canary]) == [], refused.text
+            failing = await api.post("/runbooks/canary-fail/run", json={"params": {"token": fail_canary}})
+            assert failing.status_code == 202, failing.text
+            runs += 1
+            await _finished(api, runs)
             waiting = await api.post("/runbooks/canary-prod/run", json={"params": {"token": prod_canary}})
             assert waiting.status_code == 202 and waiting.json()["status"] == "awaiting_approval", waiting.text
             # CLI, as a client of the server
@@ -388,7 +401,8 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path, store: str, request: p
                 assert ran.returncode == 0, ran.stdout + ran.stderr
                 runs += 1
             rows = await _finished(api, runs)
-            assert sorted(r["status"] for r in rows) == ["awaiting_approval"] + ["succeeded"] * runs, rows
+            statuses = sorted(r["status"] for r in rows)
+            assert statuses == ["awaiting_approval", "failed"] + ["succeeded"] * (runs - 1), rows
             await speaker.ask("help", "commands")  # the room's queue is past every announcement
             await watcher.wait_for(lambda f: f["type"] == "message" and "commands:" in f.get("text", ""))
         finally:
@@ -416,11 +430,12 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path, store: str, request: p
         assert '"runbook:canary"' in places["audit log (admin)"], places["audit log (admin)"]
         assert "canary ran with ****" in places["dev's room socket"], places["dev's room socket"]
         details = "\n".join(v for k, v in places.items() if k.startswith("viewer GET /api/v1/executions/"))
-        assert details.count("values: **** **** ****") == runs, details
+        assert details.count("values: **** **** ****") == runs - 1, details
+        assert "exit with ****" in details and "canary-fail failed with ****" in places["dev's room socket"]
         assert "runbook:canary" in places["store file opsroom.db"]  # the store read holds the runs' records
         found = {where: _leaks(text, [*canaries, *credentials]) for where, text in places.items()}
         assert {k: v for k, v in found.items() if v} == {}
-        assert details.count("env has CANARY_ENV: False") == runs  # the minimal runbook environment
+        assert details.count("env has CANARY_ENV: False") == runs - 1  # the minimal runbook environment
         assert cli_leg or not _cli_is_a_client()
         approvals = "\n".join(v for k, v in places.items() if k.startswith("viewer GET /api/v1/approvals"))
         assert "canary-prod" in approvals, approvals  # the waiting request was read, not refused
