@@ -245,8 +245,8 @@ PW = {"OPSROOM_CANARY_PW_YOU": "you-password-long", "OPSROOM_CANARY_PW_DEV": "de
       "OPSROOM_CANARY_PW_ADMIN": "admin-password-long"}
 
 
-def _canary_catalog(tmp: Path) -> Path:
-    return write_catalog(tmp / "catalog", {
+def _canary_catalog(tmp: Path, *, secret_check: bool = False) -> Path:
+    data: dict[str, Any] = {
         "environments": [{"name": "test"}, {"name": "prod", "protected": True}],
         "systems": [{"name": "sys", "environment": "test"}],
         "services": [{"name": "svc", "system": "sys"}],
@@ -286,7 +286,13 @@ def _canary_catalog(tmp: Path) -> Path:
         "users": [{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_CANARY_PW_YOU"},
                   {"name": "dev", "roles": ["viewer"], "password_env": "OPSROOM_CANARY_PW_DEV"},
                   {"name": "admin", "roles": ["admin"], "password_env": "OPSROOM_CANARY_PW_ADMIN"}],
-    })
+    }
+    if secret_check:
+        # A check handed the secret, whose output quotes it (a probe's error could as well).
+        data["checks"].append({"name": "svc-secret", "type": "command", "service": "svc", "interval": "1s",
+                               "argv": [sys.executable, "-c", "import sys; print('WARNING - login with', "
+                                        "sys.argv[1]); sys.exit(1)", "${secret:CANARY_ENV}"]})
+    return write_catalog(tmp / "catalog", data)
 
 
 def _token(server: Demo, catalog: Path, user: str) -> str:
@@ -439,5 +445,37 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path, store: str, request: p
         assert cli_leg or not _cli_is_a_client()
         approvals = "\n".join(v for k, v in places.items() if k.startswith("viewer GET /api/v1/approvals"))
         assert "canary-prod" in approvals, approvals  # the waiting request was read, not refused
+    finally:
+        server.stop()
+
+
+@pytest.mark.e2e
+async def test_a_check_handed_a_secret_leaves_no_trace(tmp_path: Path) -> None:
+    """A `${secret:VAR}` given to a check: its output is stored and served like a runbook's.
+
+    Check results are a sink too: the probe's output must pass the masker before the monitor
+    keeps it (checks/monitor.py `record`, or `Probe.run` in checks/probes/base.py).
+    """
+    env_canary = _canary("check")
+    catalog = _canary_catalog(tmp_path, secret_check=True)
+    server = start_server(tmp_path, ["serve", "--catalog", str(catalog)],
+                          env_extra={**PW, "CANARY_ENV": env_canary})
+    try:
+        token = _token(server, catalog, "dev")
+        dev = await login(server.base, "dev", PW["OPSROOM_CANARY_PW_DEV"])
+        try:
+            async with asyncio.timeout(60):  # a guard against hanging: the check runs every second
+                while "login with" not in (await dev.get("/api/v1/checks")).text:
+                    await asyncio.sleep(0.2)
+            places = {f"viewer GET {k}": v for k, v in (await _viewer_responses(server.base, token, dev)).items()}
+            places["room page as dev"] = (await dev.get("/rooms/ops")).text
+        finally:
+            await dev.aclose()
+        server.stop()
+        places["server log"] = server.output()
+        places.update(_store_text(server, None))
+        assert "login with ****" in places["viewer GET /api/v1/checks"], places["viewer GET /api/v1/checks"]
+        found = {where: _leaks(text, [env_canary]) for where, text in places.items()}
+        assert {k: v for k, v in found.items() if v} == {}
     finally:
         server.stop()
