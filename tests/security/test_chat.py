@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
+import string
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -135,6 +136,31 @@ async def test_a_viewer_cannot_teach_the_masker_to_hide_words(chat: tuple[Runtim
     typed = "Learned" + secrets.token_hex(3)
     await fake.say("ops", "you", f"run rotate token={typed}")
     assert masking.mask(typed) == "****"
+
+
+def _quoted(value: str, form: int) -> str:
+    if form == 0:
+        return shlex.quote(value)
+    if form == 1:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "".join(c if c.isalnum() else "\\" + c for c in value)
+
+
+async def test_any_secret_in_any_quoting_is_hidden_in_the_typed_line(chat: tuple[Runtime, FakeAdapter]) -> None:
+    rt, _fake = chat
+
+    @given(st.text(alphabet=string.ascii_letters + string.digits + " '\"\\=$!#;&|", min_size=1, max_size=16),
+           st.sampled_from(["token", "Token", "TOKEN"]), st.integers(min_value=0, max_value=2))
+    @settings(max_examples=300, deadline=None)
+    def check(tail: str, key: str, form: int) -> None:
+        value = "Zq" + tail  # a marker no other text of the line holds
+        args = f"rotate user=bob {key}={_quoted(value, form)}"
+        assert [w for w, _, _ in commands.split_words(args)][-1] == f"{key}={value}"
+        shown = commands.redact(rt, "run " + args)
+        assert value not in shown and "Zq" not in shown, (args, shown)
+        assert shown.startswith("run rotate user=bob ") and shown.endswith("=****")
+
+    check()
 
 
 @given(st.text(alphabet="ab =\\'\"\t\n", max_size=14))
