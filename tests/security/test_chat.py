@@ -191,6 +191,19 @@ async def test_odd_numbers_get_a_clear_answer(chat: tuple[Runtime, FakeAdapter],
     assert answer in reply and "went wrong" not in reply, reply
 
 
+@pytest.mark.parametrize("typed", ["run rotate token=\ud800abc", "is \ud800 running", "echo a\x00b", "\udfff",
+                                   "approve \x00", "deny 1 \ud800"])
+async def test_unencodable_text_from_any_adapter_gets_an_answer(chat: tuple[Runtime, FakeAdapter],
+                                                                 typed: str) -> None:
+    """A lone surrogate or NUL (possible from any chat platform, not only the web socket) could not
+    be stored: the line was lost and the command answered 'something went wrong'."""
+    rt, fake = chat
+    reply = await ask(fake, "you", typed)
+    assert "went wrong" not in reply, reply
+    history = [m.text for m in await rooms.history_of(rt, room="ops", limit=10)]
+    assert len(history) == 2, history  # the person's line and the answer, both kept
+
+
 def _suggested(reply: str) -> list[str]:
     return re.findall(r"`([^`]+)`", reply.split("did you mean", 1)[1]) if "did you mean" in reply else []
 

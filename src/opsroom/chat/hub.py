@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import defaultdict
 from typing import Any
 
@@ -59,6 +60,9 @@ class RoomHub:
     async def on_message(self, msg: Message) -> None:
         if msg.room not in self.rt.catalog.rooms:
             return
+        if msg.text != rooms.storable(msg.text):
+            # From any adapter: the command, its echo and the reply all see the same clean text.
+            msg = dataclasses.replace(msg, text=rooms.storable(msg.text))
         shown = commands.redact(self.rt, msg.text, learn=await self._may_run(msg.author))
         stored = await self.post(msg if shown == msg.text else
                                  Message(room=msg.room, text=shown, author=msg.author, kind=msg.kind))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,15 @@ async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
     await rt.rooms.on_message(Message(room=room, text=text[:2000], author=person))
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """Text any store keeps: a lone UTF-16 surrogate cannot be encoded as UTF-8 and PostgreSQL
+    refuses NUL; both become U+FFFD, as a chat platform's odd bytes must not lose the message."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text: str,
                         reply_to: int | None) -> tuple[int, float]:
     """Keep what was said (people and bot): the room's history and the incident's raw timeline.
@@ -83,7 +93,7 @@ async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text:
     the table unmasked whichever code path stored it.
     """
     at = time.time()
-    values = {"room": room, "at": at, "author": author, "kind": kind, "text": mask(text)[:8000],
+    values = {"room": room, "at": at, "author": author, "kind": kind, "text": storable(mask(text))[:8000],
               "reply_to": reply_to}
 
     def body(s: Session) -> tuple[int, float]:
