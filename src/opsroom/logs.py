@@ -9,15 +9,19 @@ known to opsroom cannot reach the log in any field, message or traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import IO
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from structlog.typing import Processor
 
-from opsroom.secrets.masking import MASK, mask
+from opsroom.secrets.masking import MASK, mask, register, secret_name
 
 # Loggers whose libraries attach handlers of their own: they go through ours instead.
 _ROUTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "sqlalchemy", "asyncio", "opsroom")
@@ -72,12 +76,27 @@ def _level(level: str | int) -> int:
     return value
 
 
+def environment_secrets(environ: Mapping[str, str]) -> list[str]:
+    """Values of variables whose names say they are secrets, and passwords inside URLs
+    (OPSROOM_DATABASE_URL=postgresql://opsroom:PASSWORD@db/opsroom)."""
+    found = [value for name, value in environ.items() if secret_name(name)]
+    for value in environ.values():
+        if "://" in value and "@" in value:
+            with contextlib.suppress(ValueError):
+                password = urlsplit(value).password
+                if password:
+                    found += [password, unquote(password)]
+    return found
+
+
 def configure(level: str | int = "info", *, json: bool | None = None, stream: IO[str] | None = None) -> None:
     """Configure structlog and stdlib logging once for this process (a second call replaces the first).
 
     JSON lines when the stream is not a terminal (files, journald, containers), a readable
-    console line on one; both with plain tracebacks and no local variables.
+    console line on one; both with plain tracebacks and no local variables. The server's own
+    secrets from its environment are taught to the masker first.
     """
+    register(*environment_secrets(os.environ))
     stream = stream if stream is not None else sys.stderr
     if json is None:
         json = not (hasattr(stream, "isatty") and stream.isatty())

@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -151,6 +152,21 @@ def test_debug_logging_keeps_credentials_frames_and_statements_out(logged: io.St
     assert "SessionValue123" not in out and "TokenValue123" not in out and typed not in out, out
     assert "argon2id" not in out, out
     assert "< Cookie: ****" in out and "< TEXT [66 bytes]" in out and "< Host: 127.0.0.1" in out
+
+
+def test_the_servers_own_secrets_from_its_environment_are_masked(logged: io.StringIO,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    password, db_password, key = _canary("envpw"), _canary("dbpw") + "/x", _canary("key")
+    monkeypatch.setenv("OPSROOM_SMTP_PASSWORD", password)
+    monkeypatch.setenv("OPSROOM_DATABASE_URL", f"postgresql://opsroom:{quote(db_password, safe='')}@db:5432/ops")
+    monkeypatch.setenv("VENDOR_API_KEY", key)
+    monkeypatch.setenv("OPSROOM_TEST_PLAIN", "plain-value-" + secrets.token_hex(3))
+    logs.configure("info", stream=logged)
+    structlog.get_logger("opsroom.test").warning("connect failed", dsn=os.environ["OPSROOM_DATABASE_URL"],
+                                                 smtp=password, key=key, plain=os.environ["OPSROOM_TEST_PLAIN"])
+    out = logged.getvalue()
+    assert _leaks(out, [password, db_password, key]) == [], out
+    assert os.environ["OPSROOM_TEST_PLAIN"] in out
 
 
 def test_a_log_level_is_checked_when_settings_are_read() -> None:
