@@ -159,4 +159,6 @@ def reset() -> None:
     for old in list(root.handlers):
         if old.get_name() == _HANDLER_NAME:
             root.removeHandler(old)
+    for name in _STATEMENTS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     structlog.reset_defaults()
