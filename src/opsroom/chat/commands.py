@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class Builtin:
     kind: str = "read"
 
 
+@functools.lru_cache(maxsize=1024)  # every line is matched against every alias, twice (redact, handle)
 def _compile(pattern: str) -> re.Pattern[str]:
     """'start {service}' -> ^start\\s+(?P<service>.+?)$: words case-insensitive, placeholders lazy."""
     parts = []
