@@ -91,11 +91,15 @@ async def test_a_secret_typed_in_any_shell_form_is_masked_and_is_what_runs(
 async def test_an_alias_placeholder_feeding_a_secret_is_masked(chat: tuple[Runtime, FakeAdapter],
                                                                 tmp_path: Path) -> None:
     rt, fake = chat
-    await fake.say("ops", "you", "login bob with Aliased5ecret")
-    await fake.say("ops", "you", "rotate now Direct7secret")
+    # One at a time: runs differing only in a secret share their lock.
+    for typed in ("login bob with Aliased5ecret", "rotate now Direct7secret",
+                  "rotate   now Spread\n  over  lines"):  # handle() collapses the spaces
+        await fake.say("ops", "you", typed)
+        await said(rt, fake)
     seen = await _everywhere(rt, fake)
-    assert sorted(_ran(tmp_path)) == ["Aliased5ecret", "Direct7secret"]  # the two runs may end in any order
+    assert _ran(tmp_path) == ["Aliased5ecret", "Direct7secret", "Spread over lines"]
     assert "Aliased5ecret" not in seen and "Direct7secret" not in seen
+    assert "Spread" not in seen and "lines" not in seen
     assert "login bob with ****" in seen  # the rest of the line is kept: only the secret is hidden
 
 

@@ -345,6 +345,19 @@ def _secret_params(rt: Runtime, runbook: str | None) -> set[str]:
     return {k for k, p in rt.catalog.runbooks[runbook].parameters.items() if p.secret}
 
 
+def _collapsed(text: str) -> tuple[str, list[int]]:
+    """" ".join(text.split()), and for each of its characters the index it came from in text."""
+    out: list[str] = []
+    where: list[int] = []
+    for m in re.finditer(r"\S+", text):
+        if out:
+            out.append(" ")
+            where.append(m.start() - 1)
+        out.append(m.group())
+        where.extend(range(m.start(), m.end()))
+    return "".join(out), where
+
+
 def _cut(text: str, spans: list[tuple[int, int]]) -> str:
     for start, end in sorted(set(spans), reverse=True):
         text = text[:start] + MASK + text[end:]
@@ -382,11 +395,12 @@ def redact(rt: Runtime, text: str, *, learn: bool = False) -> str:
         remember(*(value for *_, value in hidden), *(args[start:end] for _, start, end, _ in hidden))
         # A word that is not key=value may be a secret typed without its key: hidden, not learned.
         spans = [(start, end) for _, start, end, _ in hidden] + (line.bare if secret else [])
-        with contextlib.suppress(ValueError, OpsroomError):  # handle() reads the line with spaces collapsed
-            remember(*(v for k, _, _, v in _read_run(rt, " ".join(args.split())).values if k in secret))
         return mask(text[:args_at] + _cut(args, [(start, end) for start, end in spans if end > start]))
+    # Aliases are matched as handle() matches them, on the line with its spaces collapsed (a
+    # placeholder may span a newline); each collapsed position maps back to where it was typed.
+    flat, where = _collapsed(command)
     for alias in rt.catalog.aliases:
-        m = _compile(alias.pattern).match(command)
+        m = _compile(alias.pattern).match(flat)
         if m is None:
             continue
         secret = _secret_params(rt, rt.catalog.find_runbook(alias.runbook)[0])
@@ -397,8 +411,10 @@ def redact(rt: Runtime, text: str, *, learn: bool = False) -> str:
                 remember(*(given[k] for k in secret if k in given))
         else:
             feeding = secret & set(m.groupdict())
-        remember(*(m.group(ph) for ph in feeding), *(" ".join(m.group(ph).split()) for ph in feeding))
-        spans = [(offset + m.start(ph), offset + m.end(ph)) for ph in feeding]
+        remember(*(m.group(ph) for ph in feeding),
+                 *(command[where[m.start(ph)]:where[m.end(ph) - 1] + 1] for ph in feeding if m.end(ph) > m.start(ph)))
+        spans = [(offset + where[m.start(ph)], offset + where[m.end(ph) - 1] + 1)
+                 for ph in feeding if m.end(ph) > m.start(ph)]
         return mask(_cut(text, spans))
     return mask(text)
 
