@@ -439,6 +439,9 @@ async def test_the_canary_leaves_no_trace(tmp_path: Path, store: str, request: p
             viewer = await _viewer_responses(server.base, tokens["dev"], dev)
             places.update({f"viewer GET {k}": v for k, v in viewer.items()})
             places["room page as dev"] = (await dev.get("/rooms/ops")).text
+            for page in ("/", "/metrics"):
+                places[f"viewer GET {page}"] = (await dev.get(page, headers={"Authorization":
+                                                                             f"Bearer {tokens['dev']}"})).text
         finally:
             await dev.aclose()
         async with httpx.AsyncClient(base_url=server.base, timeout=30,
