@@ -102,8 +102,7 @@ def test_viewer_cannot_run_via_api_or_cli(served: tuple[Demo, dict[str, str]]) -
         assert api.get("/executions").json() == []
         # reading is allowed
         assert api.get("/checks").status_code == 200
-    ran = cli("runbook", "run", "hello", "--token", tokens["dev"], "--data", str(server.data),
-              "--catalog", tokens["catalog"])
+    ran = cli("runbook", "run", "hello", "--token", tokens["dev"], "--server", server.base)
     assert ran.returncode == 3, ran.stdout + ran.stderr
     assert "dev may not run runbooks" in ran.stderr
     with _api(server, tokens["you"]) as api:

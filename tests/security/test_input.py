@@ -102,3 +102,16 @@ async def test_bad_frames_get_an_error_frame_and_the_socket_stays(demo: Demo) ->
     # Still the same socket, still answering.
     await you.ask("help", "this list")  # raises unless the bot answers on this socket
     await you.close()
+
+
+async def test_a_frame_past_the_protocol_limit_is_cut_off_unread(demo: Demo) -> None:
+    # Past WS_MAX_FRAME the server's WebSocket protocol closes with 1009 (message too big) before
+    # the room reads the frame: a 16 MiB default would let one socket make the server buffer it.
+    from opsroom.web.security import WS_MAX_FRAME
+
+    you = await join(demo, "you")
+    await you.ws.send(json.dumps({"type": "say", "text": "x" * (WS_MAX_FRAME + 1)}))
+    async with asyncio.timeout(10):
+        await you.ws.wait_closed()  # the client's reader task sees the close; wait for it here
+    assert you.ws.close_code == 1009
+    assert "Traceback" not in demo.output()

@@ -46,6 +46,7 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
     import uvicorn
 
     from opsroom.web.app import create_app
+    from opsroom.web.security import WS_MAX_FRAME
 
     if catalog is None:
         err.print("error: no catalog given\n  hint: pass --catalog DIR or set OPSROOM_CATALOG")
@@ -75,7 +76,7 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
     web = create_app(settings)
     try:
         uvicorn.run(web, host=host, port=port, log_level=settings.log_level, log_config=None,
-                    ws="websockets-sansio", loop="asyncio")
+                    ws="websockets-sansio", ws_max_size=WS_MAX_FRAME, loop="asyncio")
     except SystemExit:
         # uvicorn exits 3 on any failed startup; a refusal it printed the reason for (a server
         # that started in the same second holds the store) exits 2, as the preflight above does.

@@ -147,12 +147,13 @@ def user_add(name: str, role: Annotated[list[str], typer.Option("--role", help="
 
     password = _read_password(password_stdin) if password_stdin else None
 
-    async def body() -> None:
+    async def body() -> str:
         async with store(catalog, data) as rt:
-            await access.add_user(rt, actor=local_admin(), name=name, roles=role, password=password)
+            return (await access.add_user(rt, actor=local_admin(), name=name, roles=role, password=password)).name
 
-    run(body)
-    write(f"user {name} added with roles {', '.join(role)}")
+    stored = run(body)
+    # Names are normalised (case-folded, NFKC): say the name the person must log in with.
+    write(f"user {stored} added with roles {', '.join(role)}")
 
 
 def _read_password(from_stdin: bool) -> str:

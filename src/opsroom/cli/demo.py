@@ -38,6 +38,7 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
 
     from opsroom.config import Settings
     from opsroom.web.app import create_app
+    from opsroom.web.security import WS_MAX_FRAME
 
     data = data or Path(platformdirs.user_data_dir("opsroom")) / "demo"
     # Before the clean start below: a demo already running on this directory keeps its data.
@@ -79,7 +80,7 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
 
     async def main() -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None,
-                                ws="websockets-sansio")
+                                ws="websockets-sansio", ws_max_size=WS_MAX_FRAME)
         srv = uvicorn.Server(config)
         killer = asyncio.get_running_loop().create_task(_outage(data)) if outage else None
         try:

@@ -153,7 +153,8 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
         eid: int = s.connection().execute(_ADD_EXECUTION, values).inserted_primary_key[0]  # type: ignore[index]
         audit.append_in(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
                         outcome="awaiting_approval" if roles else "started",
-                        details={"execution": eid, "params": clean, "environment": env})
+                        details={"execution": eid, "params": clean, "environment": env,
+                                 "runbook_hash": rb.content_hash})
         event = None
         if roles:
             row = s.get_one(ExecutionRow, eid)

@@ -37,6 +37,9 @@ HEADERS: list[tuple[bytes, bytes]] = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 MAX_FRAME_CHARS = 64 * 1024
+# What uvicorn itself accepts (bytes) before the room sees a frame: room.py answers frames between
+# the two with a clear error; anything larger is cut off by the protocol (close 1009) unread.
+WS_MAX_FRAME = 4 * MAX_FRAME_CHARS
 MAX_REASON_CHARS = 2000
 
 
