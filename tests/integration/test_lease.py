@@ -46,7 +46,15 @@ async def _cut_lease_connection(rt: Runtime) -> AdvisoryLease:
     """End the backend of the server's lease connection, as a network blip or failover would."""
     holder = rt.extras["lease"]
     assert isinstance(holder, AdvisoryLease) and holder._conn is not None
-    pid = await holder._conn.scalar(text("SELECT pg_backend_pid()"))
+    # Read by application_name from another connection: the lease connection itself is the
+    # watchdog's, and a query of ours on it collides with its SELECT 1 ("another operation is
+    # in progress").
+    async with rt.engine.connect() as other:
+        pid = await other.scalar(text(
+            "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objid = :k "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+            {"k": lease.ADVISORY_KEY})
+    assert pid is not None
     await asyncio.to_thread(pg_admin, f"SELECT pg_terminate_backend({int(pid)}, 5000)")  # waits for its end
     return holder
 
