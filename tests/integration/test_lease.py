@@ -46,7 +46,7 @@ async def _cut_lease_connection(rt: Runtime) -> AdvisoryLease:
     """End the backend of the server's lease connection, as a network blip or failover would."""
     holder = rt.extras["lease"]
     assert isinstance(holder, AdvisoryLease) and holder._conn is not None
-    # Read by application_name from another connection: the lease connection itself is the
+    # Found through pg_locks from another connection: the lease connection itself is the
     # watchdog's, and a query of ours on it collides with its SELECT 1 ("another operation is
     # in progress").
     async with rt.engine.connect() as other:
