@@ -498,3 +498,24 @@ async def test_a_check_handed_a_secret_leaves_no_trace(tmp_path: Path) -> None:
         assert {k: v for k, v in found.items() if v} == {}
     finally:
         server.stop()
+
+
+async def test_a_failed_statement_does_not_quote_its_parameters(tmp_path: Path) -> None:
+    # A unique violation on users.name would otherwise print the whole row, password hash included,
+    # into the traceback a server logs.
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from opsroom.store.engine import make_engine
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (name TEXT UNIQUE, hash TEXT)"))
+            await conn.execute(text("INSERT INTO t VALUES ('a', 'argon-canary-1')"))
+        with pytest.raises(IntegrityError) as failed:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (:n, :h)"), {"n": "a", "h": "argon-canary-2"})
+        assert "argon-canary-2" not in str(failed.value)
+    finally:
+        await engine.dispose()

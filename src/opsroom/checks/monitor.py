@@ -23,6 +23,7 @@ from opsroom.checks.scheduler import Scheduler
 from opsroom.domain.check_state import CheckStatus, apply, initial
 from opsroom.events import CheckFlapping, CheckStateChanged, SystemHealthChanged
 from opsroom.runtime import Runtime
+from opsroom.secrets.masking import mask
 
 log = structlog.get_logger(__name__)
 
@@ -123,15 +124,18 @@ class Monitor:
         now = time.time() if now is None else now
         check = self.rt.catalog.checks[name]
         state = result.state if result.state in STATES else "UNKNOWN"
+        # A probe's output can quote what it was handed (a secret ${VAR} in a URL or argv): masked
+        # here, once, before it reaches the status, the store, events and so rooms and the API.
+        output = mask(result.output)
         old = self.status.get(name) or initial()
         tr = apply(old, state, now=now, max_attempts=check.max_attempts, flap_low=check.flap_low,
                    flap_high=check.flap_high)
         self.status[name] = tr.status
-        self.last[name] = Last(now, result.output, result.latency_ms, result.down, result.perfdata)
+        self.last[name] = Last(now, output, result.latency_ms, result.down, result.perfdata)
         self.checks_run += 1
         if self.results is not None:
             # An unchanged status is the same object (apply's steady path): no state row to rewrite.
-            self.results.add({"check": name, "at": now, "state": state, "output": result.output[:2000],
+            self.results.add({"check": name, "at": now, "state": state, "output": output[:2000],
                               "latency_ms": result.latency_ms, "perfdata": result.perfdata},
                              state_changed=tr.status is not old)
         if not (tr.changed or tr.attempt_advanced or tr.flapping_changed):
@@ -148,7 +152,7 @@ class Monitor:
             self.rt.bus.publish(CheckStateChanged(
                 check=name, service=check.service, system=system, environment=env,
                 old_state=tr.old_state, new_state=tr.status.state, state_type=tr.status.state_type,
-                attempt=tr.status.attempt, max_attempts=check.max_attempts, output=result.output,
+                attempt=tr.status.attempt, max_attempts=check.max_attempts, output=output,
                 since=tr.status.since, down=result.down, correlation_id=correlation, source=f"check:{name}"))
             if check.retry_interval and name in self.scheduler:
                 self.scheduler.reschedule(name, self._interval(name))

@@ -26,6 +26,9 @@ def is_sqlite(url: str) -> bool:
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     url = normalize_url(url)
+    # Statement parameters (password hashes, sealed secrets, typed text) stay out of the
+    # exceptions SQLAlchemy raises, and so out of tracebacks and logs.
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         _sqlite_setup(engine.sync_engine)
@@ -42,7 +45,7 @@ def make_sqlite_writer(url: str) -> Engine:
     One connection is enough: the runtime's write lock admits one writer at a time.
     """
     url = "sqlite:///" + normalize_url(url).partition(":///")[2]
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+    engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 30, "check_same_thread": False},
                            pool_size=1, max_overflow=0)
     _sqlite_setup(engine)
     return engine
