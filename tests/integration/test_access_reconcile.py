@@ -15,6 +15,7 @@ from opsroom.access.identity import SYSTEM
 from opsroom.access.models import ApiTokenRow, UserRow
 from opsroom.access.reconcile import reconcile_users
 from opsroom.access.secrets import new_token, token_hash
+from opsroom.audit import service as audit
 from opsroom.audit.models import AuditRecordRow
 from opsroom.catalog.loader import load_catalog
 from opsroom.chat.fake import FakeAdapter
@@ -195,3 +196,16 @@ async def test_names_stored_before_normalisation_are_renamed_or_disabled(store_r
     assert users[lookalike].disabled and users["Ops"].disabled
     with pytest.raises(Unauthenticated):
         await access.authenticate_token(store_rt, token=token, door="api")
+
+
+async def test_a_renamed_user_keeps_the_audit_log_whole(store_rt: Runtime, tmp_path: Path) -> None:
+    # Added (and audited) by an opsroom from before names were normalised, then renamed at start:
+    # `audit verify` must follow the rename, not call the new name a user with no record.
+    async with store_rt.write() as s:
+        s.add(UserRow(name="Ops", roles=["viewer"]))
+    await audit.append_alone(store_rt, actor=SYSTEM, action="user.add", target="user:Ops")
+    store_rt.catalog = load_catalog(_catalog(tmp_path, [{"name": "you", "roles": ["operator"]}]))
+    report = await reconcile_users(store_rt)
+    assert report.renamed == {"Ops": "ops"}
+    result = await audit.verify(store_rt)
+    assert result.ok, result.reason

@@ -113,7 +113,8 @@ async def verify(rt: Runtime) -> VerifyResult:
                 return VerifyResult(False, count, row.seq, "content does not match its hash")
             if row.action == "runbook.run" and isinstance(row.details.get("execution"), int):
                 requested.add(row.details["execution"])
-            elif row.action == "user.add" or (row.action == "user.reconcile" and row.details.get("created")):
+            elif row.action == "user.add" or (row.action == "user.reconcile" and (
+                    row.details.get("created") or row.details.get("renamed_from"))):
                 added.add(row.target.removeprefix("user:"))
             prev, expected_seq = row.hash, expected_seq + 1
         head = (await session.execute(select(AuditHeadRow).where(AuditHeadRow.id == 1))).scalar_one_or_none()
