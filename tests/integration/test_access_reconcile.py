@@ -209,3 +209,16 @@ async def test_a_renamed_user_keeps_the_audit_log_whole(store_rt: Runtime, tmp_p
     assert report.renamed == {"Ops": "ops"}
     result = await audit.verify(store_rt)
     assert result.ok, result.reason
+
+
+async def test_enabling_without_a_catalog_at_hand_is_not_called_a_removal(store_rt: Runtime, tmp_path: Path) -> None:
+    # `opsroom user enable` run without --catalog has an empty catalog: it cannot tell a removed
+    # catalog user, so it enables; the next start's reconcile disables a removed one again.
+    from opsroom.catalog.catalog import Catalog
+
+    store_rt.catalog = load_catalog(_catalog(tmp_path, [{"name": "you", "roles": ["operator"]}]))
+    await reconcile_users(store_rt, passwords={"you": PW})
+    await access.disable_user(store_rt, actor=SYSTEM, name="you")
+    store_rt.catalog = Catalog()
+    await access.enable_user(store_rt, actor=SYSTEM, name="you")
+    assert not (await _users(store_rt))["you"].disabled

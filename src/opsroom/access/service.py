@@ -167,7 +167,9 @@ async def enable_user(rt: Runtime, *, actor: Actor, name: str) -> None:
         row = await _user(s, name)
         if row is None:
             raise NotFound(f"no user {name!r}", hint="list users with `opsroom user list`")
-        if row.source == "catalog" and name not in rt.catalog.users:
+        # Only a process that loaded the catalog can tell (a CLI run without one would call every
+        # catalog user removed); without it the next start's reconcile disables a removed user again.
+        if row.source == "catalog" and rt.catalog.root and name not in rt.catalog.users:
             raise Conflict(f"user {name!r} was removed from the catalog",
                            hint="add it back to the catalog's users and restart: the catalog decides")
         was = row.disabled
