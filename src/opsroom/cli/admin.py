@@ -100,10 +100,9 @@ def _cell(value: Any) -> Text:
 @app.command()
 def migrate(data: DataOpt = None) -> None:
     """Create the store, or bring its schema up to this version (refused while a server runs on it)."""
-    from sqlalchemy import text
-
     from opsroom import server
     from opsroom.catalog.catalog import Catalog
+    from opsroom.store.migrate import current_revision
 
     settings = settings_for(None, data)
 
@@ -111,8 +110,7 @@ def migrate(data: DataOpt = None) -> None:
         existed = await _exists(settings)
         rt = await server.open_runtime(settings, Catalog())
         try:
-            async with rt.read() as session:
-                version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+            version = await current_revision(rt.engine)
         finally:
             await rt.close()
         return existed, str(version)

@@ -67,9 +67,14 @@ async def store_exists(engine: AsyncEngine) -> bool:
     nothing: a SQLite file that is not there is never opened, since opening it would create it."""
     if engine.url.get_backend_name() == "sqlite" and not _sqlite_file(engine.url.database):
         return False
+    return await current_revision(engine) is not None
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The store's schema revision, None where there is no opsroom store."""
     async with engine.connect() as conn:
         heads = await conn.run_sync(lambda sync_conn: MigrationContext.configure(sync_conn).get_current_heads())
-    return bool(heads)
+    return heads[0] if heads else None
 
 
 async def upgrade(engine: AsyncEngine) -> None:
