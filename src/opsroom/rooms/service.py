@@ -69,6 +69,21 @@ async def join_room(rt: Runtime, *, actor: Actor, room: str) -> None:
     await audit.append_alone(rt, actor=actor, action="room.join", target=f"room:{room}")
 
 
+REPLAY_MAX = 500  # a socket that missed more is told to reload rather than flooded
+
+
+async def missed(rt: Runtime, *, actor: Actor, room: str, after: int) -> tuple[list[dict[str, Any]], bool]:
+    """What a reconnecting socket missed: the room's messages stored after id `after`, oldest
+    first, at most REPLAY_MAX of them (the newest), and whether older ones were left out.
+    Not audited again: the socket's own `room.join` record already covers this view."""
+    actor.require("status.read", what="read rooms")
+    _room(rt, room)
+    rows = await history_of(rt, room=room, after=after, limit=REPLAY_MAX + 1)
+    cut = len(rows) > REPLAY_MAX
+    return [{"type": "message", "id": m.id, "at": m.at, "author": m.author, "kind": m.kind, "text": m.text}
+            for m in rows[-REPLAY_MAX:]], cut
+
+
 async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
     _room(rt, room)
     assert rt.rooms is not None
@@ -105,8 +120,12 @@ async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text:
     return await rt.transact(body)
 
 
-async def history_of(rt: Runtime, *, room: str, limit: int = 50) -> list[RoomMessageRow]:
+async def history_of(rt: Runtime, *, room: str, limit: int = 50, after: int | None = None) -> list[RoomMessageRow]:
+    """The room's last `limit` messages, oldest first; with `after`, only those stored after that
+    id (what a reconnecting socket missed), still the newest `limit` of them."""
+    query = select(RoomMessageRow).where(RoomMessageRow.room == room)
+    if after is not None:
+        query = query.where(RoomMessageRow.id > after)
     async with rt.read() as s:
-        rows = list((await s.execute(select(RoomMessageRow).where(RoomMessageRow.room == room)
-                                     .order_by(RoomMessageRow.id.desc()).limit(limit))).scalars())
+        rows = list((await s.execute(query.order_by(RoomMessageRow.id.desc()).limit(limit))).scalars())
     return rows[::-1]

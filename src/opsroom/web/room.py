@@ -40,6 +40,9 @@ from opsroom.web.security import (
 
 log = structlog.get_logger(__name__)
 SWEEP_S = 10.0  # how long an idle socket may outlive a session ended outside this process
+# A phone on a poor link drops and comes back within seconds: a leave is announced only when the
+# person has not come back within this time, and such a return announces nothing.
+PRESENCE_GRACE_S = 30.0
 router = APIRouter()
 
 
@@ -49,7 +52,11 @@ class _Conn:
         self.session_token = session_token
         self.session_hash = token_hash(session_token)  # what AccessChanged names a logout by
         self.closed = False
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=500)
+        # A whole replay fits, with room for the live frames that follow it.
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=rooms.REPLAY_MAX + 500)
+        # While the missed messages are read from the store, live ones wait here so the socket
+        # sends them after the replay, in id order, and none that the replay already holds.
+        self.held: list[tuple[int | None, str]] | None = None
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -58,12 +65,22 @@ class _Conn:
         with contextlib.suppress(Exception):  # already gone: nothing left to close
             await self.ws.close(code=code, reason=reason)
 
-    def push(self, frame: dict[str, Any] | str) -> None:
+    def push(self, frame: dict[str, Any] | str, msg_id: int | None = None) -> None:
+        if self.held is not None:
+            self.held.append((msg_id, frame if isinstance(frame, str) else json.dumps(frame)))
+            return
         try:
             self.queue.put_nowait(frame if isinstance(frame, str) else json.dumps(frame))
         except asyncio.QueueFull:
-            # A phone that stopped reading must not hold the room up; it reloads history on reconnect.
+            # A phone that stopped reading must not hold the room up; it replays history on reconnect.
             pass
+
+    def release(self, replayed_up_to: int) -> None:
+        """End the hold: what arrived live during the replay follows it, minus what it repeated."""
+        held, self.held = self.held or [], None
+        for msg_id, frame in held:
+            if msg_id is None or msg_id > replayed_up_to:
+                self.push(frame)
 
 
 class WebAdapter(ChatAdapter):
@@ -75,6 +92,8 @@ class WebAdapter(ChatAdapter):
         self._on_message: MessageHandler | None = None
         self._on_presence: Callable[[str, Person, bool], Awaitable[None]] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.presence_grace_s = PRESENCE_GRACE_S
+        self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     async def start(self, on_message: MessageHandler,
                     on_presence: Callable[[str, Person, bool], Awaitable[None]]) -> None:
@@ -103,6 +122,8 @@ class WebAdapter(ChatAdapter):
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in self._leaving.values():
+            task.cancel()
         for conns in self.conns.values():
             for c in list(conns):
                 with contextlib.suppress(Exception):
@@ -114,7 +135,7 @@ class WebAdapter(ChatAdapter):
                             "author": message.extra.get("author", "opsroom"), "kind": message.kind,
                             "text": message.text})
         for c in self.conns.get(message.room, ()):
-            c.push(frame)
+            c.push(frame, message.id)
 
     async def stream_output(self, room: str, execution_id: int, text: str) -> None:
         frame = json.dumps({"type": "output", "execution_id": execution_id, "text": text})
@@ -150,16 +171,29 @@ class WebAdapter(ChatAdapter):
                     await c.close(code, why)
 
     async def connected(self, room: str, conn: _Conn) -> None:
-        first = not any(c.actor.name == conn.actor.name for c in self.conns[room])
+        name = conn.actor.name
+        pending = self._leaving.pop((room, name), None)
+        if pending is not None:
+            pending.cancel()  # back within the grace period: to the room, they never left
+        first = pending is None and not any(c.actor.name == name for c in self.conns[room])
         self.conns[room].add(conn)
         if first and self._on_presence is not None:
-            await self._on_presence(room, Person(f"web:{conn.actor.name}", conn.actor.name, conn.actor.name), True)
+            await self._on_presence(room, Person(f"web:{name}", name, name), True)
 
     async def disconnected(self, room: str, conn: _Conn) -> None:
         self.conns[room].discard(conn)
-        last = not any(c.actor.name == conn.actor.name for c in self.conns[room])
-        if last and self._on_presence is not None:
-            await self._on_presence(room, Person(f"web:{conn.actor.name}", conn.actor.name, conn.actor.name), False)
+        name = conn.actor.name
+        if any(c.actor.name == name for c in self.conns[room]) or (room, name) in self._leaving:
+            return
+        self._leaving[(room, name)] = asyncio.get_running_loop().create_task(self._leave_later(room, name))
+
+    async def _leave_later(self, room: str, name: str) -> None:
+        await asyncio.sleep(self.presence_grace_s)
+        if self._leaving.get((room, name)) is not asyncio.current_task():
+            return
+        del self._leaving[(room, name)]
+        if self._on_presence is not None:
+            await self._on_presence(room, Person(f"web:{name}", name, name), False)
 
 
 def _same_origin(ws: WebSocket) -> bool:
@@ -188,10 +222,17 @@ async def room_socket(ws: WebSocket, room: str) -> None:
     except OpsroomError:
         await ws.close(code=4403)
         return
+    after = _after(ws.query_params.get("after"))
     await ws.accept()
     conn = _Conn(ws, actor, csrf, cookie)
     sender = asyncio.get_running_loop().create_task(_sender(conn))
+    if after is not None:
+        conn.held = []
+    # Joined to the live set before the replay is read: a message stored in between is either in
+    # the replay or held live, never in neither; release() drops the ones that are in both.
     await adapter.connected(room, conn)
+    if after is not None:
+        await _replay(rt, conn, room, after)
     conn.push({"type": "approvals", "items": await rooms.approval_views(rt, actor=actor, sign=signer(csrf))})
     try:
         while not conn.closed:
@@ -206,6 +247,28 @@ async def room_socket(ws: WebSocket, room: str) -> None:
     finally:
         sender.cancel()
         await adapter.disconnected(room, conn)
+
+
+def _after(raw: str | None) -> int | None:
+    """`?after=ID`: the last message id the page holds. Anything else replays nothing."""
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+        return None
+    return min(int(raw), MAX_ID)
+
+
+async def _replay(rt: Runtime, conn: _Conn, room: str, after: int) -> None:
+    try:
+        frames, cut = await rooms.missed(rt, actor=conn.actor, room=room, after=after)
+    except Exception:  # the store busy or away: the page still goes live and says what it lacks
+        log.warning("replaying a room's missed messages failed", exc_info=True)
+        frames, cut = [], True
+    if cut:
+        conn.queue.put_nowait(json.dumps({"type": "gap", "text": "some messages missed while you were away "
+                                          "are not shown here: reload the page to see them all"}))
+    for f in frames:
+        with contextlib.suppress(asyncio.QueueFull):
+            conn.queue.put_nowait(json.dumps(f))
+    conn.release(frames[-1]["id"] if frames else after)
 
 
 async def _receive(rt: Runtime, conn: _Conn, room: str, message: MutableMapping[str, Any]) -> None:

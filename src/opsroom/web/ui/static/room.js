@@ -12,15 +12,28 @@
   const bottom = () => { log.scrollTop = log.scrollHeight; };
   bottom();
 
+  // The newest message id this page holds: a reconnect asks the server for everything after it.
+  const last = () => Math.max(0, ...[...seen].filter(Boolean));
+
   function add(m) {
     if (m.id && seen.has(m.id)) return;
-    seen.add(m.id);
-    const li = document.createElement('li'); li.className = m.kind; li.dataset.id = m.id;
+    if (m.id) seen.add(m.id);
+    const li = document.createElement('li'); li.className = m.kind; if (m.id) li.dataset.id = m.id;
     const t = document.createElement('time'); t.textContent = hm(m.at || Date.now() / 1000); li.append(t);
     if (m.kind !== 'notice') {
       const w = document.createElement('span'); w.className = 'who'; w.textContent = m.author; li.append(w);
     }
-    li.append(document.createTextNode(m.text)); log.append(li); bottom();
+    li.append(document.createTextNode(m.text));
+    // Stored messages stand in id order even if one arrives late; the page's own notes go last.
+    const later = m.id && [...log.children].find(x => +x.dataset.id > m.id);
+    if (later) log.insertBefore(li, later); else log.append(li);
+    bottom();
+  }
+
+  function gap(text) {
+    const li = document.createElement('li'); li.className = 'notice gap'; li.append(text + ' ');
+    const b = document.createElement('button'); b.textContent = 'Reload'; b.onclick = () => location.reload();
+    li.append(b); log.append(li); bottom();
   }
 
   function output(o) {
@@ -64,13 +77,14 @@
 
   function connect() {
     ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/rooms/' +
-                       encodeURIComponent(room) + '/ws');
+                       encodeURIComponent(room) + '/ws?after=' + last());
     ws.onopen = () => { conn.textContent = 'live'; delay = 500; while (queue.length) ws.send(queue.shift()); };
     ws.onmessage = e => {
       const f = JSON.parse(e.data);
       if (f.type === 'message') add(f);
       else if (f.type === 'approvals') { approvals = f.items; drawApprovals(); }
       else if (f.type === 'output') output(f);
+      else if (f.type === 'gap') gap(f.text);
       else if (f.type === 'error') add({kind: 'bot', author: 'opsroom', text: f.text, at: Date.now() / 1000});
     };
     ws.onclose = e => {
