@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from opsroom.access.identity import SYSTEM
 from opsroom.audit import service as audit
 from opsroom.chat.base import Message
 from opsroom.chat.fake import FakeAdapter
+from opsroom.chat.phrases import PHRASES
 from opsroom.runbooks import service as runbooks
 from opsroom.runtime import Runtime
+from tests.factories import DEMO_CATALOG, demo_env
 from tests.inprocess import ask as _ask
+from tests.inprocess import booted
 
 
 async def _executions(rt: Runtime) -> list[object]:
@@ -145,3 +151,115 @@ async def test_a_typo_of_a_reading_command_suggests_it_first(running: tuple[Runt
     reply = await _ask(fake, "you", "ech hello")  # a change: offered, but never alone and never first
     assert "`echo {text}`" in reply and not reply.split("did you mean ", 1)[1].startswith("`echo"), reply
     assert await _executions(rt) == []
+
+
+# --- the seed's words (issue 10, point 7) -------------------------------------------------
+
+
+@pytest.fixture
+async def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Runtime, FakeAdapter]]:
+    """The packaged demo catalog (System A, Service B and C on prod), its services not started."""
+    for key, value in demo_env(tmp_path / "data").items():
+        monkeypatch.setenv(key, value)
+    async with booted(tmp_path, DEMO_CATALOG) as pair:
+        yield pair
+
+
+@pytest.mark.parametrize("line", ["Is Service C running", "Is Service C running?", "is service c running",
+                                  "is servicec running", "IS SERVICE-C RUNNING ?"])
+async def test_seed_is_service_c_running(demo: tuple[Runtime, FakeAdapter], line: str) -> None:
+    rt, fake = demo
+    reply = await _ask(fake, "you", line)
+    assert reply.startswith("service-c is "), reply
+    assert await _executions(rt) == []
+
+
+@pytest.mark.parametrize("line", ["Run System A Health Check", "run system a health check?", "Run systema healthcheck",
+                                  "health check System A", "status of system a", "is System A running"])
+async def test_seed_run_system_a_health_check_is_the_read_only_health(
+        demo: tuple[Runtime, FakeAdapter], line: str) -> None:
+    rt, fake = demo
+    reply = await _ask(fake, "dev", line)  # a viewer: it is a question, nothing runs
+    assert reply.startswith("[PROD] service-b "), reply
+    assert "System A is" in reply and "service-c" in reply
+    assert await _executions(rt) == []
+
+
+@pytest.mark.parametrize("line", ["Start Service B", "start service b", "Start Service B."])
+async def test_seed_start_service_b_asks_for_approval_on_prod(demo: tuple[Runtime, FakeAdapter], line: str) -> None:
+    rt, fake = demo
+    await fake.say("ops", "you", line)
+    msg = await fake.wait_for(lambda m: "needs approval" in m.text)
+    assert "start service-b" in msg.text and "PROD" in msg.text and "asking boss" in msg.text
+    assert [r.status for r in await _executions(rt)] == ["awaiting_approval"]  # type: ignore[attr-defined]
+    assert "dev may not run runbooks" in await _ask(fake, "dev", line)  # the service layer still decides
+
+
+async def test_help_start_shows_the_alias_and_its_parameters(demo: tuple[Runtime, FakeAdapter]) -> None:
+    _rt, fake = demo
+    reply = await _ask(fake, "dev", "help start")
+    assert "`start {service}`" in reply and "run start-service service=<service>" in reply, reply
+
+
+@pytest.mark.parametrize("line", ["status of svc", "what's the status of svc", "whats the status of SVC?",
+                                  "is svc down", "is svc up", "is Svc down?", "what's up with svc",
+                                  "how is svc", "how's svc doing?", "what\u2019s up with svc", "status svc",
+                                  "svc health check"])
+async def test_tired_variants_answer_the_service_status(running: tuple[Runtime, FakeAdapter], line: str) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "dev", line)
+    assert reply.startswith("svc is running"), reply
+    assert await _executions(rt) == []
+
+
+async def test_status_of_a_system_is_its_health(running: tuple[Runtime, FakeAdapter]) -> None:
+    _rt, fake = running
+    assert (await _ask(fake, "dev", "status of sys")).endswith("Sys is healthy")
+    assert (await _ask(fake, "dev", "what's up with Sys?")).endswith("Sys is healthy")
+
+
+@pytest.mark.parametrize("line", ["is web down", "status of web", "what's up with web", "how is web"])
+async def test_unknown_name_answers_with_the_known_names(running: tuple[Runtime, FakeAdapter], line: str) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "dev", line)
+    assert reply == "I don't know a service called 'web' — services: svc", reply
+    assert "Traceback" not in reply and await _executions(rt) == []
+
+
+@pytest.mark.parametrize("line", ["show executions", "executions", "list executions", "Show me the recent executions?"])
+async def test_executions_are_listed_for_a_viewer_and_audited(
+        running: tuple[Runtime, FakeAdapter], line: str) -> None:
+    rt, fake = running
+    assert await _ask(fake, "dev", line) == "no executions yet"
+    await _ask(fake, "you", "echo hello")
+    (row,) = await _executions(rt)
+    reply = await _ask(fake, "dev", line)
+    assert reply.startswith("recent executions:") and f"#{row.id} " in reply and "(by you)" in reply, reply  # type: ignore[attr-defined]
+    records = await audit.list_records(rt, actor=SYSTEM, limit=200)
+    assert any(r.action == "execution.list" and r.actor == "dev" and r.door == "chat" for r in records)
+
+
+async def test_help_one_command(running: tuple[Runtime, FakeAdapter]) -> None:
+    _rt, fake = running
+    reply = await _ask(fake, "dev", "help run")
+    assert "`run {args}`" in reply and "run echo-args text=<string>" in reply and "run count n=<string>" in reply
+    assert "run echo-args text=<string>" in await _ask(fake, "dev", "help echo")
+    assert "run deploy" in await _ask(fake, "dev", "help deploy")
+    assert "`health {system}`" in await _ask(fake, "dev", "help health")
+    reply = await _ask(fake, "dev", "help helth")
+    assert reply.startswith("there is no command 'helth'") and "`health {system}`" in reply, reply
+
+
+async def test_a_question_is_never_answered_with_only_a_change(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    for line in ("whats happening with svc?", "show me echo", "ech hello?"):
+        reply = await _ask(fake, "you", line)
+        suggested = reply.split("did you mean ", 1)[1]
+        assert "`echo" not in suggested and "`run" not in suggested and "`approve" not in suggested, reply
+    assert await _executions(rt) == []
+
+
+def test_every_phrase_is_documented() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "chat.md").read_text()
+    for phrase in PHRASES:
+        assert f"`{phrase.pattern}`" in text, phrase.pattern

@@ -216,7 +216,7 @@ CHANGING = ("start {text}", "echo {text}", "run {args}", "approve {id}", "deny {
             "login {user} with {token}", "rotate now {token}")
 
 
-@pytest.mark.parametrize("typed", ["status of web", "tail web", "ack web-http", "is web up now?",
+@pytest.mark.parametrize("typed", ["show me web", "tail web", "ack web-http", "is web up now?",
                                    "show me stat", "what is running?"])
 async def test_a_question_is_never_answered_with_a_change(chat: tuple[Runtime, FakeAdapter], typed: str) -> None:
     rt, fake = chat
@@ -226,6 +226,17 @@ async def test_a_question_is_never_answered_with_a_change(chat: tuple[Runtime, F
     assert not set(suggestions) & set(CHANGING), reply
     await said(rt, fake)
     assert not (Path(rt.settings.data).parent / "argv.json").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("typed", ["status of web", "what's up with web?", "is web down"])
+async def test_a_question_now_understood_is_answered_by_reading(chat: tuple[Runtime, FakeAdapter], typed: str) -> None:
+    """These phrasings are read as `is web running` (issue 10): an answer, no change offered, nothing run."""
+    rt, fake = chat
+    reply = await ask(fake, "you", typed)
+    assert reply.startswith("I don't know a service called 'web' — services: "), reply
+    assert not any(c.split()[0] in reply for c in CHANGING), reply
+    await said(rt, fake)
+    assert not (Path(rt.settings.data).parent / "argv.json").exists()
 
 
 @pytest.mark.parametrize("typed", ["restart web", "strat web", "aprove 3"])

@@ -17,9 +17,11 @@ from typing import Any
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.catalog.schema import Alias
+from opsroom.chat.phrases import rephrase
 from opsroom.checks import service as checks
 from opsroom.errors import Invalid, NotFound, OpsroomError
 from opsroom.runbooks import service as runbooks
+from opsroom.runbooks.params import usage
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import MASK, mask, register
 
@@ -57,15 +59,29 @@ def _fmt_state(view: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
+def _naming(rt: Runtime, exc: NotFound, kind: str) -> NotFound:
+    """An unknown name with nothing close ("is web down") is answered with the names there are.
+    The service layer checked the permission before it looked the name up."""
+    if exc.hint and exc.hint.startswith("did you mean"):
+        return exc
+    return NotFound(exc.message, hint=_known(rt, [kind]).removeprefix(" — ") or exc.hint)
+
+
 async def _is_running(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
-    st = await checks.get_service_status(rt, actor=actor, service=a["service"])
+    try:
+        st = await checks.get_service_status(rt, actor=actor, service=a["service"])
+    except NotFound as exc:
+        raise _naming(rt, exc, "service") from None
     word = "running" if st["running"] else "NOT running" if st["state"] == "CRITICAL" else st["state"]
     detail = "; ".join(_fmt_state(v) for v in st["checks"]) or "no checks"
     return f"{st['service']} is {word} ({detail})"
 
 
 async def _health(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
-    h = await checks.get_system_health(rt, actor=actor, system=a["system"])
+    try:
+        h = await checks.get_system_health(rt, actor=actor, system=a["system"])
+    except NotFound as exc:
+        raise _naming(rt, exc, "system") from None
     parts = [f"{s['service']} {s['state']}" for s in h["services"]]
     verdict = f"{h['title']} is healthy" if h["healthy"] else f"{h['title']} is UNHEALTHY"
     prefix = f"[{h['environment'].upper()}] " if h["protected"] else ""
@@ -232,6 +248,35 @@ async def _execution(rt: Runtime, actor: Actor, room: str | None, a: dict[str, s
     return f"execution #{row.id} {row.summary}: {row.status}" + (f"\n{tail}" if tail else "")
 
 
+async def _executions(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
+    rows = await runbooks.list_executions(rt, actor=actor, limit=10)  # a phone screen; the web UI has all
+    lines = [f"#{r.id} {r.summary or r.runbook}: {r.status} (by {r.requested_by})" for r in rows]
+    return "recent executions:\n" + "\n".join(lines) if lines else "no executions yet"
+
+
+async def _help_one(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
+    """`help run`, `help start`, `help deploy`: one command with the parameters it takes."""
+    word = a["command"].strip().strip("`").lower()
+    cat = rt.catalog
+    lines = [f"`{b.pattern}` {b.help}".rstrip() for b in BUILTINS if b.pattern.split()[0] == word]
+    for al in cat.aliases:
+        if al.pattern.split()[0].lower() == word:
+            found, _ = cat.find_runbook(al.runbook)
+            how = usage(cat.runbooks[found]) if found is not None else f"runs {al.runbook}"
+            lines.append(f"`{al.pattern}` {al.help or ''} ({how})".replace("  ", " "))
+    if word == "run":
+        names = sorted(cat.runbooks)
+        lines += [usage(cat.runbooks[n]) for n in names[:KNOWN_SHOWN]]
+        if len(names) > KNOWN_SHOWN:
+            lines.append(f"and {len(names) - KNOWN_SHOWN} more: `help NAME` for one")
+    found, _ = cat.find_runbook(word)
+    if found is not None and word != "run":
+        lines.append(usage(cat.runbooks[found]))
+    if not lines:
+        return f"there is no command {word!r}; {_did_you_mean(rt, word)}"
+    return "\n".join(lines)
+
+
 async def _help(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
     lines = [f"`{b.pattern}` {b.help}" for b in BUILTINS if b.help]
     lines += [f"`{al.pattern}` {al.help or 'runs ' + al.runbook}" for al in rt.catalog.aliases]
@@ -262,7 +307,9 @@ BUILTINS: list[Builtin] = [
     _builtin("deny {id}", "", _deny_no_reason, "decide"),
     _builtin("run {args}", "run a runbook: run NAME key=value…", _run, "change"),
     _builtin("execution {id}", "an execution's status and last output", _execution),
+    _builtin("executions", "the recent executions", _executions),
     _builtin("help", "this list", _help),
+    _builtin("help {command}", "one command and its parameters", _help_one),
     _builtin("who", "who is in the room", _who),
 ]
 
@@ -427,6 +474,9 @@ async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str) -> R
     text = " ".join(raw.split())  # commands match however they were spaced
     if not text:
         return ""
+    # "status of web", "Run System A Health Check": the reading command meant (never a change).
+    text = rephrase(rt.catalog, text,
+                    alias_matches=lambda t: any(_compile(al.pattern).match(t) for al in rt.catalog.aliases))
     try:
         for b in BUILTINS:
             m = b.regex.match(text)
