@@ -263,3 +263,11 @@ def test_every_phrase_is_documented() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "chat.md").read_text()
     for phrase in PHRASES:
         assert f"`{phrase.pattern}`" in text, phrase.pattern
+
+
+async def test_a_run_line_with_key_values_is_never_read_as_a_phrase(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    reply = await _ask(fake, "you", "run echo-args text=x health check")
+    assert "'health' is not key=value" in reply, reply  # the run's own answer, not a status about "echo-args"
+    assert await _executions(rt) == []
+    assert (await _ask(fake, "dev", "what's going on?")).startswith("Sys: healthy")

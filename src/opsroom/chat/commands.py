@@ -264,14 +264,10 @@ async def _help_one(rt: Runtime, actor: Actor, room: str | None, a: dict[str, st
             found, _ = cat.find_runbook(al.runbook)
             how = usage(cat.runbooks[found]) if found is not None else f"runs {al.runbook}"
             lines.append(f"`{al.pattern}` {al.help or ''} ({how})".replace("  ", " "))
-    if word == "run":
-        names = sorted(cat.runbooks)
-        lines += [usage(cat.runbooks[n]) for n in names[:KNOWN_SHOWN]]
-        if len(names) > KNOWN_SHOWN:
-            lines.append(f"and {len(names) - KNOWN_SHOWN} more: `help NAME` for one")
-    found, _ = cat.find_runbook(word)
-    if found is not None and word != "run":
-        lines.append(usage(cat.runbooks[found]))
+    names = sorted(cat.runbooks) if word == "run" else [n for n in [cat.find_runbook(word)[0]] if n]
+    lines += [usage(cat.runbooks[n]) for n in names[:KNOWN_SHOWN]]
+    if len(names) > KNOWN_SHOWN:
+        lines.append(f"and {len(names) - KNOWN_SHOWN} more: `help NAME` for one")
     if not lines:
         return f"there is no command {word!r}; {_did_you_mean(rt, word)}"
     return "\n".join(lines)

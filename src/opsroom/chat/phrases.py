@@ -41,7 +41,7 @@ def _phrase(pattern: str, regex: str, means: Callable[[Catalog, dict[str, str]],
     return Phrase(pattern, re.compile("^" + regex + _END, re.IGNORECASE), means)
 
 
-_NAME = r"(?P<name>.+?)"
+_NAME = r"(?P<name>[^=]+?)"  # never a key=value word: `run rotate token=x health check` is a run
 _STATE = r"(?:running|down|up|ok|okay|alive|dead|healthy|broken|working|fine)"
 
 PHRASES: list[Phrase] = [
