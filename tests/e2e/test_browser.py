@@ -261,10 +261,14 @@ async def test_approve_and_deny_are_big_enough_for_a_thumb(tmp_path: Path) -> No
         async with async_playwright() as pw:
             browser, _context, page = await _boss_in_the_room(pw, demo.base)
             card = page.locator(f'.req[data-id="{request}"]')
-            for button in (card.get_by_role("button", name="Approve"), card.get_by_role("button", name="Deny"),
-                           page.locator("#say button"), page.get_by_role("button", name="log out")):
-                box = await button.bounding_box()
-                assert box is not None and box["height"] >= 44 and box["width"] >= 44, box
+            await expect(card.get_by_role("button", name="Deny")).to_be_visible()
+            # Measured in one go: an approvals frame redraws the cards, so no element is held across awaits.
+            sizes = dict(await page.evaluate(
+                "sel => [...document.querySelectorAll(sel)].map(b => { const r = b.getBoundingClientRect(); "
+                "return [b.textContent, [r.width, r.height]]; })", ".req button, #say button, header button"))
+            assert set(sizes) == {"Approve", "Deny", "Send", "log out"}, sizes
+            for label, (width, height) in sizes.items():
+                assert height >= 44 and width >= 44, (label, width, height)
             assert await page.evaluate("document.documentElement.scrollWidth") <= 390
             await browser.close()
         await you.close()

@@ -13,11 +13,12 @@
   bottom();
 
   // The newest message id this page holds: a reconnect asks the server for everything after it.
-  const last = () => Math.max(0, ...[...seen].filter(Boolean));
+  let newest = Math.max(0, ...[...seen].filter(Boolean));
 
   function add(m) {
     if (m.id && seen.has(m.id)) return;
-    if (m.id) seen.add(m.id);
+    const late = m.id && m.id < newest;
+    if (m.id) { seen.add(m.id); newest = Math.max(newest, m.id); }
     const li = document.createElement('li'); li.className = m.kind; if (m.id) li.dataset.id = m.id;
     const t = document.createElement('time'); t.textContent = hm(m.at || Date.now() / 1000); li.append(t);
     if (m.kind !== 'notice') {
@@ -25,7 +26,7 @@
     }
     li.append(document.createTextNode(m.text));
     // Stored messages stand in id order even if one arrives late; the page's own notes go last.
-    const later = m.id && [...log.children].find(x => +x.dataset.id > m.id);
+    const later = late && [...log.children].find(x => +x.dataset.id > m.id);
     if (later) log.insertBefore(li, later); else log.append(li);
     bottom();
   }
@@ -77,7 +78,7 @@
 
   function connect() {
     ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/rooms/' +
-                       encodeURIComponent(room) + '/ws?after=' + last());
+                       encodeURIComponent(room) + '/ws?after=' + newest);
     ws.onopen = () => { conn.textContent = 'live'; delay = 500; while (queue.length) ws.send(queue.shift()); };
     ws.onmessage = e => {
       const f = JSON.parse(e.data);
