@@ -132,6 +132,10 @@ def configure(level: str | int = "info", *, json: bool | None = None, stream: IO
         routed = logging.getLogger(name)
         routed.handlers.clear()
         routed.propagate = True
+        # Levels follow the root set above: a level or `disabled` left by an earlier set-up in
+        # this process (uvicorn.Config sets its loggers' levels) would hide or let through lines.
+        routed.setLevel(logging.NOTSET)
+        routed.disabled = False
     for name in _STATEMENTS:
         logging.getLogger(name).setLevel(max(logging.WARNING, _level(level)))
     structlog.configure(

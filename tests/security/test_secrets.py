@@ -140,6 +140,9 @@ def test_debug_logging_keeps_credentials_frames_and_statements_out(logged: io.St
     """At debug, websockets logs handshake headers and frames, and aiosqlite/SQLAlchemy every
     statement with its parameters: a session cookie, a typed secret, a password hash."""
     typed = _canary("frame")
+    # As an earlier in-process server leaves it (uvicorn.Config sets its loggers' levels): the
+    # one set-up must still decide what is written, whatever ran before in this process.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logs.configure("debug", stream=logged)
     wire = logging.getLogger("uvicorn.error")
     wire.debug("< %s: %s", "Cookie", "opsroom_session=SessionValue123")
