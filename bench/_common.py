@@ -6,14 +6,17 @@ JSON object: {"figure", "value", "unit", "target", "baseline", ...}.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +148,25 @@ def stop_demo(demo: Any) -> None:
     leftovers.extend(demo_service_procs(demo.data))
     if leftovers:
         kill_all(leftovers, grace=3.0)
+
+
+def run_cleaned(bench: Callable[[Path, list[Any], list[Any]], Coroutine[Any, Any, dict[str, Any]]],
+                prefix: str) -> dict[str, Any]:
+    """Run an async bench body with a temp dir and lists it fills with the demos and child
+    processes it starts; whatever happens, they are stopped and the temp dir removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    started: list[Any] = []
+    children: list[Any] = []
+    try:
+        return asyncio.run(bench(tmp, started, children))
+    finally:
+        for child in children:
+            if child.returncode is None:
+                with contextlib.suppress(Exception):
+                    kill_all([child.pid], grace=3.0)
+        for demo in started:
+            stop_demo(demo)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Deadline:

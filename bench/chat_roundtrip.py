@@ -29,9 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +40,11 @@ from _common import (
     emit,
     fmt_ms,
     info,
-    kill_all,
     loadavg,
     percentile,
     r,
     repo_on_path,
-    stop_demo,
+    run_cleaned,
 )
 
 QUESTION = "is service-c running"
@@ -226,19 +223,7 @@ def main() -> None:
         return
     if args.n is None:
         args.n = 50 if args.quick else 200
-    tmp = Path(tempfile.mkdtemp(prefix="opsroom-chat-"))
-    started: list[Any] = []
-    children: list[Any] = []
-    try:
-        result = asyncio.run(bench(args, tmp, started, children))
-    finally:
-        for child in children:
-            if child.returncode is None:
-                kill_all([child.pid], grace=3.0)
-        for demo in started:
-            stop_demo(demo)
-        shutil.rmtree(tmp, ignore_errors=True)
-    emit(result)
+    emit(run_cleaned(lambda tmp, started, children: bench(args, tmp, started, children), "opsroom-chat-"))
 
 
 if __name__ == "__main__":

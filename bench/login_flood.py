@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, fmt_ms, info, kill_all, loadavg, percentile, r, repo_on_path, stop_demo
+from _common import emit, fmt_ms, info, loadavg, percentile, r, repo_on_path, run_cleaned
 
 TARGET_RATIO = 5.0  # /healthz p50 during the flood, over idle p50
 
@@ -171,20 +168,7 @@ def main() -> None:
         return
     if args.spread is None:
         args.spread = 20 if args.quick else 150
-    tmp = Path(tempfile.mkdtemp(prefix="opsroom-login-"))
-    started: list[Any] = []
-    children: list[Any] = []
-    try:
-        result = asyncio.run(bench(args, tmp, started, children))
-    finally:
-        for child in children:
-            if child.returncode is None:
-                with contextlib.suppress(Exception):
-                    kill_all([child.pid], grace=3.0)
-        for demo in started:
-            stop_demo(demo)
-        shutil.rmtree(tmp, ignore_errors=True)
-    emit(result)
+    emit(run_cleaned(lambda tmp, started, children: bench(args, tmp, started, children), "opsroom-login-"))
 
 
 if __name__ == "__main__":
