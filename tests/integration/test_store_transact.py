@@ -51,8 +51,9 @@ def _append_then_fail(s: Session) -> None:
 
 
 async def _commits_what_the_body_wrote_and_returns_its_value(any_rt: Runtime) -> None:
-    msg_id, at = await rooms.store_message(any_rt, room="ops", author="opsroom", kind="bot", text="hello",
-                                           reply_to=None)
+    msg_id, at, stored = await rooms.store_message(any_rt, room="ops", author="opsroom", kind="bot",
+                                                   text="hello", reply_to=None)
+    assert stored == "hello"
     seq = await any_rt.transact(lambda s: audit.append_in(s, actor=SYSTEM, action="test.one", target="t"))
     async with any_rt.read() as s:
         row = await s.get(RoomMessageRow, msg_id)

@@ -172,11 +172,11 @@ class RoomHub:
 
     async def _store(self, msg: Message) -> Message:
         author = msg.author.user or msg.author.display_name if msg.author else "opsroom"
-        # Everything said in a room (people, replies, announcements) is masked once, here: what is
-        # stored, published to sockets and sent to every adapter is this one masked text.
-        text = mask(msg.text)
-        msg_id, at = await rooms.store_message(self.rt, room=msg.room, author=author or "?", kind=msg.kind,
-                                               text=text, reply_to=msg.reply_to)
+        # Everything said in a room (people, replies, announcements) is masked once, by
+        # store_message: what is stored, published to sockets and sent to every adapter is the
+        # one text it returns.
+        msg_id, at, text = await rooms.store_message(self.rt, room=msg.room, author=author or "?",
+                                                     kind=msg.kind, text=msg.text, reply_to=msg.reply_to)
         self.rt.bus.publish(RoomMessagePosted(room=msg.room, message_id=msg_id, author=author or "?",
                                               text=text, kind=msg.kind, reply_to=msg.reply_to))
         return Message(room=msg.room, text=text, author=msg.author, id=msg_id, kind=msg.kind,

@@ -101,21 +101,21 @@ def storable(text: str) -> str:
 
 
 async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text: str,
-                        reply_to: int | None) -> tuple[int, float]:
+                        reply_to: int | None) -> tuple[int, float, str]:
     """Keep what was said (people and bot): the room's history and the incident's raw timeline.
 
-    Masked here as well as by the hub: history is read by every viewer, so nothing reaches
-    the table unmasked whichever code path stored it.
+    Returns (id, time, the text as stored): masked, storable and bounded here, once, so that what
+    the hub then publishes to sockets and adapters is exactly what every viewer reads later.
     """
     at = time.time()
-    values = {"room": room, "at": at, "author": author, "kind": kind, "text": storable(mask(text))[:8000],
-              "reply_to": reply_to}
+    text = storable(mask(text))[:8000]
+    values = {"room": room, "at": at, "author": author, "kind": kind, "text": text, "reply_to": reply_to}
 
-    def body(s: Session) -> tuple[int, float]:
+    def body(s: Session) -> tuple[int, float, str]:
         # Prebuilt Core insert: every announcement and chat line passes here, often while a
         # recovery is being dispatched, and the unit of work would cost several times the SQL.
         result = s.connection().execute(_ADD_MESSAGE, values)
-        return result.inserted_primary_key[0], at  # type: ignore[index]
+        return result.inserted_primary_key[0], at, text  # type: ignore[index]
 
     return await rt.transact(body)
 
