@@ -16,11 +16,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests use: chromium for the browser test (never `playwright install`).
+# Debian packages the tests use: chromium for the browser test (never `playwright install`),
+# ngircd and prosody as the real IRC and XMPP servers the chat tests start on loopback.
+DEBS := chromium ngircd prosody
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/opsroom demo

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", pattern=r"(?i)^(critical|error|warning|info|debug|trace)$")
     # Where the CLI's person-acting commands (`runbook run`, `check run`) send their requests.
     url: str = "http://127.0.0.1:8080"
+    # How people reach the web UI: chat messages cut short link here. Default: host and port.
+    public_url: str | None = None
+
+    @property
+    def web_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def db_url(self) -> str:

@@ -14,6 +14,7 @@ from opsroom.catalog.schema import (
     Alias,
     Check,
     Environment,
+    Platform,
     Role,
     Room,
     Rule,
@@ -54,6 +55,7 @@ class Catalog:
     aliases: list[Alias] = field(default_factory=list)
     roles: dict[str, Role] = field(default_factory=dict)
     users: dict[str, User] = field(default_factory=dict)
+    platforms: dict[str, Platform] = field(default_factory=dict)
     # (kind, name) -> where the object starts; (kind, name, field...) -> where that field is.
     locations: dict[tuple[str, ...], Location] = field(default_factory=dict)
 

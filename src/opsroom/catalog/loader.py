@@ -395,6 +395,14 @@ class _Loader:
         for n, room in cat.rooms.items():
             for i, system in enumerate(room.systems):
                 self.ref(cat, ("room", n, "systems", str(i)), "follows", "system", system)
+            for i, text in enumerate(room.bind):
+                platform = text.partition(":")[0]
+                if platform not in cat.platforms and platform != "web":
+                    self.add(cat.locate("room", n, "bind", str(i)),
+                             f"room '{n}' binds to platform '{platform}', which is not defined",
+                             did_you_mean(platform, sorted(cat.platforms)) +
+                             f"add `platforms: [{{name: {platform}, ...}}]` or fix the name")
+        self.platform_settings(cat)
         for alias in cat.aliases:
             self.ref(cat, ("alias", alias.pattern, "runbook"), "runs", "runbook", alias.runbook)
             self.params(cat, ("alias", alias.pattern, "pattern"), alias.runbook, alias.placeholders, False)
@@ -413,6 +421,29 @@ class _Loader:
                              did_you_mean(perm, sorted(ALL_PERMISSIONS)) +
                              f"known permissions: {', '.join(sorted(ALL_PERMISSIONS))}")
         self.cycles(cat, "role", "inherits", "inherit from", {n: r.inherits for n, r in cat.roles.items()})
+
+
+    def platform_settings(self, cat: Catalog) -> None:
+        """Each platform's settings checked by its adapter's own Config, at file:line."""
+        from opsroom.plugins import chat_adapters
+
+        kinds = chat_adapters()
+        for n, platform in cat.platforms.items():
+            spec = kinds.get(platform.kind)
+            if spec is None:
+                self.add(cat.locate("platform", n, "type" if platform.type else "name"),
+                         f"platform '{n}': no chat adapter of type '{platform.kind}'",
+                         did_you_mean(platform.kind, sorted(kinds)) + f"known types: {', '.join(sorted(kinds))}")
+                continue
+            try:
+                spec.load().Config.model_validate(platform.settings)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    path = tuple(str(p) for p in err["loc"])
+                    where = cat.locate("platform", n, *path)
+                    field_name = ".".join(path) or "settings"
+                    self.add(where, f"platform '{n}': {field_name}: {err['msg']}",
+                             f"see docs/chat.md for the settings of a {platform.kind} platform")
 
 
 def _literal(name: str | None) -> str | None:

@@ -296,8 +296,41 @@ class Rule(Obj):
 class Room(Obj):
     name: Name
     title: str | None = None
-    platform: Literal["web"] = "web"
+    platform: Literal["web"] = "web"  # every room is in the web UI; other platforms are bound
     systems: list[Name] = []
+    # Channels on other platforms that are this same conversation: `slack:#ops`, `irc:"#ops"`.
+    bind: list[str] = []
+
+    @field_validator("bind")
+    @classmethod
+    def _bindings(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for text in v:
+            platform, sep, channel = text.partition(":")
+            if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", platform) or not channel.strip():
+                raise ValueError(f"{text!r} is not PLATFORM:CHANNEL; write e.g. `slack:#ops` or "
+                                 "`matrix:!abc:example.org`")
+            if text in seen:
+                raise ValueError(f"{text!r} is bound twice")
+            seen.add(text)
+        return v
+
+
+class Platform(Obj):
+    """A chat platform the server connects to; its other fields are the adapter's settings
+    (tokens through ${VAR}, never written in the YAML), checked by the adapter's Config."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Name  # what bindings name: `bind: [slack:#ops]`
+    type: str | None = None  # the adapter kind (slack, irc, ...); defaults to the name
+
+    @property
+    def kind(self) -> str:
+        return self.type or self.name
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class Alias(Obj):
@@ -355,4 +388,5 @@ KINDS: dict[str, str] = {
     "aliases": "alias",
     "roles": "role",
     "users": "user",
+    "platforms": "platform",
 }

@@ -1,7 +1,9 @@
-"""The room hub: stores room messages, fans them out to adapters, routes commands.
+"""The room hub: one conversation per room, whatever platforms it is bound to.
 
-One ordered queue for everything said in rooms, so the room reads in the order
-things happened (problem before recovery, request before approval).
+Everything said in a room passes one ordered queue, so the room reads in the order things
+happened (problem before recovery, request before approval). Each stored line then goes to
+every binding of the room through that adapter's own send queue: a person's line to every
+binding but the one it came from, the bot's to all. The hub never waits for a platform.
 """
 
 from __future__ import annotations
@@ -9,53 +11,154 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 import structlog
 
+from opsroom.access import links
 from opsroom.access import service as access
-from opsroom.chat import commands
+from opsroom.access.identity import SYSTEM
+from opsroom.approvals import service as approvals
+from opsroom.audit import service as audit
+from opsroom.chat import accounts, commands
 from opsroom.chat.announce import ANNOUNCED, render
-from opsroom.chat.base import ChatAdapter, Message, Person
+from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Message, Outgoing, Person
+from opsroom.chat.sendqueue import SendQueue
 from opsroom.errors import OpsroomError
-from opsroom.events import Event, ExecutionOutput, RoomMessagePosted, RoomPresence
+from opsroom.events import ApprovalRequested, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
 from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
 
 log = structlog.get_logger(__name__)
 _Item = tuple[Message, "asyncio.Future[Message] | None"]
+SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
 
 
 class RoomHub:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.adapters: list[ChatAdapter] = []
+        self.adapters: dict[str, ChatAdapter] = {}
+        self.queues: dict[str, SendQueue] = {}
         self.people: dict[str, dict[str, Person]] = defaultdict(dict)
+        self.routes: dict[tuple[str, str], str] = {}  # (adapter name, channel) -> room
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def add_adapter(self, adapter: ChatAdapter, name: str | None = None) -> None:
+        adapter.name = name or adapter.name or adapter.platform
+        if adapter.name in self.adapters:
+            raise ValueError(f"two chat adapters are named {adapter.name!r}")
+        self.adapters[adapter.name] = adapter
+        self.queues[adapter.name] = SendQueue(adapter)
+
+    def channels(self, room: str) -> list[tuple[str, str]]:
+        """(adapter name, channel) of every binding of a room that has an adapter here."""
+        out = [(name, room) for name, a in self.adapters.items() if a.implicit]
+        spec = self.rt.catalog.rooms.get(room)
+        for text in spec.bind if spec is not None else ():
+            name, _, channel = text.partition(":")
+            if name in self.adapters and not self.adapters[name].implicit:
+                out.append((name, channel.strip()))
+        return out
 
     async def start(self) -> None:
+        for room in self.rt.catalog.rooms:
+            for name, channel in self.channels(room):
+                self.routes[(name, channel)] = room
         for event_type in ANNOUNCED:
             self.rt.bus.subscribe(event_type, self._on_event)
         self.rt.bus.subscribe(ExecutionOutput, self._on_output)
         self._worker = asyncio.get_running_loop().create_task(self._drain())
-        for adapter in self.adapters:
-            await adapter.start(self.on_message, self.on_presence)
+        for name, adapter in self.adapters.items():
+            self.queues[name].start()
+            bound = sorted(channel for (n, channel) in self.routes if n == name)
+            try:
+                await adapter.start(self, bound)
+            except Exception:
+                # One platform that cannot start (a bad token) must not keep the others or the
+                # web room from running: it is logged, and its queue holds what it misses.
+                log.exception("chat adapter failed to start", platform=name)
 
     async def stop(self) -> None:
-        for adapter in self.adapters:
-            await adapter.stop()
+        for name, adapter in self.adapters.items():
+            await self.queues[name].drained(timeout=2.0)
+            with contextlib.suppress(Exception):
+                await adapter.stop()
+            await self.queues[name].stop()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
 
-    def add_adapter(self, adapter: ChatAdapter) -> None:
-        self.adapters.append(adapter)
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {name: {**dataclasses.asdict(q.stats), "queued": len(q), "connected": self.adapters[name].is_connected()}
+                for name, q in self.queues.items()}
 
-    # --- inbound --------------------------------------------------------
+    # --- what adapters hand in (AdapterSink) ------------------------------
+
+    def _first_time(self, adapter: ChatAdapter, delivery_id: str | None) -> bool:
+        if delivery_id is None:
+            return True
+        key = (adapter.name, delivery_id)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > SEEN_DELIVERIES:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _person(self, adapter: ChatAdapter, author: Person) -> Person:
+        if adapter.trusted_identity:
+            return author
+        user = await links.linked_user(self.rt, platform=adapter.name, account_id=author.platform_id)
+        return dataclasses.replace(author, user=user)
+
+    async def message(self, adapter: ChatAdapter, incoming: Incoming) -> None:
+        if incoming.author.is_bot or not self._first_time(adapter, incoming.delivery_id):
+            return  # never answer a bot, ourselves included; a redelivery is answered once
+        room = self.routes.get((adapter.name, incoming.channel))
+        if room is None:
+            return
+        person = await self._person(adapter, incoming.author)
+        await self.on_message(Message(room=room, text=incoming.text, author=person,
+                                      origin=_binding(adapter, incoming.channel)))
+
+    async def presence(self, adapter: ChatAdapter, channel: str, person: Person, joined: bool) -> None:
+        room = self.routes.get((adapter.name, channel))
+        if room is not None and not person.is_bot:
+            await self.on_presence(room, await self._person(adapter, person), joined)
+
+    async def click(self, adapter: ChatAdapter, click: Click) -> None:
+        if click.author.is_bot or not self._first_time(adapter, click.delivery_id):
+            return
+        room = self.routes.get((adapter.name, click.channel))
+        person = await self._person(adapter, click.author)
+        reply = await self._decide(adapter, person, click)
+        if reply and room is not None:
+            await self.post(Message(room=room, text=reply, kind="bot"))
+
+    async def _decide(self, adapter: ChatAdapter, person: Person, click: Click) -> str:
+        if person.user is None:
+            return (f"{person.display_name}: your {adapter.name} account is not linked to an opsroom user; "
+                    "`link CODE` first (get a code in the web UI or from an admin)")
+        try:
+            actor = await access.actor_by_name(self.rt, name=person.user, door="chat")
+            reason = None if click.decision == "approve" else f"denied with the {adapter.name} button"
+            await approvals.decide(self.rt, actor=actor, approval_id=click.approval_id,
+                                   approve=click.decision == "approve", reason=reason)
+        except OpsroomError as exc:
+            return f"{person.display_name}: {exc.message}" + (f" — {exc.hint}" if exc.hint else "")
+        return ""  # the approval.decided event announces it
+
+    async def refused(self, adapter: ChatAdapter, *, what: str, detail: str) -> None:
+        log.warning("chat request refused", platform=adapter.name, what=what, detail=detail)
+        await audit.append_alone(self.rt, actor=SYSTEM, action="chat.refused", target=f"platform:{adapter.name}",
+                                 outcome="denied", details={"what": what, "detail": mask(detail)[:500]})
+
+    # --- a line said in a room ---------------------------------------------
 
     async def on_message(self, msg: Message) -> None:
         if msg.room not in self.rt.catalog.rooms:
@@ -63,9 +166,8 @@ class RoomHub:
         if msg.text != rooms.storable(msg.text):
             # From any adapter: the command, its echo and the reply all see the same clean text.
             msg = dataclasses.replace(msg, text=rooms.storable(msg.text))
-        shown = commands.redact(self.rt, msg.text, learn=await self._may_run(msg.author))
-        stored = await self.post(msg if shown == msg.text else
-                                 Message(room=msg.room, text=shown, author=msg.author, kind=msg.kind))
+        shown = accounts.redact(commands.redact(self.rt, msg.text, learn=await self._may_run(msg.author)))
+        stored = await self.post(msg if shown == msg.text else dataclasses.replace(msg, text=shown))
         reply = await self.answer(msg)
         if reply:
             await self.post(Message(room=msg.room, text=reply, kind="bot", reply_to=stored.id))
@@ -82,8 +184,14 @@ class RoomHub:
 
     async def answer(self, msg: Message) -> str:
         person = msg.author
-        if person is None or person.user is None:
-            return "I don't know who you are here; ask an admin to map your chat account to an opsroom user"
+        if person is None:
+            return ""
+        platform = msg.origin.platform if msg.origin is not None else "web"
+        own = await accounts.handle(self.rt, platform=platform, person=person, text=msg.text)
+        if own is not None:
+            return own  # help, whoami and link: the only commands an unlinked account has
+        if person.user is None:
+            return accounts.unlinked_reply(platform)
         try:
             actor = await access.actor_by_name(self.rt, name=person.user, door="chat")
         except OpsroomError as exc:
@@ -129,10 +237,16 @@ class RoomHub:
         note = render(self.rt, ev)
         if note is None:
             return
+        extra: dict[str, object] = {"event": ev.type, "correlation_id": ev.correlation_id or ""}
+        if isinstance(ev, ApprovalRequested):
+            extra["approval_id"] = ev.approval_id
+            extra["approvers"] = list(ev.approvers)
+        execution_id = getattr(ev, "execution_id", None)
+        if isinstance(execution_id, int):
+            extra["execution_id"] = execution_id
         for room in note.rooms:
             if room in self.rt.catalog.rooms:
-                self.post_nowait(Message(room=room, text=note.text, kind=note.kind,
-                                         extra={"event": ev.type, "correlation_id": ev.correlation_id or ""}))
+                self.post_nowait(Message(room=room, text=note.text, kind=note.kind, extra=extra))
 
     async def _on_output(self, ev: ExecutionOutput) -> None:
         # Through the same queue as messages, so output never shows before "approved by".
@@ -140,35 +254,69 @@ class RoomHub:
             self.post_nowait(Message(room=ev.room, text=ev.text, kind="output",
                                      extra={"execution_id": ev.execution_id}))
 
-    async def _stream(self, msg: Message) -> None:
-        """Output is live-only: shown to those watching, not stored as room history."""
-        for adapter in self.adapters:
-            stream = getattr(adapter, "stream_output", None)
-            if stream is not None:
-                await stream(msg.room, msg.extra["execution_id"], mask(msg.text))
-
     async def _drain(self) -> None:
         while True:
             msg, fut = await self._queue.get()
-            if msg.kind == "output":
-                try:
-                    await self._stream(msg)
-                except Exception:
-                    log.exception("streaming output failed", room=msg.room)
-                continue
             try:
-                stored = await self._store(msg)
-                for adapter in self.adapters:
-                    try:
-                        await adapter.send(stored)
-                    except Exception:
-                        log.exception("adapter send failed", platform=adapter.platform)
+                stored = await self._stream(msg) if msg.kind == "output" else await self._store(msg)
+                await self._fan_out(stored)
                 if fut is not None and not fut.done():
                     fut.set_result(stored)
             except Exception as exc:
                 log.exception("posting to room failed", room=msg.room)
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
+
+    async def _stream(self, msg: Message) -> Message:
+        """Output is live-only: shown to those watching, not stored as room history."""
+        return dataclasses.replace(msg, text=mask(msg.text))
+
+    async def _fan_out(self, msg: Message) -> None:
+        mentions = await self._mentions(msg)
+        for name, channel in self.channels(msg.room):
+            adapter = self.adapters[name]
+            if msg.kind == "person" and msg.origin == _binding(adapter, channel) and not adapter.mirrors:
+                continue  # never echoed back to where it was said
+            if msg.kind == "output" and not adapter.streams:
+                continue
+            await self.queues[name].put(self._outgoing(msg, adapter, channel, mentions.get(name, ())))
+
+    async def _mentions(self, msg: Message) -> dict[str, tuple[Mention, ...]]:
+        """An approval request mentions, on each platform, the approvers linked there."""
+        approvers = msg.extra.get("approvers")
+        if not isinstance(approvers, list) or not approvers:
+            return {}
+        out: dict[str, tuple[Mention, ...]] = {}
+        for name, adapter in self.adapters.items():
+            if adapter.trusted_identity:
+                continue
+            try:
+                found = await links.accounts_of(self.rt, platform=name, users=[str(a) for a in approvers])
+            except Exception:
+                log.warning("looking up approvers' chat accounts failed", platform=name, exc_info=True)
+                continue
+            out[name] = tuple(Mention(account_id, display) for _user, account_id, display in found)
+        return out
+
+    def _outgoing(self, msg: Message, adapter: ChatAdapter, channel: str, mentions: tuple[Mention, ...]) -> Outgoing:
+        relayed = msg.kind == "person"
+        author = msg.author.display_name if relayed and msg.author is not None else None
+        if relayed and msg.author is not None and msg.author.user and adapter.implicit:
+            author = msg.author.user  # the web room names people by their opsroom user
+        via = msg.origin.platform if msg.origin is not None else None
+        execution_id = msg.extra.get("execution_id")
+        approval_id = msg.extra.get("approval_id")
+        return Outgoing(room=msg.room, channel=channel, text=msg.text, kind=msg.kind, author=author,
+                        via=via, message_id=msg.id, at=_float(msg.extra.get("at")), reply_to=msg.reply_to,
+                        approval_id=approval_id if isinstance(approval_id, int) else None,
+                        mentions=mentions, link=self._link(msg.room, execution_id),
+                        execution_id=execution_id if isinstance(execution_id, int) else None)
+
+    def _link(self, room: str, execution_id: object) -> str:
+        base = self.rt.settings.web_url
+        if isinstance(execution_id, int):
+            return f"{base}/executions/{execution_id}"
+        return f"{base}/rooms/{room}"
 
     async def _store(self, msg: Message) -> Message:
         author = msg.author.user or msg.author.display_name if msg.author else "opsroom"
@@ -179,5 +327,12 @@ class RoomHub:
                                                      kind=msg.kind, text=msg.text, reply_to=msg.reply_to)
         self.rt.bus.publish(RoomMessagePosted(room=msg.room, message_id=msg_id, author=author or "?",
                                               text=text, kind=msg.kind, reply_to=msg.reply_to))
-        return Message(room=msg.room, text=text, author=msg.author, id=msg_id, kind=msg.kind,
-                       reply_to=msg.reply_to, extra={**msg.extra, "at": at, "author": author})
+        return dataclasses.replace(msg, text=text, id=msg_id, extra={**msg.extra, "at": at, "author": author})
+
+
+def _binding(adapter: ChatAdapter, channel: str) -> Binding:
+    return Binding(adapter.name, channel)
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None

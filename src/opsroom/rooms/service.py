@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit import service as audit
-from opsroom.chat.base import Message, Person
 from opsroom.errors import NotFound
 from opsroom.rooms.models import RoomMessageRow
 from opsroom.runtime import Runtime
@@ -85,10 +84,14 @@ async def missed(rt: Runtime, *, actor: Actor, room: str, after: int) -> tuple[l
 
 
 async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
+    """A line from the web room, which has its own adapter like every platform: the room is
+    checked here, and the line goes in through that adapter to the hub."""
     _room(rt, room)
     assert rt.rooms is not None
-    person = Person(platform_id=f"web:{actor.name}", display_name=actor.name, user=actor.name)
-    await rt.rooms.on_message(Message(room=room, text=text[:2000], author=person))
+    web = rt.rooms.adapters.get("web")
+    if web is None or not hasattr(web, "said"):
+        raise NotFound("the web room is not running in this server", hint="start it with `opsroom serve`")
+    await web.said(room, actor, text)
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -56,6 +56,28 @@ class _MonitorCollector(Collector):
         yield state
         yield latency
         yield healthy
+        if self.rt.rooms is not None:
+            yield from _chat_metrics(self.rt.rooms.stats())
+
+
+def _chat_metrics(stats: dict[str, dict[str, object]]) -> Iterator[Metric]:
+    """Each chat adapter's send queue: a platform that is slow or away fills its own queue only."""
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        "queued": GaugeMetricFamily("opsroom_chat_queued", "messages waiting for the platform", labels=["platform"]),
+        "connected": GaugeMetricFamily("opsroom_chat_connected", "1 connected, 0 not", labels=["platform"]),
+        "delivered": CounterMetricFamily("opsroom_chat_delivered", "messages sent to the platform",
+                                         labels=["platform"]),
+        "retried": CounterMetricFamily("opsroom_chat_retried", "sends retried after the platform failed",
+                                       labels=["platform"]),
+        "overflow": CounterMetricFamily("opsroom_chat_overflow", "messages dropped because the platform's "
+                                        "send queue was full", labels=["platform"]),
+        "failed": CounterMetricFamily("opsroom_chat_failed", "messages the platform refused for good",
+                                      labels=["platform"]),
+    }
+    for platform, figures in sorted(stats.items()):
+        for key, family in families.items():
+            family.add_metric([platform], float(figures.get(key, 0)))  # type: ignore[arg-type]
+    yield from families.values()
 
 
 def _scheduler_metrics(sched: Scheduler) -> Iterator[Metric]:

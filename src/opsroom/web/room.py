@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,7 +23,7 @@ from opsroom.access import service as access
 from opsroom.access.identity import Actor
 from opsroom.access.secrets import token_hash
 from opsroom.approvals import service as approvals
-from opsroom.chat.base import ChatAdapter, Message, MessageHandler, Person
+from opsroom.chat.base import AdapterSink, Capabilities, ChatAdapter, Incoming, Outgoing, Person
 from opsroom.errors import OpsroomError, Unauthenticated
 from opsroom.events import AccessChanged, ApprovalDecided, ApprovalRequested, Event
 from opsroom.rooms import service as rooms
@@ -84,20 +84,26 @@ class _Conn:
 
 
 class WebAdapter(ChatAdapter):
+    """The web room as a platform: bound to every room, its people logged in to opsroom itself,
+    every line shown to every viewer. deliver() only queues frames on sockets, so it runs in line."""
+
     platform = "web"
+    capabilities = Capabilities(buttons=True, edits=False, formatting="plain", max_chars=8000, rate_per_s=None)
+    implicit = True
+    trusted_identity = True
+    mirrors = True
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.name = "web"
         self.conns: dict[str, set[_Conn]] = defaultdict(set)
-        self._on_message: MessageHandler | None = None
-        self._on_presence: Callable[[str, Person, bool], Awaitable[None]] | None = None
+        self._sink: AdapterSink | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.presence_grace_s = PRESENCE_GRACE_S
         self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
 
-    async def start(self, on_message: MessageHandler,
-                    on_presence: Callable[[str, Person, bool], Awaitable[None]]) -> None:
-        self._on_message, self._on_presence = on_message, on_presence
+    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+        self._sink = sink
         self.rt.bus.subscribe(ApprovalRequested, self._approvals_changed)
         self.rt.bus.subscribe(ApprovalDecided, self._approvals_changed)
         self.rt.bus.subscribe(AccessChanged, self._access_changed)
@@ -129,18 +135,24 @@ class WebAdapter(ChatAdapter):
                 with contextlib.suppress(Exception):
                     await c.ws.close(code=1001)
 
-    async def send(self, message: Message) -> None:
+    async def deliver(self, out: Outgoing) -> None:
         # Serialised once for every listener: a room of 100 phones costs one json.dumps.
-        frame = json.dumps({"type": "message", "id": message.id, "at": message.extra.get("at"),
-                            "author": message.extra.get("author", "opsroom"), "kind": message.kind,
-                            "text": message.text})
-        for c in self.conns.get(message.room, ()):
-            c.push(frame, message.id)
+        author = out.author if out.kind == "person" else "opsroom"
+        frame = json.dumps({"type": "message", "id": out.message_id, "at": out.at, "author": author or "?",
+                            "kind": out.kind, "text": out.text, **({"via": out.via} if out.via else {})})
+        for c in self.conns.get(out.channel, ()):
+            c.push(frame, out.message_id)
 
-    async def stream_output(self, room: str, execution_id: int, text: str) -> None:
-        frame = json.dumps({"type": "output", "execution_id": execution_id, "text": text})
-        for c in self.conns.get(room, ()):
+    async def stream_output(self, out: Outgoing) -> None:
+        frame = json.dumps({"type": "output", "execution_id": out.execution_id, "text": out.text})
+        for c in self.conns.get(out.channel, ()):
             c.push(frame)
+
+    async def said(self, room: str, actor: Actor, text: str) -> None:
+        """A line typed in the web room: into the hub the way every platform's lines go."""
+        person = Person(platform_id=f"web:{actor.name}", display_name=actor.name, user=actor.name)
+        if self._sink is not None:
+            await self._sink.message(self, Incoming(channel=room, text=text[:2000], author=person))
 
     async def identify(self, platform_id: str) -> Person:
         name = platform_id.removeprefix("web:")
@@ -177,8 +189,8 @@ class WebAdapter(ChatAdapter):
             pending.cancel()  # back within the grace period: to the room, they never left
         first = pending is None and not any(c.actor.name == name for c in self.conns[room])
         self.conns[room].add(conn)
-        if first and self._on_presence is not None:
-            await self._on_presence(room, Person(f"web:{name}", name, name), True)
+        if first and self._sink is not None:
+            await self._sink.presence(self, room, Person(f"web:{name}", name, name), True)
 
     async def disconnected(self, room: str, conn: _Conn) -> None:
         self.conns[room].discard(conn)
@@ -192,8 +204,8 @@ class WebAdapter(ChatAdapter):
         if self._leaving.get((room, name)) is not asyncio.current_task():
             return
         del self._leaving[(room, name)]
-        if self._on_presence is not None:
-            await self._on_presence(room, Person(f"web:{name}", name, name), False)
+        if self._sink is not None:
+            await self._sink.presence(self, room, Person(f"web:{name}", name, name), False)
 
 
 def _same_origin(ws: WebSocket) -> bool:
@@ -335,7 +347,7 @@ async def _handle_frame(rt: Runtime, conn: _Conn, room: str, raw: str) -> None:
             verb = "approve" if text.strip().lstrip("!/").strip().lower().startswith("approve") else "deny"
             await require_decision_token(rt, actor=conn.actor, csrf=conn.csrf, approval_id=decided,
                                          token=frame.get("token"), verb=verb)
-        await rooms.say(rt, actor=conn.actor, room=room, text=text)
+        await rooms.say(rt, actor=conn.actor, room=room, text=text)  # checks, then WebAdapter.said
     elif kind == "decide":
         approval_id, decision, reason = frame.get("id"), frame.get("decision"), frame.get("reason")
         if isinstance(approval_id, bool) or not isinstance(approval_id, int) or not 1 <= approval_id <= MAX_ID:
