@@ -15,6 +15,7 @@ from opsroom.catalog.catalog import Catalog
 from opsroom.catalog.loader import load_catalog
 from opsroom.chat.base import ChatAdapter
 from opsroom.chat.hub import RoomHub
+from opsroom.chat.platforms import build_adapters
 from opsroom.checks.monitor import Monitor
 from opsroom.config import Settings
 from opsroom.errors import OpsroomError
@@ -73,7 +74,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
         await upgrade(rt.engine)
     await reconcile_users(rt, passwords=passwords)
     rt.rooms = RoomHub(rt)
-    for adapter in adapters or []:
+    for adapter in [*(adapters or []), *build_adapters(rt)]:
         rt.rooms.add_adapter(adapter)
     await rt.rooms.start()
     rt.executor = Executor(rt)

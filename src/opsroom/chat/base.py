@@ -213,6 +213,11 @@ class ChatAdapter(ABC):
         """Whether this adapter shows live output (it overrides stream_output)."""
         return type(self).stream_output is not ChatAdapter.stream_output
 
+    def routes(self) -> list[Any]:
+        """Starlette routes for what the platform POSTs to opsroom (button clicks, webhooks),
+        mounted by the web app at /chat/NAME/. Each handler verifies the platform's signature."""
+        return []
+
     def is_connected(self) -> bool:
         """Whether the platform is reachable now (for /metrics and the conformance suite)."""
         return True

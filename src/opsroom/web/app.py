@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Router
 
 from opsroom import __version__, server
 from opsroom.access.views import router as access_router
@@ -19,10 +20,21 @@ from opsroom.catalog.catalog import Catalog
 from opsroom.checks.views import router as checks_router
 from opsroom.config import Settings
 from opsroom.runbooks.views import router as runbooks_router
+from opsroom.runtime import Runtime
 from opsroom.web import errors, metrics, room, security, ui
 from opsroom.web.deps import ApiActor, WebSession
 
 log = structlog.get_logger(__name__)
+
+
+def _mount_platform_routes(app: FastAPI, rt: Runtime) -> None:
+    """What platforms POST to opsroom (button clicks, webhooks) lands at /chat/NAME/…; each
+    adapter verifies its platform's signature before anything is acted on."""
+    assert rt.rooms is not None
+    for name, adapter in rt.rooms.adapters.items():
+        routes = adapter.routes()
+        if routes:
+            app.mount(f"/chat/{name}", Router(routes=routes))
 
 
 def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords: dict[str, str] | None = None,
@@ -37,6 +49,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
             app.state.web_adapter = room.WebAdapter(rt)
             await server.start(rt, adapters=[app.state.web_adapter], schedule=schedule, passwords=passwords,
                                migrate=True)
+            _mount_platform_routes(app, rt)
             log.info(security.cookie_policy(settings)[1])
         except BaseException as exc:
             # Named for StartupRefusal: a failure the person can fix (another server started in
