@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
+from opsroom import server
 from opsroom.access import links
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.access.models import LinkCodeRow
+from opsroom.approvals.models import ApprovalRow
 from opsroom.audit.models import AuditRecordRow
+from opsroom.chat import accounts
+from opsroom.chat.fake import FakeAdapter
+from opsroom.config import Settings
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
+from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
+from tests.factories import PASSWORDS, small_catalog
+from tests.inprocess import ask, settle
 
 
 class Clock:
@@ -108,3 +119,86 @@ async def test_unlink_own_or_with_admin(store_rt: Runtime) -> None:
     with pytest.raises(NotFound):
         await links.unlink(rt, actor=you, platform="slack", account_id="U1")
     assert [r.actor for r in await _audit(rt, "chat.unlink")] == ["you"]
+
+
+# --- through a platform whose accounts must be linked ------------------------------------
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter, FakeAdapter]]:
+    """The web-like fake (its people are opsroom users) and `plat`, a platform of unlinked accounts."""
+    rt = await server.open_runtime(Settings(data=tmp_path / "data", catalog=small_catalog(tmp_path)))
+    web = FakeAdapter()
+    plat = FakeAdapter(name="plat", implicit=True, trusted=False, mirrors=False)
+    await server.start(rt, adapters=[web, plat], schedule=False, passwords=PASSWORDS)
+    rt.extras["link_clock"] = Clock()
+    try:
+        yield rt, web, plat
+    finally:
+        await settle(rt)
+        await server.stop(rt)
+
+
+async def _executions(rt: Runtime) -> int:
+    async with rt.read() as s:
+        return len(list((await s.execute(select(ExecutionRow.id))).scalars()))
+
+
+async def test_an_unlinked_account_has_help_whoami_and_link_only(
+        two: tuple[Runtime, FakeAdapter, FakeAdapter]) -> None:
+    rt, _web, plat = two
+    helped = await ask(plat, "mallory", "help")
+    assert helped == accounts.UNLINKED_HELP and "status" not in helped and "run" not in helped
+    assert await ask(plat, "mallory", "help run") == accounts.UNLINKED_HELP
+    assert "is not linked to an opsroom user" in await ask(plat, "mallory", " !WhoAmI? ")
+    for line in ("status", "is svc running", "run echo-args text=hi", "echo hi", "approve 1", "executions"):
+        assert await ask(plat, "mallory", line) == accounts.unlinked_reply("plat"), line
+    assert "missing the code" in await ask(plat, "mallory", "/link")
+    assert "not valid" in await ask(plat, "mallory", "link NOPE2345")
+    await plat.click("ops", "mallory", 1)
+    assert "not linked" in (await plat.wait_for(lambda m: "not linked" in m.text and m.kind == "bot")).text
+    assert await _executions(rt) == 0
+
+
+async def test_a_code_links_once_and_expires(two: tuple[Runtime, FakeAdapter, FakeAdapter]) -> None:
+    rt, web, plat = two
+    clock: Clock = rt.extras["link_clock"]
+    code, _ = await links.issue_link_code(rt, actor=await _actor(rt, "you"))
+    reply = await ask(plat, "you-on-plat", f"  Link {code.lower()} ")
+    assert "now acts as opsroom user you" in reply
+    # The room (and every other binding) holds the line with the code masked.
+    relayed = [m.text for m in web.sent if m.kind == "person"]
+    assert relayed[-1] == "  Link ****" and code not in str([m.text for m in web.sent + plat.sent])
+    assert "acts as opsroom user you (operator)" in await ask(plat, "you-on-plat", "whoami")
+    assert (await ask(plat, "you-on-plat", "is svc running")).startswith("svc")
+    assert (await ask(plat, "you-on-plat", "help")).startswith("commands:")  # a linked person gets the real help
+    # Used once: another account typing the same code is refused.
+    assert "already used" in await ask(plat, "eve", f"link {code}")
+    assert await links.linked_user(rt, platform="plat", account_id="fake:eve") is None
+    # Expired: ten minutes later the next code no longer works.
+    late, _ = await links.issue_link_code(rt, actor=await _actor(rt, "boss"))
+    clock.at += links.CODE_TTL_S + 1
+    assert "expired" in await ask(plat, "boss-on-plat", f"link {late}")
+    assert await links.linked_user(rt, platform="plat", account_id="fake:boss-on-plat") is None
+
+
+async def test_linked_on_a_platform_cannot_approve_own_web_request(
+        two: tuple[Runtime, FakeAdapter, FakeAdapter]) -> None:
+    rt, web, plat = two
+    await links.link_account(rt, platform="plat", account_id="fake:lead", display_name="lead", user="lead")
+    await links.link_account(rt, platform="plat", account_id="fake:boss", display_name="boss", user="boss")
+    before = len(web.sent)
+    await web.say("ops", "lead", "run deploy")
+    asked = await web.wait_for(lambda m: "needs approval" in m.text and m in web.sent[before:], timeout=5)
+    approval_id = int(asked.text.rsplit("#", 1)[1].rstrip("."))
+    refused = await ask(plat, "lead", f"approve {approval_id}")
+    assert "own request" in refused, refused
+    await plat.click("ops", "lead", approval_id, delivery_id="c1")
+    clicked = await plat.wait_for(lambda m: m.kind == "bot" and m.text.startswith("lead:"))
+    assert "own request" in clicked.text
+    async with rt.read() as s:
+        assert (await s.get(ApprovalRow, approval_id)).status == "open"  # type: ignore[union-attr]
+    await plat.say("ops", "boss", f"approve {approval_id}")  # a linked approver may (announced by the event)
+    await settle(rt)
+    async with rt.read() as s:
+        row = await s.get(ApprovalRow, approval_id)
+        assert row is not None and row.status == "approved" and row.decided_by == "boss"
