@@ -1,0 +1,1 @@
+"""Mattermost: the WebSocket API for events, REST for posting, interactive message buttons."""

@@ -1,0 +1,1 @@
+"""Slack: Socket Mode for events and clicks, the Web API for posting, signed HTTP actions."""
