@@ -22,3 +22,20 @@ class TokenOut(BaseModel):
     created_at: float
     last_used_at: float | None
     revoked: bool
+
+
+class LinkCodeOut(BaseModel):
+    """A one-time code, shown once: the person types `link CODE` on the chat platform before `expires_at`."""
+
+    code: str
+    expires_at: float
+    how: str
+
+
+class LinkOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    platform: str
+    account_id: str
+    display_name: str
+    user: str
+    created_at: float

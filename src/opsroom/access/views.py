@@ -1,4 +1,4 @@
-"""JSON API: users (list, disable, enable) and API tokens (list, revoke). Thin: the service decides."""
+"""JSON API: users, API tokens and one's own chat links. Thin: the service decides."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from opsroom.access import service
-from opsroom.access.schemas import TokenOut, UserOut
+from opsroom.access import links, service
+from opsroom.access.schemas import LinkCodeOut, LinkOut, TokenOut, UserOut
 from opsroom.web.deps import ApiActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["access"])
 # Generous here: the service normalises and says exactly what a user name may hold.
 UserName = Annotated[str, Path(max_length=256)]
+Platform = Annotated[str, Path(max_length=64)]
+AccountId = Annotated[str, Path(max_length=links.MAX_ACCOUNT)]
 
 
 @router.get("/users")
@@ -40,4 +42,25 @@ async def list_tokens(rt: RuntimeDep, actor: ApiActor, user: str | None = None) 
 @router.delete("/tokens/{token_id}", status_code=204)
 async def revoke_token(rt: RuntimeDep, actor: ApiActor, token_id: PathId) -> Response:
     await service.revoke_token(rt, actor=actor, token_id=token_id)
+    return Response(status_code=204)
+
+
+@router.post("/me/link-code", status_code=201)
+async def issue_link_code(rt: RuntimeDep, actor: ApiActor) -> LinkCodeOut:
+    """A one-time code that links a chat account to the caller: type `link CODE` on the platform."""
+    code, expires = await links.issue_link_code(rt, actor=actor)
+    return LinkCodeOut(code=code, expires_at=expires,
+                       how=f"type `link {code}` in a chat bound to an opsroom room within "
+                           f"{round(links.CODE_TTL_S / 60)} minutes; it works once")
+
+
+@router.get("/me/links")
+async def my_links(rt: RuntimeDep, actor: ApiActor) -> list[LinkOut]:
+    return [LinkOut.model_validate(i) for i in await links.list_links(rt, actor=actor, user=actor.name)]
+
+
+# `:path`: account ids hold '/' and ':' on some platforms (IRC masks, Matrix ids); the client encodes them.
+@router.delete("/me/links/{platform}/{account_id:path}", status_code=204)
+async def unlink(rt: RuntimeDep, actor: ApiActor, platform: Platform, account_id: AccountId) -> Response:
+    await links.unlink(rt, actor=actor, platform=platform, account_id=account_id, user=actor.name)
     return Response(status_code=204)

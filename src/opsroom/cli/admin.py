@@ -264,3 +264,47 @@ def token_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", min=1, he
 
     run(body)
     write(f"token #{token_id} revoked")
+
+
+@user_app.command("link")
+def user_link(name: str, data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Issue a one-time code that links a chat account to NAME (`link CODE` on the platform; 10 minutes)."""
+    from opsroom.access import links
+
+    async def body() -> tuple[str, float]:
+        async with store(catalog, data) as rt:
+            return await links.issue_link_code(rt, actor=local_admin(), user=name)
+
+    code, expires = run(body)
+    # Only the code on stdout (a script can read it); the rest to stderr like every other note.
+    print(code)
+    write(f"give it to {name} to type as `link {code}` in a chat bound to a room; it works once, until "
+          f"{_when(expires)} (older codes of {name} no longer work)", stream=sys.stderr)
+
+
+@user_app.command("links")
+def user_links(name: str, data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Chat accounts linked to NAME: platform, account id, display name, since."""
+    from opsroom.access import links
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await links.list_links(rt, actor=local_admin(), user=name)
+
+    table = Table("platform", "account", "name", "linked")
+    for link in run(body):
+        table.add_row(_cell(link.platform), _cell(link.account_id), _cell(link.display_name), _when(link.created_at))
+    out.print(table)
+
+
+@user_app.command("unlink")
+def user_unlink(name: str, platform: str, account: str, data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Remove the link of a chat account to NAME (the server stops honouring it within seconds)."""
+    from opsroom.access import links
+
+    async def body() -> None:
+        async with store(catalog, data) as rt:
+            await links.unlink(rt, actor=local_admin(), platform=platform, account_id=account, user=name)
+
+    run(body)
+    write(f"{platform} account {clean(account)} is no longer linked to {name}")

@@ -7,6 +7,7 @@ static files, so the CSP (web/security.py) forbids every inline one.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import secrets
 from pathlib import Path
@@ -17,7 +18,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from opsroom.access import links
 from opsroom.access import service as access
+from opsroom.access.identity import Actor
 from opsroom.errors import NotFound, OpsroomError, TooManyAttempts, Unauthenticated
 from opsroom.rooms import service as rooms
 from opsroom.web.deps import SESSION_COOKIE, RuntimeDep, WebSession
@@ -127,6 +130,63 @@ async def room_page(room: str, request: Request, rt: RuntimeDep, session: WebSes
         return page_error(request, 403, "not allowed", exc.message, exc.hint)
     return templates.TemplateResponse(request, "room.html", {"view": view, "me": actor.name, "csrf": csrf,
                                                               "roles": sorted(actor.roles)})
+
+
+async def _links_page(request: Request, rt: RuntimeDep, session: tuple[Actor, str], *, status: int = 200,
+                      **extra: Any) -> Response:
+    actor, csrf = session
+    found = await links.list_links(rt, actor=actor, user=actor.name)
+    shown = [{"platform": i.platform, "account_id": i.account_id, "display_name": i.display_name,
+              "since": _utc(i.created_at)} for i in found]
+    return templates.TemplateResponse(request, "links.html", {
+        "me": actor.name, "csrf": csrf, "links": shown, "minutes": round(links.CODE_TTL_S / 60), **extra},
+        status_code=status)
+
+
+def _utc(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _form_ok(session: tuple[Actor, str], csrf: str) -> bool:
+    return hmac.compare_digest(csrf.encode(), session[1].encode())
+
+
+@router.get("/me/links")
+async def links_page(request: Request, rt: RuntimeDep, session: WebSession) -> Response:
+    """One's chat accounts: get a one-time link code, see and remove links."""
+    if session is None:
+        return RedirectResponse(_login_url("/me/links"), status_code=303)
+    return await _links_page(request, rt, session)
+
+
+@router.post("/me/links/code")
+async def links_code(request: Request, rt: RuntimeDep, session: WebSession,
+                     csrf: Annotated[str, Form(max_length=128)] = "") -> Response:
+    if session is None:
+        return RedirectResponse(_login_url("/me/links"), status_code=303)
+    if not _form_ok(session, csrf):
+        return await _links_page(request, rt, session, status=403,
+                                 error="the form expired or came from another page; no code was made — try again")
+    # Shown in this answer only (never in a URL, a redirect or a log); the page is sent no-store.
+    code, expires = await links.issue_link_code(rt, actor=session[0].via("web"))
+    return await _links_page(request, rt, session, code=code, expires=_utc(expires))
+
+
+@router.post("/me/links/remove")
+async def links_remove(request: Request, rt: RuntimeDep, session: WebSession,
+                       platform: Annotated[str, Form(max_length=64)], account_id: Annotated[str, Form(max_length=255)],
+                       csrf: Annotated[str, Form(max_length=128)] = "") -> Response:
+    if session is None:
+        return RedirectResponse(_login_url("/me/links"), status_code=303)
+    if not _form_ok(session, csrf):
+        return await _links_page(request, rt, session, status=403,
+                                 error="the form expired or came from another page; nothing was removed — try again")
+    actor = session[0].via("web")
+    try:
+        await links.unlink(rt, actor=actor, platform=platform, account_id=account_id, user=actor.name)
+    except OpsroomError as exc:
+        return await _links_page(request, rt, session, status=404, error=exc.message)
+    return await _links_page(request, rt, session, notice=f"{platform} account {account_id} is no longer linked")
 
 
 def api_index(request: Request, openapi: dict[str, Any]) -> Response:
