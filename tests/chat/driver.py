@@ -34,6 +34,13 @@ class Driver(ABC):
     async def stop(self) -> None:
         """Stop everything start() started."""
 
+    async def attach(self, served: Any) -> None:  # noqa: B027 - optional
+        """Called once opsroom is up (served.rt, served.base): for drivers that need it."""
+
+    def streamed(self) -> list[str]:
+        """Live output lines the platform showed, for adapters that stream."""
+        return []
+
     @abstractmethod
     def platform_item(self) -> dict[str, Any]:
         """The catalog's `platforms:` item for opsroom's adapter (name == self.name)."""

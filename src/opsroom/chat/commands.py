@@ -462,11 +462,25 @@ def redact(rt: Runtime, text: str, *, learn: bool = False) -> str:
     return mask(text)
 
 
-async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str) -> Reply:
-    """Run one chat command; every error becomes a helpful reply, never a traceback."""
+def looks_like_command(rt: Runtime, text: str) -> bool:
+    """Whether a line starts as a command does (`!`/`/`, or a command's first word)."""
+    raw = text.strip()
+    if raw.startswith(("!", "/")):
+        return True
+    first = raw.split()[0].lower() if raw.split() else ""
+    return any(p.split()[0].lower() == first for p in _command_words(rt))
+
+
+async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str, addressed: bool = True) -> Reply:
+    """Run one chat command; every error becomes a helpful reply, never a traceback.
+
+    Not `addressed` (a line in a shared platform channel without `!` or `/`): people talk among
+    themselves there, so a line that is no command gets no "I don't understand".
+    """
     raw = text.strip()
     if raw.startswith(("!", "/")):
         raw = raw[1:].strip()
+        addressed = True
     text = " ".join(raw.split())  # commands match however they were spaced
     if not text:
         return ""
@@ -492,6 +506,6 @@ async def handle(rt: Runtime, *, actor: Actor, room: str | None, text: str) -> R
             if pattern.split()[0] == first and "{" in pattern and len(text.split()) < len(pattern.split()):
                 missing = re.findall(r"\{(\w+)\}", pattern)
                 return f"missing {', '.join(missing)}: write `{pattern}`" + _known(rt, missing)
-        return f"I don't understand {text!r}; {_did_you_mean(rt, text)}"
+        return f"I don't understand {text!r}; {_did_you_mean(rt, text)}" if addressed else ""
     except OpsroomError as exc:
         return f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "")

@@ -20,14 +20,28 @@ from opsroom.chat.base import (
     Incoming,
     Outgoing,
     Person,
+    PlatformConfig,
 )
+
+
+class FakeConfig(PlatformConfig):
+    """A catalog-configured fake behaves as a platform: bound by `bind`, people linked by code."""
+
+    rate_per_s: float | None = None
+    burst: int = 3
+    queue_size: int = 1000
 
 
 class FakeAdapter(ChatAdapter):
     platform = "fake"
+    Config = FakeConfig
 
     def __init__(self, *, name: str = "fake", implicit: bool = True, trusted: bool = True, mirrors: bool = True,
-                 rate_per_s: float | None = None, burst: int = 3, queue_size: int = 1000) -> None:
+                 rate_per_s: float | None = None, burst: int = 3, queue_size: int = 1000,
+                 config: FakeConfig | None = None, rt: object = None) -> None:
+        if config is not None:
+            implicit = trusted = mirrors = False
+            rate_per_s, burst, queue_size = config.rate_per_s, config.burst, config.queue_size
         self.name = name
         self.implicit, self.trusted_identity, self.mirrors = implicit, trusted, mirrors
         self.capabilities = Capabilities(buttons=True, rate_per_s=rate_per_s, burst=burst, queue_size=queue_size)

@@ -190,14 +190,19 @@ class RoomHub:
         own = await accounts.handle(self.rt, platform=platform, person=person, text=msg.text)
         if own is not None:
             return own  # help, whoami and link: the only commands an unlinked account has
+        # On a platform channel people also talk among themselves: only `!`/`/` lines and real
+        # commands are answered there; the web room is opsroom's own, so every line is.
+        origin = self.adapters.get(platform)
+        addressed = origin is None or origin.implicit
         if person.user is None:
-            return accounts.unlinked_reply(platform)
+            speaks_to_us = addressed or commands.looks_like_command(self.rt, msg.text)
+            return accounts.unlinked_reply(platform) if speaks_to_us else ""
         try:
             actor = await access.actor_by_name(self.rt, name=person.user, door="chat")
         except OpsroomError as exc:
             return exc.message
         try:
-            return await commands.handle(self.rt, actor=actor, room=msg.room, text=msg.text)
+            return await commands.handle(self.rt, actor=actor, room=msg.room, text=msg.text, addressed=addressed)
         except Exception:
             # The redacted line: the log is read by more people than the room's secrets are for.
             log.exception("chat command crashed", text=commands.redact(self.rt, msg.text)[:200])
