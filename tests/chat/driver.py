@@ -34,7 +34,7 @@ class Driver(ABC):
     async def stop(self) -> None:
         """Stop everything start() started."""
 
-    async def attach(self, served: Any) -> None:  # noqa: B027 - optional
+    async def attach(self, served: Any) -> None:
         """Called once opsroom is up (served.rt, served.base): for drivers that need it."""
 
     def streamed(self) -> list[str]:
