@@ -72,3 +72,19 @@ def test_readme_starts_with_the_two_commands() -> None:
     readme = (DOCS.parent / "README.md").read_text()
     first = readme.split("\n## ", 2)[1]
     assert re.search(r"make demo\s+#", first) and re.search(r"make test\s+#", first)
+
+
+def _hookspecs() -> list[str]:
+    from opsroom import hookspecs
+
+    return sorted(n for n in dir(hookspecs) if n.startswith("opsroom_")
+                  and hasattr(getattr(hookspecs, n), "opsroom_spec"))
+
+
+@pytest.mark.parametrize("hook", _hookspecs())
+def test_every_plugin_hook_is_documented(hook: str) -> None:
+    assert f"### `{hook}`" in (DOCS / "plugins.md").read_text(), f"docs/plugins.md has no section for {hook}"
+
+
+def test_the_hookspecs_are_found() -> None:
+    assert len(_hookspecs()) >= 4  # the test above cannot pass by finding none

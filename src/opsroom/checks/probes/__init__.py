@@ -1,4 +1,5 @@
-"""Probes by check type. Built-ins register here; plugins add to ``PROBES`` the same way."""
+"""Probes by check type, from the plugin contract (`opsroom_probe_types`): the built-ins register
+through opsroom's own entry point exactly as a plugin's probes do."""
 
 from __future__ import annotations
 
@@ -10,17 +11,26 @@ from opsroom.checks.probes.http import HttpProbe
 from opsroom.checks.probes.process import ProcessProbe
 from opsroom.checks.probes.tcp import TcpProbe
 
-PROBES: dict[str, Probe[Any]] = {p.type: p for p in (HttpProbe(), TcpProbe(), ProcessProbe(), CommandProbe())}
+PROBES: dict[str, Probe[Any]] = {}
 
 
 def register(probe: Probe[Any]) -> None:
-    """Add or replace the probe for ``probe.type`` (the plugin hook's entry point)."""
+    """Add or replace the probe for ``probe.type`` in this process (tests; plugins use the hook)."""
+    _loaded()
     PROBES[probe.type] = probe
+
+
+def _loaded() -> dict[str, Probe[Any]]:
+    if not PROBES:
+        from opsroom.plugins import probe_types
+
+        PROBES.update(probe_types())
+    return PROBES
 
 
 def get_probe(type: str) -> Probe[Any]:
     try:
-        return PROBES[type]
+        return _loaded()[type]
     except KeyError:
         known = ", ".join(sorted(PROBES))
         raise KeyError(f"no probe for check type {type!r}; known types: {known}") from None
