@@ -88,3 +88,19 @@ def test_every_plugin_hook_is_documented(hook: str) -> None:
 
 def test_the_hookspecs_are_found() -> None:
     assert len(_hookspecs()) >= 4  # the test above cannot pass by finding none
+
+
+PLATFORMS = ["slack", "teams", "mattermost", "matrix", "telegram", "irc", "xmpp"]
+
+
+@pytest.mark.parametrize("kind", PLATFORMS)
+def test_every_platform_has_its_page_with_every_setting(kind: str) -> None:
+    from opsroom.plugins import adapter_class
+
+    page = DOCS / "chat" / f"{kind}.md"
+    assert page.exists(), f"docs/chat/{kind}.md is missing"
+    text = page.read_text()
+    assert f"chat/{kind}.md" in (DOCS / "chat.md").read_text(), "docs/chat.md does not link the page"
+    missing = [f for f in adapter_class(kind).Config.model_fields if f"`{f}`" not in text]
+    assert not missing, f"docs/chat/{kind}.md does not document {missing}"
+    assert "bind" in text and "platforms:" in text, "the page shows no catalog item or binding"
