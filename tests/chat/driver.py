@@ -37,6 +37,10 @@ class Driver(ABC):
     async def attach(self, served: Any) -> None:
         """Called once opsroom is up (served.rt, served.base): for drivers that need it."""
 
+    def mentions(self, text: str, person: str) -> bool:
+        """Whether a received text mentions the person directly, in the platform's markup."""
+        return self.account_id(person) in text
+
     def streamed(self) -> list[str]:
         """Live output lines the platform showed, for adapters that stream."""
         return []

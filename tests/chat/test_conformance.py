@@ -96,6 +96,10 @@ async def test_a_line_is_relayed_to_other_bindings_and_never_echoed(world: tuple
 async def test_approval_by_text(world: tuple[Driver, Served]) -> None:
     driver, _ = world
     approval_id = await _request(driver)
+    if driver.name != "web":
+        # The request mentions the approver linked on this platform, directly (never @channel).
+        request = next(t for t in driver.received() if f"Request #{approval_id}" in t)
+        assert driver.mentions(request, "bob"), request
     await driver.say("bob", f"approve {approval_id}")
     await driver.wait_for(lambda t: "approved by boss" in t, TIMEOUT)
     await driver.wait_for(lambda t: "deploy" in t and ("succeeded" in t or "finished" in t or "deployed" in t), TIMEOUT)

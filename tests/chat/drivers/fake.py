@@ -53,7 +53,8 @@ class FakeDriver(Driver):
         await self.adapter.say(self.channel, "otherbot", text, bot=True)
 
     def received(self) -> list[str]:
-        return [render(o, self.adapter.capabilities) for o in self.adapter.sent if o.channel == self.channel]
+        return [render(o, self.adapter.capabilities, mention=lambda m: f"<@{m.account_id}>")
+                for o in self.adapter.sent if o.channel == self.channel]
 
     def streamed(self) -> list[str]:
         return [o.text for o in self.adapter.streamed if o.channel == self.channel]
