@@ -45,6 +45,7 @@ class TelegramFake:
         self.rate_limit: tuple[int, float] | None = None  # (n, seconds) per chat, then 429
         self.retry_after = 1
         self.calls: list[str] = []  # methods called, in order (never the token)
+        self.unauthorized = 0  # calls with a wrong token
         self._sent_at: dict[str, deque[float]] = {}
         self._update_ids = itertools.count(400_000_001)
         self._message_ids = itertools.count(1)
@@ -95,6 +96,7 @@ class TelegramFake:
 
     async def _method(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
+            self.unauthorized += 1
             return self._error(401, "Unauthorized")
         params: dict[str, Any] = dict(request.query)
         if request.can_read_body:
