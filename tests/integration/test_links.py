@@ -21,6 +21,7 @@ from opsroom.config import Settings
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
+from tests.e2e.harness import cli
 from tests.factories import PASSWORDS, small_catalog
 from tests.inprocess import ask, settle
 
@@ -202,3 +203,29 @@ async def test_linked_on_a_platform_cannot_approve_own_web_request(
     async with rt.read() as s:
         row = await s.get(ApprovalRow, approval_id)
         assert row is not None and row.status == "approved" and row.decided_by == "boss"
+
+
+async def test_cli_issues_lists_and_removes_links(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    common = ["--data", str(data)]
+    rt = await server.open_runtime(Settings(data=data))  # a new store, as a server's first start makes it
+    try:
+        await access.add_user(rt, actor=SYSTEM, name="carol", roles=["viewer"])
+    finally:
+        await rt.close()
+    issued = cli("user", "link", "Carol", *common)
+    assert issued.returncode == 0, issued.stderr
+    code = issued.stdout.strip()
+    assert len(code) == 8 and f"`link {code}`" in issued.stderr and "works once, until" in issued.stderr
+    rt = await server.open_runtime(Settings(data=data))
+    try:
+        assert await links.redeem_link_code(rt, platform="irc", account_id="carol!c@host", display_name="carol",
+                                            code=code) == "carol"
+        listed = cli("user", "links", "carol", *common)
+        assert listed.returncode == 0 and "carol!c@host" in listed.stdout and "irc" in listed.stdout
+        gone = cli("user", "unlink", "carol", "irc", "carol!c@host", *common)
+        assert gone.returncode == 0 and "no longer linked to carol" in gone.stdout, gone.stderr
+        assert await links.list_links(rt, actor=SYSTEM, user="carol") == []
+        assert [r.actor.startswith("local:") for r in await _audit(rt, "chat.unlink")] == [True]
+    finally:
+        await rt.close()
