@@ -78,3 +78,11 @@ def small_catalog(tmp: Path, **extra: Any) -> Path:
 
 async def token_for(rt: Runtime, user: str) -> str:
     return await access.create_token(rt, actor=SYSTEM, user=user, name="test")
+
+
+async def link(rt: Runtime, platform: str, account_id: str, user: str, display_name: str | None = None) -> None:
+    """Link a chat account to an opsroom user directly (what `link CODE` does, without the code)."""
+    from opsroom.access import links
+
+    await links.link_account(rt, platform=platform, account_id=account_id, display_name=display_name or user,
+                             user=user)
