@@ -150,7 +150,7 @@ class FakeMattermost:
         self.posts.append(post)
         self._changed.set()
         await self.broadcast(post, sender=caller)
-        return web.json_response(_for_clients(post), status=201)
+        return web.json_response(client_view(post), status=201)
 
     # --- WebSocket -------------------------------------------------------
 
@@ -199,7 +199,7 @@ class FakeMattermost:
     async def broadcast(self, post: dict[str, Any], *, sender: User) -> None:
         data = {"channel_display_name": self.channels[post["channel_id"]],
                 "channel_name": self.channels[post["channel_id"]], "channel_type": "O",
-                "post": json.dumps(_for_clients(post)), "sender_name": f"@{sender.username}", "team_id": TEAM_ID}
+                "post": json.dumps(client_view(post)), "sender_name": f"@{sender.username}", "team_id": TEAM_ID}
         for ws, _user in list(self.sockets):
             await self._send(ws, "posted", data, {"channel_id": post["channel_id"]})
 
@@ -253,7 +253,7 @@ class FakeMattermost:
                 await self._changed.wait()
 
 
-def _for_clients(post: dict[str, Any]) -> dict[str, Any]:
+def client_view(post: dict[str, Any]) -> dict[str, Any]:
     """What clients see: Mattermost strips action integrations (url, context) from posts."""
     shown = copy.deepcopy(post)
     for attachment in shown["props"].get("attachments") or []:
