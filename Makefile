@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench system-deps venv clean
+.PHONY: demo test lint bench system-deps synapse venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint
+# Synapse (the real Matrix homeserver of the chat tests) from PyPI, into a cache outside the
+# checkout: only the first run on a machine pays for it.
+synapse:
+	@bash scripts/install-synapse >/dev/null
+
+test: $(STAMP) system-deps synapse lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
