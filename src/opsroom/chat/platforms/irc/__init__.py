@@ -1,0 +1,1 @@
+"""IRC: an asyncio client of opsroom's own (see adapter.py for why)."""
