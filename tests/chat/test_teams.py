@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from opsroom.access import service as access
 from opsroom.chat.base import Message
 from opsroom.chat.platforms.teams.adapter import TeamsAdapter, TeamsConfig
 from tests.chat.drivers.teams import CONVERSATION, TeamsDriver
@@ -127,3 +128,14 @@ async def test_a_refused_client_secret_holds_sends_until_it_is_accepted(tmp_path
             assert driver.received().count("held back") == 1
     finally:
         await driver.stop()
+
+
+async def test_relayed_markup_shows_as_text(teams: tuple[TeamsDriver, Served]) -> None:
+    driver, served = teams
+    web = served.rt.rooms.adapters["web"]  # type: ignore[union-attr]
+    actor = await access.actor_by_name(served.rt, name="lead", door="web")
+    await web.said("ops", actor, '<at>everyone</at> <a href="https://evil.example">click</a> **x**')  # type: ignore[attr-defined]
+    text = await driver.wait_for(lambda t: "click" in t, TIMEOUT)
+    activity = next(a for a in driver.fake.replies_in(CONVERSATION) if a["text"] == text)
+    assert activity["textFormat"] == "xml" and "entities" not in activity  # nobody is mentioned
+    assert "<a href" not in text and "<at>" not in text and "&lt;a href" in text

@@ -55,6 +55,16 @@ class TeamsDriver(Driver):
     def received(self) -> list[str]:
         return [str(a.get("text", "")) for a in self.fake.replies_in(CONVERSATION)]
 
+    def mentions(self, text: str, person: str) -> bool:
+        """Teams mentions are `<at>name</at>` in the text plus an entity naming the account."""
+        for activity in self.fake.replies_in(CONVERSATION):
+            if activity.get("text") == text:
+                for entity in activity.get("entities") or ():
+                    if entity.get("type") == "mention" and entity.get("text") in text \
+                            and entity.get("mentioned", {}).get("id") == self.account_id(person):
+                        return True
+        return False
+
     async def click(self, person: str, approval_id: int, decision: str, *, forge: bool = False) -> None:
         card = next(a for a in reversed(self.fake.replies_in(CONVERSATION)) if a.get("attachments"))
         actions = card["attachments"][0]["content"]["actions"]

@@ -81,7 +81,7 @@ class TeamsAdapter(ChatAdapter):
         self.name = name
         self.config = config
         self.rt = rt
-        self.capabilities = Capabilities(buttons=True, formatting="markdown", max_chars=4000,
+        self.capabilities = Capabilities(buttons=True, formatting="html", max_chars=4000,
                                          rate_per_s=config.rate_per_s, burst=config.burst)
         self.bot_id = f"28:{config.app_id}"
         self._sink: AdapterSink | None = None
@@ -273,8 +273,11 @@ class TeamsAdapter(ChatAdapter):
         def mention(m: Mention) -> str:
             return f"<at>{html.escape(m.display_name)}</at>"
 
-        activity: dict[str, Any] = {"type": "message", "from": {"id": self.bot_id}, "textFormat": "markdown",
-                                    "text": render(out, self.capabilities, mention=mention)}
+        # HTML ("xml" to the Bot Framework): entities show as the characters they stand for,
+        # and <at> is the one tag we add ourselves; newlines need <br> there.
+        text = render(out, self.capabilities, mention=mention).replace("\n", "<br>")
+        activity: dict[str, Any] = {"type": "message", "from": {"id": self.bot_id}, "textFormat": "xml",
+                                    "text": text}
         if entities:
             activity["entities"] = entities
         if out.approval_id is not None:
