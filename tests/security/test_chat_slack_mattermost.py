@@ -33,7 +33,7 @@ async def _world(tmp: Path, driver: Driver) -> AsyncIterator[tuple[Any, Served]]
     await driver.start(tmp / "platform")
     try:
         async with serve(tmp, driver) as served:
-            await driver.attach(served)  # type: ignore[attr-defined]
+            await driver.attach(served)
             yield driver, served
     finally:
         await driver.stop()

@@ -3,6 +3,7 @@ listens on the WebSocket API; a click is the server's POST to the button's integ
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ class MattermostDriver(Driver):
 
     def account_id(self, person: str) -> str:
         return self.fake.user(person).id
+
+    def mentions(self, text: str, person: str) -> bool:
+        # Mattermost mentions by username, not by id.
+        return re.search(rf"(?<![\w.-])@{re.escape(self.fake.user(person).username)}(?![\w-])", text) is not None
 
     async def say(self, person: str, text: str) -> None:
         await self.fake.say(person, text, self.channel)

@@ -80,6 +80,10 @@ class MattermostAdapter(ChatAdapter):
         self._bound: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        # Posts wait here for one worker, in order: the socket keeps being read (and answering
+        # pings) while a command runs.
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         self._connected = asyncio.Event()
         self._names: dict[str, Person] = {}
         self.reconnects = 0
@@ -90,15 +94,26 @@ class MattermostAdapter(ChatAdapter):
     async def start(self, sink: AdapterSink, channels: list[str]) -> None:
         self._sink, self._bound = sink, set(channels)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mattermost:{self.name}")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"mattermost:{self.name}")
+        self._worker = loop.create_task(self._work(), name=f"mattermost-in:{self.name}")
 
     async def stop(self) -> None:
         self._connected.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        for task in (self._task, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._task = self._worker = None
+
+    async def _work(self) -> None:
+        while True:
+            data = await self._inbox.get()
+            try:
+                await self._posted(data)
+            except Exception:
+                log.exception("mattermost event handling failed", platform=self.name)
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -154,7 +169,10 @@ class MattermostAdapter(ChatAdapter):
                     if isinstance(data.get("seq"), int):
                         self.last_seq = data["seq"]
                     if data.get("event") == "posted":
-                        await self._posted(data.get("data") or {})
+                        try:
+                            self._inbox.put_nowait(data.get("data") or {})
+                        except asyncio.QueueFull:
+                            log.warning("mattermost events dropped: the room is not keeping up", platform=self.name)
             finally:
                 self._connected.clear()
 
@@ -237,6 +255,8 @@ class MattermostAdapter(ChatAdapter):
             return  # system posts (joins, header changes) have a type; people's have none
         props = post.get("props") or {}
         account = str(post.get("user_id", ""))
+        if account == self.bot_user_id:
+            return  # our own post, broadcast back to us
         is_bot = (account == self.bot_user_id or str(props.get("from_bot", "")).lower() == "true"
                   or bool(props.get("from_webhook")))
         person = await self.identify(account)

@@ -91,6 +91,10 @@ class SlackAdapter(ChatAdapter):
         self._ids: dict[str, str] = {}  # channel id -> the binding's text (C0OPS or #ops)
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        # Envelopes wait here for one worker, in order: the socket reader only acks and queues,
+        # so a command that takes a while never delays Slack's acks (it retries after 3 s).
+        self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=1000)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._connected = asyncio.Event()
         self._names: dict[str, Person] = {}
@@ -103,15 +107,18 @@ class SlackAdapter(ChatAdapter):
         self._sink, self._bound = sink, list(channels)
         self._ids = {c: c for c in channels if not c.startswith("#")}
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"slack:{self.name}")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"slack:{self.name}")
+        self._worker = loop.create_task(self._work(), name=f"slack-in:{self.name}")
 
     async def stop(self) -> None:
         self._connected.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        for task in (self._task, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._task = self._worker = None
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -162,14 +169,26 @@ class SlackAdapter(ChatAdapter):
                         log.info("slack connected", platform=self.name)
                     elif kind == "disconnect":
                         return True
-                    elif kind == "events_api":
-                        await self._event(envelope.get("payload") or {})
-                    elif kind == "interactive":
-                        await self._interactive(envelope.get("payload") or {}, via="socket")
+                    elif kind in ("events_api", "interactive"):
+                        try:
+                            self._inbox.put_nowait((kind, envelope.get("payload") or {}))
+                        except asyncio.QueueFull:
+                            log.warning("slack events dropped: the room is not keeping up", platform=self.name)
             finally:
                 self._ws = None
                 self._connected.clear()
         return False
+
+    async def _work(self) -> None:
+        while True:
+            kind, payload = await self._inbox.get()
+            try:
+                if kind == "events_api":
+                    await self._event(payload)
+                else:
+                    await self._interactive(payload, via="socket")
+            except Exception:
+                log.exception("slack event handling failed", platform=self.name)
 
     async def _resolve_channels(self) -> None:
         """Bindings may name a channel (#ops); Slack's events and posts speak in ids."""
@@ -265,6 +284,8 @@ class SlackAdapter(ChatAdapter):
         if bound is None:
             return
         account = str(event.get("user") or event.get("bot_id") or "")
+        if account == self.bot_user_id or (self.bot_id and event.get("bot_id") == self.bot_id):
+            return  # our own post, echoed back by Slack
         is_bot = bool(event.get("bot_id")) or subtype == "bot_message" or account == self.bot_user_id
         person = await self.identify(account) if account and not is_bot else Person(account, account or "bot")
         if is_bot and not person.is_bot:
