@@ -14,6 +14,7 @@ from opsroom.approvals.models import ApprovalRow
 from opsroom.chat.base import Message
 from opsroom.chat.platforms.mattermost.adapter import MattermostAdapter
 from opsroom.chat.platforms.mattermost.fake_server import client_view
+from opsroom.rooms.service import history_of
 from tests.chat.drivers.mattermost import ACTION_SECRET, MattermostDriver
 from tests.chat.harness import Served, serve
 
@@ -125,3 +126,15 @@ async def test_system_posts_and_webhook_posts_are_not_commands(tmp_path: Path) -
         await driver.say("alice", "executions")  # barrier
         await driver.wait_for(lambda t: "executions" in t.lower(), TIMEOUT)
         assert not any("Sys" in t for t in driver.received())
+
+
+async def test_being_added_to_and_removed_from_the_channel_is_told_to_the_room(tmp_path: Path) -> None:
+    async with mattermost(tmp_path) as (driver, served):
+        await driver.fake.membership("carol", joined=True)
+        await driver.fake.membership("carol", joined=False)
+        await driver.fake.membership("bob", joined=True, channel="z" * 26)  # not a bound channel
+        await driver.say("alice", "executions")  # barrier
+        await driver.wait_for(lambda t: "executions" in t.lower(), TIMEOUT)
+        notices = [m.text for m in await history_of(served.rt, room="ops") if m.kind == "notice"]
+        assert "carol joined the room" in notices and "carol left the room" in notices
+        assert not any(n.startswith("bob") for n in notices)

@@ -15,6 +15,7 @@ import pytest
 from opsroom.approvals.models import ApprovalRow
 from opsroom.chat.base import Message
 from opsroom.chat.platforms.slack.adapter import SlackAdapter
+from opsroom.rooms.service import history_of
 from tests.chat.drivers.slack import SlackDriver
 from tests.chat.harness import Served, serve
 
@@ -156,3 +157,16 @@ async def test_tokens_never_reach_the_log(tmp_path: Path, caplog: pytest.LogCapt
     assert "slack connection lost" in out or "slack connected" in out  # the log was captured at all
     for secret in (driver.fake.app_token, driver.fake.bot_token, driver.fake.signing_secret):
         assert secret not in out
+
+
+async def test_joining_and_leaving_the_channel_is_told_to_the_room(tmp_path: Path) -> None:
+    async with slack(tmp_path) as (driver, served):
+        await driver.fake.membership("carol", joined=True)
+        await driver.fake.membership("carol", joined=False)
+        await driver.fake.membership("bob", joined=True, channel="C0OTHER")  # not a bound channel
+        await driver.say("alice", "executions")  # barrier
+        await driver.wait_for(lambda t: "executions" in t.lower(), TIMEOUT)
+        assert served.rt.rooms is not None
+        notices = [m.text for m in await history_of(served.rt, room="ops") if m.kind == "notice"]
+        assert "carol joined the room" in notices and "carol left the room" in notices
+        assert not any(n.startswith("bob") for n in notices)

@@ -109,9 +109,12 @@ class MattermostAdapter(ChatAdapter):
 
     async def _work(self) -> None:
         while True:
-            data = await self._inbox.get()
+            event = await self._inbox.get()
             try:
-                await self._posted(data)
+                if event.get("event") == "posted":
+                    await self._posted(event.get("data") or {})
+                else:
+                    await self._membership(event)
             except Exception:
                 log.exception("mattermost event handling failed", platform=self.name)
         if self._http is not None:
@@ -168,9 +171,9 @@ class MattermostAdapter(ChatAdapter):
                     data = json.loads(frame.data)
                     if isinstance(data.get("seq"), int):
                         self.last_seq = data["seq"]
-                    if data.get("event") == "posted":
+                    if data.get("event") in ("posted", "user_added", "user_removed"):
                         try:
-                            self._inbox.put_nowait(data.get("data") or {})
+                            self._inbox.put_nowait(data)
                         except asyncio.QueueFull:
                             log.warning("mattermost events dropped: the room is not keeping up", platform=self.name)
             finally:
@@ -264,6 +267,14 @@ class MattermostAdapter(ChatAdapter):
             person = Person(person.platform_id, person.display_name, is_bot=True)
         await self._sink.message(self, Incoming(channel=channel, text=str(post.get("message", "")), author=person,
                                                 delivery_id=str(post.get("id") or "") or None))
+
+    async def _membership(self, event: dict[str, Any]) -> None:
+        """Someone added to or removed from a bound channel: the room hears they joined or left."""
+        channel = str((event.get("broadcast") or {}).get("channel_id") or "")
+        account = str((event.get("data") or {}).get("user_id") or "")
+        if self._sink is None or channel not in self._bound or not account or account == self.bot_user_id:
+            return
+        await self._sink.presence(self, channel, await self.identify(account), event.get("event") == "user_added")
 
     def routes(self) -> list[Any]:
         return [Route("/actions", self._actions, methods=["POST"])]

@@ -216,6 +216,14 @@ class FakeMattermost:
         post = next(p for p in reversed(self.posts) if not self.users[p["user_id"]].is_bot)
         await self.broadcast(post, sender=self.users[post["user_id"]])
 
+    async def membership(self, person: str, *, joined: bool, channel: str | None = None) -> None:
+        """A person is added to or removed from a channel: user_added / user_removed events."""
+        user = self.user(person)
+        data = {"user_id": user.id, "team_id": TEAM_ID} if joined else {"user_id": user.id, "remover_id": user.id}
+        for ws, _user in list(self.sockets):
+            await self._send(ws, "user_added" if joined else "user_removed", data,
+                             {"channel_id": channel or self.ops})
+
     def action(self, approval_id: int, decision: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the bot's post, the action) of a request's button, as the server stored them."""
         for post in reversed(self.posts):

@@ -275,7 +275,16 @@ class SlackAdapter(ChatAdapter):
 
     async def _event(self, payload: dict[str, Any]) -> None:
         event = payload.get("event") or {}
-        if event.get("type") != "message" or self._sink is None:
+        if self._sink is None:
+            return
+        if event.get("type") in ("member_joined_channel", "member_left_channel"):
+            bound = self._ids.get(str(event.get("channel", "")))
+            account = str(event.get("user", ""))
+            if bound is not None and account and account != self.bot_user_id:
+                await self._sink.presence(self, bound, await self.identify(account),
+                                          event["type"] == "member_joined_channel")
+            return
+        if event.get("type") != "message":
             return
         subtype = event.get("subtype")
         if subtype not in (None, "bot_message", "thread_broadcast", "file_share", "me_message"):

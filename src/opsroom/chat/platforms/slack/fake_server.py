@@ -243,6 +243,17 @@ class FakeSlack:
         return await self._send({"type": "events_api", "payload": payload, "accepts_response_payload": False,
                                  "retry_attempt": 1, "retry_reason": "timeout"})
 
+    async def membership(self, person: str, *, joined: bool, channel: str = "C0OPS") -> str:
+        """A person joins or leaves a channel: member_joined_channel / member_left_channel."""
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
+        kind = "member_joined_channel" if joined else "member_left_channel"
+        event = {"type": kind, "user": self.user(person).id, "channel": channel, "channel_type": "C", "team": TEAM,
+                 "event_ts": ts}
+        payload = {"team_id": TEAM, "api_app_id": "A0OPS", "event": event, "type": "event_callback",
+                   "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}", "event_time": int(time.time())}
+        return await self._send({"type": "events_api", "payload": payload, "accepts_response_payload": False,
+                                 "retry_attempt": 0, "retry_reason": ""})
+
     async def disconnect(self, reason: str = "refresh_requested") -> None:
         for ws in list(self.sockets):
             await ws.send_json({"type": "disconnect", "reason": reason,
