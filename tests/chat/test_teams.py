@@ -139,3 +139,27 @@ async def test_relayed_markup_shows_as_text(teams: tuple[TeamsDriver, Served]) -
     activity = next(a for a in driver.fake.replies_in(CONVERSATION) if a["text"] == text)
     assert activity["textFormat"] == "xml" and "entities" not in activity  # nobody is mentioned
     assert "<a href" not in text and "<at>" not in text and "&lt;a href" in text
+
+
+async def test_keys_that_cannot_be_fetched_are_nobodys_forgery(tmp_path: Path) -> None:
+    import aiohttp
+
+    from opsroom.chat.platforms.teams.auth import ChannelKeys, KeysUnavailable, verify_activity
+    from opsroom.chat.platforms.teams.fake_server import TeamsFake
+
+    fake = TeamsFake()
+    await fake.start()
+    try:
+        activity = fake.activity(conversation=CONVERSATION, user_id="29:1alice", name="alice", text="hi")
+        token = fake.token()
+        async with aiohttp.ClientSession() as session:
+            keys = ChannelKeys(session, fake.openid_url)
+            await fake.stop()
+            with pytest.raises(KeysUnavailable):
+                await verify_activity(keys, authorization=f"Bearer {token}", app_id=fake.app_id, activity=activity)
+            await fake.start()
+            claims = await verify_activity(keys, authorization=f"Bearer {token}", app_id=fake.app_id,
+                                           activity=activity)
+            assert claims["aud"] == fake.app_id
+    finally:
+        await fake.close()

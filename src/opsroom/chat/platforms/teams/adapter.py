@@ -38,7 +38,7 @@ from opsroom.chat.base import (
     Person,
     PlatformConfig,
 )
-from opsroom.chat.platforms.teams.auth import AuthError, BotToken, ChannelKeys, verify_activity
+from opsroom.chat.platforms.teams.auth import AuthError, BotToken, ChannelKeys, KeysUnavailable, verify_activity
 from opsroom.chat.safe import render
 from opsroom.runtime import Runtime
 
@@ -175,6 +175,10 @@ class TeamsAdapter(ChatAdapter):
         except AuthError as exc:
             await self._sink.refused(self, what=what, detail=f"Bot Framework token: {exc}")
             return JSONResponse({"error": "unauthorized"}, status_code=401)
+        except KeysUnavailable as exc:
+            # Not the sender's fault and not proof of forgery: Teams retries a 503.
+            log.warning("teams: signing keys unavailable", platform=self.name, error=str(exc))
+            return JSONResponse({"error": "cannot verify now"}, status_code=503)
         try:
             self._inbox.put_nowait(activity)
         except asyncio.QueueFull:

@@ -26,6 +26,10 @@ class AuthError(Exception):
     """The Activity's token is not the Bot Framework's: the request is refused."""
 
 
+class KeysUnavailable(Exception):
+    """The signing keys could not be fetched: nobody is to blame, the channel should retry."""
+
+
 class ChannelKeys:
     """The channel's signing keys, fetched from the OpenID metadata's jwks_uri and cached."""
 
@@ -88,7 +92,7 @@ async def verify_activity(keys: ChannelKeys, *, authorization: str | None, app_i
     try:
         key, endorsements = await keys.key(kid)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise AuthError(f"signing keys unavailable: {type(exc).__name__}") from None
+        raise KeysUnavailable(type(exc).__name__) from None
     channel = activity.get("channelId")
     if endorsements and channel not in endorsements:
         raise AuthError(f"key not endorsed for channel {channel!r}")
