@@ -90,11 +90,13 @@ def demo(port: Annotated[int, typer.Option(envvar="OPSROOM_PORT")] = 8080,
          host: Annotated[str, typer.Option()] = "127.0.0.1",
          outage: Annotated[bool, typer.Option(help="kill service-b 15 s after start")] = False,
          auto: Annotated[bool, typer.Option(help="let a rule recover service-b with no human")] = False,
+         catalog: Annotated[Path | None, typer.Option(
+             help="a copy of the demo catalog to run instead (e.g. with its room bound to your Slack)")] = None,
          data: DataOpt = None) -> None:
     """Start the demo: System A's services and opsroom on http://127.0.0.1:8080/."""
     from opsroom.cli.demo import run_demo
 
-    run_demo(host=host, port=port, outage=outage, auto=auto, data=data)
+    run_demo(host=host, port=port, outage=outage, auto=auto, data=data, catalog=catalog)
 
 
 def main() -> None:

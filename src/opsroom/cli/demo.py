@@ -33,7 +33,8 @@ def _free(port: int) -> bool:
     return True
 
 
-def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | None) -> None:
+def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | None,
+             catalog: Path | None = None) -> None:
     import uvicorn
 
     from opsroom.config import Settings
@@ -64,7 +65,7 @@ def run_demo(*, host: str, port: int, outage: bool, auto: bool, data: Path | Non
     for name in ("service-b", "service-c"):
         if ctl.start(data, name) != 0:
             raise SystemExit(1)
-    settings = Settings(data=data, catalog=CATALOG, host=host, port=port, demo=True)
+    settings = Settings(data=data, catalog=catalog or CATALOG, host=host, port=port, demo=True)
     # The server's logging: plain tracebacks, no locals, every line masked (uvicorn's own
     # level below keeps its access log out of the demo's terminal).
     logs.configure("info")
