@@ -200,9 +200,9 @@ def _tail(link: str | None, fmt: Formatting) -> str:
 
 def _cut_point(text: str, index: int, fmt: Formatting) -> int:
     """Move a cut back so it never splits an escape, a combined character, or a line needlessly."""
-    newline = text.rfind("\n", max(0, index - 200), index)
+    newline = text.rfind("\n", max(index // 2, index - 200), index)
     if newline > 0:
-        index = newline  # a whole last line reads better than half of one
+        index = newline  # a whole last line reads better than half of one (if it costs little)
     if fmt in ("html", "mrkdwn"):
         amp = text.rfind("&", max(0, index - _ENTITY_MAX + 1), index)
         if amp != -1 and ";" not in text[amp:index]:
