@@ -21,6 +21,8 @@ from sqlalchemy import select
 
 from opsroom.approvals.models import ApprovalRow
 from opsroom.audit.models import AuditRecordRow
+from opsroom.chat.platforms.slack.adapter import SlackAdapter, SlackConfig
+from opsroom.chat.platforms.slack.fake_server import FakeSlack
 from tests.chat.driver import Driver
 from tests.chat.drivers.mattermost import MattermostDriver
 from tests.chat.drivers.slack import SlackDriver
@@ -251,3 +253,34 @@ class TestMattermostActions:
         assert await _post(url, b"{not json", {"Content-Type": "application/json"}) == 400
         await self._refused(served, approval_id, 413, 413, "too large")
         assert any("not JSON" in d for d in await _refusals(served))
+
+
+class TestSlackVerifyAlone:
+    """The signature check on its own, for the cases a whole server makes awkward to reach."""
+
+    @staticmethod
+    def _adapter(secret: str | None) -> SlackAdapter:
+        config = SlackAdapter.Config.model_validate({"app_token": "xapp-x", "bot_token": "xoxb-x",
+                                                     "signing_secret": secret})
+        assert isinstance(config, SlackConfig)
+        return SlackAdapter(config=config)
+
+    def test_without_a_signing_secret_every_request_url_click_is_refused(self) -> None:
+        fake = FakeSlack()
+        body = b"payload=%7B%7D"
+        assert self._adapter(None).verify(headers=fake.signed(body), body=body) == (
+            "slack request URL used, but no signing_secret is configured")
+
+    def test_a_timestamp_from_the_future_is_as_stale_as_one_from_the_past(self) -> None:
+        fake = FakeSlack()
+        body = b"payload=%7B%7D"
+        adapter = self._adapter(fake.signing_secret)
+        ahead = fake.signed(body, timestamp=int(time.time()) + 600)
+        assert adapter.verify(headers=ahead, body=body) == "slack action with a stale timestamp"
+        assert adapter.verify(headers={**ahead, "X-Slack-Request-Timestamp": "soon"}, body=body) == (
+            "slack action with a bad timestamp")
+        fresh = fake.signed(body)
+        assert adapter.verify(headers=fresh, body=body) is None
+        # A signature over the same body with the timestamp changed no longer matches.
+        moved = {**fresh, "X-Slack-Request-Timestamp": str(int(fresh["X-Slack-Request-Timestamp"]) - 1)}
+        assert adapter.verify(headers=moved, body=body) == "slack action with a bad signature"
