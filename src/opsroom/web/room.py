@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -37,6 +37,7 @@ from opsroom.web.security import (
     require_decision_token,
     signer,
 )
+from opsroom.web.wire import Wire, text_frame
 
 log = structlog.get_logger(__name__)
 SWEEP_S = 10.0  # how long an idle socket may outlive a session ended outside this process
@@ -47,13 +48,19 @@ router = APIRouter()
 
 
 class _Conn:
+    """One socket. Frames leave in the order pushed: written straight to the connection while
+    nothing waits before them (the common case, and no task wakes per frame), else queued for
+    this socket's sender, which waits out a slow reader without holding anyone else up."""
+
     def __init__(self, ws: WebSocket, actor: Actor, csrf: str, session_token: str) -> None:
         self.ws, self.actor, self.csrf = ws, actor, csrf
         self.session_token = session_token
         self.session_hash = token_hash(session_token)  # what AccessChanged names a logout by
         self.closed = False
+        self.wire = Wire.of(ws)  # None when not served by uvicorn's sans-io protocol: all queued
         # A whole replay fits, with room for the live frames that follow it.
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=rooms.REPLAY_MAX + 500)
+        self.sending = False  # the sender holds a frame taken from the queue: no write may overtake it
         # While the missed messages are read from the store, live ones wait here so the socket
         # sends them after the replay, in id order, and none that the replay already holds.
         self.held: list[tuple[int | None, str]] | None = None
@@ -65,12 +72,17 @@ class _Conn:
         with contextlib.suppress(Exception):  # already gone: nothing left to close
             await self.ws.close(code=code, reason=reason)
 
-    def push(self, frame: dict[str, Any] | str, msg_id: int | None = None) -> None:
+    def push(self, frame: dict[str, Any] | str, msg_id: int | None = None, wire: bytes | None = None) -> None:
+        """Send `frame`; `wire` is its WebSocket frame when the caller built it once for a room."""
+        text = frame if isinstance(frame, str) else json.dumps(frame)
         if self.held is not None:
-            self.held.append((msg_id, frame if isinstance(frame, str) else json.dumps(frame)))
+            self.held.append((msg_id, text))
+            return
+        if (self.wire is not None and not self.sending and self.queue.empty()
+                and self.wire.write(wire or text_frame(text))):
             return
         try:
-            self.queue.put_nowait(frame if isinstance(frame, str) else json.dumps(frame))
+            self.queue.put_nowait(text)
         except asyncio.QueueFull:
             # A phone that stopped reading must not hold the room up; it replays history on reconnect.
             pass
@@ -112,18 +124,26 @@ class WebAdapter(ChatAdapter):
     async def _sweep(self) -> None:
         """A socket that only listens sends no frame to be checked: every SWEEP_S its session is
         read again, so one ended by another process (`opsroom user disable`, `user passwd` on the
-        server host) or by expiry stops receiving the room within that time."""
+        server host) or by expiry stops receiving the room within that time. One read per
+        session, not per socket: a person's many tabs share one."""
         while True:
             await asyncio.sleep(SWEEP_S)
-            for conns in list(self.conns.values()):
-                for c in list(conns):
-                    try:
-                        c.actor, c.csrf = await access.session_actor(self.rt, session_token=c.session_token,
-                                                                     door="web")
-                    except Unauthenticated:
+            by_session: dict[str, list[_Conn]] = defaultdict(list)
+            for conns in self.conns.values():
+                for c in conns:
+                    by_session[c.session_token].append(c)
+            for token, group in by_session.items():
+                try:
+                    actor, csrf = await access.session_actor(self.rt, session_token=token, door="web")
+                except Unauthenticated:
+                    for c in group:
                         await c.close(4401, "session ended; log in again")
-                    except Exception:  # the store busy or away: the next sweep tries again
-                        log.warning("checking a room socket's session failed", exc_info=True)
+                    continue
+                except Exception:  # the store busy or away: the next sweep tries again
+                    log.warning("checking a room socket's session failed", exc_info=True)
+                    continue
+                for c in group:
+                    c.actor, c.csrf = actor, csrf
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -136,17 +156,23 @@ class WebAdapter(ChatAdapter):
                     await c.ws.close(code=1001)
 
     async def deliver(self, out: Outgoing) -> None:
-        # Serialised once for every listener: a room of 100 phones costs one json.dumps.
+        # Encoded once for every listener, JSON and WebSocket frame both: a room of 1000 phones
+        # costs one json.dumps and one frame, then a write per socket.
         author = out.author if out.kind == "person" else "opsroom"
         frame = json.dumps({"type": "message", "id": out.message_id, "at": out.at, "author": author or "?",
                             "kind": out.kind, "text": out.text, **({"via": out.via} if out.via else {})})
-        for c in self.conns.get(out.channel, ()):
-            c.push(frame, out.message_id)
+        self._broadcast(out.channel, frame, out.message_id)
 
     async def stream_output(self, out: Outgoing) -> None:
-        frame = json.dumps({"type": "output", "execution_id": out.execution_id, "text": out.text})
-        for c in self.conns.get(out.channel, ()):
-            c.push(frame)
+        self._broadcast(out.channel, json.dumps({"type": "output", "execution_id": out.execution_id,
+                                                 "text": out.text}))
+
+    def _broadcast(self, room: str, frame: str, msg_id: int | None = None) -> None:
+        conns = self.conns.get(room)
+        if conns:
+            wire = text_frame(frame)
+            for c in conns:
+                c.push(frame, msg_id, wire)
 
     async def said(self, room: str, actor: Actor, text: str) -> None:
         """A line typed in the web room: into the hub the way every platform's lines go."""
@@ -163,11 +189,21 @@ class WebAdapter(ChatAdapter):
         return [Person(f"web:{n}", n, n) for n in names]
 
     async def _approvals_changed(self, _ev: Event) -> None:
+        """Every socket gets the open requests as its person sees them. Computed once per person
+        (one store read and one audit record each), not once per socket: a big incident's room
+        has many sockets and few people. Only the decision token differs per session."""
+        by_person: dict[tuple[str, frozenset[str]], list[_Conn]] = defaultdict(list)
         for conns in self.conns.values():
-            for c in list(conns):
-                with contextlib.suppress(OpsroomError):
-                    c.push({"type": "approvals", "items": await rooms.approval_views(
-                        self.rt, actor=c.actor, sign=signer(c.csrf))})
+            for c in conns:
+                by_person[(c.actor.name, c.actor.permissions)].append(c)
+        for group in by_person.values():
+            hashes: dict[int, str] = {}
+            try:
+                items = await rooms.approval_views(self.rt, actor=group[0].actor, sign=_keep(hashes))
+            except OpsroomError:
+                continue
+            for c in group:
+                c.push({"type": "approvals", "items": _signed(items, hashes, signer(c.csrf))})
 
     async def _access_changed(self, ev: Event) -> None:
         """Close the sockets of an ended session (logout names it) or of a user whose access
@@ -206,6 +242,20 @@ class WebAdapter(ChatAdapter):
         del self._leaving[(room, name)]
         if self._sink is not None:
             await self._sink.presence(self, room, Person(f"web:{name}", name, name), False)
+
+
+def _keep(hashes: dict[int, str]) -> Callable[[int, str], str]:
+    """A `sign` for approval_views that signs nothing yet: it notes each binding hash, for
+    _signed to turn into each session's own token (the hash itself never reaches a socket)."""
+    def sign(approval_id: int, binding_hash: str) -> str:
+        hashes[approval_id] = binding_hash
+        return ""
+    return sign
+
+
+def _signed(items: list[dict[str, Any]], hashes: dict[int, str],
+            sign: Callable[[int, str], str]) -> list[dict[str, Any]]:
+    return [{**v, "token": sign(v["id"], hashes[v["id"]])} if "token" in v else v for v in items]
 
 
 def _same_origin(ws: WebSocket) -> bool:
@@ -274,12 +324,13 @@ async def _replay(rt: Runtime, conn: _Conn, room: str, after: int) -> None:
     except Exception:  # the store busy or away: the page still goes live and says what it lacks
         log.warning("replaying a room's missed messages failed", exc_info=True)
         frames, cut = [], True
+    held, conn.held = conn.held, None  # the replay goes out first, then what was held
     if cut:
-        conn.queue.put_nowait(json.dumps({"type": "gap", "text": "some messages missed while you were away "
-                                          "are not shown here: reload the page to see them all"}))
+        conn.push({"type": "gap", "text": "some messages missed while you were away "
+                                          "are not shown here: reload the page to see them all"})
     for f in frames:
-        with contextlib.suppress(asyncio.QueueFull):
-            conn.queue.put_nowait(json.dumps(f))
+        conn.push(f)
+    conn.held = held
     conn.release(frames[-1]["id"] if frames else after)
 
 
@@ -314,9 +365,13 @@ async def _receive(rt: Runtime, conn: _Conn, room: str, message: MutableMapping[
 
 
 async def _sender(conn: _Conn) -> None:
+    """Sends what push() could not write at once, in order, waiting on this socket alone."""
     with contextlib.suppress(Exception):
         while True:
-            await conn.ws.send_text(await conn.queue.get())
+            frame = await conn.queue.get()
+            conn.sending = True
+            await conn.ws.send_text(frame)
+            conn.sending = False
 
 
 USAGE = 'send {"type": "say", "text": "..."} or {"type": "decide", "id": N, "decision": "approve", "token": ...}'
