@@ -1,7 +1,7 @@
 // The room page's only script, served from /static so the CSP can forbid inline script.
 (() => {
   const data = JSON.parse(document.getElementById('room-data').textContent);
-  const room = data.room;
+  const room = data.room, me = data.me, myRoles = data.roles || [];
   let approvals = data.approvals;
   const log = document.getElementById('log'), box = document.getElementById('approvals'),
         conn = document.getElementById('conn');
@@ -15,8 +15,41 @@
   // The newest message id this page holds: a reconnect asks the server for everything after it.
   let newest = Math.max(0, ...[...seen].filter(Boolean));
 
+  // Being asked when away: a page in a background tab tells its person, through the browser's
+  // notifications, of a request they may decide (one naming a role of theirs) and of a line that
+  // mentions them as @name. Permission is asked only from the header button (a user gesture).
+  const bell = document.getElementById('notify');
+  const canNotify = () => 'Notification' in window && Notification.permission === 'granted';
+  function drawBell() {
+    bell.hidden = !('Notification' in window) || Notification.permission !== 'default';
+  }
+  bell.onclick = () => { Notification.requestPermission().then(drawBell, drawBell); };
+  drawBell();
+  function notify(title, body, tag) {
+    if (!document.hidden || !canNotify()) return;
+    try {
+      const n = new Notification(title, {body: body, tag: tag});
+      n.onclick = () => { window.focus(); n.close(); };
+    } catch (e) { /* a browser that only notifies from a service worker: the page still shows it */ }
+  }
+  const mention = new RegExp('(^|[^\\w@.-])@' + me.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + '(?![\\w-])', 'i');
+  const asksMe = a => a.can_decide && (myRoles.includes('admin') || a.roles.some(r => myRoles.includes(r)));
+  const known = new Set(approvals.map(a => a.id));  // what the page showed when it loaded: not news
+  function newRequests(items) {
+    for (const a of items) {
+      if (!known.has(a.id) && asksMe(a)) {
+        notify('opsroom: approval needed #' + a.id, a.summary + ' — by ' + a.requester, 'approval-' + a.id);
+      }
+      known.add(a.id);
+    }
+  }
+
   function add(m) {
     if (m.id && seen.has(m.id)) return;
+    // People's lines only: the bot's answers may quote a line back, and requests come as approvals.
+    if (m.kind === 'person' && m.author !== me && mention.test(m.text)) {
+      notify('opsroom: ' + m.author + ' in #' + room, m.text.slice(0, 200), 'mention-' + (m.id || ''));
+    }
     const late = m.id && m.id < newest;
     if (m.id) { seen.add(m.id); newest = Math.max(newest, m.id); }
     const li = document.createElement('li'); li.className = m.kind; if (m.id) li.dataset.id = m.id;
@@ -83,7 +116,7 @@
     ws.onmessage = e => {
       const f = JSON.parse(e.data);
       if (f.type === 'message') add(f);
-      else if (f.type === 'approvals') { approvals = f.items; drawApprovals(); }
+      else if (f.type === 'approvals') { approvals = f.items; drawApprovals(); newRequests(approvals); }
       else if (f.type === 'output') output(f);
       else if (f.type === 'gap') gap(f.text);
       else if (f.type === 'error') add({kind: 'bot', author: 'opsroom', text: f.text, at: Date.now() / 1000});
