@@ -54,6 +54,7 @@ PidFile = {self.root}/run/ngircd.pid
 MotdPhrase = "opsroom test server"
 [Limits]
 MaxNickLength = 30
+MaxConnectionsIP = 0
 PingTimeout = 120
 PongTimeout = 20
 [Options]
