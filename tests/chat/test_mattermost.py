@@ -138,3 +138,19 @@ async def test_being_added_to_and_removed_from_the_channel_is_told_to_the_room(t
         notices = [m.text for m in await history_of(served.rt, room="ops") if m.kind == "notice"]
         assert "carol joined the room" in notices and "carol left the room" in notices
         assert not any(n.startswith("bob") for n in notices)
+
+
+async def test_a_channel_bound_as_team_slash_name_is_resolved_to_its_id(tmp_path: Path) -> None:
+    driver = MattermostDriver()
+    await driver.start(tmp_path / "platform")
+    try:
+        async with serve(tmp_path, driver, rooms=[{"name": "ops", "bind": ["mattermost:opsroom/ops"]}]) as served:
+            await driver.attach(served)
+            await driver.say("alice", "run deploy")
+            text = await driver.wait_for(lambda t: "needs approval" in t, TIMEOUT)
+            approval_id = int(re.search(r"Request #(\d+)", text).group(1))  # type: ignore[union-attr]
+            await driver.click("bob", approval_id, "approve")  # the click names the id; the room the name
+            await driver.wait_for(lambda t: "approved by boss" in t, TIMEOUT)
+            assert adapter(served)._channel_id("opsroom/ops") == driver.fake.ops
+    finally:
+        await driver.stop()

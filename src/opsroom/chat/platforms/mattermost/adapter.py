@@ -23,6 +23,7 @@ import hmac
 import json
 import random
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -77,7 +78,8 @@ class MattermostAdapter(ChatAdapter):
         self.base = config.url.rstrip("/")
         self.bot_user_id: str | None = None
         self._sink: AdapterSink | None = None
-        self._bound: set[str] = set()
+        self._bound: list[str] = []
+        self._ids: dict[str, str] = {}  # channel id -> the binding's text (an id, or TEAM/CHANNEL)
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -92,7 +94,8 @@ class MattermostAdapter(ChatAdapter):
     # --- lifecycle -------------------------------------------------------
 
     async def start(self, sink: AdapterSink, channels: list[str]) -> None:
-        self._sink, self._bound = sink, set(channels)
+        self._sink, self._bound = sink, list(channels)
+        self._ids = {c: c for c in channels if "/" not in c}
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name=f"mattermost:{self.name}")
@@ -138,6 +141,7 @@ class MattermostAdapter(ChatAdapter):
                 if self.bot_user_id is None:
                     me = await self._rest("GET", "/api/v4/users/me")
                     self.bot_user_id = str(me["id"])
+                await self._resolve_channels()
                 await self._socket()
                 delay = BACKOFF_FIRST_S
             except asyncio.CancelledError:
@@ -148,6 +152,22 @@ class MattermostAdapter(ChatAdapter):
             self.reconnects += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _resolve_channels(self) -> None:
+        """A binding may name the channel as TEAM/CHANNEL (URL names); events and posts use ids."""
+        for bound in self._bound:
+            if "/" in bound and bound not in self._ids.values():
+                team, _, name = bound.partition("/")
+                channel = await self._rest("GET", f"/api/v4/teams/name/{quote(team)}/channels/name/{quote(name)}")
+                self._ids[str(channel["id"])] = bound
+
+    def _channel_id(self, bound: str) -> str:
+        for cid, text in self._ids.items():
+            if text == bound:
+                return cid
+        if "/" in bound:
+            raise DeliveryFailed(f"mattermost channel {bound} not found yet")
+        return bound
 
     async def _socket(self) -> None:
         assert self._http is not None
@@ -199,9 +219,10 @@ class MattermostAdapter(ChatAdapter):
         if not self._connected.is_set():
             raise DeliveryFailed("mattermost is not connected", transient=True)
         text = render(out, self.capabilities, mention=self._mention)
-        post: dict[str, Any] = {"channel_id": out.channel, "message": text}
+        channel = self._channel_id(out.channel)
+        post: dict[str, Any] = {"channel_id": channel, "message": text}
         if out.approval_id is not None:
-            post["props"] = {"attachments": [self._approval_attachment(out.channel, out.approval_id)]}
+            post["props"] = {"attachments": [self._approval_attachment(channel, out.approval_id)]}
         try:
             await self._rest("POST", "/api/v4/posts", post)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -253,8 +274,8 @@ class MattermostAdapter(ChatAdapter):
             post = json.loads(data.get("post") or "{}")
         except json.JSONDecodeError:
             return
-        channel = str(post.get("channel_id", ""))
-        if self._sink is None or channel not in self._bound or post.get("type"):
+        channel = self._ids.get(str(post.get("channel_id", "")))
+        if self._sink is None or channel is None or post.get("type"):
             return  # system posts (joins, header changes) have a type; people's have none
         props = post.get("props") or {}
         account = str(post.get("user_id", ""))
@@ -270,9 +291,9 @@ class MattermostAdapter(ChatAdapter):
 
     async def _membership(self, event: dict[str, Any]) -> None:
         """Someone added to or removed from a bound channel: the room hears they joined or left."""
-        channel = str((event.get("broadcast") or {}).get("channel_id") or "")
+        channel = self._ids.get(str((event.get("broadcast") or {}).get("channel_id") or ""))
         account = str((event.get("data") or {}).get("user_id") or "")
-        if self._sink is None or channel not in self._bound or not account or account == self.bot_user_id:
+        if self._sink is None or channel is None or not account or account == self.bot_user_id:
             return
         await self._sink.presence(self, channel, await self.identify(account), event.get("event") == "user_added")
 
@@ -320,12 +341,12 @@ class MattermostAdapter(ChatAdapter):
             return "mattermost action with a malformed context", None
         if not hmac.compare_digest(sig.encode(), self.sign(approval, decision, channel).encode()):
             return "mattermost action with a bad signature", None
-        if channel not in self._bound or str(payload.get("channel_id") or "") != channel:
+        if channel not in self._ids or str(payload.get("channel_id") or "") != channel:
             return "mattermost action from another channel", None
         user = str(payload.get("user_id") or "")
         if not user or not user.isalnum():
             return "mattermost action without a user", None
-        return "", (user, approval, decision, channel)
+        return "", (user, approval, decision, self._ids[channel])
 
 
 def _seconds(value: str | None) -> float:

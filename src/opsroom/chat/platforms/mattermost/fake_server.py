@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 TEAM_ID = "t" * 26
+TEAM_NAME = "opsroom"
 
 
 def mm_id(seed: str) -> str:
@@ -87,6 +88,7 @@ class FakeMattermost:
         app.router.add_get("/api/v4/websocket", self._websocket)
         app.router.add_get("/api/v4/users/{user_id}", self._get_user)
         app.router.add_post("/api/v4/posts", self._create_post)
+        app.router.add_get("/api/v4/teams/name/{team}/channels/name/{channel}", self._channel_by_name)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
@@ -120,6 +122,17 @@ class FakeMattermost:
         return web.json_response({"id": user.id, "username": user.username, "is_bot": user.is_bot,
                                   "first_name": "", "last_name": "", "nickname": "", "roles": "system_user",
                                   "create_at": 1700000000000, "update_at": 1700000000000, "delete_at": 0})
+
+    async def _channel_by_name(self, request: web.Request) -> web.Response:
+        if self._caller(request) is None:
+            self.refusals.append("channels")
+            return _error(401, "api.context.session_expired.app_error", "Invalid or expired session")
+        name = request.match_info["channel"]
+        found = next((cid for cid, n in self.channels.items() if n == name), None)
+        if request.match_info["team"] != TEAM_NAME or found is None:
+            return _error(404, "app.channel.get_by_name.missing.app_error", "Channel does not exist.")
+        return web.json_response({"id": found, "name": name, "display_name": name.title(), "team_id": TEAM_ID,
+                                  "type": "O", "delete_at": 0})
 
     async def _create_post(self, request: web.Request) -> web.Response:
         caller = self._caller(request)
@@ -242,7 +255,7 @@ class FakeMattermost:
         integration = action["integration"]
         user = self.user(person)
         body = {"user_id": user.id, "user_name": user.username, "channel_id": post["channel_id"],
-                "channel_name": self.channels[post["channel_id"]], "team_id": TEAM_ID, "team_domain": "opsroom",
+                "channel_name": self.channels[post["channel_id"]], "team_id": TEAM_ID, "team_domain": TEAM_NAME,
                 "post_id": post["id"], "trigger_id": uuid.uuid4().hex, "type": "", "data_source": "",
                 "context": integration["context"] if context is None else context}
         async with aiohttp.ClientSession() as http:
