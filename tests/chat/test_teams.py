@@ -5,6 +5,7 @@ secret. A whole opsroom runs in-process against the local Bot Framework fake."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -109,7 +110,9 @@ class StaleSecretDriver(TeamsDriver):
         return {**super().platform_item(), "app_password": "stale-secret"}
 
 
-async def test_a_refused_client_secret_holds_sends_until_it_is_accepted(tmp_path: Path) -> None:
+async def test_a_refused_client_secret_holds_sends_until_it_is_accepted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
     driver = StaleSecretDriver()
     await driver.start(tmp_path / "platform")
     try:
@@ -128,6 +131,10 @@ async def test_a_refused_client_secret_holds_sends_until_it_is_accepted(tmp_path
             assert driver.received().count("held back") == 1
     finally:
         await driver.stop()
+    out = capsys.readouterr()
+    logged = caplog.text + out.out + out.err
+    assert "Bot Framework unreachable" in logged  # the log was captured...
+    assert "stale-secret" not in logged and not any(t in logged for t in driver.fake.tokens)  # ...without secrets
 
 
 async def test_relayed_markup_shows_as_text(teams: tuple[TeamsDriver, Served]) -> None:

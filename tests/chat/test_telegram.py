@@ -138,3 +138,19 @@ async def test_a_wrong_token_is_never_logged(tmp_path: Path, caplog: pytest.LogC
     logged = caplog.text + out.out + out.err
     assert "Bot API refused" in logged and "telegram refused the message" in logged  # the log was captured
     assert "AAWrongTokenThatMustNeverBeLogged" not in logged
+
+
+async def test_webhook_mode_delivers_what_was_queued_after_the_api_returns(tmp_path: Path) -> None:
+    async with telegram(tmp_path, TelegramDriver(mode="webhook")) as (driver, served):
+        await until(lambda: driver.fake.webhook is not None)
+        assert served.rt.rooms is not None
+        await driver.server_down()
+        for i in range(3):
+            served.rt.rooms.post_nowait(Message(room="ops", text=f"while away {i}", kind="notice"))
+        await until(lambda: not adapter(served).is_connected())
+        await driver.server_up()
+        await driver.wait_for(lambda t: "while away 2" in t, 60)
+        assert [t for t in driver.received() if "while away" in t] == [f"while away {i}" for i in range(3)]
+        await until(adapter(served).is_connected)
+        await driver.say("alice", "status")  # the webhook still works
+        await driver.wait_for(lambda t: "Sys" in t, TIMEOUT)
