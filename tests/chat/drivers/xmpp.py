@@ -29,8 +29,10 @@ NS_MUC = "http://jabber.org/protocol/muc"
 class XmppPerson:
     """One person's XMPP client in one room."""
 
-    def __init__(self, user: str, server: Prosody, room: str, *, history: bool = False) -> None:
+    def __init__(self, user: str, server: Prosody, room: str, *, history: bool = False,
+                 nick: str | None = None) -> None:
         self.user, self.server, self.room, self.history = user, server, room, history
+        self.nick = nick or user  # the room nick; anyone may ask for any free one
         self.heard: list[tuple[str, str, bool]] = []  # (nick, body, replayed from history)
         self.present: set[str] = set()
         self.raw: list[Any] = []
@@ -55,7 +57,7 @@ class XmppPerson:
         async with asyncio.timeout(TIMEOUT):
             await started
         client.send_presence()
-        join = client.make_presence(pto=f"{self.room}/{self.user}")
+        join = client.make_presence(pto=f"{self.room}/{self.nick}")
         x = join.xml.makeelement(f"{{{NS_MUC}}}x", {})
         x.append(x.makeelement(f"{{{NS_MUC}}}history", {"maxstanzas": "50" if self.history else "0"}))
         join.xml.append(x)
@@ -71,7 +73,7 @@ class XmppPerson:
             self.present.discard(nick)
         else:
             self.present.add(nick)
-            if nick == self.user:
+            if nick == self.nick:
                 self._joined.set()
         self._new.set()
 

@@ -89,6 +89,7 @@ class IrcAdapter(ChatAdapter):
         self._refilled = time.monotonic()
         self._send_lock = asyncio.Lock()
         self.connects = 0
+        self.failures = 0  # connection attempts that ended in an error (refused, TLS, auth)
 
     # --- the contract ----------------------------------------------------
 
@@ -117,7 +118,8 @@ class IrcAdapter(ChatAdapter):
         return self._registered and self._writer is not None and not self._writer.is_closing()
 
     def status(self) -> dict[str, Any]:
-        return {"nick": self.nick, "joined": sorted(self.joined), "connects": self.connects}
+        return {"nick": self.nick, "joined": sorted(self.joined), "connects": self.connects,
+                "failures": self.failures}
 
     async def identify(self, account_id: str) -> Person:
         return self._person(account_id)
@@ -190,6 +192,7 @@ class IrcAdapter(ChatAdapter):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.failures += 1
                 log.warning("irc connection failed", platform=self.name, host=self.config.host, error=str(exc))
             finally:
                 was_up = self._registered

@@ -4,8 +4,8 @@ occupants' presences, groupchat messages) is done here on raw stanzas, so what c
 history, a duplicate or a bot is decided in one place we can read.
 
 Identity: an occupant is their real bare JID when the room shows it (a non-anonymous room, or
-the bot is a moderator), else `nick@room` (a room nick, which anyone may take once it is free;
-see docs/chat/xmpp.md). History the room replays on join (a `delay` element) is never taken as
+the bot is a moderator), else the occupant JID `room@service/nick` (a room nick, which anyone
+may take once it is free; see docs/chat/xmpp.md). History the room replays on join (a `delay` element) is never taken as
 something said now.
 """
 
@@ -83,6 +83,7 @@ class XmppAdapter(ChatAdapter):
         self._client: Any = None
         self._stopping = False
         self.connects = 0
+        self.failures = 0  # connection attempts that ended in an error (refused, TLS, auth)
 
     # --- the contract ----------------------------------------------------
 
@@ -110,7 +111,7 @@ class XmppAdapter(ChatAdapter):
         return self._client is not None and bool(self._client.is_connected()) and bool(self.joined)
 
     def status(self) -> dict[str, Any]:
-        return {"joined": sorted(self.joined), "connects": self.connects}
+        return {"joined": sorted(self.joined), "connects": self.connects, "failures": self.failures}
 
     async def identify(self, account_id: str) -> Person:
         return Person(account_id, account_id.split("@", 1)[0], is_bot=self._is_bot(account_id, ""))
@@ -147,6 +148,7 @@ class XmppAdapter(ChatAdapter):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.failures += 1
                 log.warning("xmpp connection failed", platform=self.name, jid=self.config.jid, error=str(exc))
             finally:
                 self._forget()
@@ -187,8 +189,11 @@ class XmppAdapter(ChatAdapter):
         client.add_event_handler("failed_auth", lambda _e: settle(started, ConnectionError("authentication failed")))
         client.add_event_handler("connection_failed",
                                  lambda e: settle(started, ConnectionError(f"cannot connect: {e}")))
-        client.add_event_handler("disconnected", lambda _e: (settle(started, ConnectionError("disconnected")),
-                                                              settle(ended)))
+        def disconnected(_event: object) -> None:
+            settle(started, ConnectionError("disconnected"))
+            settle(ended)
+
+        client.add_event_handler("disconnected", disconnected)
         client.register_handler(Callback("opsroom muc presence", MatchXPath("{jabber:client}presence"),
                                          lambda p: loop.create_task(self._on_presence(p))))
         client.add_event_handler("message", self._on_message)
@@ -230,7 +235,7 @@ class XmppAdapter(ChatAdapter):
     def _person(self, room: str, nick: str) -> Person:
         jid = self.occupants[room].get(nick)
         # Anonymous room: the nick is all there is, and it is only the room's to vouch for.
-        account = jid if jid else f"{nick}@{self.rooms.get(room, room)}"
+        account = jid if jid else f"{self.rooms.get(room, room)}/{nick}"  # the occupant JID
         return Person(platform_id=account, display_name=nick, is_bot=self._is_bot(jid or "", nick))
 
     async def _on_presence(self, pres: Any) -> None:

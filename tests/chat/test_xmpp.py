@@ -1,0 +1,56 @@
+"""The XMPP adapter beyond the conformance suite, against the real prosody: the occupant's real
+JID is the account, presence reaches the room, a wrong password or an untrusted certificate
+never gets a session."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from opsroom.chat.platforms.xmpp.adapter import XmppAdapter
+from opsroom.rooms.service import history_of
+from tests.chat.drivers.xmpp import XmppDriver
+from tests.chat.harness import serve
+
+TIMEOUT = 15.0
+
+
+async def _room_says(served: object, text: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not any(text in m.text for m in await history_of(served.rt, room="ops")):  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+
+
+async def test_occupants_are_their_real_jids_and_presence_reaches_the_room(tmp_path: Path) -> None:
+    driver = XmppDriver()
+    await driver.start(tmp_path / "platform")
+    try:
+        async with serve(tmp_path, driver) as served:
+            await driver.attach(served)
+            adapter = served.rt.rooms.adapters["xmpp"]  # type: ignore[union-attr]
+            assert isinstance(adapter, XmppAdapter)
+            people = {p.display_name: p.platform_id for p in await adapter.presence(driver.channel)}
+            assert people["alice"] == "alice@localhost" and people["bob"] == "bob@localhost"
+            await driver.clients["carol"].quit()
+            await _room_says(served, "carol left the room")
+            await driver.clients["carol"].connect()
+            await _room_says(served, "carol joined the room")
+    finally:
+        await driver.stop()
+
+
+async def test_a_wrong_password_or_an_untrusted_certificate_gets_no_session(tmp_path: Path) -> None:
+    for settings in ({"password": "not-the-password"}, {"ca_file": None}):
+        driver = XmppDriver(platform_settings=settings)
+        await driver.start(tmp_path / "platform")
+        try:
+            async with serve(tmp_path / str(len(settings)), driver) as served:
+                adapter = served.rt.rooms.adapters["xmpp"]  # type: ignore[union-attr]
+                async with asyncio.timeout(TIMEOUT):
+                    while adapter.failures < 1:  # it tried and got no session
+                        await asyncio.sleep(0.05)
+                assert not adapter.is_connected() and adapter.connects == 0, settings
+                assert "opsroom" not in driver.clients["alice"].present
+                assert not driver.received()
+        finally:
+            await driver.stop()
