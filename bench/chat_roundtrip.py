@@ -18,6 +18,10 @@ The next question is sent once every listener has the reply.
 Baseline: GET /healthz over one HTTP keep-alive connection (httpx), same count, in the
 same run with the 100 listeners connected: the floor of a request to this server.
 
+Also reported: the server process's CPU time per question (user + system, from /proc), which a
+busy machine inflates far less than it inflates the wall-clock figures: the way to compare two
+versions of the fan-out on a shared host.
+
     .venv/bin/python bench/chat_roundtrip.py --quick    # 50 questions, < 60 s
     .venv/bin/python bench/chat_roundtrip.py            # 200 questions
 """
@@ -119,6 +123,15 @@ async def healthz_baseline(http: Any, n: int) -> list[float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def bench(args: argparse.Namespace, tmp: Path, started: list[Any], children: list[Any]) -> dict[str, Any]:
     repo_on_path()
     from tests.e2e.harness import DEMO_PASSWORDS, login, start_demo
@@ -148,8 +161,12 @@ async def bench(args: argparse.Namespace, tmp: Path, started: list[Any], childre
     info(f"baseline GET /healthz keep-alive: {fmt_ms(base)}")
 
     rtt, fan, echo, fan_median = [], [], [], []
+    cpu_start: float | None = None
+    cpu_end: float | None = None
     try:
         for i in range(args.warmup + args.n):
+            if i == args.warmup:
+                cpu_start = cpu_seconds(demo.proc.pid)
             mark = len(you.frames)
             t0 = time.perf_counter()
             await you.say(QUESTION)
@@ -170,6 +187,7 @@ async def bench(args: argparse.Namespace, tmp: Path, started: list[Any], childre
                 echo.append(t_echo - t0)
                 fan.append(float(parts[2]) - t0)
                 fan_median.append(float(parts[3]) - t0)
+        cpu_end = cpu_seconds(demo.proc.pid)
         info(f"last reply: {frame['text']!r}")
     finally:
         if child is not None:
@@ -186,6 +204,9 @@ async def bench(args: argparse.Namespace, tmp: Path, started: list[Any], childre
     info(f"round trip (send -> reply): {fmt_ms(rtt)}")
     info(f"reply at all {args.listeners} listeners: {fmt_ms(fan)}")
     info(f"reply at half the listeners: {fmt_ms(fan_median)}")
+    cpu_ms = (cpu_end - cpu_start) * 1000 / len(rtt) if cpu_start is not None and cpu_end is not None else None
+    if cpu_ms is not None:
+        info(f"server CPU per question (its two messages to every socket): {cpu_ms:.1f} ms")
     info(f"target p99 <= {TARGET_P99_MS:g} ms: {'met' if p99 <= TARGET_P99_MS else 'MISSED'}")
     return {
         "figure": "chat_roundtrip_p99_ms",
@@ -202,6 +223,7 @@ async def bench(args: argparse.Namespace, tmp: Path, started: list[Any], childre
         "echo_p50_ms": r(percentile(echo, 50) * 1000),
         "echo_p99_ms": r(percentile(echo, 99) * 1000),
         "listeners": args.listeners,
+        "server_cpu_ms_per_question": r(cpu_ms) if cpu_ms is not None else None,
         "questions": len(rtt),
         "target_met": p99 <= TARGET_P99_MS,
         "loadavg": loadavg(),
