@@ -4,8 +4,8 @@ socket. This is what lets a room of 1000 phones answer as fast as a room of 100.
 
 It reaches past ASGI, which has no "send these bytes" message, to uvicorn's sans-io WebSocket
 protocol underneath the socket. When that is not what serves the socket (another server, a test
-client), `Wire.of` says so and the room sends through ASGI as before; tests/e2e pins that the
-real server takes this path, so an upgrade that changes uvicorn's protocol shows there.
+client), `Wire.of` says so and the room sends through ASGI as before; tests/e2e/test_room_wire.py
+pins that the real server takes this path, so an upgrade that changes uvicorn's protocol shows there.
 
 A frame written here is a plain (RSV1 unset) text frame: RFC 7692 lets a permessage-deflate
 connection carry uncompressed messages, and the protocol's own compressor state is untouched.
