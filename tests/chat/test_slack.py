@@ -32,7 +32,8 @@ async def slack(tmp: Path, *, fake_rate: float | None = None, **item: Any) -> As
         if item:
             extra["platforms"] = [{**driver.platform_item(), **item}]
         async with serve(tmp, driver, **extra) as served:
-            await driver.attach(served)
+            if "app_token" not in item:
+                await driver.attach(served)
             yield driver, served
     finally:
         await driver.stop()
@@ -170,3 +171,13 @@ async def test_joining_and_leaving_the_channel_is_told_to_the_room(tmp_path: Pat
         notices = [m.text for m in await history_of(served.rt, room="ops") if m.kind == "notice"]
         assert "carol joined the room" in notices and "carol left the room" in notices
         assert not any(n.startswith("bob") for n in notices)
+
+
+async def test_a_wrong_app_token_never_connects_and_the_web_room_still_runs(tmp_path: Path) -> None:
+    async with slack(tmp_path, app_token="xapp-not-the-token") as (driver, served):
+        await driver.fake.wait(lambda: driver.fake.refusals.count("apps.connections.open") >= 2, TIMEOUT)
+        assert not adapter(served).is_connected() and driver.fake.connections == 0
+        assert served.rt.rooms is not None
+        stored = await served.rt.rooms.post(Message(room="ops", text="web still fine", kind="notice"))
+        assert stored.id is not None
+        assert served.rt.rooms.stats()["slack"]["connected"] is False

@@ -72,8 +72,8 @@ class MattermostAdapter(ChatAdapter):
         self.name = name
         self.config = config
         self.rt = rt
-        self.capabilities = Capabilities(buttons=True, threads=True, edits=True, direct_messages=True,
-                                         formatting="markdown", max_chars=16000,  # a post's limit
+        # Threads, edits and direct messages exist on Mattermost but opsroom does not use them here yet.
+        self.capabilities = Capabilities(buttons=True, formatting="markdown", max_chars=16000,  # a post's limit
                                          rate_per_s=config.rate_per_s, burst=config.burst)
         self.base = config.url.rstrip("/")
         self.bot_user_id: str | None = None

@@ -113,7 +113,7 @@ class FakeMattermost:
     async def _get_user(self, request: web.Request) -> web.Response:
         caller = self._caller(request)
         if caller is None:
-            self.refusals.append("users")
+            self._refuse("users")
             return _error(401, "api.context.session_expired.app_error", "Invalid or expired session")
         uid = request.match_info["user_id"]
         user = caller if uid == "me" else self.users.get(uid)
@@ -125,7 +125,7 @@ class FakeMattermost:
 
     async def _channel_by_name(self, request: web.Request) -> web.Response:
         if self._caller(request) is None:
-            self.refusals.append("channels")
+            self._refuse("channels")
             return _error(401, "api.context.session_expired.app_error", "Invalid or expired session")
         name = request.match_info["channel"]
         found = next((cid for cid, n in self.channels.items() if n == name), None)
@@ -137,13 +137,13 @@ class FakeMattermost:
     async def _create_post(self, request: web.Request) -> web.Response:
         caller = self._caller(request)
         if caller is None:
-            self.refusals.append("posts")
+            self._refuse("posts")
             return _error(401, "api.context.session_expired.app_error", "Invalid or expired session")
         now = time.monotonic()
         if self.rate_per_s:
             wait = self._last.get(caller.id, -1e9) + 1 / self.rate_per_s - now
             if wait > 0:
-                self.refusals.append("ratelimited")
+                self._refuse("ratelimited")
                 return web.json_response({"message": "limit exceeded", "status_code": 429}, status=429, headers={
                     "Retry-After": str(max(1, round(wait + 0.49))), "X-Ratelimit-Limit": str(self.rate_per_s),
                     "X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": str(max(1, round(wait + 0.49)))})
@@ -178,7 +178,7 @@ class FakeMattermost:
                 token = str((first.get("data") or {}).get("token", ""))
                 user = next((u for u in self.users.values() if u.token == token), None)
             if user is None:
-                self.refusals.append("websocket")
+                self._refuse("websocket")
                 await ws.send_json({"status": "FAIL", "seq_reply": first.get("seq"),
                                     "error": {"id": "api.web_socket_router.not_authenticated.app_error"}})
                 await ws.close()
@@ -266,6 +266,10 @@ class FakeMattermost:
 
     def bot_posts(self, channel: str | None = None) -> list[dict[str, Any]]:
         return [p for p in self.posts if p["user_id"] == self.bot.id and p["channel_id"] == (channel or self.ops)]
+
+    def _refuse(self, what: str) -> None:
+        self.refusals.append(what)
+        self._changed.set()
 
     async def wait(self, predicate: Any, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):

@@ -80,8 +80,8 @@ class SlackAdapter(ChatAdapter):
         self.name = name
         self.config = config
         self.rt = rt
-        self.capabilities = Capabilities(buttons=True, threads=True, edits=True, direct_messages=True,
-                                         formatting="mrkdwn", max_chars=3000,  # a section block's limit
+        # Threads, edits and direct messages exist on Slack but opsroom does not use them here yet.
+        self.capabilities = Capabilities(buttons=True, formatting="mrkdwn", max_chars=3000,  # a section block's limit
                                          rate_per_s=config.rate_per_s, burst=config.burst)
         self.api = config.api_url.rstrip("/") + "/"
         self.bot_user_id: str | None = None

@@ -123,13 +123,13 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
         if method == "apps.connections.open":
             if token != self.app_token:
-                self.refusals.append(method)
+                self._refuse(method)
                 return web.json_response({"ok": False, "error": "invalid_auth"})
             caller = None
         else:
             caller = next((u for u in self.users.values() if u.token == token), None)
             if caller is None:
-                self.refusals.append(method)
+                self._refuse(method)
                 return web.json_response({"ok": False, "error": "invalid_auth" if token else "not_authed"})
         result: web.Response = await handler(caller, args)
         return result
@@ -172,7 +172,7 @@ class FakeSlack:
         if self.rate_per_s and caller.is_bot:
             wait = self._last_post.get(channel, -1e9) + 1 / self.rate_per_s - now
             if wait > 0:
-                self.refusals.append("ratelimited")
+                self._refuse("ratelimited")
                 return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                          headers={"Retry-After": str(max(1, round(wait + 0.49)))})
             self._last_post[channel] = now
@@ -316,6 +316,10 @@ class FakeSlack:
 
     def bot_posts(self, channel: str = "C0OPS") -> list[dict[str, Any]]:
         return [p for p in self.posts if p.get("bot_id") == self.bot.bot_id and p.get("channel") == channel]
+
+    def _refuse(self, what: str) -> None:
+        self.refusals.append(what)
+        self._changed.set()
 
     async def wait(self, predicate: Any, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
