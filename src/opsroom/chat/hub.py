@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections import OrderedDict, defaultdict
 from typing import Any
 
@@ -34,6 +35,7 @@ from opsroom.secrets.masking import mask
 log = structlog.get_logger(__name__)
 _Item = tuple[Message, "asyncio.Future[Message] | None"]
 SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
+REFUSALS_AUDITED = 20  # per platform and minute; more are counted into one record
 
 
 class RoomHub:
@@ -46,6 +48,7 @@ class RoomHub:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._refusals: dict[str, list[float]] = {}  # platform -> [window start, seen, unaudited]
 
     def add_adapter(self, adapter: ChatAdapter, name: str | None = None) -> None:
         adapter.name = name or adapter.name or adapter.platform
@@ -120,11 +123,20 @@ class RoomHub:
         if incoming.author.is_bot or not self._first_time(adapter, incoming.delivery_id):
             return  # never answer a bot, ourselves included; a redelivery is answered once
         room = self.routes.get((adapter.name, incoming.channel))
-        if room is None:
-            return
         person = await self._person(adapter, incoming.author)
+        if room is None:
+            await self._direct(adapter, incoming, person)
+            return
         await self.on_message(Message(room=room, text=incoming.text, author=person,
                                       origin=_binding(adapter, incoming.channel)))
+
+    async def _direct(self, adapter: ChatAdapter, incoming: Incoming, person: Person) -> None:
+        """A channel no room is bound to (a direct message to the bot): only one's own account
+        (`link CODE`, `whoami`, `help`) is handled there, so a code need not be typed in a
+        shared channel. Nothing is stored: it belongs to no room."""
+        reply = await accounts.handle(self.rt, platform=adapter.name, person=person, text=incoming.text)
+        if reply:
+            await self.queues[adapter.name].put(Outgoing(room="", channel=incoming.channel, text=reply))
 
     async def presence(self, adapter: ChatAdapter, channel: str, person: Person, joined: bool) -> None:
         room = self.routes.get((adapter.name, channel))
@@ -154,7 +166,22 @@ class RoomHub:
         return ""  # the approval.decided event announces it
 
     async def refused(self, adapter: ChatAdapter, *, what: str, detail: str) -> None:
-        log.warning("chat request refused", platform=adapter.name, what=what, detail=detail)
+        """A forged or unsigned request: audited, but at most REFUSALS_AUDITED per platform and
+        minute one by one; past that they are counted and the count is audited when the minute
+        ends, so whoever knows a public endpoint cannot grow the audit chain at will."""
+        now = time.monotonic()
+        window = self._refusals.setdefault(adapter.name, [now, 0, 0])
+        if now - window[0] >= 60:
+            if window[2]:
+                await audit.append_alone(self.rt, actor=SYSTEM, action="chat.refused",
+                                         target=f"platform:{adapter.name}", outcome="denied",
+                                         details={"what": "more refusals", "count": window[2]})
+            window[:] = [now, 0, 0]
+        window[1] += 1
+        if window[1] > REFUSALS_AUDITED:
+            window[2] += 1
+            return
+        log.warning("chat request refused", platform=adapter.name, what=what, detail=mask(detail)[:200])
         await audit.append_alone(self.rt, actor=SYSTEM, action="chat.refused", target=f"platform:{adapter.name}",
                                  outcome="denied", details={"what": what, "detail": mask(detail)[:500]})
 
