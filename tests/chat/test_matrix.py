@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from pydantic import ValidationError
 
 from opsroom.chat.base import Message
 from opsroom.chat.platforms.matrix.adapter import MatrixConfig
 from opsroom.rooms.service import history_of
-from tests.chat.drivers.matrix import MatrixDriver, adapter_of, barrier, booted, until
+from tests.chat.drivers.matrix import MatrixDriver, Since, World, adapter_of, barrier, booted, until
 from tests.chat.harness import serve
 
 TIMEOUT = 20.0
@@ -78,26 +80,40 @@ async def test_the_homeservers_429_is_waited_out_and_nothing_is_lost_or_doubled(
         await srv_driver.stop()
 
 
-async def test_an_event_the_sync_hands_back_again_is_answered_once(tmp_path: Path) -> None:
-    """Matrix has no redelivery of its own, but a sync resumed from an older token (a restart of
-    the homeserver's sync stream, a lost response) hands the same events back: answered once."""
-    async with booted(tmp_path) as (driver, served):
+# Five tests in one room with one opsroom (booting opsroom is most of a test's time); each looks
+# only at what came after its own start.
+shared_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    async with booted(tmp_path_factory.mktemp("matrix")) as w:
+        yield w
+
+
+@shared_loop
+class TestInOneRoom:
+    async def test_an_event_the_sync_hands_back_again_is_answered_once(self, world: World) -> None:
+        """Matrix has no redelivery of its own, but a sync resumed from an older token (a lost
+        response, a homeserver's stream reset) hands the same events back: answered once."""
+        driver, served = world
+        since = await Since.now(world)
         adapter = adapter_of(served)
         before = adapter.since
         await driver.say("alice", "status")
-        await driver.wait_for(lambda t: "healthy" in t, TIMEOUT)
+        await since.wait_for(lambda t: "healthy" in t)
         adapter.since = before  # the next long poll starts from before alice's line
         await barrier(driver)
         await barrier(driver)
-        assert sum("healthy" in t for t in driver.received()) == 1, driver.received()
+        assert sum("healthy" in t for t in since.received()) == 1, since.received()
 
-
-async def test_an_approval_request_mentions_the_approvers_as_matrix_mentions(tmp_path: Path) -> None:
-    async with booted(tmp_path) as (driver, _served):
+    async def test_an_approval_request_mentions_the_approvers_as_matrix_mentions(self, world: World) -> None:
+        driver, _served = world
+        since = await Since.now(world)
         bob = driver.account_id("bob")
         await driver.say("alice", "run deploy")
-        await driver.wait_for(lambda t: "needs approval" in t, TIMEOUT)
-        request = next(ev for ev in driver.bot_events() if "needs approval" in ev["content"]["body"])
+        await since.wait_for(lambda t: "needs approval" in t)
+        request = next(ev for ev in since.events() if "needs approval" in ev["content"]["body"])
         content = request["content"]
         assert content["m.mentions"] == {"user_ids": [bob]}
         assert f'<a href="https://matrix.to/#/{bob}">bob</a>' in content["formatted_body"]
@@ -105,36 +121,38 @@ async def test_an_approval_request_mentions_the_approvers_as_matrix_mentions(tmp
         # m.text: the default push rules silence every m.notice, mentions included.
         assert content["msgtype"] == "m.text"
         await barrier(driver)
-        others = [ev["content"] for ev in driver.bot_events() if ev is not request]
+        others = [ev["content"] for ev in since.events() if ev is not request]
         assert others and all(c["msgtype"] == "m.notice" and c["m.mentions"] == {"user_ids": []} for c in others)
 
-
-async def test_the_plain_body_and_the_html_say_the_same(tmp_path: Path) -> None:
-    async with booted(tmp_path) as (driver, served):
+    async def test_the_plain_body_and_the_html_say_the_same(self, world: World) -> None:
+        _driver, served = world
+        since = await Since.now(world)
         assert served.rt.rooms is not None
         served.rt.rooms.post_nowait(Message(room="ops", text="line one\nline <two> & three", kind="notice"))
-        await driver.wait_for(lambda t: "line one" in t, TIMEOUT)
-        content = next(ev["content"] for ev in driver.bot_events() if "line one" in ev["content"]["body"])
+        await since.wait_for(lambda t: "line one" in t)
+        content = next(ev["content"] for ev in since.events() if "line one" in ev["content"]["body"])
         assert content["body"] == "line one\nline <two> & three"
         assert content["formatted_body"] == "line one<br>line &lt;two&gt; &amp; three"
 
-
-async def test_people_leaving_and_joining_are_announced(tmp_path: Path) -> None:
-    async with booted(tmp_path) as (driver, _served):
+    async def test_people_leaving_and_joining_are_announced(self, world: World) -> None:
+        driver, _served = world
+        since = await Since.now(world)
         await driver.call("carol", "POST", f"/_matrix/client/v3/rooms/{driver.room_id}/leave", {})
-        await driver.wait_for(lambda t: "carol left the room" in t, TIMEOUT)
+        await since.wait_for(lambda t: "carol left the room" in t)
         await driver.call("alice", "POST", f"/_matrix/client/v3/rooms/{driver.room_id}/invite",
                           {"user_id": driver.account_id("carol")})
         await driver.call("carol", "POST", f"/_matrix/client/v3/join/{driver.room_id}", {})
-        await driver.wait_for(lambda t: "carol joined the room" in t, TIMEOUT)
+        await since.wait_for(lambda t: "carol joined the room" in t)
         # A display name change is no arrival.
-        await asyncio.to_thread(driver.srv.set_displayname, "carol", "carol")
-        await barrier(driver)
-        assert sum("carol joined" in t for t in driver.received()) == 1
+        try:
+            await driver.set_displayname("carol", "carol c")
+            await barrier(driver)
+        finally:
+            await driver.set_displayname("carol", "carol")
+        assert sum("joined the room" in t for t in since.received()) == 1, since.received()
 
-
-async def test_identify_and_presence_ask_the_homeserver(tmp_path: Path) -> None:
-    async with booted(tmp_path) as (driver, served):
+    async def test_identify_and_presence_ask_the_homeserver(self, world: World) -> None:
+        driver, served = world
         adapter = adapter_of(served)
         bob = await adapter.identify(driver.account_id("bob"))
         assert (bob.display_name, bob.is_bot) == ("bob", False)

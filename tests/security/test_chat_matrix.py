@@ -16,10 +16,8 @@ import pytest_asyncio
 from opsroom.chat.base import Mention, Message, Outgoing
 from opsroom.chat.platforms.matrix.adapter import MatrixAdapter, MatrixConfig
 from opsroom.rooms.service import history_of
-from tests.chat.drivers.matrix import TIMEOUT, MatrixDriver, barrier, booted
-from tests.chat.harness import Served
+from tests.chat.drivers.matrix import MatrixDriver, Since, World, barrier, booted
 
-World = tuple[MatrixDriver, Served]
 # One room and one opsroom for the whole module (each test looks only at what came after its
 # own start): booting opsroom is most of a test's time. `otherbot` is listed in `bots`.
 shared_loop = pytest.mark.asyncio(loop_scope="module")
@@ -30,31 +28,6 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     driver = MatrixDriver(platform_settings={"bots": ["@otherbot:localhost"]})
     async with booted(tmp_path_factory.mktemp("matrix-security"), driver) as w:
         yield w
-
-
-class Since:
-    """What the bot posted and the room stored after this point."""
-
-    @classmethod
-    async def now(cls, world: World) -> Since:
-        driver, served = world
-        rows = await history_of(served.rt, room="ops", limit=1)
-        return cls(driver, served, len(driver.received()), rows[-1].id if rows else 0)
-
-    def __init__(self, driver: MatrixDriver, served: Served, seen: int, last_id: int) -> None:
-        self.driver, self.served, self.seen, self.last_id = driver, served, seen, last_id
-
-    def received(self) -> list[str]:
-        return self.driver.received()[self.seen:]
-
-    def events(self) -> list[dict[str, Any]]:
-        return self.driver.bot_events()[self.seen:]
-
-    async def stored(self) -> list[str]:
-        return [m.text for m in await history_of(self.served.rt, room="ops", after=self.last_id)]
-
-    async def wait_for(self, predicate: Any) -> str:
-        return await self.driver.wait_for(lambda t: t in self.received() and predicate(t), TIMEOUT)
 
 
 async def bot_lines_in(driver: MatrixDriver, room_id: str) -> list[dict[str, Any]]:
@@ -163,7 +136,7 @@ class TestDisplayNameSpoofing:
         driver, served = world
         since = await Since.now(world)
         try:
-            await asyncio.to_thread(driver.srv.set_displayname, "carol", "bob")
+            await driver.set_displayname("carol", "bob")
             await driver.say("alice", "run deploy")
             text = await since.wait_for(lambda t: "needs approval" in t)
             approval = int(text.split("Request #")[1].split()[0].rstrip(":.,"))
@@ -175,7 +148,7 @@ class TestDisplayNameSpoofing:
             spoofed = next(r for r in rows if r.text == f"approve {approval}")
             assert spoofed.author == "bob (@carol:localhost)"
         finally:
-            await asyncio.to_thread(driver.srv.set_displayname, "carol", "carol")
+            await driver.set_displayname("carol", "carol")
 
 
 @shared_loop

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import aiohttp
 
 from opsroom.chat.platforms.matrix.adapter import MatrixAdapter
+from opsroom.rooms.service import history_of
 from tests.chat.driver import Driver
 from tests.chat.harness import Served, serve
 from tests.chat.servers.synapse import SERVER_NAME, Synapse, shared
@@ -112,6 +113,15 @@ class MatrixDriver(Driver):
         # m.notice is how the spec marks an automated client's line; other bots send it.
         await self.send("otherbot", {"msgtype": "m.notice", "body": text})
 
+    async def set_displayname(self, person: str, name: str) -> None:
+        """Change a person's display name and wait until this room's member state shows it
+        (Synapse updates every room the person is in, one after another, in the background)."""
+        await asyncio.to_thread(self.srv.set_displayname, person, name)
+        path = f"/_matrix/client/v3/rooms/{quote(self.room_id)}/state/m.room.member/{quote(self.account_id(person))}"
+        async with asyncio.timeout(TIMEOUT):
+            while (await self.call(person, "GET", path)).get("displayname") != name:
+                await asyncio.sleep(0.05)
+
     def bot_events(self) -> list[dict[str, Any]]:
         bot = self.srv.accounts[self.bot].user_id
         return [ev for ev in self.events if ev.get("sender") == bot]
@@ -198,3 +208,31 @@ async def barrier(driver: MatrixDriver) -> None:
     seen = sum("executions" in t.lower() for t in driver.received())
     await driver.say("alice", "executions")
     await driver.wait_for(lambda _t: sum("executions" in t.lower() for t in driver.received()) > seen, TIMEOUT)
+
+
+World = tuple[MatrixDriver, Served]
+
+
+class Since:
+    """What the bot posted and the room stored after this point."""
+
+    @classmethod
+    async def now(cls, world: World) -> Since:
+        driver, served = world
+        rows = await history_of(served.rt, room="ops", limit=1)
+        return cls(driver, served, len(driver.received()), rows[-1].id if rows else 0)
+
+    def __init__(self, driver: MatrixDriver, served: Served, seen: int, last_id: int) -> None:
+        self.driver, self.served, self.seen, self.last_id = driver, served, seen, last_id
+
+    def received(self) -> list[str]:
+        return self.driver.received()[self.seen:]
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.driver.bot_events()[self.seen:]
+
+    async def stored(self) -> list[str]:
+        return [m.text for m in await history_of(self.served.rt, room="ops", after=self.last_id)]
+
+    async def wait_for(self, predicate: Any) -> str:
+        return await self.driver.wait_for(lambda t: t in self.received() and predicate(t), TIMEOUT)

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -262,6 +263,7 @@ def shared() -> Synapse:
         root = Path(tempfile.mkdtemp(prefix="opsroom-synapse-"))
         server = Synapse(root, python=synapse_python())
         server.start()
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # runs after stop (atexit is LIFO)
         atexit.register(server.stop)
         for localpart in PEOPLE:
             server.register(localpart, admin=localpart == "admin")
