@@ -54,3 +54,38 @@ async def test_a_wrong_password_or_an_untrusted_certificate_gets_no_session(tmp_
                 assert not driver.received()
         finally:
             await driver.stop()
+
+
+async def test_request_on_irc_approved_on_xmpp_and_both_see_every_notice(tmp_path: Path) -> None:
+    """One room bound to both real servers: alice asks on IRC, bob approves on XMPP."""
+    from opsroom.access import links
+    from tests.chat.drivers.irc import IrcDriver
+
+    irc, xmpp = IrcDriver(), XmppDriver()
+    await irc.start(tmp_path / "irc")
+    await xmpp.start(tmp_path / "xmpp")
+    try:
+        room = {"name": "ops", "bind": [f"irc:{irc.channel}", f"xmpp:{xmpp.channel}"]}
+        async with serve(tmp_path, None, platforms=[irc.platform_item(), xmpp.platform_item()],
+                         rooms=[room]) as served:
+            for driver in (irc, xmpp):
+                for person, user in (("alice", "you"), ("bob", "boss")):
+                    await links.link_account(served.rt, platform=driver.name, account_id=driver.account_id(person),
+                                             display_name=person, user=user)
+            await irc.attach(served)
+            await xmpp.attach(served)
+            await irc.say("alice", "run deploy")
+            request = await xmpp.wait_for(lambda t: "needs approval" in t, TIMEOUT)
+            assert xmpp.mentions(request, "bob")
+            # alice's line itself was relayed to XMPP with its author and platform named.
+            await xmpp.wait_for(lambda t: "alice (irc): run deploy" in t, TIMEOUT)
+            approval_id = request.split("Request #", 1)[1].split(".", 1)[0]
+            await xmpp.say("bob", f"approve {approval_id}")
+            for driver in (irc, xmpp):
+                await driver.wait_for(lambda t: "needs approval" in t, TIMEOUT)
+                await driver.wait_for(lambda t: "approved by boss" in t, TIMEOUT)
+                await driver.wait_for(lambda t: "deploy succeeded" in t, TIMEOUT)
+            assert any("bob (xmpp): approve" in t for t in irc.received())
+    finally:
+        await irc.stop()
+        await xmpp.stop()
