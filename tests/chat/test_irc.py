@@ -183,3 +183,19 @@ def test_a_line_never_carries_a_second_command(bad: str) -> None:
         protocol.line("PRIVMSG", "#ops", trailing=bad)
     with pytest.raises(protocol.UnsafeLine):
         protocol.line("JOIN", bad)
+
+
+async def test_a_silent_server_is_pinged_then_left_and_reconnected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opsroom.chat.platforms.irc import adapter as irc_adapter
+
+    monkeypatch.setattr(irc_adapter, "IDLE_PING_S", 0.3)
+    async with IrcStub(caps=()) as stub:  # it never answers PING: a server gone without a FIN
+        adapter = stub_adapter(stub)
+        await adapter.start(Recorder(), ["#ops"])
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while adapter.connects < 2:
+                    await asyncio.sleep(0.05)
+        finally:
+            await adapter.stop()
+    assert "PING :opsroom" in stub.got and adapter.failures >= 1

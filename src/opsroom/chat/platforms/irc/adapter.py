@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 REGISTER_TIMEOUT_S = 30.0
+IDLE_PING_S = 120.0  # no line from the server this long: PING it, and give up after as long again
 MAX_LINES = 6  # lines one message may take; the rest is cut with a link (each line costs a second)
 
 
@@ -231,10 +232,22 @@ class IrcAdapter(ChatAdapter):
         registering = True
         tries = 0
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        pinged = False
         while True:
-            timeout = max(0.1, deadline - time.monotonic()) if registering else None
-            async with asyncio.timeout(timeout):
-                raw = await reader.readline()
+            timeout = max(0.1, deadline - time.monotonic()) if registering else IDLE_PING_S
+            try:
+                async with asyncio.timeout(timeout):
+                    raw = await reader.readline()
+            except TimeoutError:
+                if registering or pinged:
+                    raise ConnectionError("the server stopped answering") from None
+                # Quiet for a while: a server that went away without closing the connection
+                # (a dropped route) is only noticed by asking.
+                pinged = True
+                self._send("PING", trailing="opsroom")
+                await writer.drain()
+                continue
+            pinged = False
             if not raw:
                 raise ConnectionError("the server closed the connection")
             msg = protocol.parse(raw.decode("utf-8", "replace"))
