@@ -1,6 +1,6 @@
 """The room's broadcast path to a socket: one WebSocket frame built per message, written to each
 connection as it is, instead of one encode (and, with permessage-deflate, one compression) per
-socket. This is what lets a room of 1000 phones answer as fast as a room of 100.
+socket: what a socket then costs the room is one write.
 
 It reaches past ASGI, which has no "send these bytes" message, to uvicorn's sans-io WebSocket
 protocol underneath the socket. When that is not what serves the socket (another server, a test
@@ -30,9 +30,14 @@ def text_frame(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
+_OPEN = State.OPEN
+
+
 class Wire:
     def __init__(self, protocol: Any) -> None:
-        self._p = protocol
+        # Held once: write() runs for every socket of a room on every message.
+        self._p, self._conn, self._writable = protocol, protocol.conn, protocol.writable
+        self._transport_write = protocol.transport.write
 
     @classmethod
     def of(cls, ws: WebSocket) -> Wire | None:
@@ -46,7 +51,7 @@ class Wire:
         """Write `frame` now if the connection is open and its buffer not full; False otherwise
         (the caller queues it for the ASGI send, which waits until the socket drains)."""
         p = self._p
-        if p.close_sent or p.disconnected or not p.writable.is_set() or p.conn.state is not State.OPEN:
+        if not self._writable.is_set() or p.close_sent or p.disconnected or self._conn.state is not _OPEN:
             return False
-        p.transport.write(frame)
+        self._transport_write(frame)
         return True
