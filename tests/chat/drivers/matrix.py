@@ -42,6 +42,8 @@ class MatrixDriver(Driver):
         self._watch: asyncio.Task[None] | None = None
         self._last: tuple[str, str] | None = None
         self._synced = asyncio.Event()
+        self._served: Served | None = None
+        self._rewind: str | None = None  # the adapter's sync token from before the last line said
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -97,7 +99,12 @@ class MatrixDriver(Driver):
                 raise AssertionError(f"{method} {path}: {resp.status} {data}")
             return data
 
+    async def attach(self, served: Any) -> None:
+        self._served = served
+
     async def send(self, person: str, content: dict[str, Any], *, room: str | None = None) -> str:
+        if self._served is not None:
+            self._rewind = adapter_of(self._served).since
         txn = uuid.uuid4().hex
         room_id = room or self.room_id
         got = await self.call(person, "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/{txn}",
@@ -133,6 +140,18 @@ class MatrixDriver(Driver):
             content = ev.get("content") or {}
             out.append(str(content.get("formatted_body") or content.get("body", "")))
         return out
+
+    async def redeliver(self) -> None:
+        """Matrix never sends an event twice by itself, but a sync that resumes from an older
+        token (a response lost on the way, a client restarted from a saved token) hands the
+        same events back with the same ids: the adapter's sync restarts from the token it held
+        before the last line was said."""
+        if self._served is None or self._served.rt.rooms is None:
+            raise NotImplementedError("attach() the driver to opsroom first")
+        adapter = adapter_of(self._served)
+        await adapter.stop()
+        adapter.since = self._rewind
+        await adapter.start(self._served.rt.rooms, adapter.channels)
 
     async def server_down(self) -> None:
         await asyncio.to_thread(self.srv.stop)

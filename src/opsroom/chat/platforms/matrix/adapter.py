@@ -128,7 +128,8 @@ class MatrixAdapter(ChatAdapter):
         self._connected = False
         self._up = asyncio.Event()  # set while the sync loop gets answers
         self._sink: AdapterSink | None = None
-        self._inbox: asyncio.Queue[Incoming] = asyncio.Queue()
+        # What people said and who came and went, in timeline order: (channel, person, joined).
+        self._inbox: asyncio.Queue[Incoming | tuple[str, Person, bool]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._boot = secrets.token_hex(4)  # transaction ids are unique per device across restarts
         self._last_txn: tuple[Outgoing, str] | None = None
@@ -259,7 +260,7 @@ class MatrixAdapter(ChatAdapter):
             if not isinstance(event_id, str) or not self._first_time(event_id):
                 continue
             if ev.get("type") == "m.room.member":
-                await self._membership(room_id, names, ev, history=history)
+                self._membership(room_id, names, ev, history=history)
             elif ev.get("type") == "m.room.message" and not history:
                 incoming = self._incoming(room_id, names, ev)
                 if incoming is not None:
@@ -284,15 +285,16 @@ class MatrixAdapter(ChatAdapter):
         else:
             names.pop(ev["state_key"], None)
 
-    async def _membership(self, room_id: str, names: dict[str, str], ev: dict[str, Any], *, history: bool) -> None:
+    def _membership(self, room_id: str, names: dict[str, str], ev: dict[str, Any], *, history: bool) -> None:
         user = ev["state_key"] if isinstance(ev.get("state_key"), str) else ""
         was = ((ev.get("unsigned") or {}).get("prev_content") or {}).get("membership")
+        leaving = self._person(room_id, user) if user else None  # named as they were, before they go
         self._member(names, ev)
         now = (ev.get("content") or {}).get("membership")
-        if history or user == self.me or not user or self._sink is None or (now == "join") == (was == "join"):
+        if history or user == self.me or leaving is None or (now == "join") == (was == "join"):
             return  # a display name change is no arrival; our own joins are not news
-        channel = self.channel_of[room_id]
-        await self._sink.presence(self, channel, self._person(room_id, user), now == "join")
+        person = self._person(room_id, user) if now == "join" else leaving
+        self._inbox.put_nowait((self.channel_of[room_id], person, now == "join"))
 
     def _incoming(self, room_id: str, names: dict[str, str], ev: dict[str, Any]) -> Incoming | None:
         sender = ev.get("sender")
@@ -326,10 +328,14 @@ class MatrixAdapter(ChatAdapter):
     async def _hand_in(self) -> None:
         # Apart from the sync loop, so a command that takes a while never holds up the next sync.
         while True:
-            incoming = await self._inbox.get()
+            item = await self._inbox.get()
             try:
-                if self._sink is not None:
-                    await self._sink.message(self, incoming)
+                if self._sink is None:
+                    continue
+                if isinstance(item, Incoming):
+                    await self._sink.message(self, item)
+                else:
+                    await self._sink.presence(self, *item)
             except asyncio.CancelledError:
                 raise
             except Exception:
