@@ -202,3 +202,49 @@ async def _actor(served: object, name: str) -> object:
     from opsroom.access import service as access
 
     return await access.actor_by_name(served.rt, name=name, door="web")  # type: ignore[attr-defined]
+
+
+class TestLinkCodeInPrivate:
+    """A link code typed in a shared channel can be read and redeemed first by anyone there:
+    both adapters take private messages to the bot, where the hub handles `link CODE` only."""
+
+    async def test_irc_private_message_links_and_answers_in_private(self, tmp_path: Path) -> None:
+        from opsroom.access import service as access
+
+        driver = IrcDriver()
+        await driver.start(tmp_path / "platform")
+        try:
+            async with serve(tmp_path, driver, link=False) as served:
+                await driver.attach(served)
+                dev = await access.actor_by_name(served.rt, name="dev", door="web")
+                code, _ = await links.issue_link_code(served.rt, actor=dev)  # type: ignore[arg-type]
+                carol = driver.clients["carol"]
+                await carol.say(f"link {code}", channel=served.rt.rooms.adapters["irc"].nick)  # type: ignore[union-attr]
+                await _until(lambda: any(text.startswith("[carol]") for _n, text in carol.heard))
+                assert await links.linked_user(served.rt, platform="irc", account_id="carol") == "dev"
+                assert not any(code in t for t in driver.received())  # nothing of it in the channel
+                await carol.say("status", channel=served.rt.rooms.adapters["irc"].nick)  # type: ignore[union-attr]
+                await carol.say("whoami")  # the barrier: in the channel, answered there
+                await driver.wait_for(lambda t: "dev" in t, TIMEOUT)
+                assert not any("healthy" in text for _n, text in carol.heard)  # no commands in private
+        finally:
+            await driver.stop()
+
+    async def test_xmpp_direct_message_links_the_real_jid(self, tmp_path: Path) -> None:
+        from opsroom.access import service as access
+
+        driver = XmppDriver()
+        await driver.start(tmp_path / "platform")
+        try:
+            async with serve(tmp_path, driver, link=False) as served:
+                await driver.attach(served)
+                dev = await access.actor_by_name(served.rt, name="dev", door="web")
+                code, _ = await links.issue_link_code(served.rt, actor=dev)  # type: ignore[arg-type]
+                carol = driver.clients["carol"]
+                msg = carol.client.make_message(mto="opsroom@localhost", mbody=f"link {code}", mtype="chat")
+                msg.send()
+                await _until(lambda: any(m["type"] == "chat" and "dev" in m["body"] for m in carol.raw))
+                assert await links.linked_user(served.rt, platform="xmpp", account_id="carol@localhost") == "dev"
+                assert not any(code in t for t in driver.received())
+        finally:
+            await driver.stop()

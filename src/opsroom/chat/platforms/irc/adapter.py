@@ -133,7 +133,10 @@ class IrcAdapter(ChatAdapter):
 
     async def deliver(self, out: Outgoing) -> None:
         target = protocol.fold(out.channel)
-        if not self.is_connected() or target not in self.joined:
+        direct = target not in self.channels  # a reply to a private message: the channel is a nick
+        if direct and (out.channel[:1] in "#&+!" or not out.channel):
+            raise DeliveryFailed(f"{out.channel} is not a bound channel", transient=False)
+        if not self.is_connected() or (not direct and target not in self.joined):
             raise DeliveryFailed(f"not in {out.channel} on {self.config.host} now", transient=True)
         text = safe.render(out, self.capabilities, mention=self.mention)
         lines = self._lines(out.channel, text, out.link)
@@ -348,10 +351,18 @@ class IrcAdapter(ChatAdapter):
         if cmd == "PRIVMSG" and len(msg.params) >= 2:
             channel = protocol.fold(msg.params[0])
             text = msg.params[1]
-            if channel not in self.channels or me or text.startswith("\x01"):
-                return  # a private message, our own line, or CTCP (ACTION, VERSION...): not a command
+            if me or text.startswith("\x01"):
+                return  # our own line, or CTCP (ACTION, VERSION...): not a command
             person = self._person(nick, msg.tags.get("account"))
-            await sink.message(self, Incoming(self.channels[channel], protocol.strip_formatting(text), author=person,
+            if channel == protocol.fold(self.nick):
+                # A private message: the hub takes only `link CODE`, `whoami` and `help` there
+                # (a code need not be typed in the channel) and answers to the sender's nick.
+                where = nick
+            elif channel in self.channels:
+                where = self.channels[channel]
+            else:
+                return  # a channel we were not bound to
+            await sink.message(self, Incoming(where, protocol.strip_formatting(text), author=person,
                                               delivery_id=msg.tags.get("msgid")))
         elif cmd == "JOIN" and msg.params:
             channel = protocol.fold(msg.params[0])

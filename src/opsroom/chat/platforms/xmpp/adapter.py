@@ -122,13 +122,17 @@ class XmppAdapter(ChatAdapter):
 
     async def deliver(self, out: Outgoing) -> None:
         room = out.channel.lower()
+        direct = room not in self.rooms  # a reply to a direct message: the channel is a bare JID
         client = self._client
-        if client is None or not client.is_connected() or room not in self.joined:
+        if client is None or not client.is_connected() or (not direct and room not in self.joined):
             raise DeliveryFailed(f"not in {out.channel} now", transient=True)
         text = _NOT_XML.sub("", safe.render(out, self.capabilities, mention=lambda m: self._mention(room, m)))
         # slixmpp builds the stanza as an element tree: the body is character data, escaped on
         # the way out, so "</body><message ..." in a runbook's output stays text.
-        client.send_message(mto=self.rooms[room], mbody=text, mtype="groupchat")
+        if direct:
+            client.send_message(mto=out.channel, mbody=text, mtype="chat")
+        else:
+            client.send_message(mto=self.rooms[room], mbody=text, mtype="groupchat")
 
     def _mention(self, room: str, m: Mention) -> str:
         """An occupant is highlighted by their room nick: the one whose real JID is linked."""
@@ -272,6 +276,9 @@ class XmppAdapter(ChatAdapter):
             await self._sink.presence(self, self.rooms[room], person, not gone)
 
     async def _on_message(self, msg: Any) -> None:
+        if msg["type"] in ("chat", "normal"):
+            await self._on_direct(msg)
+            return
         room, nick = str(msg["from"].bare).lower(), msg["from"].resource
         sink = self._sink
         if msg["type"] != "groupchat" or sink is None or room not in self.rooms or not nick or room not in self.joined:
@@ -290,3 +297,17 @@ class XmppAdapter(ChatAdapter):
         # reuses it, while the room stamps every copy with a new stanza-id.
         delivery = f"{person.platform_id}/{stanza_id}" if stanza_id else None
         await sink.message(self, Incoming(self.rooms[room], body, author=person, delivery_id=delivery))
+
+    async def _on_direct(self, msg: Any) -> None:
+        """A message to the bot itself from an account (authenticated by its server): the hub
+        takes only `link CODE`, `whoami` and `help` there, so a code need not be typed in a room.
+        Private messages through a room (from room/nick) are ignored: a nick is no identity."""
+        sender = str(msg["from"].bare).lower()
+        body = msg["body"]
+        if (self._sink is None or not body or not sender or sender in self.rooms or self._is_bot(sender, "")
+                or msg.xml.find(f"{{{NS_DELAY}}}delay") is not None or any(
+                    sender.endswith("@" + r.split("@", 1)[-1]) for r in self.rooms)):
+            return
+        person = Person(platform_id=sender, display_name=sender.split("@", 1)[0])
+        delivery = f"{sender}/{msg['id']}" if msg["id"] else None
+        await self._sink.message(self, Incoming(sender, body, author=person, delivery_id=delivery))
