@@ -196,7 +196,7 @@ class AccessChanged(Event):
     type: ClassVar[str] = "access.changed"
     user_id: int
     user: str
-    reason: str  # logout | password | disabled | roles | token_revoked
+    reason: str  # logout | password | disabled | roles | token_revoked | chat_unlinked
     session_hash: str | None = None
 
 

@@ -29,8 +29,8 @@ async def test_boss_approves_on_a_phone(tmp_path: Path) -> None:
     assert os.path.exists(CHROMIUM), "make test installs Debian's chromium"
     demo = start_demo(tmp_path)
     try:
+        you = await join(demo, "you")  # before the outage: a notice posted earlier is history, not live
         demo.kill_service("service-b")
-        you = await join(demo, "you")
         await you.wait_for(lambda f: f["type"] == "message" and "is unhealthy" in f["text"])
         asked = await you.ask("start service-b", "needs approval")
         request = re.search(r"Request #(\d+)", asked["text"]).group(1)  # type: ignore[union-attr]
@@ -192,8 +192,8 @@ async def test_a_phone_that_loses_its_link_during_a_recovery_misses_nothing(tmp_
     in order, without a reload, and the blink posted no "left the room" / "joined the room"."""
     demo = start_demo(tmp_path)
     try:
+        you = await join(demo, "you")  # before the outage: a notice posted earlier is history, not live
         demo.kill_service("service-b")
-        you = await join(demo, "you")
         await you.wait_for(lambda f: f["type"] == "message" and "is unhealthy" in f["text"])
         link = Link(demo.port)
         phone = await link.open()
@@ -266,7 +266,7 @@ async def test_approve_and_deny_are_big_enough_for_a_thumb(tmp_path: Path) -> No
             sizes = dict(await page.evaluate(
                 "sel => [...document.querySelectorAll(sel)].map(b => { const r = b.getBoundingClientRect(); "
                 "return [b.textContent, [r.width, r.height]]; })", ".req button, #say button, header button"))
-            assert set(sizes) == {"Approve", "Deny", "Send", "log out"}, sizes
+            assert set(sizes) == {"Approve", "Deny", "Send", "log out", "notify me"}, sizes
             for label, (width, height) in sizes.items():
                 assert height >= 44 and width >= 44, (label, width, height)
             assert await page.evaluate("document.documentElement.scrollWidth") <= 390

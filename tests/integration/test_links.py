@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 from tests.e2e.harness import cli
 from tests.factories import PASSWORDS, small_catalog
-from tests.inprocess import ask, settle
+from tests.inprocess import ask, booted, settle
 
 
 class Clock:
@@ -229,3 +231,19 @@ async def test_cli_issues_lists_and_removes_links(tmp_path: Path) -> None:
         assert [r.actor.startswith("local:") for r in await _audit(rt, "chat.unlink")] == [True]
     finally:
         await rt.close()
+
+
+async def test_a_link_removed_by_the_cli_stops_at_the_running_server_at_once(tmp_path: Path) -> None:
+    """The CLI is another process: its removal reaches the server through the outbox, well
+    before the server's own cache of links would expire."""
+    catalog = small_catalog(tmp_path, platforms=[{"name": "plat", "type": "fake"}],
+                            rooms=[{"name": "ops", "bind": ["plat:C1"]}])
+    async with booted(tmp_path, catalog) as (rt, _web):
+        await links.link_account(rt, platform="plat", account_id="fake:carol", display_name="carol", user="dev")
+        assert await links.linked_user(rt, platform="plat", account_id="fake:carol") == "dev"  # now cached
+        gone = cli("user", "unlink", "dev", "plat", "fake:carol", "--data", str(tmp_path / "data"))
+        assert gone.returncode == 0, gone.stderr
+        started = time.monotonic()
+        while await links.linked_user(rt, platform="plat", account_id="fake:carol") is not None:
+            assert time.monotonic() - started < links.CACHE_TTL_S / 2, "the server kept honouring a removed link"
+            await asyncio.sleep(0.05)

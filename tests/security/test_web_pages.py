@@ -26,6 +26,7 @@ PAGES: dict[str, list[str]] = {
     "/login": ["/login", f"/login?next={Q}&error={Q}", f"/login?next=/rooms/{Q}"],
     "/": ["/", f"/?q={Q}"],
     "/rooms/{room}": ["/rooms/ops", f"/rooms/{Q}", f"/rooms/ops?x={Q}"],
+    "/me/links": ["/me/links", f"/me/links?x={Q}"],
     "/executions/{execution_id}": ["/executions/1", f"/executions/{Q}", f"/executions/1?x={Q}", "/executions/0"],
     "/docs": ["/docs", f"/docs?x={Q}"],
     "/redoc": ["/redoc"],

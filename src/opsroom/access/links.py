@@ -9,7 +9,7 @@ throttled per account and per platform (the same counting as logins, access/thro
 `linked_user` runs for every line said on a platform: answers are cached in the process and
 dropped on every link change made here and on every AccessChanged (a user disabled, even by
 the CLI, whose event the server relays from the outbox). A change made by another process
-that sends no event (the CLI's unlink) is seen within CACHE_TTL_S.
+that sends no event is seen within CACHE_TTL_S (the CLI's unlink sends one through the outbox).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from opsroom.access.identity import SYSTEM, Actor
 from opsroom.access.models import ChatLinkRow, LinkCodeRow, UserRow
 from opsroom.access.names import normalise_name
 from opsroom.access.secrets import token_hash
+from opsroom.access.service import access_changed
 from opsroom.access.throttle import LoginThrottle
 from opsroom.audit import service as audit
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied, TooManyAttempts
@@ -285,7 +286,10 @@ async def unlink(rt: Runtime, *, actor: Actor, platform: str, account_id: str, u
         await s.delete(found[0])
         await audit.append(s, actor=actor, action="chat.unlink", target=f"user:{owner}",
                            details={"platform": platform, "account": account_id})
+        # Through the outbox: a server drops its cached link at once when the CLI removed it.
+        event = access_changed(rt, s, user_id=found[0].user_id, user=str(owner), reason="chat_unlinked")
     _forget(rt)
+    rt.bus.publish(event)
 
 
 async def list_links(rt: Runtime, *, actor: Actor, user: str | None = None) -> list[LinkInfo]:

@@ -210,8 +210,8 @@ class WebAdapter(ChatAdapter):
         ended or shrank. 4401 sends the page to the login; after a role change the session is
         still good, so 4001 makes the page reconnect as the person now is."""
         assert isinstance(ev, AccessChanged)
-        if ev.reason == "token_revoked":
-            return  # API tokens open no sockets; the person's web sessions stay as they are
+        if ev.reason in ("token_revoked", "chat_unlinked"):
+            return  # API tokens and chat links open no sockets; the web sessions stay as they are
         code, why = (4001, "your roles changed") if ev.reason == "roles" else (4401, f"access ended: {ev.reason}")
         for conns in list(self.conns.values()):
             for c in list(conns):
