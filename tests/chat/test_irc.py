@@ -46,7 +46,7 @@ def stub_adapter(stub: IrcStub, **settings: Any) -> IrcAdapter:
 
 
 async def test_sasl_plain_over_cap_before_registration() -> None:
-    async with IrcStub(accounts={"opsbot": "s3cret-pw"}) as stub:
+    async with IrcStub(caps=("sasl", "multi-prefix"), accounts={"opsbot": "s3cret-pw"}) as stub:
         adapter = stub_adapter(stub, sasl_username="opsbot", sasl_password="s3cret-pw")
         await adapter.start(Recorder(), ["#ops"])
         try:

@@ -49,7 +49,10 @@ class IrcStub:
                 cmd, _, rest = line.partition(" ")
                 if cmd == "CAP" and rest.startswith("LS"):
                     capping = True
-                    self.send(f":stub CAP * LS :{' '.join(self.caps)}")
+                    # CAP 302 lists may span lines: all but the last carry "*".
+                    for cap in self.caps[:-1]:
+                        self.send(f":stub CAP * LS * :{cap}")
+                    self.send(f":stub CAP * LS :{self.caps[-1] if self.caps else ''}")
                 elif cmd == "CAP" and rest.startswith("REQ"):
                     wanted = rest.split(":", 1)[1].split()
                     ok = all(c in self.caps for c in wanted)

@@ -224,6 +224,7 @@ class IrcAdapter(ChatAdapter):
                                                        server_hostname=cfg.host if ctx else None, limit=1 << 16)
         self._writer = writer
         self.nick = cfg.nick
+        self._offered: set[str] = set()  # capabilities the server listed (CAP LS may take lines)
         self._tokens, self._refilled = float(cfg.burst), time.monotonic()
         if cfg.server_password is not None:
             self._send("PASS", trailing=cfg.server_password.get_secret_value())
@@ -282,8 +283,10 @@ class IrcAdapter(ChatAdapter):
         if msg.command == "CAP" and len(msg.params) >= 3:
             sub = msg.params[1].upper()
             offered = {c.split("=", 1)[0] for c in msg.params[-1].split()}
+            if sub == "LS":
+                self._offered |= offered
             if sub == "LS" and msg.params[2] != "*":  # the last LS line (302 multi-line ends without *)
-                missing = [c for c in wants if c not in offered]
+                missing = [c for c in wants if c not in self._offered]
                 if missing:
                     # Never fall back to something weaker than configured (no SASL: the password
                     # would not be checked; no account-tag: a nick would be taken as an account).
