@@ -31,8 +31,14 @@ async def test_occupants_are_their_real_jids_and_presence_reaches_the_room(tmp_p
             assert isinstance(adapter, XmppAdapter)
             people = {p.display_name: p.platform_id for p in await adapter.presence(driver.channel)}
             assert people["alice"] == "alice@localhost" and people["bob"] == "bob@localhost"
+            bob = driver.clients["bob"]
+            bob.client.send_presence(pto=f"{driver.channel}/bobby")  # a nick change is no leave
             await driver.clients["carol"].quit()
-            await _room_says(served, "carol left the room")
+            await _room_says(served, "carol left the room")  # after the rename was handled
+            people = {p.display_name: p.platform_id for p in await adapter.presence(driver.channel)}
+            assert people.get("bobby") == "bob@localhost" and "bob" not in people
+            notices = [m.text for m in await history_of(served.rt, room="ops")]
+            assert not any("bob left" in t or "bobby joined" in t for t in notices), notices
             await driver.clients["carol"].connect()
             await _room_says(served, "carol joined the room")
     finally:

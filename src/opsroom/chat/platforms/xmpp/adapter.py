@@ -77,6 +77,7 @@ class XmppAdapter(ChatAdapter):
         self.rooms: dict[str, str] = {}  # bare room JID, lower case -> as bound
         self.joined: set[str] = set()
         self.occupants: dict[str, dict[str, str | None]] = defaultdict(dict)  # room -> nick -> real bare JID
+        self._renamed: set[tuple[str, str]] = set()  # (room, new nick) announced by a 303 presence
         self._bots = {b.lower() for b in config.bots}
         self._sink: AdapterSink | None = None
         self._task: asyncio.Task[None] | None = None
@@ -265,6 +266,10 @@ class XmppAdapter(ChatAdapter):
                         error=str(pres["error"]["condition"]))
             return
         known = nick in self.occupants[room]
+        if gone and "303" in codes and item is not None and item.get("nick"):
+            self._renamed.add((room, item.get("nick", "")))  # a nick change: the same person stays
+        renamed = not gone and (room, nick) in self._renamed
+        self._renamed.discard((room, nick))
         if gone:
             person = self._person(room, nick)
             self.occupants[room].pop(nick, None)
@@ -272,7 +277,8 @@ class XmppAdapter(ChatAdapter):
             self.occupants[room][nick] = jid
             person = self._person(room, nick)
         # Before our own presence arrives the room is telling us who is there already: not news.
-        if room in self.joined and self._sink is not None and (gone or not known) and "303" not in codes:
+        if room in self.joined and self._sink is not None and (gone or not known) and "303" not in codes \
+                and not renamed:
             await self._sink.presence(self, self.rooms[room], person, not gone)
 
     async def _on_message(self, msg: Any) -> None:
