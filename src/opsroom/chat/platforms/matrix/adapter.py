@@ -162,6 +162,7 @@ class MatrixAdapter(ChatAdapter):
     async def _run(self) -> None:
         delay = BACKOFF_FIRST_S
         while True:
+            told: float | None = None  # how long the homeserver asked us to wait (429)
             try:
                 await self._connect()
                 wait = False  # the first sync after (re)connecting answers at once: then we are up
@@ -181,11 +182,12 @@ class MatrixAdapter(ChatAdapter):
                 log.warning("matrix homeserver refused", platform=self.name, error=str(exc))
                 if exc.errcode == "M_UNKNOWN_TOKEN" and self.config.password is not None:
                     self.client.access_token = None  # log in again on the next round
+                told = exc.retry_after
             except Exception:
                 log.exception("matrix sync failed", platform=self.name)
             self._connected = False
             self._up.clear()
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            await asyncio.sleep(max(delay * (0.5 + random.random()), min(told or 0.0, BACKOFF_MAX_S)))
             delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def _connect(self) -> None:
