@@ -400,6 +400,75 @@ async def bot_in_everywhere(plats: dict[str, Platform]) -> None:
                                    timeout=60)
 
 
+# --- where the bot's time goes ---------------------------------------------------------
+
+
+class Trace:
+    """Timestamps of the bot's steps, taken by wrapping (not replacing) the functions the hub
+    calls: the adapter handing a line to the hub, the store, the command, the adapter's send.
+    Each wrapper adds a perf_counter call and a list append (~1 us)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str]] = []  # (time, what, platform or "")
+
+    def install(self, rt: Any) -> None:
+        from opsroom.chat import commands
+        from opsroom.rooms import service as rooms
+
+        hub = rt.rooms
+        events = self.events
+
+        def around(fn: Any, what: str, plat: Callable[..., str]) -> Any:
+            async def wrapped(*a: Any, **kw: Any) -> Any:
+                p = plat(*a, **kw)
+                events.append((time.perf_counter(), what + ">", p))
+                try:
+                    return await fn(*a, **kw)
+                finally:
+                    events.append((time.perf_counter(), what + "<", p))
+            return wrapped
+
+        from opsroom.access import links
+        from opsroom.access import service as access
+        from opsroom.chat import accounts
+
+        hub.message = around(hub.message, "hub", lambda adapter, _inc: adapter.name)
+        anon = lambda *a, **kw: ""  # noqa: E731
+        for mod, fn, what in ((commands, "handle", "command"), (rooms, "store_message", "store"),
+                              (links, "linked_user", "link"), (access, "actor_by_name", "actor"),
+                              (accounts, "handle", "own")):
+            setattr(mod, fn, around(getattr(mod, fn), what, anon))
+        for name, adapter in hub.adapters.items():
+            if name in PLATFORMS:
+                adapter.deliver = around(adapter.deliver, "deliver", lambda _out, name=name: name)
+
+    def phases(self, p: str, t0: float, t_reply: float) -> dict[str, float] | None:
+        """One question's steps (seconds), from the events between its send and its reply:
+        in (server -> adapter -> hub), hub (hub -> the reply's send starts; of which the named
+        calls' time), deliver (the adapter's send call), out (send done -> at alice)."""
+        ev = [e for e in self.events if t0 <= e[0] <= t_reply]
+        hub_in = next((t for t, w, q in ev if w == "hub>" and q == p), None)
+        dl = [t for t, w, q in ev if w.startswith("deliver") and q == p]
+        if hub_in is None or len(dl) < 2:
+            return None
+        d_start, d_end = dl[-2], dl[-1]
+        out = {"in": hub_in - t0, "hub": d_start - hub_in}
+        for what in ("store", "command", "link", "actor", "own"):
+            opened: float | None = None
+            total = 0.0
+            for t, w, _q in ev:
+                if t > d_start:
+                    break
+                if w == what + ">":
+                    opened = t
+                elif w == what + "<" and opened is not None:
+                    total += t - opened
+                    opened = None
+            out[f"hub.{what}"] = total
+        out.update({"deliver": d_end - d_start, "out": t_reply - d_end})
+        return out
+
+
 # --- the bench -----------------------------------------------------------------------
 
 
@@ -426,6 +495,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                          user="you")
             await bot_in_everywhere(plats)
             assert rt.rooms is not None
+            trace = Trace()
+            trace.install(rt)
             queues = rt.rooms.queues
 
             async def drained() -> None:
@@ -461,6 +532,9 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 await plat.say(ch, QUESTION)
                 t1, _c, _s, _text = await plat.alice.inbox.wait(
                     lambda it: it[1] == key and plat.is_bot(it[2]) and "alice (" not in it[3], mark)
+                got = trace.phases(p, t0, t1)
+                if got is not None:
+                    steps[p].append(got)
                 for q in PLATFORMS:
                     expected[(q, plats[q].bound[k])] += 1 if q == p else 2  # reply; relay + reply
                 return t1 - t0
@@ -477,6 +551,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 return t1 - t0
 
             bot_rt: dict[str, list[float]] = {p: [] for p in PLATFORMS}
+            steps: dict[str, list[dict[str, float]]] = {p: [] for p in PLATFORMS}
             echo_rt: dict[str, list[float]] = {p: [] for p in PLATFORMS}
             nonce = uuid.uuid4().hex[:6]
             deadline = Deadline(args.budget)
@@ -494,6 +569,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     if i >= args.warmup:
                         echo_rt[p].append(e)
                         bot_rt[p].append(b)
+                    elif steps[p]:
+                        steps[p].pop()  # warm-up
                 done = i + 1
                 if deadline.expired() and i >= args.warmup + 10:
                     info(f"time budget spent after {i + 1 - args.warmup} measured cycles")
@@ -518,10 +595,18 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         own[p] = (percentile(bot_rt[p], 99) - percentile(echo_rt[p], 99)) * 1000
         p50_own = (percentile(bot_rt[p], 50) - percentile(echo_rt[p], 50)) * 1000
         info(f"{p:6s} bot's own part: p99 {own[p]:.2f} ms (p50 {p50_own:.2f} ms)")
+        if steps[p]:
+            parts = {k: [st[k] for st in steps[p]] for k in steps[p][0]}
+            info(f"{p:6s} steps (p50/p99 ms, n={len(steps[p])}): " + ", ".join(
+                f"{k} {percentile(v, 50) * 1000:.1f}/{percentile(v, 99) * 1000:.1f}" for k, v in parts.items()))
+            out_steps = {k: {"p50_ms": r(percentile(v, 50) * 1000), "p99_ms": r(percentile(v, 99) * 1000)}
+                         for k, v in parts.items()}
+        else:
+            out_steps = {}
         out[p] = {"p50_ms": r(percentile(bot_rt[p], 50) * 1000), "p99_ms": r(percentile(bot_rt[p], 99) * 1000),
                   "echo_p50_ms": r(percentile(echo_rt[p], 50) * 1000),
                   "echo_p99_ms": r(percentile(echo_rt[p], 99) * 1000),
-                  "own_p99_ms": r(own[p]), "own_p50_ms": r(p50_own), "n": len(bot_rt[p])}
+                  "own_p99_ms": r(own[p]), "own_p50_ms": r(p50_own), "n": len(bot_rt[p]), "steps": out_steps}
     worst = max(PLATFORMS, key=lambda p: own[p])
     value = own[worst]
     info(f"worst platform: {worst}; target <= {TARGET_MS:g} ms: {'met' if value <= TARGET_MS else 'MISSED'}")
