@@ -20,9 +20,10 @@ two other platforms, run the command, store the reply, send it to all three plat
 
 Pacing is not measured: the adapters get rate limits far above what the bench sends (Matrix
 100/s burst 100, XMPP 50/s burst 50, IRC 10/s burst 20 - IRC's configurable maximum); the
-test servers' own limits are lifted as the drivers do (Synapse rc_* at 1000/s; prosody runs
-without mod_limits; ngircd has no knob). IRC gets 5 lines per cycle (three questions, one per
-platform, each relayed to and answered on IRC), so a cycle takes at least 0.6 s, which keeps
+test servers' own limits are lifted (Synapse rc_* at 1000/s, as its driver does; prosody runs
+without mod_limits; ngircd with MaxPenaltyTime = 0, which the IRC driver does not set). IRC
+gets 5 lines per cycle (three questions, one per platform, each relayed to and answered on
+IRC), so a cycle takes at least 0.6 s, which keeps
 the IRC send queue's token bucket from running dry; and before each question every send queue
 is drained and alice has received everything the previous question caused (a barrier), so
 no reply waits behind an earlier one.
@@ -329,14 +330,17 @@ async def matrix_platform(tmp: Path) -> Platform:
 
 def bench_ngircd() -> Any:
     """A fresh ngircd (not the tests' shared one) that lets a user into more than 10 channels
-    (its MaxJoins default): alice is in 40, the bot in 20. Stopped at exit."""
+    (its MaxJoins default: alice is in 40, the bot in 20) and charges no flood penalty. Stopped
+    at exit."""
     import atexit
 
     from tests.chat.servers.ngircd import Ngircd
 
     class BenchNgircd(Ngircd):
         def _config(self) -> str:
-            return super()._config().replace("[Limits]\n", "[Limits]\nMaxJoins = 0\n")
+            # MaxPenaltyTime 0: no flood penalty (the bench's answer to Synapse's rc_* overrides);
+            # with it, the bot's extra lines (relays) are held by the server up to a second.
+            return super()._config().replace("[Limits]\n", "[Limits]\nMaxJoins = 0\nMaxPenaltyTime = 0\n")
 
     srv = BenchNgircd()
     atexit.register(srv.close)
@@ -358,10 +362,30 @@ async def irc_platform(tmp: Path) -> Platform:
     return Platform("irc", bound, echo, alice, bob, lambda s: s.startswith("opsroom"), "alice", "bob", item)
 
 
-async def xmpp_platform(tmp: Path) -> Platform:
-    from tests.chat.servers.prosody import DOMAIN, MUC, password, shared
+def bench_prosody() -> Any:
+    """A fresh prosody (not the tests' shared one) with Nagle's algorithm off. With it on (the
+    default), the room's copy of alice's own line leaves first, and the bot's reply some
+    milliseconds later waits in prosody's socket for alice's delayed ACK: ~25 ms more per reply,
+    a property of the server and where the clients sit, not of the bot. Stopped at exit."""
+    import atexit
 
-    srv = await asyncio.to_thread(shared)
+    from tests.chat.servers.prosody import Prosody
+
+    class BenchProsody(Prosody):
+        def _config(self) -> str:
+            nagle_off = "\nnetwork_settings = { nagle = false }\n\nVirtualHost"
+            return super()._config().replace("\nVirtualHost", nagle_off, 1)
+
+    srv = BenchProsody()
+    atexit.register(srv.close)
+    return srv
+
+
+async def xmpp_platform(tmp: Path) -> Platform:
+    from tests.chat.servers.prosody import DOMAIN, MUC, password
+
+    srv = bench_prosody()
+    await asyncio.to_thread(srv.start)
     tag = uuid.uuid4().hex[:4]
     bound = [f"opsb{tag}-{i:02d}@{MUC}" for i in range(ROOMS)]
     echo = [f"echo{tag}-{i:02d}@{MUC}" for i in range(ROOMS)]
@@ -441,6 +465,16 @@ class Trace:
         for name, adapter in hub.adapters.items():
             if name in PLATFORMS:
                 adapter.deliver = around(adapter.deliver, "deliver", lambda _out, name=name: name)
+        # slixmpp sends from a queue of its own: when the stanza's bytes are handed to the socket.
+        client = getattr(hub.adapters.get("xmpp"), "_client", None)
+        if client is not None:
+            raw = client.send_raw
+
+            def send_raw(data: Any) -> None:
+                events.append((time.perf_counter(), "raw", "xmpp"))
+                raw(data)
+
+            client.send_raw = send_raw
 
     def phases(self, p: str, t0: float, t_reply: float) -> dict[str, float] | None:
         """One question's steps (seconds), from the events between its send and its reply:
@@ -466,6 +500,9 @@ class Trace:
                     opened = None
             out[f"hub.{what}"] = total
         out.update({"deliver": d_end - d_start, "out": t_reply - d_end})
+        raw = next((t for t, w, q in ev if w == "raw" and q == p and t >= d_end), None)
+        if raw is not None:
+            out["out.queued"] = raw - d_end  # slixmpp's send queue, before the socket
         return out
 
 
