@@ -28,6 +28,10 @@ the IRC send queue's token bucket from running dry; and before each question eve
 is drained and alice has received everything the previous question caused (a barrier), so
 no reply waits behind an earlier one.
 
+Also printed: where the bot's time goes, per step (adapter in, the hub with its store, command
+and user look-ups, the adapter's send, out to alice), from timestamps taken by wrapping the
+functions the hub calls (class Trace). prosody runs with Nagle off (see bench_prosody).
+
     .venv/bin/python bench/chat_platforms.py --quick    # 30 questions per platform, < 60 s
     .venv/bin/python bench/chat_platforms.py            # 200 per platform
 """
