@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import structlog
 
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import ChatAdapter, DeliveryFailed, Outgoing
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
 
 
 @dataclass
@@ -115,7 +113,7 @@ class SendQueue:
                 continue
             out = self._items.popleft()  # in flight: overflow drops only what still waits
             await self._take_token()
-            delay = BACKOFF_FIRST_S
+            backoff = Backoff()
             while True:
                 try:
                     if out.kind == "output":
@@ -130,9 +128,9 @@ class SendQueue:
                         log.warning("chat delivery refused", platform=self.adapter.name, error=str(exc))
                         break
                     self.stats.retried += 1
-                    wait = exc.retry_after if exc.retry_after is not None else delay * (0.5 + random.random())
-                    delay = min(delay * 2, BACKOFF_MAX_S)
-                    await asyncio.sleep(min(wait, BACKOFF_MAX_S))
+                    # The platform's own Retry-After when it gave one (a 429), else our backoff.
+                    wait = backoff.next_wait()
+                    await asyncio.sleep(min(exc.retry_after, backoff.most) if exc.retry_after is not None else wait)
                 except asyncio.CancelledError:
                     raise
                 except Exception:

@@ -24,6 +24,7 @@ import structlog
 from pydantic import Field, SecretStr
 
 from opsroom.chat import safe
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -40,8 +41,6 @@ from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
 REGISTER_TIMEOUT_S = 30.0
 IDLE_PING_S = 120.0  # no line from the server this long: PING it, and give up after as long again
 MAX_LINES = 6  # lines one message may take; the rest is cut with a link (each line costs a second)
@@ -188,11 +187,11 @@ class IrcAdapter(ChatAdapter):
     # --- the connection --------------------------------------------------
 
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST_S
+        backoff = Backoff()
         while not self._stopping:
             try:
                 await self._session()
-                delay = BACKOFF_FIRST_S  # it was up: start the backoff over
+                backoff.reset()  # it was up: start the backoff over
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -202,11 +201,10 @@ class IrcAdapter(ChatAdapter):
                 was_up = self._registered
                 self._close()
                 if was_up:
-                    delay = BACKOFF_FIRST_S
+                    backoff.reset()
             if self._stopping:
                 return
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            await backoff.wait()
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls:

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import html
 import json
-import random
 import re
 import secrets
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from urllib.parse import quote
 import structlog
 from pydantic import SecretStr, field_validator, model_validator
 
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -53,8 +53,6 @@ from opsroom.runtime import Runtime
 log = structlog.get_logger(__name__)
 
 USER_ID = re.compile(r"@[^:\s]+:[^\s]+")
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
 REJOIN_EVERY_S = 30.0  # a bound room the bot could not join yet (not invited) is tried again
 SEEN_EVENTS = 5000
 # A send while the homeserver is away waits this long for the sync loop to get through before
@@ -160,7 +158,7 @@ class MatrixAdapter(ChatAdapter):
         return {"rooms_joined": len(self.channel_of), "rooms_bound": len(self.channels)}
 
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST_S
+        backoff = Backoff()
         while True:
             told: float | None = None  # how long the homeserver asked us to wait (429)
             try:
@@ -171,7 +169,7 @@ class MatrixAdapter(ChatAdapter):
                     wait = True
                     self._connected = True
                     self._up.set()
-                    delay = BACKOFF_FIRST_S
+                    backoff.reset()
                     if len(self.room_of) < len(self.channels):
                         await self._join_missing()
             except asyncio.CancelledError:
@@ -187,8 +185,7 @@ class MatrixAdapter(ChatAdapter):
                 log.exception("matrix sync failed", platform=self.name)
             self._connected = False
             self._up.clear()
-            await asyncio.sleep(max(delay * (0.5 + random.random()), min(told or 0.0, BACKOFF_MAX_S)))
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            await backoff.wait(at_least=told or 0.0)
 
     async def _connect(self) -> None:
         if self.client.access_token is None and self.config.password is not None:

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import random
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -49,8 +49,6 @@ from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
 MAX_ACTION_BODY = 64 * 1024
 AUTH_TIMEOUT_S = 10.0
 
@@ -135,7 +133,7 @@ class MattermostAdapter(ChatAdapter):
         return {"Authorization": f"Bearer {self.config.token.get_secret_value()}"}
 
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST_S
+        backoff = Backoff()
         while True:
             try:
                 if self.bot_user_id is None:
@@ -143,15 +141,14 @@ class MattermostAdapter(ChatAdapter):
                     self.bot_user_id = str(me["id"])
                 await self._resolve_channels()
                 await self._socket()
-                delay = BACKOFF_FIRST_S
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("mattermost connection lost", platform=self.name, error=_describe(exc))
             self._connected.clear()
             self.reconnects += 1
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            await backoff.wait()
 
     async def _resolve_channels(self) -> None:
         """A binding may name the channel as TEAM/CHANNEL (URL names); events and posts use ids."""

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import random
 import time
 from collections import OrderedDict
 from typing import Any
@@ -34,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -51,8 +51,6 @@ from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
 SIGNATURE_WINDOW_S = 300  # Slack's own advice: refuse requests older than five minutes
 MAX_ACTION_BODY = 64 * 1024  # a block_actions payload is a few KiB
 ACTION_IDS = {"opsroom_approve": "approve", "opsroom_deny": "deny"}
@@ -130,7 +128,7 @@ class SlackAdapter(ChatAdapter):
         return {"reconnects": self.reconnects}
 
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST_S
+        backoff = Backoff()
         while True:
             try:
                 if self.bot_user_id is None:
@@ -139,7 +137,7 @@ class SlackAdapter(ChatAdapter):
                 await self._resolve_channels()
                 opened = await self._call("apps.connections.open", token=self.config.app_token)
                 if await self._socket(str(opened["url"])):
-                    delay = BACKOFF_FIRST_S  # Slack asked us to reconnect: at once
+                    backoff.reset()  # Slack asked us to reconnect: at once
                     continue
             except asyncio.CancelledError:
                 raise
@@ -147,8 +145,7 @@ class SlackAdapter(ChatAdapter):
                 log.warning("slack connection lost", platform=self.name, error=_describe(exc))
             self._connected.clear()
             self.reconnects += 1
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            await backoff.wait()
 
     async def _socket(self, url: str) -> bool:
         """Read one Socket Mode connection; True when Slack asked for a reconnect."""

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import html
 import json
-import random
 import re
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -123,12 +123,13 @@ class TeamsAdapter(ChatAdapter):
     async def _keep_connected(self) -> None:
         """Warm the signing keys and our token; after a failed send, probe again with backoff."""
         assert self._keys is not None and self._token is not None
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 await self._keys.warm()
                 await self._token.get()
-                self._healthy, delay = True, 0.5
+                self._healthy = True
+                backoff.reset()
                 self._wake.clear()
                 await self._wake.wait()
                 self._token.forget()
@@ -137,8 +138,7 @@ class TeamsAdapter(ChatAdapter):
             except Exception as exc:
                 self._healthy = False
                 log.warning("teams: Bot Framework unreachable", platform=self.name, error=type(exc).__name__)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 30.0)
+                await backoff.wait()
 
     def is_connected(self) -> bool:
         return self._healthy

@@ -15,7 +15,6 @@ import contextlib
 import hmac
 import html
 import json
-import random
 import re
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -131,7 +131,7 @@ class TelegramAdapter(ChatAdapter):
     async def _run(self) -> None:
         """getMe, then poll (or set the webhook and wait); on any failure back off and again."""
         assert self._api is not None
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 me = await self._api.call("getMe")
@@ -141,12 +141,14 @@ class TelegramAdapter(ChatAdapter):
                     await self._api.call("setWebhook", {
                         "url": self.webhook_url, "allowed_updates": UPDATES,
                         "secret_token": self.config.webhook_secret.get_secret_value()})
-                    self._connected, delay = True, 0.5
+                    self._connected = True
+                    backoff.reset()
                     self._wake.clear()
                     await self._wake.wait()  # a failed send: check the API (and the webhook) again
                     continue
                 await self._api.call("deleteWebhook")  # getUpdates answers 409 while one is set
-                self._connected, delay = True, 0.5
+                self._connected = True
+                backoff.reset()
                 await self._poll()
             except asyncio.CancelledError:
                 raise
@@ -154,12 +156,11 @@ class TelegramAdapter(ChatAdapter):
                 self._connected = False
                 log.warning("telegram: Bot API refused", platform=self.name, code=exc.code, error=exc.description)
                 if exc.code in (401, 404):
-                    delay = 30.0  # a wrong token stays wrong: do not hammer
+                    backoff.hold()  # a wrong token stays wrong: do not hammer
             except Exception as exc:
                 self._connected = False
                 log.warning("telegram: Bot API unreachable", platform=self.name, error=type(exc).__name__)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 30.0)
+            await backoff.wait()
 
     async def _poll(self) -> None:
         assert self._api is not None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import ssl
 from collections import defaultdict
@@ -23,6 +22,7 @@ import structlog
 from pydantic import Field, SecretStr
 
 from opsroom.chat import safe
+from opsroom.chat.backoff import Backoff
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -38,8 +38,6 @@ from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 30.0
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -145,7 +143,7 @@ class XmppAdapter(ChatAdapter):
     # --- the connection --------------------------------------------------
 
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST_S
+        backoff = Backoff()
         while not self._stopping:
             was_up = False
             try:
@@ -160,9 +158,8 @@ class XmppAdapter(ChatAdapter):
             if self._stopping:
                 return
             if was_up:
-                delay = BACKOFF_FIRST_S
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, BACKOFF_MAX_S)
+                backoff.reset()
+            await backoff.wait()
 
     def _tls(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.config.ca_file)
