@@ -19,7 +19,7 @@ import structlog
 
 from opsroom.access import links
 from opsroom.access import service as access
-from opsroom.access.identity import SYSTEM
+from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit import service as audit
 from opsroom.chat import accounts, commands
@@ -193,23 +193,23 @@ class RoomHub:
         if msg.text != rooms.storable(msg.text):
             # From any adapter: the command, its echo and the reply all see the same clean text.
             msg = dataclasses.replace(msg, text=rooms.storable(msg.text))
-        shown = accounts.redact(commands.redact(self.rt, msg.text, learn=await self._may_run(msg.author)))
+        # The person's user is read once per line, for the masking below and for the command.
+        actor: Actor | OpsroomError | None = None
+        if msg.author is not None and msg.author.user is not None:
+            try:
+                actor = await access.actor_by_name(self.rt, name=msg.author.user, door="chat")
+            except OpsroomError as exc:
+                actor = exc
+        # Only what a person who may run runbooks types as a secret is taught to the process-wide
+        # masker: anyone else could make any word of the logs vanish by "typing it as a secret".
+        may_run = isinstance(actor, Actor) and actor.can("runbook.run")
+        shown = accounts.redact(commands.redact(self.rt, msg.text, learn=may_run))
         stored = await self.post(msg if shown == msg.text else dataclasses.replace(msg, text=shown))
-        reply = await self.answer(msg)
+        reply = await self.answer(msg, actor)
         if reply:
             await self.post(Message(room=msg.room, text=reply, kind="bot", reply_to=stored.id))
 
-    async def _may_run(self, person: Person | None) -> bool:
-        """Whether what this person types as a secret may be taught to the process-wide masker."""
-        if person is None or person.user is None:
-            return False
-        try:
-            actor = await access.actor_by_name(self.rt, name=person.user, door="chat")
-        except OpsroomError:
-            return False
-        return actor.can("runbook.run")
-
-    async def answer(self, msg: Message) -> str:
+    async def answer(self, msg: Message, actor: Actor | OpsroomError | None) -> str:
         person = msg.author
         if person is None:
             return ""
@@ -224,10 +224,8 @@ class RoomHub:
         if person.user is None:
             speaks_to_us = addressed or commands.looks_like_command(self.rt, msg.text)
             return accounts.unlinked_reply(platform) if speaks_to_us else ""
-        try:
-            actor = await access.actor_by_name(self.rt, name=person.user, door="chat")
-        except OpsroomError as exc:
-            return exc.message
+        if not isinstance(actor, Actor):
+            return actor.message if actor is not None else "I don't know who you are here"
         try:
             return await commands.handle(self.rt, actor=actor, room=msg.room, text=msg.text, addressed=addressed)
         except Exception:
