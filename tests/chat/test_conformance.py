@@ -146,6 +146,25 @@ async def test_nobody_approves_their_own_request(world: tuple[Driver, Served]) -
 
 
 @pytest.mark.parametrize("world", _having("accounts"), indirect=True)
+async def test_a_request_made_in_the_web_room_cannot_be_approved_from_ones_linked_account(
+        world: tuple[Driver, Served]) -> None:
+    """Separation of duties across doors: alice's account is linked to `you`, who asked in the web room."""
+    driver, served = world
+    assert served.rt.rooms is not None
+    web = served.rt.rooms.adapters["web"]
+    you = await access.actor_by_name(served.rt, name="you", door="web")
+    await web.said("ops", you, "run deploy")  # type: ignore[attr-defined]
+    text = await driver.wait_for(lambda t: "needs approval" in t and "deploy" in t, TIMEOUT)
+    approval_id = int(re.search(r"Request #(\d+)", text).group(1))  # type: ignore[union-attr]
+    await driver.say("alice", f"approve {approval_id}")
+    await driver.wait_for(lambda t: "own request" in t or "may not approve" in t, TIMEOUT)
+    if driver.buttons:
+        await driver.click("alice", approval_id, "approve")
+    await _barrier(driver)
+    assert not any("approved by" in t for t in driver.received()), driver.received()
+
+
+@pytest.mark.parametrize("world", _having("accounts"), indirect=True)
 async def test_an_unlinked_account_can_only_help_whoami_link(world: tuple[Driver, Served]) -> None:
     driver, _ = world
     await driver.say("carol", "status")
