@@ -8,12 +8,13 @@ from sqlalchemy import func, select
 
 from opsroom.access import links
 from opsroom.access import service as access
+from opsroom.access.identity import SYSTEM
 from opsroom.audit.models import AuditRecordRow
 from opsroom.chat.fake import FakeAdapter
 from opsroom.chat.hub import REFUSALS_AUDITED
 from opsroom.runbooks.models import ExecutionRow
 from tests.factories import small_catalog
-from tests.inprocess import booted, settle
+from tests.inprocess import ask, booted, settle
 
 
 def _catalog(tmp: Path) -> Path:
@@ -66,3 +67,13 @@ async def test_a_direct_message_links_an_account_and_does_nothing_else(tmp_path:
         async with rt.read() as s:
             assert (await s.execute(select(func.count()).select_from(ExecutionRow))).scalar_one() == 0
         assert not [o for o in plat.sent if code in o.text]  # the code is never echoed anywhere
+
+
+async def test_a_user_disabled_mid_conversation_is_refused_at_the_next_line(tmp_path: Path) -> None:
+    """Class: stale authorisation. The hub keeps each person's user between lines; an access
+    change must end that at once, not when the cache would expire."""
+    async with booted(tmp_path, small_catalog(tmp_path)) as (rt, fake):
+        assert "Sys" in await ask(fake, "you", "status")  # `you` is now cached by the hub
+        await access.disable_user(rt, actor=SYSTEM, name="you")
+        reply = await ask(fake, "you", "status")
+        assert "Sys" not in reply and "don't know" in reply, reply

@@ -27,7 +27,7 @@ from opsroom.chat.announce import ANNOUNCED, render
 from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Message, Outgoing, Person
 from opsroom.chat.sendqueue import SendQueue
 from opsroom.errors import OpsroomError
-from opsroom.events import ApprovalRequested, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
+from opsroom.events import AccessChanged, ApprovalRequested, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
 from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
@@ -35,6 +35,7 @@ from opsroom.secrets.masking import mask
 log = structlog.get_logger(__name__)
 _Item = tuple[Message, "asyncio.Future[Message] | None"]
 SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
+ACTOR_CACHE_S = 5.0  # the CLI's role edits apply at the next start; its disables send AccessChanged
 REFUSALS_AUDITED = 20  # per platform and minute; more are counted into one record
 
 
@@ -48,7 +49,9 @@ class RoomHub:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._refusals: dict[str, list[float]] = {}  # platform -> [window start, seen, unaudited]
+        self._refusals: dict[str, list[float]] = {}
+        self._actors: dict[str, tuple[float, Actor | OpsroomError]] = {}
+        self._access_epoch = 0  # platform -> [window start, seen, unaudited]
 
     def add_adapter(self, adapter: ChatAdapter, name: str | None = None) -> None:
         adapter.name = name or adapter.name or adapter.platform
@@ -71,6 +74,7 @@ class RoomHub:
         for room in self.rt.catalog.rooms:
             for name, channel in self.channels(room):
                 self.routes[(name, channel)] = room
+        self.rt.bus.subscribe(AccessChanged, self._access_changed)
         for event_type in ANNOUNCED:
             self.rt.bus.subscribe(event_type, self._on_event)
         self.rt.bus.subscribe(ExecutionOutput, self._on_output)
@@ -196,10 +200,7 @@ class RoomHub:
         # The person's user is read once per line, for the masking below and for the command.
         actor: Actor | OpsroomError | None = None
         if msg.author is not None and msg.author.user is not None:
-            try:
-                actor = await access.actor_by_name(self.rt, name=msg.author.user, door="chat")
-            except OpsroomError as exc:
-                actor = exc
+            actor = await self._actor(msg.author.user)
         # Only what a person who may run runbooks types as a secret is taught to the process-wide
         # masker: anyone else could make any word of the logs vanish by "typing it as a secret".
         may_run = isinstance(actor, Actor) and actor.can("runbook.run")
@@ -208,6 +209,30 @@ class RoomHub:
         reply = await self.answer(msg, actor)
         if reply:
             await self.post(Message(room=msg.room, text=reply, kind="bot", reply_to=stored.id))
+
+    async def _actor(self, user: str) -> Actor | OpsroomError:
+        """The user a chat line acts as, kept ACTOR_CACHE_S: every line of a busy room would
+        otherwise read it again. Any AccessChanged (disabled, roles, password, unlinked), in this
+        process or relayed from another through the outbox, drops the whole cache at once."""
+        # One turn of the loop first: an AccessChanged published just before this line (its
+        # handler is a task already scheduled) clears the cache before it is trusted.
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        hit = self._actors.get(user)
+        if hit is not None and now - hit[0] < ACTOR_CACHE_S:
+            return hit[1]
+        epoch = self._access_epoch
+        try:
+            found: Actor | OpsroomError = await access.actor_by_name(self.rt, name=user, door="chat")
+        except OpsroomError as exc:
+            found = exc
+        if epoch == self._access_epoch:  # not read across a change: it may already be stale
+            self._actors[user] = (now, found)
+        return found
+
+    async def _access_changed(self, _ev: Event) -> None:
+        self._access_epoch += 1
+        self._actors.clear()
 
     async def answer(self, msg: Message, actor: Actor | OpsroomError | None) -> str:
         person = msg.author
