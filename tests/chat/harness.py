@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from opsroom.access import links
+from opsroom.approvals.models import ApprovalRow
 from opsroom.config import Settings
 from opsroom.runtime import Runtime
 from opsroom.web.app import create_app
@@ -75,3 +77,20 @@ async def serve(tmp: Path, driver: Driver | None = None, *, link: bool = True,
         with contextlib.suppress(Exception):
             async with asyncio.timeout(20):
                 await task
+
+
+async def request_approval(driver: Driver, timeout: float = 20.0) -> int:
+    """alice (operator) asks for a production change; the request number the room names."""
+    await driver.say("alice", "run deploy")
+    text = await driver.wait_for(lambda t: "needs approval" in t and "deploy" in t, timeout)
+    found = re.search(r"Request #(\d+)", text)
+    assert found, text
+    return int(found.group(1))
+
+
+async def approval_status(served: Served, approval_id: int) -> str:
+    """The request's status in the store (open, approved, denied, expired)."""
+    async with served.rt.read() as s:
+        row = await s.get(ApprovalRow, approval_id)
+        assert row is not None
+        return row.status

@@ -23,6 +23,7 @@ from opsroom.chat.base import Message
 from opsroom.rooms.service import history_of
 from tests.chat.driver import Driver
 from tests.chat.harness import Served, serve
+from tests.chat.harness import request_approval as _request
 
 DRIVERS_DIR = Path(__file__).parent / "drivers"
 DRIVERS = sorted(p.stem for p in DRIVERS_DIR.glob("*.py") if p.stem != "__init__")
@@ -73,15 +74,6 @@ async def _barrier(driver: Driver) -> None:
     seen = _count(driver, r"Sys.*healthy")
     await driver.say("alice", "status")
     await driver.wait_for(lambda _t: _count(driver, r"Sys.*healthy") > seen, TIMEOUT)
-
-
-async def _request(driver: Driver) -> int:
-    """alice (operator) asks for a production change; the request number from the room."""
-    await driver.say("alice", "run deploy")
-    text = await driver.wait_for(lambda t: "needs approval" in t and "deploy" in t, TIMEOUT)
-    found = re.search(r"Request #(\d+)", text)
-    assert found, text
-    return int(found.group(1))
 
 
 async def test_join_say_and_reply(world: tuple[Driver, Served]) -> None:

@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from opsroom.approvals.models import ApprovalRow
 from opsroom.chat.base import Message
 from opsroom.chat.platforms.mattermost.adapter import MattermostAdapter
 from opsroom.chat.platforms.mattermost.fake_server import client_view
 from opsroom.rooms.service import history_of
 from tests.chat.drivers.mattermost import ACTION_SECRET, MattermostDriver
 from tests.chat.harness import Served, serve
+from tests.chat.harness import approval_status as status_of
+from tests.chat.harness import request_approval as request
 
 TIMEOUT = 20.0
 
@@ -37,21 +38,6 @@ async def mattermost(tmp: Path, *, fake_rate: float | None = None,
             yield driver, served
     finally:
         await driver.stop()
-
-
-async def request(driver: MattermostDriver) -> int:
-    await driver.say("alice", "run deploy")
-    text = await driver.wait_for(lambda t: "needs approval" in t, TIMEOUT)
-    found = re.search(r"Request #(\d+)", text)
-    assert found, text
-    return int(found.group(1))
-
-
-async def status_of(served: Served, approval_id: int) -> str:
-    async with served.rt.read() as s:
-        row = await s.get(ApprovalRow, approval_id)
-        assert row is not None
-        return row.status
 
 
 def adapter(served: Served) -> MattermostAdapter:

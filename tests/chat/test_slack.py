@@ -4,7 +4,6 @@ request-URL clicks, #name bindings, mentions. A whole opsroom against the local 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from opsroom.approvals.models import ApprovalRow
 from opsroom.chat.base import Message
 from opsroom.chat.platforms.slack.adapter import SlackAdapter
 from opsroom.rooms.service import history_of
 from tests.chat.drivers.slack import SlackDriver
 from tests.chat.harness import Served, serve
+from tests.chat.harness import approval_status as status_of
+from tests.chat.harness import request_approval as request
 
 TIMEOUT = 20.0
 
@@ -37,21 +37,6 @@ async def slack(tmp: Path, *, fake_rate: float | None = None, **item: Any) -> As
             yield driver, served
     finally:
         await driver.stop()
-
-
-async def request(driver: SlackDriver) -> int:
-    await driver.say("alice", "run deploy")
-    text = await driver.wait_for(lambda t: "needs approval" in t, TIMEOUT)
-    found = re.search(r"Request #(\d+)", text)
-    assert found, text
-    return int(found.group(1))
-
-
-async def status_of(served: Served, approval_id: int) -> str:
-    async with served.rt.read() as s:
-        row = await s.get(ApprovalRow, approval_id)
-        assert row is not None
-        return row.status
 
 
 def adapter(served: Served) -> SlackAdapter:

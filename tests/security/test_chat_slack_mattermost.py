@@ -8,7 +8,6 @@ context. Whatever is refused is audited as chat.refused and decides nothing.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,6 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from opsroom.approvals.models import ApprovalRow
 from opsroom.audit.models import AuditRecordRow
 from opsroom.chat.platforms.slack.adapter import SlackAdapter, SlackConfig
 from opsroom.chat.platforms.slack.fake_server import FakeSlack
@@ -27,6 +25,8 @@ from tests.chat.driver import Driver
 from tests.chat.drivers.mattermost import MattermostDriver
 from tests.chat.drivers.slack import SlackDriver
 from tests.chat.harness import Served, serve
+from tests.chat.harness import approval_status as _status
+from tests.chat.harness import request_approval as _request
 
 TIMEOUT = 20.0
 
@@ -51,21 +51,6 @@ async def slack(tmp_path: Path) -> AsyncIterator[tuple[SlackDriver, Served]]:
 async def mattermost(tmp_path: Path) -> AsyncIterator[tuple[MattermostDriver, Served]]:
     async for pair in _world(tmp_path, MattermostDriver()):
         yield pair
-
-
-async def _request(driver: Driver) -> int:
-    await driver.say("alice", "run deploy")
-    text = await driver.wait_for(lambda t: "needs approval" in t, TIMEOUT)
-    found = re.search(r"Request #(\d+)", text)
-    assert found, text
-    return int(found.group(1))
-
-
-async def _status(served: Served, approval_id: int) -> str:
-    async with served.rt.read() as s:
-        row = await s.get(ApprovalRow, approval_id)
-        assert row is not None
-        return row.status
 
 
 async def _refusals(served: Served) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from tests.chat.driver import Driver
 from tests.chat.drivers.teams import CONVERSATION, TeamsDriver
 from tests.chat.drivers.telegram import TelegramDriver
 from tests.chat.harness import Served, serve
+from tests.chat.harness import request_approval as request
 
 TIMEOUT = 20.0
 BIG = 300 * 1024  # over the adapters' 256 KiB, under the app's 1 MiB: the adapter refuses it
@@ -51,12 +51,6 @@ async def barrier(driver: Driver) -> None:
     before = sum("xecutions" in t for t in driver.received())
     await driver.say("alice", "executions")
     await driver.wait_for(lambda _: sum("xecutions" in t for t in driver.received()) > before, TIMEOUT)
-
-
-async def request(driver: Driver) -> int:
-    await driver.say("alice", "run deploy")
-    text = await driver.wait_for(lambda t: "needs approval" in t, TIMEOUT)
-    return int(re.search(r"#(\d+)", text).group(1))  # type: ignore[union-attr]
 
 
 class TestTeamsForgedTokens:
