@@ -4,6 +4,7 @@ doubling to 30 s, with jitter so that many servers (or many adapters) do not ret
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 BACKOFF_FIRST_S = 0.5
@@ -32,3 +33,13 @@ class Backoff:
 
     async def wait(self, at_least: float = 0.0) -> None:
         await asyncio.sleep(self.next_wait(at_least))
+
+
+def retry_after_s(header: str | None, default: float = 1.0) -> float:
+    """Seconds from an HTTP 429's Retry-After (or a platform's like header); what cannot be
+    read as a finite, non-negative number of seconds waits the default instead."""
+    try:
+        value = float(header) if header is not None else default
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default

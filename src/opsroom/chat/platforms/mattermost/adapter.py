@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opsroom.chat.backoff import Backoff
+from opsroom.chat.backoff import Backoff, retry_after_s
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -202,7 +202,7 @@ class MattermostAdapter(ChatAdapter):
         async with self._http.request(verb, self.base + path, json=body, headers=self._auth) as resp:
             if resp.status == 429:
                 after = resp.headers.get("Retry-After") or resp.headers.get("X-Ratelimit-Reset")
-                raise DeliveryFailed(f"mattermost {path}: rate limited", retry_after=_seconds(after))
+                raise DeliveryFailed(f"mattermost {path}: rate limited", retry_after=retry_after_s(after))
             if resp.status >= 500:
                 raise DeliveryFailed(f"mattermost {path}: HTTP {resp.status}")
             if resp.status >= 400:
@@ -345,12 +345,6 @@ class MattermostAdapter(ChatAdapter):
             return "mattermost action without a user", None
         return "", (user, approval, decision, self._ids[channel])
 
-
-def _seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value or 1))
-    except ValueError:
-        return 1.0
 
 
 def _describe(exc: BaseException) -> str:

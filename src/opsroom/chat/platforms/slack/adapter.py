@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opsroom.chat.backoff import Backoff
+from opsroom.chat.backoff import Backoff, retry_after_s
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -213,7 +213,7 @@ class SlackAdapter(ChatAdapter):
         async with self._http.post(self.api + method, json=body, data=form, headers=headers) as resp:
             if resp.status == 429:
                 raise DeliveryFailed(f"slack {method}: rate limited",
-                                     retry_after=_seconds(resp.headers.get("Retry-After")))
+                                     retry_after=retry_after_s(resp.headers.get("Retry-After")))
             if resp.status >= 500:
                 raise DeliveryFailed(f"slack {method}: HTTP {resp.status}")
             if resp.status >= 400:
@@ -401,12 +401,6 @@ def _unescape(text: str) -> str:
     """Slack escapes &, < and > in message text; commands want what the person typed."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
-
-def _seconds(value: str | None) -> float:
-    try:
-        return max(0.0, float(value or 1))
-    except ValueError:
-        return 1.0
 
 
 def _describe(exc: BaseException) -> str:

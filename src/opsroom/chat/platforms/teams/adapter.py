@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opsroom.chat.backoff import Backoff
+from opsroom.chat.backoff import Backoff, retry_after_s
 from opsroom.chat.base import (
     AdapterSink,
     Capabilities,
@@ -305,8 +305,7 @@ class TeamsAdapter(ChatAdapter):
             self._healthy = True
             return
         if status == 429:
-            wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else 1.0
-            raise DeliveryFailed("teams rate limit", transient=True, retry_after=wait)
+            raise DeliveryFailed("teams rate limit", transient=True, retry_after=retry_after_s(retry_after))
         if status == 401:
             self._token.forget()
             raise DeliveryFailed("teams refused our token; fetching a new one", transient=True)
