@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests use: chromium for the browser test (never `playwright install`),
-# ngircd and prosody as the real IRC and XMPP servers the chat tests start on loopback.
-DEBS := chromium ngircd prosody
+# ngircd and prosody as the real IRC and XMPP servers the chat tests start on loopback,
+# prometheus-alertmanager as the real sender of alerts and receiver of silences.
+DEBS := chromium ngircd prosody prometheus-alertmanager
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

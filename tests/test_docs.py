@@ -34,7 +34,7 @@ KINDS = {
     "runbooks": [schema.Runbook, schema.Parameter, schema.Step, schema.HttpCall],
     "rules": [schema.Rule, schema.RuleWhen, schema.RuleThen, schema.Policy, schema.Verify],
     "rooms": [schema.Room], "aliases": [schema.Alias], "roles": [schema.Role], "users": [schema.User],
-    "platforms": [schema.Platform],
+    "platforms": [schema.Platform], "alert_sources": [schema.AlertSource],
 }
 
 

@@ -1,4 +1,4 @@
-"""opsroom's own plugin: the in-tree chat adapters, probes and runbook targets, registered
+"""opsroom's own plugin: the in-tree chat adapters, probes, alert sources and runbook targets, registered
 through the `opsroom` entry point exactly as a third-party package registers its own."""
 
 from __future__ import annotations
@@ -43,9 +43,21 @@ def opsroom_probe_types() -> list[Any]:
     return [HttpProbe(), TcpProbe(), ProcessProbe(), CommandProbe()]
 
 
+# kind: (module, class, what it is), as ADAPTERS.
+ALERT_SOURCES: dict[str, tuple[str, str, str]] = {
+    "alertmanager": ("opsroom.alerts.sources.alertmanager", "AlertmanagerSource",
+                     "Prometheus Alertmanager webhook v4, bearer token; silences pushed back over API v2"),
+    "grafana": ("opsroom.alerts.sources.grafana", "GrafanaSource",
+                "Grafana unified alerting webhook, bearer token or HMAC signature"),
+    "webhook": ("opsroom.alerts.sources.webhook", "WebhookSource",
+                "any JSON sender, mapped with templates, HMAC-SHA256 over timestamp and body"),
+}
+
+
 @hookimpl
 def opsroom_alert_source_kinds() -> list[AlertSourceSpec]:
-    return []  # Alertmanager, Grafana and signed webhooks arrive with the alerts issue
+    return [AlertSourceSpec(kind, _loader(module, cls), summary)
+            for kind, (module, cls, summary) in ALERT_SOURCES.items()]
 
 
 @hookimpl

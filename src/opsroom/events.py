@@ -165,6 +165,82 @@ class RuleEscalated(Event):
 
 
 @dataclass(kw_only=True)
+class AlertFired(Event):
+    """An alert from outside started firing (once per occurrence, never for a repeat)."""
+
+    type: ClassVar[str] = "alert.fired"
+    alert_id: int
+    alert_source: str
+    name: str
+    severity: str | None
+    summary: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    service: str | None
+    system: str | None
+    environment: str | None
+    starts_at: float
+    url: str | None = None
+    silenced: bool = False  # a silence covers it: stored and shown, not announced, no rule runs
+
+
+@dataclass(kw_only=True)
+class AlertResolved(Event):
+    type: ClassVar[str] = "alert.resolved"
+    alert_id: int
+    alert_source: str
+    name: str
+    service: str | None
+    system: str | None
+    environment: str | None
+    starts_at: float
+    ends_at: float
+    silenced: bool = False
+
+
+@dataclass(kw_only=True)
+class AlertsNoticed(Event):
+    """What one delivery of alerts changed for one system (or for no system): one room notice.
+
+    `fired` and `resolved` hold (id, name, severity, service, summary, since) of each alert, so an
+    Alertmanager group of ten is one message, not ten.
+    """
+
+    type: ClassVar[str] = "alert.noticed"
+    system: str | None
+    environment: str | None
+    fired: list[dict[str, Any]] = field(default_factory=list)
+    resolved: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class AlertAcknowledged(Event):
+    type: ClassVar[str] = "alert.acknowledged"
+    alert_id: int
+    name: str
+    by: str
+    system: str | None
+    room: str | None = None
+
+
+@dataclass(kw_only=True)
+class SilenceChanged(Event):
+    """A silence was created or removed here (and pushed to the senders that keep their own)."""
+
+    type: ClassVar[str] = "alert.silence"
+    silence_id: int
+    what: str  # "service-b", or the matchers
+    by: str
+    active: bool
+    ends_at: float
+    reason: str
+    system: str | None
+    pushed: list[str] = field(default_factory=list)  # "prometheus: <silence id>" per sender
+    failed: list[str] = field(default_factory=list)  # "prometheus: why" per sender it could not reach
+    room: str | None = None
+
+
+@dataclass(kw_only=True)
 class RoomPresence(Event):
     type: ClassVar[str] = "room.presence"
     room: str

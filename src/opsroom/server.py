@@ -9,6 +9,7 @@ import gc
 import structlog
 
 from opsroom.access.reconcile import reconcile_users
+from opsroom.alerts.book import AlertBook
 from opsroom.approvals import service as approvals
 from opsroom.automation.rules import RulesEngine
 from opsroom.catalog.catalog import Catalog
@@ -84,6 +85,9 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     rt.extras["rules"] = rules
     rt.monitor = Monitor(rt)
     await rt.monitor.load()
+    alert_book = AlertBook(rt)
+    await alert_book.load()
+    rt.extras["alerts"] = alert_book
     interrupted = await runbooks.recover_interrupted(rt)
     if interrupted:
         log.warning("executions interrupted by a previous stop", ids=[r.id for r in interrupted])

@@ -41,7 +41,7 @@ async def test_a_flood_of_forged_requests_cannot_grow_the_audit_log_at_will(tmp_
             after = (await s.execute(select(func.count()).select_from(AuditRecordRow))).scalar_one()
         assert after - before == REFUSALS_AUDITED
         # The minute ends: what was only counted is audited as one record with its count.
-        rt.rooms._refusals["plat"][0] -= 61
+        rt.rooms._refusals.windows["plat"][0] -= 61
         await rt.rooms.refused(plat, what="button", detail="one more")
         rows = await _refusals(rt)
         summary = [r for r in rows if (r.details or {}).get("what") == "more refusals"]

@@ -7,19 +7,21 @@ from typing import Literal
 
 from opsroom.errors import PermissionDenied
 
-Door = Literal["web", "api", "chat", "cli", "rule", "system"]
+Door = Literal["web", "api", "chat", "cli", "rule", "system", "webhook"]
 
 # Permissions of the built-in roles. Catalog roles may add roles built from these.
 BUILTIN_ROLES: dict[str, frozenset[str]] = {
     # Developers see production read-only: health, status, executions, on-demand checks.
     "viewer": frozenset({"status.read", "check.run", "execution.read", "approval.read"}),
-    "operator": frozenset({"status.read", "check.run", "execution.read", "approval.read", "runbook.run"}),
-    "approver": frozenset({"status.read", "check.run", "execution.read", "approval.read", "approval.decide"}),
+    "operator": frozenset({"status.read", "check.run", "execution.read", "approval.read", "runbook.run",
+                           "alert.ack", "alert.silence"}),
+    "approver": frozenset({"status.read", "check.run", "execution.read", "approval.read", "approval.decide",
+                           "alert.ack"}),
     "admin": frozenset({"*"}),
 }
 ALL_PERMISSIONS = frozenset({
     "status.read", "check.run", "execution.read", "approval.read", "runbook.run",
-    "approval.decide", "audit.read", "user.manage", "token.create",
+    "approval.decide", "audit.read", "user.manage", "token.create", "alert.ack", "alert.silence",
 })
 
 
@@ -69,6 +71,11 @@ def rule_actor(rule: str, correlation_id: str | None = None) -> Actor:
     return Actor(f"rule:{rule}", "rule", frozenset({"rule"}),
                  frozenset({"status.read", "check.run", "runbook.run", "execution.read"}),
                  correlation_id=correlation_id)
+
+
+def alert_source_actor(source: str) -> Actor:
+    """A sender of alerts can only report them: it is no person and holds no permission."""
+    return Actor(f"alert:{source}", "webhook", frozenset({"alert_source"}), frozenset())
 
 
 SYSTEM = Actor("opsroom", "system", frozenset({"system"}), frozenset({"*"}))

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import structlog
 from sqlalchemy import insert, select
 
 from opsroom.access.identity import rule_actor
+from opsroom.alerts.matchers import Matcher, all_match, parse_matchers
 from opsroom.automation.models import RuleRunRow
 from opsroom.automation.templates import evaluate, render
 from opsroom.catalog.schema import Rule
 from opsroom.errors import OpsroomError
 from opsroom.events import (
+    AlertFired,
     ApprovalDecided,
     CheckFlapping,
     CheckStateChanged,
@@ -38,6 +42,8 @@ _ADD_RULE_RUN = insert(RuleRunRow)
 
 def matches(rt: Runtime, rule: Rule, ev: CheckStateChanged) -> bool:
     when = rule.when
+    if when.alert is not None:
+        return False  # a rule on alerts never reacts to a check
     if when.check is not None and when.check != ev.check:
         return False
     if when.service is not None and when.service != ev.service:
@@ -61,11 +67,64 @@ def _context(ev: CheckStateChanged) -> dict[str, Any]:
             "environment": ev.environment, "event": ev.as_dict()}
 
 
+@lru_cache(maxsize=1024)
+def _matchers(alert: str | tuple[str, ...]) -> tuple[Matcher, ...]:
+    return parse_matchers(list(alert) if isinstance(alert, tuple) else alert)
+
+
+def _alert_labels(ev: AlertFired) -> dict[str, str]:
+    """The labels matchers see: the alert's own, with its name and severity however it sent them."""
+    return {"alertname": ev.name, **({"severity": ev.severity} if ev.severity else {}), **ev.labels}
+
+
+def matches_alert(rule: Rule, ev: AlertFired) -> bool:
+    when = rule.when
+    if when.alert is None or ev.silenced:
+        return False
+    if when.service is not None and when.service != ev.service:
+        return False
+    if when.system is not None and when.system != ev.system:
+        return False
+    key = tuple(when.alert) if isinstance(when.alert, list) else when.alert
+    if not all_match(_matchers(key), _alert_labels(ev)):
+        return False
+    return evaluate(when.condition, _alert_context(ev)) if when.condition else True
+
+
+def _alert_context(ev: AlertFired) -> dict[str, Any]:
+    alert = {"id": ev.alert_id, "name": ev.name, "severity": ev.severity or "", "summary": ev.summary,
+             "labels": ev.labels, "annotations": ev.annotations, "source": ev.alert_source, "url": ev.url}
+    return {"alert": alert, "labels": _alert_labels(ev), "annotations": ev.annotations, "alertname": ev.name,
+            "severity": ev.severity or "", "service": ev.service, "system": ev.system,
+            "environment": ev.environment, "event": ev.as_dict()}
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What set a rule off: a check's state change or an alert, as the engine needs it."""
+
+    subject: str  # the check's name, or "alert #12 HighLatency", for notices and rule_runs
+    system: str | None
+    context: dict[str, Any] = field(repr=False)
+    correlation_id: str | None
+    check: str | None = None  # held while it flaps, and verified by default
+    alert_id: int | None = None  # verified by default by waiting for the alert to resolve
+
+    @classmethod
+    def of_check(cls, ev: CheckStateChanged) -> Trigger:
+        return cls(ev.check, ev.system, _context(ev), ev.correlation_id, check=ev.check)
+
+    @classmethod
+    def of_alert(cls, ev: AlertFired) -> Trigger:
+        return cls(f"alert #{ev.alert_id} {ev.name}"[:64], ev.system, _alert_context(ev), ev.correlation_id,
+                   alert_id=ev.alert_id)
+
+
 class RulesEngine:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.runs: dict[str, deque[float]] = defaultdict(deque)
-        self.pending_verify: dict[int, tuple[Rule, CheckStateChanged]] = {}
+        self.pending_verify: dict[int, tuple[Rule, Trigger]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.suspended: str | None = None  # why this server no longer acts (another has the store)
 
@@ -87,6 +146,7 @@ class RulesEngine:
         self.rt.bus.subscribe(ExecutionFinished, self.on_execution_finished)
         self.rt.bus.subscribe(CheckFlapping, self.on_flapping)
         self.rt.bus.subscribe(ApprovalDecided, self.on_approval_decided)
+        self.rt.bus.subscribe(AlertFired, self.on_alert_fired)
 
     async def on_approval_decided(self, ev: ApprovalDecided) -> None:
         """A denied or expired rule run never finishes: stop waiting to verify it."""
@@ -97,15 +157,28 @@ class RulesEngine:
         if self.suspended is not None:
             return
         for rule in self.rt.catalog.rules.values():
-            if not rule.enabled:
-                continue
-            try:
-                if matches(self.rt, rule, ev):
-                    await self._fire(rule, ev)
-            except OpsroomError as exc:
-                log.warning("rule could not run", rule=rule.name, error=str(exc))
-                self.rt.bus.publish(RuleEscalated(rule=rule.name, check=ev.check, system=ev.system,
-                                                  reason=str(exc), correlation_id=ev.correlation_id))
+            if rule.enabled and rule.when.alert is None:
+                await self._try(rule, lambda r=rule: matches(self.rt, r, ev), lambda: Trigger.of_check(ev))
+
+    async def on_alert_fired(self, ev: AlertFired) -> None:
+        """A new alert (never a repeat: the alerts service publishes one event per occurrence)."""
+        if self.suspended is not None or ev.silenced:
+            return
+        for rule in self.rt.catalog.rules.values():
+            if rule.enabled and rule.when.alert is not None:
+                await self._try(rule, lambda r=rule: matches_alert(r, ev), lambda: Trigger.of_alert(ev))
+
+    async def _try(self, rule: Rule, match: Any, trigger: Any) -> None:
+        trig: Trigger | None = None
+        try:
+            if match():
+                trig = trigger()
+                await self._fire(rule, trig)
+        except OpsroomError as exc:
+            trig = trig or trigger()
+            log.warning("rule could not run", rule=rule.name, error=str(exc))
+            self.rt.bus.publish(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
+                                              reason=str(exc), correlation_id=trig.correlation_id))
 
     async def on_flapping(self, ev: CheckFlapping) -> None:
         """A check that stops flapping in a hard problem gets the rules its flapping held back.
@@ -126,11 +199,12 @@ class RulesEngine:
             max_attempts=check.max_attempts, output=last.output if last else "", since=st.since,
             down=bool(last and last.down), correlation_id=ev.correlation_id, source=f"check:{ev.check}"))
 
-    def _held(self, rule: Rule, ev: CheckStateChanged, now: float) -> tuple[str, bool] | None:
+    def _held(self, rule: Rule, trig: Trigger, now: float) -> tuple[str, bool] | None:
         """(why the rule is held, whether a human must hear it) or None to run."""
         monitor = self.rt.monitor
-        if monitor is not None and (st := monitor.status.get(ev.check)) is not None and st.flapping:
-            return f"{ev.check} is flapping", False
+        if (monitor is not None and trig.check is not None and (st := monitor.status.get(trig.check)) is not None
+                and st.flapping):
+            return f"{trig.check} is flapping", False
         runs = self.runs[rule.name]
         while runs and runs[0] < now - rule.policy.window:
             runs.popleft()
@@ -140,33 +214,32 @@ class RulesEngine:
             return f"ran {len(runs)} times in the last {rule.policy.window:g}s (max {rule.policy.max_runs})", True
         return None
 
-    async def _fire(self, rule: Rule, ev: CheckStateChanged) -> None:
+    async def _fire(self, rule: Rule, trig: Trigger) -> None:
         now = time.time()
-        hold = self._held(rule, ev, now)
+        hold = self._held(rule, trig, now)
         if hold is not None:
             held, needs_human = hold
-            self.rt.bus.publish(RuleHeld(rule=rule.name, check=ev.check, reason=held,
-                                         correlation_id=ev.correlation_id))
+            self.rt.bus.publish(RuleHeld(rule=rule.name, check=trig.subject, reason=held,
+                                         correlation_id=trig.correlation_id))
             if rule.policy.escalate and needs_human:
-                self.rt.bus.publish(RuleEscalated(rule=rule.name, check=ev.check, system=ev.system,
-                                                  reason=f"not retrying: {held}", correlation_id=ev.correlation_id))
-            self._record(rule.name, ev.check, None, "held")
+                self.rt.bus.publish(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
+                                                  reason=f"not retrying: {held}", correlation_id=trig.correlation_id))
+            self._record(rule.name, trig.subject, None, "held")
             return
-        ctx = _context(ev)
-        params = {k: render(v, ctx) for k, v in rule.then.params.items()}
-        actor = rule_actor(rule.name, ev.correlation_id)
-        rooms = self.rt.catalog.rooms_for_system(ev.system)
+        params = {k: render(v, trig.context) for k, v in rule.then.params.items()}
+        actor = rule_actor(rule.name, trig.correlation_id)
+        rooms = self.rt.catalog.rooms_for_system(trig.system)
         execution = await runbooks.request_run(self.rt, actor=actor, runbook=rule.then.runbook, params=params,
                                                room=rooms[0] if rooms else None, rule=rule.name,
                                                approval=rule.policy.approval)
         # Counted only once accepted: a refused duplicate must not use up max_runs.
         self.runs[rule.name].append(now)
-        self.pending_verify[execution.id] = (rule, ev)
+        self.pending_verify[execution.id] = (rule, trig)
         self.rt.bus.publish(RuleTriggered(
-            rule=rule.name, runbook=rule.then.runbook, summary=execution.summary, check=ev.check, system=ev.system,
-            execution_id=execution.id, needs_approval=execution.status == "awaiting_approval",
-            correlation_id=ev.correlation_id, source=f"rule:{rule.name}", room=execution.room))
-        self._record(rule.name, ev.check, execution.id, "triggered")
+            rule=rule.name, runbook=rule.then.runbook, summary=execution.summary, check=trig.subject,
+            system=trig.system, execution_id=execution.id, needs_approval=execution.status == "awaiting_approval",
+            correlation_id=trig.correlation_id, source=f"rule:{rule.name}", room=execution.room))
+        self._record(rule.name, trig.subject, execution.id, "triggered")
 
     def _record(self, rule: str, check: str, execution_id: int | None, outcome: str) -> None:
         # Bookkeeping right behind a dispatch: a prebuilt Core insert in one writer hop, so it
@@ -187,20 +260,33 @@ class RulesEngine:
         if ev.status != "succeeded":
             if rule.policy.escalate:
                 self.rt.bus.publish(RuleEscalated(
-                    rule=rule.name, check=trigger.check, system=trigger.system,
+                    rule=rule.name, check=trigger.subject, system=trigger.system,
                     reason=f"recovery runbook {ev.runbook} {ev.status} (execution #{ev.execution_id})",
                     correlation_id=trigger.correlation_id))
             return
         verify = rule.policy.verify
         if verify is None:
             return
-        check = render(verify.check, _context(trigger)) if verify.check else trigger.check
-        ok = await self._verify(check, verify.deadline)
+        check = render(verify.check, trigger.context) if verify.check else trigger.check
+        if check is None and trigger.alert_id is not None:
+            ok, what = await self._verify_alert(trigger.alert_id, verify.deadline), trigger.subject
+            failed = f"{what} has not resolved {verify.deadline:g}s after the recovery runbook ran"
+        else:
+            ok, what = await self._verify(check or "", verify.deadline), check or ""
+            failed = f"{what} is not OK {verify.deadline:g}s after the recovery runbook ran"
         if not ok and rule.policy.escalate:
-            self.rt.bus.publish(RuleEscalated(
-                rule=rule.name, check=check, system=trigger.system,
-                reason=f"{check} is not OK {verify.deadline:g}s after the recovery runbook ran",
-                correlation_id=trigger.correlation_id))
+            self.rt.bus.publish(RuleEscalated(rule=rule.name, check=what, system=trigger.system, reason=failed,
+                                              correlation_id=trigger.correlation_id))
+
+    async def _verify_alert(self, alert_id: int, deadline_s: float) -> bool:
+        """The sender says it resolved (the alerts book drops it from firing) before the deadline."""
+        book = self.rt.extras.get("alerts")
+        deadline = time.monotonic() + deadline_s
+        while book is not None and alert_id in book.firing:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(min(1.0, max(0.1, deadline - time.monotonic())))
+        return True
 
     async def _verify(self, check: str, deadline_s: float) -> bool:
         monitor = self.rt.monitor

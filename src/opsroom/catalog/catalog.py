@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from opsroom.catalog.schema import (
+    AlertSource,
     Alias,
     Check,
     Environment,
@@ -56,6 +57,7 @@ class Catalog:
     roles: dict[str, Role] = field(default_factory=dict)
     users: dict[str, User] = field(default_factory=dict)
     platforms: dict[str, Platform] = field(default_factory=dict)
+    alert_sources: dict[str, AlertSource] = field(default_factory=dict)
     # (kind, name) -> where the object starts; (kind, name, field...) -> where that field is.
     locations: dict[tuple[str, ...], Location] = field(default_factory=dict)
 

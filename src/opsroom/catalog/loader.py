@@ -22,6 +22,7 @@ from opsroom.access.identity import ALL_PERMISSIONS
 from opsroom.catalog import schema
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import MAX_PROBLEMS, CatalogError, Problem, did_you_mean, explain, yaml_hint
+from opsroom.catalog.extensions import plugin_settings_problems
 from opsroom.catalog.schema import CHECK_TYPES, KINDS, Alias, Check, approval_roles
 from opsroom.catalog.templates import check_templates
 from opsroom.secrets.masking import register, secret_name
@@ -30,7 +31,8 @@ KeyPath = tuple[str | int, ...]
 
 BUILTIN_ROLES = ("viewer", "operator", "approver", "admin")
 # Every kind but check is one model class named after the kind (environment -> Environment).
-_CLASSES: dict[str, type[BaseModel]] = {k: getattr(schema, k.title()) for k in KINDS.values() if k != "check"}
+_CLASSES: dict[str, type[BaseModel]] = {k: getattr(schema, k.title().replace("_", "")) for k in KINDS.values()
+                                        if k != "check"}
 _CHECK: TypeAdapter[Check] = TypeAdapter(Check)
 # The check class each `type:` selects, read from the union so new probe types need no edit here.
 _CHECK_CLASSES: dict[str, type[BaseModel]] = {
@@ -424,26 +426,9 @@ class _Loader:
 
 
     def platform_settings(self, cat: Catalog) -> None:
-        """Each platform's settings checked by its adapter's own Config, at file:line."""
-        from opsroom.plugins import chat_adapters
-
-        kinds = chat_adapters()
-        for n, platform in cat.platforms.items():
-            spec = kinds.get(platform.kind)
-            if spec is None:
-                self.add(cat.locate("platform", n, "type" if platform.type else "name"),
-                         f"platform '{n}': no chat adapter of type '{platform.kind}'",
-                         did_you_mean(platform.kind, sorted(kinds)) + f"known types: {', '.join(sorted(kinds))}")
-                continue
-            try:
-                spec.load().Config.model_validate(platform.settings)
-            except ValidationError as exc:
-                for err in exc.errors():
-                    path = tuple(str(p) for p in err["loc"])
-                    where = cat.locate("platform", n, *path)
-                    field_name = ".".join(path) or "settings"
-                    self.add(where, f"platform '{n}': {field_name}: {err['msg']}",
-                             f"see docs/chat.md for the settings of a {platform.kind} platform")
+        """Each platform's and alert source's settings checked by its plugin's own Config, at file:line."""
+        for where, message, hint in plugin_settings_problems(cat):
+            self.add(where, message, hint)
 
 
 def _literal(name: str | None) -> str | None:

@@ -247,6 +247,9 @@ class RuleWhen(Obj):
     check: str | None = None
     service: Name | None = None
     system: Name | None = None
+    # Label matchers over a received alert: `alertname=~"HighLatency.*", severity="page"` (or a
+    # list of such). With it, service/system only narrow which alerts; state does not apply.
+    alert: str | list[str] | None = None
     state: list[State] = ["CRITICAL"]
     state_type: Literal["hard", "soft", "any"] = "hard"
     attempt: int | None = Field(default=None, ge=1)  # only on this soft attempt (Nagios event handler style)
@@ -257,12 +260,37 @@ class RuleWhen(Obj):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("alert")
+    @classmethod
+    def _matchers(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if v is not None:
+            from opsroom.alerts.matchers import parse_matchers
+
+            parse_matchers(v)  # ValueError says which matcher and why
+        return v
+
     @model_validator(mode="after")
     def _one_subject(self) -> RuleWhen:
         subjects = [k for k in ("check", "service", "system") if getattr(self, k)]
+        if self.alert is not None:
+            if self.check is not None:
+                raise ValueError("when has both alert and check: a rule reacts to one kind of event; "
+                                 "narrow alerts with service or system")
+            if self.attempt is not None:
+                raise ValueError("attempt counts a check's soft results; an alert has none")
+            return self
         if len(subjects) != 1:
-            raise ValueError("when needs exactly one of check, service or system")
+            raise ValueError("when needs exactly one of check, service or system (or alert matchers)")
         return self
+
+    @property
+    def alert_matchers(self) -> tuple[Any, ...]:
+        """The parsed `alert:` matchers (alerts.matchers.Matcher), () for a check rule."""
+        if self.alert is None:
+            return ()
+        from opsroom.alerts.matchers import parse_matchers
+
+        return parse_matchers(self.alert)
 
 
 class RuleThen(Obj):
@@ -333,6 +361,23 @@ class Platform(Obj):
         return dict(self.model_extra or {})
 
 
+class AlertSource(Obj):
+    """A sender of alerts (POST /api/v1/alerts/NAME); its other fields are the kind's settings
+    (token, hmac_secret, api_url ...), checked by the kind's Config at load."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Name
+    kind: str  # alertmanager | grafana | webhook, or a plugin's
+    # How an alert maps to the catalog: templates over labels/annotations, e.g. "{{ labels.service }}".
+    service: str | None = None
+    system: str | None = None
+    environment: Name | None = None  # for alerts that map to no service or system
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Alias(Obj):
     pattern: str  # e.g. "start {service}"
     runbook: Name
@@ -389,4 +434,5 @@ KINDS: dict[str, str] = {
     "roles": "role",
     "users": "user",
     "platforms": "platform",
+    "alert_sources": "alert_source",
 }

@@ -32,6 +32,11 @@ STEP_NAMES = ("params", "execution", "runbook", "python", "environment", "data_d
 SUMMARY_NAMES = ("params",)
 # automation/rules.py, _context: a rule's condition, then.params and policy.verify.check.
 RULE_NAMES = ("check", "service", "system", "state", "state_type", "attempt", "output", "environment", "event")
+# automation/rules.py, _alert_context: a rule with `when: {alert: ...}`.
+ALERT_RULE_NAMES = ("alert", "labels", "annotations", "alertname", "severity", "service", "system", "environment",
+                    "event")
+# alerts/base.py, AlertIn.context: an alert source's `service:` and `system:`.
+SOURCE_NAMES = ("labels", "annotations", "name", "alertname", "status", "severity", "fingerprint", "summary")
 # The fields of the context's mappings that are known at load (params: the runbook's own).
 _FIELDS = {"execution": ("id",)}
 
@@ -55,6 +60,12 @@ def check_templates(catalog: Catalog, add: Add) -> None:
             checker.check("rule", name, path, source, scope, expression)
     for alias in catalog.aliases:
         checker.alias_params(alias.pattern, alias.placeholders, alias.params)
+    source_scope = Scope("an alert source's mapping", SOURCE_NAMES)
+    for name, alert_source in catalog.alert_sources.items():
+        for field in ("service", "system"):
+            value = getattr(alert_source, field)
+            if value is not None:
+                checker.check("alert_source", name, (field,), value, source_scope, False)
 
 
 Value = tuple[KeyPath, str, Scope, bool]
@@ -86,7 +97,7 @@ def _runbook_values(name: str, rb: Runbook) -> Iterator[Value]:
 
 
 def _rule_values(rule: Rule) -> Iterator[Value]:
-    scope = Scope("a rule", RULE_NAMES)
+    scope = Scope("a rule on alerts", ALERT_RULE_NAMES) if rule.when.alert is not None else Scope("a rule", RULE_NAMES)
     if rule.when.condition is not None:
         yield ("when", "condition"), rule.when.condition, scope, True
     for key, value in rule.then.params.items():

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 
 from opsroom.events import (
+    AlertAcknowledged,
+    AlertsNoticed,
     ApprovalDecided,
     ApprovalRequested,
     CheckFlapping,
@@ -14,6 +16,7 @@ from opsroom.events import (
     ExecutionStarted,
     RuleEscalated,
     RuleTriggered,
+    SilenceChanged,
     SystemHealthChanged,
 )
 from opsroom.runtime import Runtime
@@ -50,7 +53,65 @@ def _problem(f: dict[str, object]) -> str:
     return f"{what} {verb} ({detail})"
 
 
+def _alert_rooms(rt: Runtime, system: str | None) -> list[str]:
+    """An alert no room subscribes to (mapped to no system) is heard everywhere, never nowhere."""
+    return rt.catalog.rooms_for_system(system) or list(rt.catalog.rooms)
+
+
+SHOWN_ALERTS = 5  # per notice; `alerts` lists them all
+
+
+def _alert_line(a: dict[str, object], *, resolved: bool) -> str:
+    where = f" on {a['service']}" if a.get("service") else ""
+    if resolved:
+        lasted = float(a.get("ends_at") or time.time()) - float(a["since"])  # type: ignore[arg-type]
+        return f"#{a['id']} {a['name']}{where} resolved after {_lasted(lasted)}"
+    severity = f" ({a['severity']})" if a.get("severity") else ""
+    summary = f": {a['summary']}" if a.get("summary") else ""
+    return f"#{a['id']} {a['name']}{where}{severity} since {_clock(float(a['since']))}{summary}"  # type: ignore[arg-type]
+
+
+def _lasted(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _alerts_notice(rt: Runtime, ev: AlertsNoticed) -> Announcement:
+    tag = _env_tag(rt, ev.environment) if ev.environment else ""
+    lines = []
+    for items, resolved in ((ev.fired, False), (ev.resolved, True)):
+        if not items:
+            continue
+        head = ("alert resolved" if resolved else "ALERT firing") if len(items) == 1 else \
+            (f"{len(items)} alerts resolved" if resolved else f"{len(items)} ALERTS firing")
+        shown = [_alert_line(a, resolved=resolved) for a in items[:SHOWN_ALERTS]]
+        more = f"; and {len(items) - SHOWN_ALERTS} more (`alerts`)" if len(items) > SHOWN_ALERTS else ""
+        lines.append(f"{tag}{head}: " + "; ".join(shown) + more)
+    if ev.fired:
+        lines[-1 if not ev.resolved else 0] += f" — `ack {ev.fired[0]['id']}`"
+    return Announcement(_alert_rooms(rt, ev.system), "\n".join(lines))
+
+
 def render(rt: Runtime, ev: Event) -> Announcement | None:
+    if isinstance(ev, AlertsNoticed):
+        return _alerts_notice(rt, ev)
+    if isinstance(ev, AlertAcknowledged):
+        return Announcement(_rooms(rt, ev.room) if ev.room else _alert_rooms(rt, ev.system),
+                            f"alert #{ev.alert_id} {ev.name} acknowledged by {ev.by}")
+    if isinstance(ev, SilenceChanged):
+        if ev.active:
+            text = f"{ev.by} silenced {ev.what} until {_clock(ev.ends_at)}: \"{ev.reason}\" (silence #{ev.silence_id})"
+        else:
+            text = f"{ev.by} removed silence #{ev.silence_id} on {ev.what}"
+        if ev.pushed:
+            text += f"; {'expired' if not ev.active else 'also set'} in {', '.join(p.split(':')[0] for p in ev.pushed)}"
+        if ev.failed:
+            text += "; NOT in " + "; ".join(ev.failed)
+        return Announcement(_rooms(rt, ev.room) if ev.room else _alert_rooms(rt, ev.system), text)
     if isinstance(ev, SystemHealthChanged):
         tag = _env_tag(rt, ev.environment)
         if ev.healthy:
@@ -103,5 +164,6 @@ def render(rt: Runtime, ev: Event) -> Announcement | None:
     return None
 
 
-ANNOUNCED = (SystemHealthChanged, ApprovalRequested, ApprovalDecided, ExecutionStarted, ExecutionFinished,
+ANNOUNCED = (AlertsNoticed, AlertAcknowledged, SilenceChanged,
+             SystemHealthChanged, ApprovalRequested, ApprovalDecided, ExecutionStarted, ExecutionFinished,
              RuleTriggered, RuleEscalated, CheckFlapping)

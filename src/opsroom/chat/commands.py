@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import functools
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,9 +73,21 @@ async def _is_running(rt: Runtime, actor: Actor, room: str | None, a: dict[str, 
         st = await checks.get_service_status(rt, actor=actor, service=a["service"])
     except NotFound as exc:
         raise _naming(rt, exc, "service") from None
-    word = "running" if st["running"] else "NOT running" if st["state"] == "CRITICAL" else st["state"]
+    by_checks = [v["state"] for v in st["checks"]]
+    word = "running" if st["running"] else "NOT running" if "CRITICAL" in by_checks else st["state"]
     detail = "; ".join(_fmt_state(v) for v in st["checks"]) or "no checks"
-    return f"{st['service']} is {word} ({detail})"
+    return f"{st['service']} is {word} ({detail})" + _alerts_said(st["alerts"])
+
+
+def _alerts_said(alerts: list[dict[str, Any]]) -> str:
+    """Firing alerts beside the checks: `; ALERT #3 HighLatency (page) since 21:04:07`."""
+    said = []
+    for a in alerts:
+        marks = [m for m in (a["severity"], "silenced" if a["silenced_by"] else None,
+                             f"acked by {a['acked_by']}" if a["acked_by"] else None) if m]
+        said.append(f"ALERT #{a['id']} {a['name']}" + (f" ({', '.join(marks)})" if marks else "")
+                    + f" firing since {time.strftime('%H:%M:%S', time.localtime(a['since']))}")
+    return "; " + "; ".join(said) if said else ""
 
 
 async def _health(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
@@ -82,7 +95,9 @@ async def _health(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
         h = await checks.get_system_health(rt, actor=actor, system=a["system"])
     except NotFound as exc:
         raise _naming(rt, exc, "system") from None
-    parts = [f"{s['service']} {s['state']}" for s in h["services"]]
+    parts = [f"{s['service']} {s['state']}" + (f" ({len(s['alerts'])} alert{'s' if len(s['alerts']) > 1 else ''})"
+                                                if s["alerts"] else "") for s in h["services"]]
+    parts += [f"ALERT #{a['id']} {a['name']}" for a in h["alerts"]]
     verdict = f"{h['title']} is healthy" if h["healthy"] else f"{h['title']} is UNHEALTHY"
     prefix = f"[{h['environment'].upper()}] " if h["protected"] else ""
     return prefix + " · ".join([*parts, verdict])
@@ -95,8 +110,9 @@ async def _status(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
         if s["healthy"]:
             lines.append(f"{mark}{s['title']}: healthy")
         else:
-            bad = ", ".join(f"{f['check']} {f['state']}" for f in s["failing"])
-            lines.append(f"{mark}{s['title']}: UNHEALTHY ({bad})")
+            bad = [f"{f['check']} {f['state']}" for f in s["failing"]]
+            bad += [f"alert #{a['id']} {a['name']}" for a in s["alerts"] if not a["silenced_by"]]
+            lines.append(f"{mark}{s['title']}: UNHEALTHY ({', '.join(bad)})")
     open_requests = await approvals.list_open(rt, actor=actor)
     for r in open_requests:
         lines.append(f"request #{r.id}: {r.summary} by {r.requester}, needs {' or '.join(r.roles)}")
@@ -104,12 +120,12 @@ async def _status(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
 
 
 async def _approve(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
-    await approvals.decide(rt, actor=actor, approval_id=_int(a["id"], "approve"), approve=True)
+    await approvals.decide(rt, actor=actor, approval_id=parse_number(a["id"], "approve"), approve=True)
     return ""  # the approval.decided event announces it to everyone
 
 
 async def _deny(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
-    await approvals.decide(rt, actor=actor, approval_id=_int(a["id"], "deny"), approve=False,
+    await approvals.decide(rt, actor=actor, approval_id=parse_number(a["id"], "deny"), approve=False,
                            reason=a.get("reason"))
     return ""
 
@@ -121,7 +137,7 @@ async def _deny_no_reason(rt: Runtime, actor: Actor, room: str | None, a: dict[s
 MAX_ID = 2**31 - 1  # ids are 32-bit in the store; a larger number names nothing
 
 
-def _int(text: str, verb: str, what: str = "request") -> int:
+def parse_number(text: str, verb: str, what: str = "request") -> int:
     """A request or execution number: ASCII digits only ('²' and '٣' are digits to str.isdigit)."""
     text = text.strip().lstrip("#")
     shown = text if len(text) <= 24 else text[:24] + "…"
@@ -243,7 +259,7 @@ async def _request(rt: Runtime, actor: Actor, room: str | None, runbook: str, pa
 
 
 async def _execution(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
-    row = await runbooks.get_execution(rt, actor=actor, execution_id=_int(a["id"], "execution", "execution"))
+    row = await runbooks.get_execution(rt, actor=actor, execution_id=parse_number(a["id"], "execution", "execution"))
     tail = "\n".join(row.output.strip().splitlines()[-10:])
     return f"execution #{row.id} {row.summary}: {row.status}" + (f"\n{tail}" if tail else "")
 
@@ -308,6 +324,16 @@ BUILTINS: list[Builtin] = [
     _builtin("help {command}", "one command and its parameters", _help_one),
     _builtin("who", "who is in the room", _who),
 ]
+
+
+def _alert_commands() -> list[Builtin]:
+    # Imported here: the alerts commands parse numbers with this module's parse_number.
+    from opsroom.alerts.commands import COMMANDS
+
+    return [_builtin(pattern, help_text, handler, kind) for pattern, help_text, handler, kind in COMMANDS]
+
+
+BUILTINS[-3:-3] = _alert_commands()  # before help and who, after the run and execution commands
 
 
 def _command_words(rt: Runtime) -> list[str]:

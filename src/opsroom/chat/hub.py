@@ -19,9 +19,9 @@ import structlog
 
 from opsroom.access import links
 from opsroom.access import service as access
-from opsroom.access.identity import SYSTEM, Actor
+from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
-from opsroom.audit import service as audit
+from opsroom.audit.refusals import AUDITED_PER_MINUTE, RefusalAudit
 from opsroom.chat import accounts, commands
 from opsroom.chat.announce import ANNOUNCED, render
 from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Message, Outgoing, Person
@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 _Item = tuple[Message, "asyncio.Future[Message] | None"]
 SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
 ACTOR_CACHE_S = 5.0  # the CLI's role edits apply at the next start; its disables send AccessChanged
-REFUSALS_AUDITED = 20  # per platform and minute; more are counted into one record
+REFUSALS_AUDITED = AUDITED_PER_MINUTE  # per platform and minute; more are counted into one record
 
 
 class RoomHub:
@@ -49,7 +49,7 @@ class RoomHub:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._refusals: dict[str, list[float]] = {}
+        self._refusals = RefusalAudit(rt, action="chat.refused")
         self._actors: dict[str, tuple[float, Actor | OpsroomError]] = {}
         self._access_epoch = 0  # platform -> [window start, seen, unaudited]
 
@@ -170,24 +170,8 @@ class RoomHub:
         return ""  # the approval.decided event announces it
 
     async def refused(self, adapter: ChatAdapter, *, what: str, detail: str) -> None:
-        """A forged or unsigned request: audited, but at most REFUSALS_AUDITED per platform and
-        minute one by one; past that they are counted and the count is audited when the minute
-        ends, so whoever knows a public endpoint cannot grow the audit chain at will."""
-        now = time.monotonic()
-        window = self._refusals.setdefault(adapter.name, [now, 0, 0])
-        if now - window[0] >= 60:
-            if window[2]:
-                await audit.append_alone(self.rt, actor=SYSTEM, action="chat.refused",
-                                         target=f"platform:{adapter.name}", outcome="denied",
-                                         details={"what": "more refusals", "count": window[2]})
-            window[:] = [now, 0, 0]
-        window[1] += 1
-        if window[1] > REFUSALS_AUDITED:
-            window[2] += 1
-            return
-        log.warning("chat request refused", platform=adapter.name, what=what, detail=mask(detail)[:200])
-        await audit.append_alone(self.rt, actor=SYSTEM, action="chat.refused", target=f"platform:{adapter.name}",
-                                 outcome="denied", details={"what": what, "detail": mask(detail)[:500]})
+        """A forged or unsigned request: audited, within limits (audit/refusals.py)."""
+        await self._refusals.record(key=adapter.name, target=f"platform:{adapter.name}", what=what, detail=detail)
 
     # --- a line said in a room ---------------------------------------------
 

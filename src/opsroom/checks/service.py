@@ -13,6 +13,25 @@ from opsroom.errors import NotFound
 from opsroom.runtime import Runtime
 
 
+def _alerts(rt: Runtime) -> Any:
+    """The alerts book (alerts/book.py) when the server runs one: firing alerts count in health."""
+    return rt.extras.get("alerts")
+
+
+def alert_views(rt: Runtime, *, service: str | None = None, system: str | None = None) -> list[dict[str, Any]]:
+    """Firing alerts of a service, or those of a system that name no service, as health sees them."""
+    book = _alerts(rt)
+    if book is None:
+        return []
+    found = book.of_service(service) if service is not None else book.of_system(system, with_services=False)
+    return [book.view(a) for a in sorted(found, key=lambda a: a.id)]
+
+
+def _counted(views: list[dict[str, Any]]) -> list[str]:
+    """Alert states that count: a silenced or informational alert is shown but does not degrade."""
+    return [v["state"] for v in views if v["silenced_by"] is None and v["state"] != "OK"]
+
+
 def _monitor(rt: Runtime) -> Monitor:
     if rt.monitor is None:
         raise RuntimeError("the monitor is not running")
@@ -75,10 +94,14 @@ async def get_service_status(rt: Runtime, *, actor: Actor, service: str) -> dict
     checks = rt.catalog.checks_of_service(name)
     await _fresh(rt, checks)
     views = [check_view(rt, c) for c in checks]
-    worst = _worst([v["state"] for v in views])
+    alerts = alert_views(rt, service=name)
+    by_checks = _worst([v["state"] for v in views])
+    worst = _worst([v["state"] for v in views] + _counted(alerts))
+    # Running is what its checks see; a firing alert makes it unhealthy, not stopped.
     result = {"service": name, "environment": rt.catalog.service_environment(name),
               "protected": rt.catalog.is_protected(rt.catalog.service_environment(name)),
-              "state": worst, "running": worst in ("OK", "WARNING"), "checks": views}
+              "state": worst, "running": by_checks in ("OK", "WARNING"),
+              "checks": views, "alerts": alerts}
     await audit.append_alone(rt, actor=actor, action="service.status", target=f"service:{name}",
                              details={"state": worst})
     return result
@@ -92,11 +115,15 @@ async def get_system_health(rt: Runtime, *, actor: Actor, system: str) -> dict[s
     services = []
     for svc in cat.services_of_system(name):
         views = [check_view(rt, c) for c in cat.checks_of_service(svc)]
-        services.append({"service": svc, "state": _worst([v["state"] for v in views]), "checks": views})
-    healthy = all(s["state"] in ("OK", "PENDING") for s in services)
+        alerts = alert_views(rt, service=svc)
+        services.append({"service": svc, "state": _worst([v["state"] for v in views] + _counted(alerts)),
+                         "checks": views, "alerts": alerts})
+    system_alerts = alert_views(rt, system=name)
+    healthy = all(s["state"] in ("OK", "PENDING") for s in services) and not _counted(system_alerts)
     sysobj = cat.systems[name]
     result = {"system": name, "title": sysobj.display, "environment": sysobj.environment,
-              "protected": cat.is_protected(sysobj.environment), "healthy": healthy, "services": services}
+              "protected": cat.is_protected(sysobj.environment), "healthy": healthy, "services": services,
+              "alerts": system_alerts}
     await audit.append_alone(rt, actor=actor, action="system.health", target=f"system:{name}",
                              details={"healthy": healthy})
     return result
@@ -126,11 +153,13 @@ async def overview(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
     actor.require("status.read", what="see status")
     mon, cat = _monitor(rt), rt.catalog
     out = []
+    book = _alerts(rt)
     for name, sysobj in cat.systems.items():
         failing = mon.failing(name)
+        alerts = [book.view(a) for a in book.of_system(name)] if book is not None else []
         out.append({"system": name, "title": sysobj.display, "environment": sysobj.environment,
-                    "protected": cat.is_protected(sysobj.environment), "healthy": not failing,
-                    "failing": failing, "services": cat.services_of_system(name)})
+                    "protected": cat.is_protected(sysobj.environment), "healthy": not failing and not _counted(alerts),
+                    "failing": failing, "alerts": alerts, "services": cat.services_of_system(name)})
     await audit.append_alone(rt, actor=actor, action="status", target="systems")
     return out
 

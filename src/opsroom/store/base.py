@@ -28,6 +28,7 @@ def now() -> float:
 def import_models() -> None:
     """Import every models module so Base.metadata knows all tables (Alembic, tests)."""
     import opsroom.access.models
+    import opsroom.alerts.models
     import opsroom.approvals.models
     import opsroom.audit.models
     import opsroom.automation.models

@@ -14,6 +14,7 @@ from starlette.routing import Router
 
 from opsroom import __version__, server
 from opsroom.access.views import router as access_router
+from opsroom.alerts.views import router as alerts_router
 from opsroom.approvals.views import router as approvals_router
 from opsroom.audit.views import router as audit_router
 from opsroom.catalog.catalog import Catalog
@@ -79,7 +80,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.add_middleware(security.SecurityHeaders)
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     api = APIRouter(prefix="/api/v1")
-    for r in (checks_router, runbooks_router, approvals_router, audit_router, access_router):
+    for r in (checks_router, runbooks_router, approvals_router, audit_router, access_router, alerts_router):
         api.include_router(r)
     app.include_router(api)
     app.include_router(ui.router)
