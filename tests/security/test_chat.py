@@ -216,7 +216,7 @@ CHANGING = ("start {text}", "echo {text}", "run {args}", "approve {id}", "deny {
             "login {user} with {token}", "rotate now {token}")
 
 
-@pytest.mark.parametrize("typed", ["show me web", "tail web", "ack web-http", "is web up now?",
+@pytest.mark.parametrize("typed", ["show me web", "tail web", "list web-http", "is web up now?",
                                    "show me stat", "what is running?"])
 async def test_a_question_is_never_answered_with_a_change(chat: tuple[Runtime, FakeAdapter], typed: str) -> None:
     rt, fake = chat

@@ -19,6 +19,7 @@ from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.catalog.schema import Alias
 from opsroom.chat.phrases import rephrase
+from opsroom.chat.words import split_words
 from opsroom.checks import service as checks
 from opsroom.errors import Invalid, NotFound, OpsroomError
 from opsroom.runbooks import service as runbooks
@@ -152,54 +153,6 @@ def parse_number(text: str, verb: str, what: str = "request") -> int:
     return number
 
 
-def split_words(text: str) -> list[tuple[str, int, int]]:
-    """Shell words as shlex.split (POSIX) reads them, each with the span it was written in.
-
-    The spans let redact() mask a secret however it was typed (`a\\ b`, 'a b', "a b"), and
-    _run() uses the same words, so what is masked is exactly what is run.
-    """
-    words: list[tuple[str, int, int]] = []
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i] in _SPACE:
-            i += 1
-        if i >= n:
-            return words
-        start, buf = i, []
-        while i < n and text[i] not in _SPACE:
-            c = text[i]
-            if c == "\\":
-                if i + 1 >= n:
-                    raise ValueError("No escaped character")
-                buf.append(text[i + 1])
-                i += 2
-            elif c == "'":
-                end = text.find("'", i + 1)
-                if end < 0:
-                    raise ValueError("No closing quotation")
-                buf.append(text[i + 1:end])
-                i = end + 1
-            elif c == '"':
-                i += 1
-                while True:
-                    if i >= n:
-                        raise ValueError("No closing quotation")
-                    c = text[i]
-                    if c == '"':
-                        i += 1
-                        break
-                    if c == "\\" and i + 1 < n and text[i + 1] in '"\\':
-                        c = text[i + 1]
-                        i += 1
-                    buf.append(c)
-                    i += 1
-            else:
-                buf.append(c)
-                i += 1
-        words.append(("".join(buf), start, i))
-
-
-_SPACE = " \t\r\n"  # shlex's whitespace
 
 
 @dataclass
