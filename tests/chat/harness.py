@@ -33,9 +33,10 @@ class Served:
     port: int
 
     async def settle(self) -> None:
-        """Wait for the bus and every adapter's send queue to be empty."""
+        """Wait for the bus, the room's posting queue and every adapter's send queue to be empty."""
         assert self.rt.rooms is not None
         await self.rt.bus.drain()
+        await self.rt.rooms.flushed()
         for queue in self.rt.rooms.queues.values():
             await queue.drained(timeout=30)
 

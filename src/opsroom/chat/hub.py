@@ -33,7 +33,7 @@ from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
 
 log = structlog.get_logger(__name__)
-_Item = tuple[Message, "asyncio.Future[Message] | None"]
+_Item = tuple[Message | None, "asyncio.Future[Message] | None"]  # None: flushed()'s marker
 SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
 ACTOR_CACHE_S = 5.0  # the CLI's role edits apply at the next start; its disables send AccessChanged
 REFUSALS_AUDITED = AUDITED_PER_MINUTE  # per platform and minute; more are counted into one record
@@ -272,6 +272,12 @@ class RoomHub:
     def post_nowait(self, msg: Message) -> None:
         self._queue.put_nowait((msg, None))
 
+    async def flushed(self) -> None:
+        """Every message posted so far is stored and in the adapters' send queues (tests, stop)."""
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((None, fut))
+        await fut
+
     async def _on_event(self, ev: Event) -> None:
         note = render(self.rt, ev)
         if note is None:
@@ -296,6 +302,10 @@ class RoomHub:
     async def _drain(self) -> None:
         while True:
             msg, fut = await self._queue.get()
+            if msg is None:  # flushed()'s marker: everything before it is done
+                if fut is not None and not fut.done():
+                    fut.set_result(Message(room="", text=""))
+                continue
             try:
                 stored = await self._stream(msg) if msg.kind == "output" else await self._store(msg)
                 await self._fan_out(stored)
