@@ -30,11 +30,12 @@ def test_every_setting_is_documented(field: str) -> None:
 
 KINDS = {
     "environments": [schema.Environment], "systems": [schema.System], "services": [schema.Service],
-    "checks": [schema.HttpCheck, schema.TcpCheck, schema.ProcessCheck, schema.CommandCheck],
+    "checks": [schema.HttpCheck, schema.TcpCheck, schema.ProcessCheck, schema.CommandCheck, schema.SyntheticCheck,
+               schema.SyntheticStep],
     "runbooks": [schema.Runbook, schema.Parameter, schema.Step, schema.HttpCall],
     "rules": [schema.Rule, schema.RuleWhen, schema.RuleThen, schema.Policy, schema.Verify],
     "rooms": [schema.Room], "aliases": [schema.Alias], "roles": [schema.Role], "users": [schema.User],
-    "platforms": [schema.Platform], "alert_sources": [schema.AlertSource],
+    "platforms": [schema.Platform], "alert_sources": [schema.AlertSource], "hosts": [schema.Host],
 }
 
 

@@ -15,6 +15,7 @@ from opsroom.catalog.schema import (
     Alias,
     Check,
     Environment,
+    Host,
     Platform,
     Role,
     Room,
@@ -58,6 +59,7 @@ class Catalog:
     users: dict[str, User] = field(default_factory=dict)
     platforms: dict[str, Platform] = field(default_factory=dict)
     alert_sources: dict[str, AlertSource] = field(default_factory=dict)
+    hosts: dict[str, Host] = field(default_factory=dict)
     # (kind, name) -> where the object starts; (kind, name, field...) -> where that field is.
     locations: dict[tuple[str, ...], Location] = field(default_factory=dict)
 

@@ -61,6 +61,34 @@ class Service(Obj):
     description: str | None = None
 
 
+class Host(Obj):
+    """A machine runbooks and checks reach over SSH. The host key is pinned: a changed or unknown
+    key is refused, never learned. The private key comes from a secret (`${secret:NAME}`) or a
+    file readable by its owner only (0600)."""
+
+    name: Name
+    address: str = Field(min_length=1, max_length=255)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    # `ssh-ed25519 AAAA...` (as in known_hosts, without the host name) or `SHA256:...`.
+    host_key: str = Field(min_length=8)
+    key: str | None = None  # the private key itself, from ${secret:NAME}: never written in the YAML
+    key_file: str | None = None  # or a path to it (refused unless mode 0600 or stricter)
+    passphrase: str | None = None  # for an encrypted key, from ${secret:NAME}
+    jump: Name | None = None  # another host to connect through
+    groups: list[Name] = []
+    environment: Name | None = None
+    max_sessions: int = Field(default=4, ge=1, le=64)  # at most this many at once to this host
+    connect_timeout: Duration = 10.0
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Host:
+        if (self.key is None) == (self.key_file is None):
+            raise ValueError("a host needs exactly one of key (from ${secret:NAME}) or key_file (a 0600 file)")
+        return self
+
+
 class _CheckBase(Obj):
     name: Name
     service: Name | None = None
@@ -93,6 +121,12 @@ class HttpCheck(_CheckBase):
     latency_warning_ms: float | None = None
     latency_critical_ms: float | None = None
     verify_tls: bool = True
+    # A new TCP (and TLS) connection for every probe, as blackbox_exporter and check_http do: a
+    # service that stops accepting connections cannot hide behind a kept-alive one.
+    fresh_connection: bool = False
+    # https: the certificate's days left turn WARNING / CRITICAL below these (0 turns it off).
+    cert_warning_days: float = Field(default=14.0, ge=0)
+    cert_critical_days: float = Field(default=3.0, ge=0)
 
     @field_validator("url")
     @classmethod
@@ -120,6 +154,7 @@ class TcpCheck(_CheckBase):
 
 class ProcessCheck(_CheckBase):
     type: Literal["process"]
+    via: Name | None = None  # a host: look there over SSH (no agent), not on opsroom's machine
     process_name: str | None = None
     pidfile: str | None = None
     cmdline_match: str | None = None  # a regular expression over the joined command line
@@ -136,10 +171,57 @@ class CommandCheck(_CheckBase):
     type: Literal["command"]
     argv: list[str] = Field(min_length=1)
     env: dict[str, str] = {}
+    via: Name | None = None  # a host: run the plugin there over SSH, each argv element quoted
 
 
-Check = Annotated[HttpCheck | TcpCheck | ProcessCheck | CommandCheck, Field(discriminator="type")]
-CHECK_TYPES = ("http", "tcp", "process", "command")
+class SyntheticStep(Obj):
+    """One HTTP request of a synthetic transaction; `{{ vars.NAME }}` in url, headers and body."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    json_body: Any = None  # sent as JSON (templated strings inside)
+    expect_status: list[int] = [200]
+    body_match: str | None = None  # a regular expression the body must match
+    body_not_match: str | None = None  # ... and one it must not (an error page served with 200)
+    latency_warning_ms: float | None = None
+    latency_critical_ms: float | None = None
+    # name -> where its value comes from: `json:$.data.token`, `header:X-Request-Id`, `regex:id=(\d+)`.
+    extract: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _one_body(self) -> SyntheticStep:
+        if self.body is not None and self.json_body is not None:
+            raise ValueError("a step sends body or json_body, not both")
+        for pattern in (self.body_match, self.body_not_match):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from exc
+        for name, source in self.extract.items():
+            kind, sep, _ = source.partition(":")
+            if not sep or kind not in ("json", "header", "regex"):
+                raise ValueError(f"extract {name}: {source!r} must start with json:, header: or regex:")
+        return self
+
+
+class SyntheticCheck(_CheckBase):
+    """A transaction as a user makes it: steps in order, sharing cookies and variables."""
+
+    type: Literal["synthetic"]
+    steps: list[SyntheticStep] = Field(min_length=1, max_length=50)
+    # Starting variables; secrets through ${secret:NAME} (masked in every result).
+    variables: dict[str, str] = {}
+    budget_ms: float | None = None  # the whole transaction: WARNING above it
+    verify_tls: bool = True
+
+
+Check = Annotated[HttpCheck | TcpCheck | ProcessCheck | CommandCheck | SyntheticCheck,
+                  Field(discriminator="type")]
+CHECK_TYPES = ("http", "tcp", "process", "command", "synthetic")
 
 
 class Parameter(Obj):
@@ -229,7 +311,12 @@ class Runbook(Obj):
     title: str | None = None
     description: str | None = None
     environment: Name | None = None
-    target: Literal["local"] = "local"
+    # local: child processes of the server; ssh: command steps run on `hosts` / `group` over SSH.
+    target: Literal["local", "ssh"] = "local"
+    hosts: list[str] = []  # host names, or templates such as "{{ params.host }}"
+    group: Name | None = None  # every host of this group
+    parallel: int = Field(default=1, ge=1, le=200)  # hosts at once (fan-out)
+    max_failures: int = Field(default=0, ge=0)  # stop starting hosts once more than this failed
     parameters: dict[str, Parameter] = {}
     steps: list[Step] = Field(min_length=1)
     timeout: Duration = 600.0
@@ -241,6 +328,14 @@ class Runbook(Obj):
     failure_message: str | None = None
     # Server environment variables its commands receive; they get a minimal environment otherwise.
     inherit_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+
+    @model_validator(mode="after")
+    def _target(self) -> Runbook:
+        if self.target == "ssh" and not (self.hosts or self.group):
+            raise ValueError("target ssh needs hosts (names or templates) or group")
+        if self.target == "local" and (self.hosts or self.group):
+            raise ValueError("hosts and group are for target: ssh")
+        return self
 
 
 class RuleWhen(Obj):
@@ -435,4 +530,5 @@ KINDS: dict[str, str] = {
     "users": "user",
     "platforms": "platform",
     "alert_sources": "alert_source",
+    "hosts": "host",
 }
