@@ -18,8 +18,9 @@ venv: $(STAMP)
 
 # Debian packages the tests use: chromium for the browser test (never `playwright install`),
 # ngircd and prosody as the real IRC and XMPP servers the chat tests start on loopback,
-# prometheus-alertmanager as the real sender of alerts and receiver of silences.
-DEBS := chromium ngircd prosody prometheus-alertmanager
+# prometheus-alertmanager as the real sender of alerts and receiver of silences, openssh-server
+# as the real remote host of ssh runbooks and checks, monitoring-plugins as real Nagios plugins.
+DEBS := chromium ngircd prosody prometheus-alertmanager openssh-server openssh-client monitoring-plugins
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
