@@ -1,14 +1,18 @@
-"""HTTP probe: status, body match and latency over the shared keep-alive session."""
+"""HTTP probe: status, body match, latency and the certificate's days left, over the shared
+keep-alive session or, with ``fresh_connection``, over a new connection for every probe."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import time
 from typing import ClassVar
 
 import aiohttp
+from cryptography import x509
 
 from opsroom.catalog.schema import HttpCheck
-from opsroom.checks.probes.base import Probe, ProbeContext, ProbeResult, compile_regex, elapsed_ms
+from opsroom.checks.probes.base import USER_AGENT, Probe, ProbeContext, ProbeResult, compile_regex, elapsed_ms
 
 # Enough to match a health page; a bigger body is cut, not read into memory.
 MAX_BODY = 1 << 20
@@ -22,12 +26,27 @@ class HttpProbe(Probe[HttpCheck]):
     type: ClassVar[str] = "http"
 
     async def probe(self, check: HttpCheck, ctx: ProbeContext) -> ProbeResult:
+        if check.fresh_connection:
+            # A session and connector of its own, closed when the probe ends: its pool starts
+            # empty, so no kept-alive connection of another probe, or of this check's last run,
+            # can answer for it. (Not force_close: that drops the connection as soon as the body
+            # is in, before the certificate can be read from it.)
+            connector = aiohttp.TCPConnector(limit=1, use_dns_cache=False)
+            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                             trust_env=False, headers={"User-Agent": USER_AGENT}) as session:
+                return await self._request(check, session)
+        return await self._request(check, ctx.session())
+
+    async def _request(self, check: HttpCheck, session: aiohttp.ClientSession) -> ProbeResult:
         start = time.perf_counter()
+        expires: float | None = None
         try:
-            async with ctx.session().request(
+            async with session.request(
                 check.method, check.url, headers=check.headers or None, data=check.body,
                 ssl=check.verify_tls, allow_redirects=False,
             ) as resp:
+                if (check.cert_warning_days or check.cert_critical_days) and resp.url.scheme == "https":
+                    expires = _cert_expiry(resp)
                 # Read the body even when not matching it: a fully read response lets the
                 # connection go back to the pool instead of being closed.
                 body = await _read_capped(resp)
@@ -67,13 +86,74 @@ class HttpProbe(Probe[HttpCheck]):
             if not compile_regex(check.body_match).search(text):
                 return ProbeResult("CRITICAL", f"body does not match {check.body_match!r} ({head})",
                                    long_output=_snippet(body, charset), latency_ms=ms, perfdata=perf)
+        state, text = "OK", head
         if check.latency_critical_ms is not None and ms > check.latency_critical_ms:
-            return ProbeResult("CRITICAL", f"{head} (critical above {check.latency_critical_ms:g} ms)",
-                               latency_ms=ms, perfdata=perf)
-        if check.latency_warning_ms is not None and ms > check.latency_warning_ms:
-            return ProbeResult("WARNING", f"{head} (warning above {check.latency_warning_ms:g} ms)",
-                               latency_ms=ms, perfdata=perf)
-        return ProbeResult("OK", head, latency_ms=ms, perfdata=perf)
+            state, text = "CRITICAL", f"{head} (critical above {check.latency_critical_ms:g} ms)"
+        elif check.latency_warning_ms is not None and ms > check.latency_warning_ms:
+            state, text = "WARNING", f"{head} (warning above {check.latency_warning_ms:g} ms)"
+        if expires is not None:
+            days = (expires - time.time()) / 86400.0
+            perf["cert_days"] = round(days, 2)
+            cert_state = ("CRITICAL" if check.cert_critical_days and days < check.cert_critical_days
+                          else "CRITICAL" if days <= 0  # expired: served anyway (verify_tls: false)
+                          else "WARNING" if check.cert_warning_days and days < check.cert_warning_days else "OK")
+            if cert_state != "OK":
+                text = f"{_cert_text(days, expires)}; {text}"
+                if _RANK[cert_state] > _RANK[state]:
+                    state = cert_state
+        return ProbeResult(state, text, latency_ms=ms, perfdata=perf)
+
+
+_RANK = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+
+
+def _cert_expiry(resp: aiohttp.ClientResponse) -> float | None:
+    """notAfter of the peer's certificate, as a Unix time; None when it cannot be read.
+
+    Read on every https probe, from whichever connection served it, kept-alive or new:
+    a reused connection still holds the certificate it was opened with, and a rotated
+    certificate shows as soon as the pool opens a new connection (keepalive_timeout).
+    The DER bytes are the same every time, so parsing is cached by them and a probe pays
+    one getpeercert() copy. The binary form is read because the decoded one is empty
+    when the certificate was not verified (verify_tls: false).
+    """
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    if transport is None:
+        # An empty body releases the connection before we get here; the protocol (aiohttp's
+        # handler for that connection) still holds the transport, back in the pool.
+        transport = getattr(getattr(resp, "_protocol", None), "transport", None)
+    if transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return _not_after(der) if der else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _not_after(der: bytes) -> float | None:
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+    except ValueError:  # a certificate cryptography cannot parse: no figure rather than a failed probe
+        return None
+
+
+def _cert_text(days: float, expires: float) -> str:
+    date = dt.datetime.fromtimestamp(expires, dt.UTC).date().isoformat()
+    if days <= 0:
+        ago = -days
+        return f"certificate expired {_span(ago)} ago ({date})"
+    return f"certificate expires in {_span(days)} ({date})"
+
+
+def _span(days: float) -> str:
+    if days < 1:
+        hours = round(days * 24)
+        return f"{hours} hour{'' if hours == 1 else 's'}"
+    n = round(days)
+    return f"{n} day{'' if n == 1 else 's'}"
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
