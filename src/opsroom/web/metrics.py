@@ -1,5 +1,5 @@
-"""Prometheus /metrics: check states and latencies, executions, rule runs, and opsroom's own load
-(scheduler lag and skips, the result store's backlog and drops)."""
+"""Prometheus /metrics: check states, latencies and perfdata, executions, rule runs, and opsroom's own
+load (scheduler lag and skips, the result store's backlog and drops)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ router = APIRouter(include_in_schema=False)
 # no alert anyone writes (process-wide, and opsroom is the only registry user in its process).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 STATE_VALUE = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+# A plugin chooses its perfdata labels (check_disk: one per mount point): per check at most this many
+# series, the first by label name, so a plugin that prints a label per request cannot flood Prometheus.
+MAX_PERFDATA_LABELS = 32
+MAX_LABEL_LENGTH = 128  # longer labels are skipped, not cut (two cut labels could collide)
 
 
 class _MonitorCollector(Collector):
@@ -41,12 +45,16 @@ class _MonitorCollector(Collector):
                                   labels=["check", "state_type"])
         latency = GaugeMetricFamily("opsroom_check_latency_ms", "latency of the last probe", labels=["check"])
         healthy = GaugeMetricFamily("opsroom_system_healthy", "1 healthy, 0 not", labels=["system"])
+        perfdata = GaugeMetricFamily("opsroom_check_perfdata", "the last probe's performance data "
+                                     "(Nagios plugin perfdata), unit dropped", labels=["check", "label"])
         mon = self.rt.monitor
         if mon is not None:
             for name, st in mon.status.items():
                 state.add_metric([name, st.state_type], STATE_VALUE.get(st.state, 3))
             for name, last in mon.last.items():
                 latency.add_metric([name], last.latency_ms)
+                for label, value in perfdata_series(last.perfdata):
+                    perfdata.add_metric([name, label], value)
             for system, ok in mon.system_healthy.items():
                 healthy.add_metric([system], 1 if ok else 0)
             yield CounterMetricFamily("opsroom_checks_run", "checks run since start", value=mon.checks_run)
@@ -56,8 +64,15 @@ class _MonitorCollector(Collector):
         yield state
         yield latency
         yield healthy
+        yield perfdata
         if self.rt.rooms is not None:
             yield from _chat_metrics(self.rt.rooms.stats())
+
+
+def perfdata_series(perfdata: dict[str, float]) -> list[tuple[str, float]]:
+    """A check's perfdata as bounded (label, value) series: Prometheus keeps every label value forever."""
+    labels = sorted(k for k in perfdata if 0 < len(k) <= MAX_LABEL_LENGTH)
+    return [(k, float(perfdata[k])) for k in labels[:MAX_PERFDATA_LABELS]]
 
 
 def _chat_metrics(stats: dict[str, dict[str, object]]) -> Iterator[Metric]:
