@@ -150,15 +150,17 @@ class AlertBook:
     def place(self, source: str, alert: AlertIn) -> tuple[str | None, str | None, str | None]:
         """(service, system, environment) the source's templates map this alert to."""
         cat, cfg = self.rt.catalog, self.configs[source]
-        ctx = alert.context()
+        ctx: dict[str, Any] | None = None
         service = system = None
         if cfg.service:
-            service, _ = cat.find_service(_rendered(cfg.service, ctx))
+            ctx = ctx or alert.context()
+            service, _ = cat.find_service(_filled(cfg.service, alert, ctx))
         if service is not None:
             system = cat.services[service].system
             return service, system, cat.service_environment(service)
         if cfg.system:
-            system, _ = cat.find_system(_rendered(cfg.system, ctx))
+            ctx = ctx or alert.context()
+            system, _ = cat.find_system(_filled(cfg.system, alert, ctx))
         if system is not None:
             return None, system, cat.systems[system].environment
         return None, None, cfg.environment
@@ -190,6 +192,16 @@ class AlertBook:
     def active_silences(self, now: float | None = None) -> list[Silence]:
         now = time.time() if now is None else now
         return [s for s in self.silences.values() if s.ends_at > now]
+
+
+def _filled(template: str, alert: AlertIn, ctx: dict[str, Any]) -> str:
+    """The template over this alert; `{{ labels.X }}`, the usual mapping, read without Jinja
+    (a tenth of a delivery's time on the loop), with the same result: the label, or "" without it."""
+    label = plain_label(template) if template == template.strip() else None
+    # Jinja reads `labels.items` as the dict's method, not the label: those go through Jinja.
+    if label is not None and not hasattr(dict, label):
+        return alert.labels.get(label, "")
+    return _rendered(template, ctx)
 
 
 def _rendered(template: str, ctx: dict[str, Any]) -> str:
