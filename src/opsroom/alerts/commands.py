@@ -10,6 +10,7 @@ from typing import Any
 from opsroom.access.identity import Actor
 from opsroom.alerts import service, silences
 from opsroom.catalog.durations import parse_duration
+from opsroom.chat.announce import one_line
 from opsroom.errors import Invalid
 from opsroom.runtime import Runtime
 
@@ -32,14 +33,15 @@ def _ago(ts: float) -> str:
 
 def _line(a: dict[str, Any]) -> str:
     where = f" on {a['service']}" if a["service"] else f" on {a['system']}" if a["system"] else ""
-    marks = [a["severity"]] if a["severity"] else []
+    marks = [one_line(a["severity"])] if a["severity"] else []
     if a["acked_by"]:
         marks.append(f"acked by {a['acked_by']}")
     if a["silenced_by"]:
         marks.append(f"silenced #{a['silenced_by']}")
     shown = f" ({', '.join(marks)})" if marks else ""
-    return f"#{a['id']} {a['name']}{where}{shown} since {_ago(a['since'])}" + (
-        f": {a['summary']}" if a["summary"] else "")
+    # One line per alert: the sender's text must not add lines that read as the bot's own.
+    return f"#{a['id']} {one_line(a['name'])}{where}{shown} since {_ago(a['since'])}" + (
+        f": {one_line(a['summary'])}" if a["summary"] else "")
 
 
 async def alerts(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> str:
@@ -53,7 +55,7 @@ async def alerts(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str])
 async def alert(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> str:
     x = await service.get_alert(rt, actor=actor, alert_id=_number(a["id"], "alert", "alert"))
     state = "resolved" if x["status"] == "resolved" else "firing"
-    labels = ", ".join(f"{k}={v}" for k, v in sorted(x["labels"].items()))
+    labels = ", ".join(f"{one_line(k)}={one_line(v)}" for k, v in sorted(x["labels"].items()))
     return f"{_line(x)}\n{state} · from {x['source']} · repeats {x['repeats']}" + (
         f"\nlabels: {labels}" if labels else "") + (f"\n{x['url']}" if x["url"] else "")
 
@@ -61,10 +63,15 @@ async def alert(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) 
 async def ack(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> str:
     alert_id = _number(a["id"], "ack", "alert")
     before = service.book(rt).firing.get(alert_id)
+    # Read now: acknowledge() sets acked_by on this very object, so looking after would always
+    # find it acknowledged and answer "already" to the first ack too.
+    already = before.acked_by if before is not None else None
     x = await service.acknowledge(rt, actor=actor, alert_id=alert_id, room=room)
-    if before is not None and before.acked_by is None:
+    if before is not None and already is None:
         return ""  # the alert.acknowledged event says it to the room
-    return f"alert #{x['id']} {x['name']} was acknowledged by {x['acked_by']}" if x["acked_by"] else ""
+    if already is not None:
+        return f"alert #{x['id']} {x['name']} is already acknowledged by {already}"
+    return f"alert #{x['id']} {x['name']} ({x['status']}) is acknowledged by {x['acked_by']}"
 
 
 async def silence(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> str:
@@ -91,7 +98,7 @@ async def silences_list(rt: Runtime, actor: Actor, room: str | None, a: dict[str
     if not found:
         return "no silences"
     return "silences:\n" + "\n".join(
-        f"#{s['id']} {s['what']} until {_ago(s['ends_at'])} by {s['created_by']}: \"{s['reason']}\""
+        f"#{s['id']} {one_line(s['what'])} until {_ago(s['ends_at'])} by {s['created_by']}: \"{s['reason']}\""
         + (f" (also in {', '.join(p.split(':')[0] for p in s['pushed'])})" if s["pushed"] else "")
         for s in found[:SHOWN])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from opsroom.chat.safe import neutralise
 from opsroom.events import (
     AlertAcknowledged,
     AlertsNoticed,
@@ -61,14 +62,23 @@ def _alert_rooms(rt: Runtime, system: str | None) -> list[str]:
 SHOWN_ALERTS = 5  # per notice; `alerts` lists them all
 
 
+def one_line(value: object) -> str:
+    """A sender's text (name, summary, label) on one line: a newline in an alert's summary must
+    not start a line that reads as the bot's own (`[PROD] alert resolved: ...`). Neutralised here
+    too, not only per platform: the web room shows the stored text itself, and a bidi override
+    or terminal escape from a sender must not reorder or colour its page."""
+    return " ".join(neutralise(str(value)).split())
+
+
 def _alert_line(a: dict[str, object], *, resolved: bool) -> str:
     where = f" on {a['service']}" if a.get("service") else ""
+    name = one_line(a["name"])
     if resolved:
         lasted = float(a.get("ends_at") or time.time()) - float(a["since"])  # type: ignore[arg-type]
-        return f"#{a['id']} {a['name']}{where} resolved after {_lasted(lasted)}"
-    severity = f" ({a['severity']})" if a.get("severity") else ""
-    summary = f": {a['summary']}" if a.get("summary") else ""
-    return f"#{a['id']} {a['name']}{where}{severity} since {_clock(float(a['since']))}{summary}"  # type: ignore[arg-type]
+        return f"#{a['id']} {name}{where} resolved after {_lasted(lasted)}"
+    severity = f" ({one_line(a['severity'])})" if a.get("severity") else ""
+    summary = f": {one_line(a['summary'])}" if a.get("summary") else ""
+    return f"#{a['id']} {name}{where}{severity} since {_clock(float(a['since']))}{summary}"  # type: ignore[arg-type]
 
 
 def _lasted(seconds: float) -> str:
@@ -101,12 +111,13 @@ def render(rt: Runtime, ev: Event) -> Announcement | None:
         return _alerts_notice(rt, ev)
     if isinstance(ev, AlertAcknowledged):
         return Announcement(_rooms(rt, ev.room) if ev.room else _alert_rooms(rt, ev.system),
-                            f"alert #{ev.alert_id} {ev.name} acknowledged by {ev.by}")
+                            f"alert #{ev.alert_id} {one_line(ev.name)} acknowledged by {ev.by}")
     if isinstance(ev, SilenceChanged):
         if ev.active:
-            text = f"{ev.by} silenced {ev.what} until {_clock(ev.ends_at)}: \"{ev.reason}\" (silence #{ev.silence_id})"
+            text = (f"{ev.by} silenced {one_line(ev.what)} until {_clock(ev.ends_at)}: \"{one_line(ev.reason)}\" "
+                    f"(silence #{ev.silence_id})")
         else:
-            text = f"{ev.by} removed silence #{ev.silence_id} on {ev.what}"
+            text = f"{ev.by} removed silence #{ev.silence_id} on {one_line(ev.what)}"
         if ev.pushed:
             text += f"; {'expired' if not ev.active else 'also set'} in {', '.join(p.split(':')[0] for p in ev.pushed)}"
         if ev.failed:
