@@ -22,7 +22,7 @@ from opsroom.checks.views import router as checks_router
 from opsroom.config import Settings
 from opsroom.runbooks.views import router as runbooks_router
 from opsroom.runtime import Runtime
-from opsroom.web import errors, metrics, pages, room, security, ui
+from opsroom.web import errors, metrics, pages, room, security, service_page, ui
 from opsroom.web.deps import ApiActor, WebSession
 
 log = structlog.get_logger(__name__)
@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.include_router(ui.router)
     app.include_router(room.router)
     app.include_router(pages.router)
+    app.include_router(service_page.router)
     app.include_router(metrics.router)
 
     @app.get("/openapi.json", include_in_schema=False)

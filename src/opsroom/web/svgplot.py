@@ -187,7 +187,7 @@ def render(series: Sequence[Series], *, start: float, end: float, title: str, de
     scale = choose_scale([lat for pts, _ in cleaned for _, lat, _ in pts if lat is not None])
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W:g} {H:g}" width="100%" '
              f'preserveAspectRatio="xMidYMid meet" role="img" aria-labelledby="{pid}-t {pid}-d" '
-             f'font-family="system-ui,sans-serif" font-size="11" class="plot">',
+             f'font-family="system-ui,sans-serif" font-size="12" class="plot">',
              f'<title id="{pid}-t">{_e(title)}</title>'
              f'<desc id="{pid}-d">{_e(desc or _describe(series, cleaned))}</desc>',
              f'<rect x="{LEFT:g}" y="{TOP:g}" width="{right - LEFT:g}" height="{PLOT_BOTTOM - TOP:g}" fill="#fafbfc" '
