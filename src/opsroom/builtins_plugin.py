@@ -38,9 +38,10 @@ def opsroom_probe_types() -> list[Any]:
     from opsroom.checks.probes.command import CommandProbe
     from opsroom.checks.probes.http import HttpProbe
     from opsroom.checks.probes.process import ProcessProbe
+    from opsroom.checks.probes.synthetic import SyntheticProbe
     from opsroom.checks.probes.tcp import TcpProbe
 
-    return [HttpProbe(), TcpProbe(), ProcessProbe(), CommandProbe()]
+    return [HttpProbe(), TcpProbe(), ProcessProbe(), CommandProbe(), SyntheticProbe()]
 
 
 # kind: (module, class, what it is), as ADAPTERS.
@@ -63,4 +64,6 @@ def opsroom_alert_source_kinds() -> list[AlertSourceSpec]:
 @hookimpl
 def opsroom_runbook_targets() -> list[RunbookTargetSpec]:
     return [RunbookTargetSpec("local", _loader("opsroom.runbooks.executor", "Executor"),
-                              "steps run as child processes of the server, on its host")]
+                              "steps run as child processes of the server, on its host"),
+            RunbookTargetSpec("ssh", _loader("opsroom.runbooks.ssh", "SshTarget"),
+                              "command steps run on the runbook's hosts over SSH (pinned host keys), fanned out")]

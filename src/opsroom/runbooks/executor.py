@@ -1,7 +1,8 @@
 """The executor: runs an execution's steps as argv subprocesses, checks and HTTP calls.
 
 One task per execution; output is captured, masked and streamed to the room
-at a bounded rate so a chatty command cannot flood a phone.
+at a bounded rate so a chatty command cannot flood a phone. A runbook with another
+`target:` (ssh) hands its steps to that target, found through the plugin hook.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
+from opsroom import plugins
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, Step
 from opsroom.errors import OpsroomError
@@ -25,10 +27,17 @@ from opsroom.runbooks import service as store
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 from opsroom.secrets import masking
+from opsroom.ssh import inventory
 
 log = structlog.get_logger(__name__)
 MAX_OUTPUT = 64_000
 STREAM_EVERY_S = 1.0
+
+
+class Writer(Protocol):
+    """Where a step's output goes: the execution's _Output, or a target's per-host view of it."""
+
+    def write(self, text: str) -> None: ...
 
 
 class StepFailed(Exception):
@@ -46,6 +55,9 @@ class Executor:
         self._home: Path | None = None
         # Per execution: the write storing its running process group (awaited before the next one).
         self._recording: dict[int, asyncio.Task[None]] = {}
+        self._targets: dict[str, Any] = {}  # kind -> target instance (ssh), made on first use
+        # `via:` checks resolve their host in the catalog this executor runs with.
+        inventory.use_hosts(lambda: rt.catalog.hosts)
 
     def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
         """Run an execution; `claimed` is a row this process already stored as running."""
@@ -65,6 +77,8 @@ class Executor:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        for target in self._targets.values():
+            await target.close()
 
     async def _run(self, execution_id: int, claimed: ExecutionRow | None = None) -> None:
         rt = self.rt
@@ -86,7 +100,9 @@ class Executor:
         try:
             ctx["params"] = {**row.params, **store.secret_params(rt, row)}
             async with asyncio.timeout(runbook.timeout):
-                for index, step in enumerate(runbook.steps):
+                if runbook.target != "local":
+                    await self._target(runbook.target).run(runbook, ctx, out, row.id)
+                for index, step in enumerate(runbook.steps if runbook.target == "local" else ()):
                     try:
                         await self._step(step, index, ctx, out, row.id)
                     except StepFailed as exc:
@@ -119,7 +135,17 @@ class Executor:
             message=message, rule=row.rule, error=error, correlation_id=row.correlation_id,
             source=f"execution:{row.id}", room=row.room))
 
-    async def _step(self, step: Step, index: int, ctx: dict[str, Any], out: _Output, execution_id: int) -> None:
+    def _target(self, kind: str) -> Any:
+        """The runbook target registered for `kind` (opsroom_runbook_targets), one per executor."""
+        target = self._targets.get(kind)
+        if target is None:
+            spec = plugins.runbook_targets().get(kind)
+            if spec is None:
+                raise StepFailed(f"no runbook target {kind!r} is installed")
+            target = self._targets[kind] = spec.load()(self)
+        return target
+
+    async def _step(self, step: Step, index: int, ctx: dict[str, Any], out: Writer, execution_id: int) -> None:
         if step.command is not None:
             argv = [render(a, ctx) for a in step.command]
             await self._command(step, argv, ctx, out, execution_id)
@@ -128,7 +154,7 @@ class Executor:
         elif step.http is not None:
             await self._http_call(step, ctx, out)
 
-    async def _command(self, step: Step, argv: list[str], ctx: dict[str, Any], out: _Output,
+    async def _command(self, step: Step, argv: list[str], ctx: dict[str, Any], out: Writer,
                        execution_id: int) -> None:
         if self._home is None:
             self._home = processes.home_dir(self.rt.settings.data)
@@ -192,7 +218,7 @@ class Executor:
 
         self._recording[execution_id] = asyncio.get_running_loop().create_task(record())
 
-    async def _check(self, step: Step, check: str, out: _Output) -> None:
+    async def _check(self, step: Step, check: str, out: Writer) -> None:
         if check not in self.rt.catalog.checks or self.rt.monitor is None:
             raise StepFailed(f"no check called {check!r}")
         deadline = time.monotonic() + step.deadline
@@ -205,7 +231,7 @@ class Executor:
                 raise StepFailed(f"check {check} still {result.state} after {step.deadline:g}s: {result.output}")
             await asyncio.sleep(step.poll)
 
-    async def _http_call(self, step: Step, ctx: dict[str, Any], out: _Output) -> None:
+    async def _http_call(self, step: Step, ctx: dict[str, Any], out: Writer) -> None:
         assert step.http is not None
         if self._http is None:
             self._http = aiohttp.ClientSession()
