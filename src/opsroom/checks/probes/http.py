@@ -49,7 +49,7 @@ class HttpProbe(Probe[HttpCheck]):
                     expires = _cert_expiry(resp)
                 # Read the body even when not matching it: a fully read response lets the
                 # connection go back to the pool instead of being closed.
-                body = await _read_capped(resp)
+                body = await read_capped(resp)
                 status = resp.status
                 charset = resp.charset or "utf-8"
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -82,7 +82,7 @@ class HttpProbe(Probe[HttpCheck]):
             return ProbeResult("CRITICAL", f"HTTP {status} (expected {expected}) in {ms:.0f} ms",
                                long_output=_snippet(body, charset), latency_ms=ms, perfdata=perf)
         if check.body_match is not None:
-            text = _decode(body, charset)
+            text = decode_body(body, charset)
             if not compile_regex(check.body_match).search(text):
                 return ProbeResult("CRITICAL", f"body does not match {check.body_match!r} ({head})",
                                    long_output=_snippet(body, charset), latency_ms=ms, perfdata=perf)
@@ -156,7 +156,7 @@ def _span(days: float) -> str:
     return f"{n} day{'' if n == 1 else 's'}"
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+async def read_capped(resp: aiohttp.ClientResponse) -> bytes:
     # StreamReader.read(n) returns whatever chunk arrived, so loop until EOF or the cap.
     chunks: list[bytes] = []
     size = 0
@@ -169,7 +169,7 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def _decode(body: bytes, charset: str) -> str:
+def decode_body(body: bytes, charset: str) -> str:
     try:
         return body.decode(charset, errors="replace")
     except LookupError:  # a server announcing a charset Python does not know
@@ -178,4 +178,4 @@ def _decode(body: bytes, charset: str) -> str:
 
 def _snippet(body: bytes, charset: str) -> str:
     """The start of an unexpected body: often the error page says why."""
-    return _decode(body[:500], charset)
+    return decode_body(body[:500], charset)
