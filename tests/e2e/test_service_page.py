@@ -235,3 +235,34 @@ async def test_the_page_renders_at_390_px_in_chromium_with_its_plot(tmp_path: Pa
                 assert shot.stat().st_size > 10_000
             finally:
                 await browser.close()
+
+
+@pytest.mark.parametrize("store_rt", ["sqlite", "postgresql"], indirect=True)
+async def test_history_is_downsampled_by_the_store_keeping_the_worst(store_rt: Runtime) -> None:
+    """A day of results every 20 s (4,320) comes back as at most points_per_check buckets, each with
+    its worst state and slowest answer: one CRITICAL result and one 9 s answer are not averaged away."""
+    from opsroom.access.identity import Actor, permissions_for
+    from opsroom.checks.history import points_per_check, service_history
+    from opsroom.checks.monitor import Monitor
+
+    rt = store_rt
+    rt.settings.check_result_ok_interval = 0  # keep every result, as a busy check's would be
+    rt.settings.check_result_retention = 10_000
+    rt.monitor = Monitor(rt)
+    now = time.time()
+    spike, outage = now - 7200, now - 3600
+    points = [(now - 86400 + 10 + i * 20, "OK", 10.0 + i % 7, "OK") for i in range(4320)]
+    points += [(spike, "OK", 9000.0, "OK - slow"), (outage, "CRITICAL", 12.0, "CRITICAL - down")]
+    await feed(rt, "svc-cmd", points)
+    viewer = Actor("dev", "web", frozenset({"viewer"}), permissions_for(["viewer"]))
+    view = await service_history(rt, actor=viewer, service="svc")
+    got = view["history"]["svc-cmd"]
+    assert 250 <= len(got) <= points_per_check(1) == 300, len(got)
+    assert sum(p["results"] for p in got) == 4322  # every result counted, none lost to the grouping
+    assert [p["at"] for p in got] == sorted(p["at"] for p in got)
+    assert max(p["latency_ms"] for p in got) == 9000.0
+    assert [p["state"] for p in got].count("CRITICAL") == 1
+    crit = next(p for p in got if p["state"] == "CRITICAL")
+    assert abs(crit["at"] - outage) <= view["bucket_s"]
+    assert view["state"] in ("OK", "CRITICAL") and view["checks"][0]["check"] == "svc-cmd"
+    assert view["executions"] == []  # no runbook of this catalog names a service
