@@ -23,6 +23,7 @@ from opsroom.catalog import schema
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import MAX_PROBLEMS, CatalogError, Problem, did_you_mean, explain, yaml_hint
 from opsroom.catalog.extensions import plugin_settings_problems
+from opsroom.catalog.hosts import check_hosts
 from opsroom.catalog.schema import CHECK_TYPES, KINDS, Alias, Check, approval_roles
 from opsroom.catalog.templates import check_templates
 from opsroom.secrets.masking import register, secret_name
@@ -423,6 +424,7 @@ class _Loader:
                              did_you_mean(perm, sorted(ALL_PERMISSIONS)) +
                              f"known permissions: {', '.join(sorted(ALL_PERMISSIONS))}")
         self.cycles(cat, "role", "inherits", "inherit from", {n: r.inherits for n, r in cat.roles.items()})
+        check_hosts(self, cat)  # hosts, jumps, pinned keys, key files; what runbooks and checks name
 
 
     def platform_settings(self, cat: Catalog) -> None:
