@@ -17,9 +17,10 @@ import typer
 
 from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.loader import load_catalog
+from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
 from opsroom.cli import admin, remote
 from opsroom.cli.common import CatalogOpt, DataOpt, app, catalog_app, err, local_admin, out, run, settings_for
-from opsroom.cli.terminal import write
+from opsroom.cli.terminal import error, write
 from opsroom.store import lease
 
 __all__ = ["admin", "app", "local_admin", "main", "remote", "run", "settings_for"]
@@ -36,6 +37,94 @@ def catalog_validate(path: Annotated[Path, typer.Argument(help="catalog director
     counts = ", ".join(f"{len(getattr(cat, k))} {k}" for k in ("systems", "services", "checks", "runbooks", "rules",
                                                                 "rooms"))
     out.print(f"catalog OK: {counts}; hash {cat.content_hash[:12]}")
+
+
+import_app = typer.Typer(no_args_is_help=True, help="Turn another tool's configuration into a catalog draft.")
+catalog_app.add_typer(import_app, name="import")
+MAX_IMPORT_BYTES = 20 * 1024 * 1024  # per file; a Nagios shop's largest object file is a few MB
+MAX_IMPORT_FILES = 10_000
+
+
+@import_app.command("nagios")
+def catalog_import_nagios(
+        files: Annotated[list[Path], typer.Argument(help="Nagios object files, or directories of *.cfg")],
+        output: Annotated[Path | None, typer.Option("--output", "-o", help="write DIR/nagios.yaml and "
+                                                    "DIR/skipped.txt instead of the draft on stdout")] = None,
+        user1: Annotated[str, typer.Option("--user1", help="$USER1$, the plugin directory")] = DEFAULT_USER1,
+        macro: Annotated[list[str] | None, typer.Option("--macro", help="USERn=VALUE (repeatable)")] = None,
+        secret_macro: Annotated[list[str] | None, typer.Option(
+            "--secret-macro", help="USERn=SECRET: $USERn$ becomes ${secret:SECRET} (repeatable)")] = None,
+        interval_length: Annotated[float | None, typer.Option(help="seconds per Nagios interval unit")] = None,
+        force: Annotated[bool, typer.Option(help="overwrite an earlier draft in --output")] = False) -> None:
+    """Translate a Nagios object configuration into a catalog draft and list what it could not translate."""
+    try:
+        macros = {"USER1": user1, **_macro_options(macro or [], "--macro")}
+        secrets = _macro_options(secret_macro or [], "--secret-macro")
+        sources = _nagios_sources(files)
+        draft = import_nagios(sources, macros=macros, secret_macros=secrets, interval_length=interval_length)
+    except NagiosImportError as exc:
+        error(f"{exc.file}:{exc.line}: {exc.message}", exc.hint)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        message, _, hint = str(exc).partition("\n")
+        error(message, hint or None)
+        raise typer.Exit(2) from None
+    skipped = "".join(s.render() + "\n" for s in draft.skipped)
+    counts = ", ".join(f"{len(draft.catalog[k])} {k}" for k in ("systems", "services", "checks"))
+    if output is None:
+        sys.stdout.write(draft.to_yaml())
+        write(f"draft: {counts}; not translated: {len(draft.skipped)}\n{skipped}", stream=sys.stderr, end="")
+        return
+    target, listing = output / "nagios.yaml", output / "skipped.txt"
+    if not force and (target.exists() or listing.exists()):
+        error(f"{target} already exists", "pass --force to overwrite it, or another --output")
+        raise typer.Exit(2)
+    output.mkdir(parents=True, exist_ok=True)
+    target.write_text(draft.to_yaml())
+    listing.write_text(skipped)
+    write(f"draft: {counts} in {target}\nnot translated: {len(draft.skipped)} (listed in {listing})\n{skipped}",
+          end="")
+
+
+def _macro_options(values: list[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for text in values:
+        key, eq, value = text.partition("=")
+        key = key.strip().strip("$").upper()
+        if not eq or not key.startswith("USER") or not key[4:].isdigit() or not 1 <= int(key[4:]) <= 256:
+            raise ValueError(f"{option} {text!r} is not USERn=VALUE\nwrite e.g. {option} USER3=value (n 1-256)")
+        out[key] = value
+    return out
+
+
+def _nagios_sources(paths: list[Path]) -> list[tuple[str, str]]:
+    """(name, text) of each file given, and of the *.cfg under each directory given (no links followed)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):  # does not enter linked directories
+                dirs.sort()
+                files += [Path(root) / n for n in sorted(names) if n.endswith(".cfg")]
+        else:
+            files.append(path)
+    if len(files) > MAX_IMPORT_FILES:
+        raise ValueError(f"{len(files)} files, more than {MAX_IMPORT_FILES}\nimport the configuration in parts")
+    out = []
+    for f in files:
+        try:
+            if not f.is_file():
+                raise ValueError(f"{f}: not a file\npass Nagios object files (.cfg) or directories of them")
+            if f.stat().st_size > MAX_IMPORT_BYTES:
+                raise ValueError(f"{f}: larger than {MAX_IMPORT_BYTES // 2**20} MB\nsplit it, or pass only "
+                                 "the object files")
+            out.append((str(f), f.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{f}: not UTF-8 text at byte {exc.start}\nconvert it first, e.g. "
+                             f"iconv -f latin1 -t utf-8") from None
+        except OSError as exc:
+            raise ValueError(f"{f}: cannot read it: {exc.strerror or exc}\ncheck the path and "
+                             "its permissions") from None
+    return out
 
 
 @app.command()
