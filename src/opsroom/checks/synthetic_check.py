@@ -261,7 +261,9 @@ def _template_problems(path: KeyPath, source: str, known: dict[str, str], later:
     for name, pattern in _var_fields(tree):
         if name in known:
             continue
-        if name in later:
+        if later.get(name) == step:
+            message = f"uses vars.{name}, which step {step} extracts from its own response (known from the next step)"
+        elif name in later:
             message = f"uses vars.{name}, which step {later[name]} extracts, after this step ({step})"
         else:
             message = f"uses vars.{name}, which is neither a variable of the check nor extracted by a step"
