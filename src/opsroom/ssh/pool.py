@@ -51,6 +51,7 @@ class Exit:
 
     code: int | None
     signal: str | None = None
+    pgid: int | None = None  # the remote process group (its leader is the login shell)
 
 
 class SshPool:
@@ -183,7 +184,9 @@ class SshPool:
                 raise
             finally:
                 self._used(name)
-            return _exit(proc), bytes(out), err
+            result = _exit(proc)
+            result.pgid = pgid
+            return result, bytes(out), err
 
     def _used(self, name: str) -> None:
         link = self._links.get(name)

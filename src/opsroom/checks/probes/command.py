@@ -81,6 +81,8 @@ class CommandProbe(Probe[CommandCheck]):
     type: ClassVar[str] = "command"
 
     async def probe(self, check: CommandCheck, ctx: ProbeContext) -> ProbeResult:
+        if check.via is not None:
+            return await _via(check, ctx)
         start = time.perf_counter()
         program = check.argv[0]
         try:
@@ -104,18 +106,50 @@ class CommandProbe(Probe[CommandCheck]):
                 _kill_group(proc)
                 with contextlib.suppress(ProcessLookupError):
                     await asyncio.shield(proc.wait())
-        ms = elapsed_ms(start)
-        stdout = raw_out[:MAX_OUTPUT].decode("utf-8", errors="replace")
-        stderr = raw_err[:MAX_OUTPUT].decode("utf-8", errors="replace").strip()
-        text, long_output, perfdata = parse_output(stdout)
-        if not text:
-            text = stderr.splitlines()[0] if stderr else "(no output)"
         code = proc.returncode
-        if code is not None and code < 0:
-            return ProbeResult("UNKNOWN", f"{program} killed by signal {-code}: {text}",
-                               long_output=long_output, latency_ms=ms, perfdata=perfdata)
-        state = EXIT_STATES.get(code if code is not None else -1)
-        if state is None:
-            return ProbeResult("UNKNOWN", f"{program} exited with code {code} (not a Nagios code 0-3): "
-                               f"{text}", long_output=long_output, latency_ms=ms, perfdata=perfdata)
-        return ProbeResult(state, text, long_output=long_output, latency_ms=ms, perfdata=perfdata)
+        signal_name = f"signal {-code}" if code is not None and code < 0 else None
+        return verdict(program, code, signal_name, raw_out, raw_err, elapsed_ms(start))
+
+
+def verdict(program: str, code: int | None, killed_by: str | None, raw_out: bytes, raw_err: bytes,
+            ms: float) -> ProbeResult:
+    """A plugin's exit code and output -> the result, the same wherever it ran."""
+    stdout = raw_out[:MAX_OUTPUT].decode("utf-8", errors="replace")
+    stderr = raw_err[:MAX_OUTPUT].decode("utf-8", errors="replace").strip()
+    text, long_output, perfdata = parse_output(stdout)
+    if not text:
+        text = stderr.splitlines()[0] if stderr else "(no output)"
+    if killed_by is not None:
+        return ProbeResult("UNKNOWN", f"{program} killed by {killed_by}: {text}",
+                           long_output=long_output, latency_ms=ms, perfdata=perfdata)
+    state = EXIT_STATES.get(code if code is not None else -1)
+    if state is None:
+        return ProbeResult("UNKNOWN", f"{program} exited with code {code} (not a Nagios code 0-3): "
+                           f"{text}", long_output=long_output, latency_ms=ms, perfdata=perfdata)
+    return ProbeResult(state, text, long_output=long_output, latency_ms=ms, perfdata=perfdata)
+
+
+async def _via(check: CommandCheck, ctx: ProbeContext) -> ProbeResult:
+    """Run the plugin on the `via` host over SSH, each argv element quoted for its shell.
+
+    The check's timeout cancels this task; the pool then kills the plugin's remote process group.
+    """
+    from opsroom.ssh import inventory, remote
+    from opsroom.ssh.keys import SshError
+
+    start = time.perf_counter()
+    program = check.argv[0]
+    try:
+        command = remote.script(list(check.argv), check.env, merge=False)
+    except ValueError as exc:
+        return ProbeResult("UNKNOWN", f"cannot run {program} via {check.via}: {exc}", latency_ms=elapsed_ms(start))
+    assert check.via is not None
+    try:
+        result, raw_out, raw_err = await inventory.pool_for(ctx).capture(check.via, command, limit=MAX_OUTPUT)
+    except SshError as exc:
+        return ProbeResult("UNKNOWN", exc.message, latency_ms=elapsed_ms(start))
+    ms = elapsed_ms(start)
+    if result.code == remote.NOT_FOUND:
+        return ProbeResult("UNKNOWN", f"command not found on {check.via}: {program}", latency_ms=ms)
+    killed_by = f"signal {result.signal}" if result.signal is not None else None
+    return verdict(program, result.code, killed_by, raw_out, raw_err, ms)

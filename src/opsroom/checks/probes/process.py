@@ -71,12 +71,13 @@ def _what(check: ProcessCheck) -> str:
         parts.append(f"cmdline~/{check.cmdline_match}/")
     if check.pidfile:
         parts.append(f"pidfile={check.pidfile}")
+    if check.via:
+        parts.append(f"on {check.via}")
     return " ".join(parts)
 
 
 def scan(check: ProcessCheck) -> ProbeResult:
     """Blocking: walks /proc. Call it in a thread."""
-    what = _what(check)
     if check.pidfile:
         proc, problem = _from_pidfile(check.pidfile)
         if proc is None:
@@ -84,16 +85,22 @@ def scan(check: ProcessCheck) -> ProbeResult:
         found = [proc] if _matches(proc, check) else []
     else:
         found = [p for p in psutil.process_iter() if _matches(p, check)]
-    count = len(found)
-    pids = ", ".join(str(p.pid) for p in found[:10])
+    return verdict(check, [p.pid for p in found])
+
+
+def verdict(check: ProcessCheck, pids: list[int]) -> ProbeResult:
+    """The matching pids -> the result, the same here and via a host."""
+    what = _what(check)
+    count = len(pids)
+    shown = ", ".join(str(p) for p in pids[:10])
     perf = {"count": float(count)}
     if count < check.min_count:
         if count == 0:
             return ProbeResult("CRITICAL", f"no process matches {what}", perfdata=perf, down=True)
         return ProbeResult("CRITICAL", f"{count} process(es) match {what}, expected at least "
-                           f"{check.min_count}", long_output=f"pids: {pids}", perfdata=perf)
+                           f"{check.min_count}", long_output=f"pids: {shown}", perfdata=perf)
     noun = "process" if count == 1 else "processes"
-    suffix = f" (pid {pids})" if count else ""
+    suffix = f" (pid {shown})" if count else ""
     return ProbeResult("OK", f"{count} {noun} match {what}{suffix}", perfdata=perf)
 
 
@@ -101,6 +108,10 @@ class ProcessProbe(Probe[ProcessCheck]):
     type: ClassVar[str] = "process"
 
     async def probe(self, check: ProcessCheck, ctx: ProbeContext) -> ProbeResult:
+        if check.via is not None:
+            from opsroom.ssh.listing import via
+
+            return await via(check, ctx)
         # psutil reads /proc synchronously; a thread keeps the event loop (and every other check) moving.
         start = time.perf_counter()
         result = await asyncio.to_thread(scan, check)
