@@ -268,3 +268,36 @@ async def test_same_origin_redirect_is_followed_and_expected_redirect_is_not(sho
     before = len(shop.seen)
     assert (await run(check)).state == "OK"
     assert len(shop.seen) == before
+
+
+async def test_each_steps_latency_is_kept_in_the_checks_history(shop: Shop, tmp_path: Any) -> None:
+    """Through the monitor and the result store, as the server runs it: perfdata rows per run."""
+    from sqlalchemy import select
+
+    from opsroom import server
+    from opsroom.checks.models import CheckResultRow
+    from opsroom.checks.monitor import Monitor
+    from opsroom.config import Settings
+    from tests.factories import small_catalog
+
+    check = transaction(shop, system="sys").model_dump(mode="json", exclude_defaults=True)
+    check["type"] = "synthetic"
+    catalog = small_catalog(tmp_path, checks=[check])
+    rt = await server.open_runtime(Settings(data=tmp_path / "data", catalog=catalog, check_result_ok_interval=0))
+    monitor = Monitor(rt)
+    try:
+        assert (await monitor.run_check("buy")).state == "OK"
+        shop.fail_cart = True
+        assert (await monitor.run_check("buy")).state == "CRITICAL"
+        await monitor.flush()
+        async with rt.read() as s:
+            rows = list((await s.execute(select(CheckResultRow).where(CheckResultRow.check == "buy")
+                                         .order_by(CheckResultRow.at))).scalars())
+        assert [r.state for r in rows] == ["OK", "CRITICAL"]
+        assert set(rows[0].perfdata) == {"step_login_ms", "step_add_to_cart_ms", "step_checkout_ms", "total_ms"}
+        assert set(rows[1].perfdata) == {"step_login_ms", "step_add_to_cart_ms", "total_ms"}
+        assert rows[1].output.startswith("step 2 (add to cart) failed: HTTP 500")
+        assert PASSWORD not in rows[1].output
+    finally:
+        await monitor.stop()
+        await rt.close()
