@@ -306,9 +306,11 @@ class _Builder:
                  commands: dict[str, _Obj]) -> None:
         self.imp, self.hosts, self.groups, self.commands = imp, hosts, groups, commands
         self.system_of: dict[str, tuple[str, str, str]] = {}  # host -> (system name, title, description)
-        for g, (title, members) in groups.items():
-            for h in members:
-                self.system_of.setdefault(h, (catalog_name(g), title, f"Nagios hostgroup '{g}'"))
+        for h, attrs in hosts.items():  # the host's first own hostgroup, else the first that lists it
+            mine = [g for g in split_list(attrs.get("hostgroups", ("", "", 0))[0]) if g in groups]
+            first = next(iter(mine + [g for g, (_t, members) in groups.items() if h in members]), None)
+            if first is not None:
+                self.system_of[h] = (catalog_name(first), groups[first][0], f"Nagios hostgroup '{first}'")
         for h, attrs in hosts.items():
             self.system_of.setdefault(h, (catalog_name(h), attrs.get("alias", (h, "", 0))[0], f"Nagios host '{h}'"))
         self.checked: dict[str, tuple[str, int]] = {}  # command_name -> why its command line needs a shell
@@ -385,7 +387,7 @@ class _Builder:
         catalog: dict[str, Any] = {"environments": [{"name": ENVIRONMENT}], "systems": list(systems.values()),
                                    "services": list(svcs.values()), "checks": checks}
         catalog = escape_variables(catalog)
-        for check in checks:  # secret macros last: their ${secret:…} is meant for the loader
+        for check in catalog["checks"]:  # secret macros last: their ${secret:…} is meant for the loader
             check["argv"] = [self._unmask(a) for a in check["argv"]]
         skipped = sorted(imp.skipped.values(), key=lambda s: (imp.order.get(s.file, 0), s.line, s.reason))
         return Draft(catalog, skipped)

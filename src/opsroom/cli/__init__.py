@@ -98,13 +98,16 @@ def _macro_options(values: list[str], option: str) -> dict[str, str]:
 
 
 def _nagios_sources(paths: list[Path]) -> list[tuple[str, str]]:
-    """(name, text) of each file given, and of the *.cfg under each directory given (no links followed)."""
+    """(name, text) of each file given, and of the *.cfg under each directory given (links kept inside it)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
+            inside = path.resolve()
             for root, dirs, names in os.walk(path):  # does not enter linked directories
                 dirs.sort()
-                files += [Path(root) / n for n in sorted(names) if n.endswith(".cfg")]
+                # A linked file only when it stays in the tree given (conf-enabled -> conf-available).
+                files += [Path(root) / n for n in sorted(names) if n.endswith(".cfg")
+                          and (Path(root) / n).resolve().is_relative_to(inside)]
         else:
             files.append(path)
     if len(files) > MAX_IMPORT_FILES:
