@@ -284,6 +284,15 @@ def test_command_lines_a_shell_would_interpret_are_refused(line: str, why: str) 
     assert why in str(exc.value)
 
 
+def test_values_ending_in_a_brace_and_tab_separated_directives() -> None:
+    draft = import_nagios([("o.cfg", "define command {\n\tcommand_name\tc\n\tcommand_line\t/p/check -r '^a{2}'\n}\n"
+                                     "define host {\n host_name h1\n}\n"
+                                     "define service {\n host_name h1\n service_description x {1}\n"
+                                     " check_command c\n}\n")])
+    (check,) = draft.catalog["checks"]
+    assert check["argv"] == ["/p/check", "-r", "^a{2}"] and draft.catalog["services"][0]["title"] == "x {1}"
+
+
 def test_macro_expansion_and_comments() -> None:
     look = {"A": "1", "B": "$A$"}.__getitem__
     assert expand_macros("x $A$ $B$ $$ $ y $ not-a-macro $", look) == "x 1 $A$ $ $ y $ not-a-macro $"

@@ -167,14 +167,12 @@ class _Importer:
             if line.startswith("define") and _DEFINE.match(line):
                 raise NagiosImportError(file, n, f"a define inside {current.label} (line {current.line})",
                                         "close the previous definition with `}` first")
-            closes = line.endswith("}")
-            line = line[:-1].strip() if closes else line
-            if line:
-                key, _, value = line.partition(" ") if " " in line else line.partition("\t")
-                current.attrs.setdefault(key.strip().lower(), (value.strip(), n))
-            if closes:
+            if line == "}":  # only a line of its own: a value may end in `}` (`${x}`, a regex)
                 self.objects.append(current)
                 current = None
+                continue
+            key, *value = line.split(None, 1)
+            current.attrs.setdefault(key.lower(), (value[0].strip() if value else "", n))
         if current is not None:
             raise NagiosImportError(file, current.line, f"{current.label} is never closed",
                                     "end the definition with a line holding `}`")
