@@ -45,7 +45,7 @@ class HttpProbe(Probe[HttpCheck]):
                 check.method, check.url, headers=check.headers or None, data=check.body,
                 ssl=check.verify_tls, allow_redirects=False,
             ) as resp:
-                if (check.cert_warning_days or check.cert_critical_days) and resp.url.scheme == "https":
+                if check.url.startswith("https:") and (check.cert_warning_days or check.cert_critical_days):
                     expires = _cert_expiry(resp)
                 # Read the body even when not matching it: a fully read response lets the
                 # connection go back to the pool instead of being closed.
