@@ -7,15 +7,69 @@ as the empty string (so `team!="db"` matches an alert with no team label, as Ale
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 OPS = ("=~", "!~", "!=", "=")
 _LABEL = r"[A-Za-z_][A-Za-z0-9_]*"
 # One matcher: label, operator, then a double-quoted value (with \" and \\) or a bare word.
 _ONE = re.compile(rf'\s*({_LABEL})\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|([^,"\s]*))\s*(,|$)')
 MAX_MATCHERS = 32
+
+
+# Python's re backtracks without bound: `(a+)+$` against 40 a's and a b runs for hours, and a
+# silence's matchers run on the event loop for every alert received and listed. So a silence's
+# regular expression may not nest a repetition inside another (or repeat an alternation), may not
+# refer back to a group, and has at most two wide repetitions (`.*foo.*` is fine; each more one
+# multiplies the work by the label's length).
+# The stdlib's own regex parser (no stubs; `sre_parse` is its deprecated alias).
+sre: Any = importlib.import_module("re._parser")
+MAX_REGEX = 256
+_WIDE = 16  # a repetition that may run further than this counts as wide
+_REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, *([sre.POSSESSIVE_REPEAT] if hasattr(sre, "POSSESSIVE_REPEAT") else [])}
+
+
+def regex_cost(pattern: str) -> str | None:
+    """Why matching this regex could take time beyond a bound, or None when it cannot."""
+    if len(pattern) > MAX_REGEX:
+        return f"it is {len(pattern)} characters; at most {MAX_REGEX}"
+    wide = 0
+
+    def walk(items: Any, repeated: bool) -> str | None:
+        nonlocal wide
+        for op, av in items:
+            if op in _REPEATS:
+                if repeated:
+                    return "it repeats a repetition, as in (a+)+, which can take exponential time"
+                if av[1] > _WIDE:
+                    wide += 1
+                found = walk(av[2], True)
+            elif op == sre.BRANCH:
+                if repeated:
+                    return "it repeats an alternation, as in (a|ab)+, which can take exponential time"
+                found = next((w for w in (walk(b, repeated) for b in av[1]) if w), None)
+            elif op in (sre.GROUPREF, sre.GROUPREF_EXISTS):
+                return "it refers back to a group, which can take exponential time"
+            elif op == sre.SUBPATTERN:
+                found = walk(av[3], repeated)
+            elif op in (sre.ASSERT, sre.ASSERT_NOT):
+                found = walk(av[1], repeated)
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    try:
+        why = walk(sre.parse(pattern), False)
+    except (re.error, RecursionError, OverflowError):
+        return None  # parse_matchers reports a pattern that does not compile
+    if why is None and wide > 2:
+        why = f"it has {wide} open-ended repetitions; at most 2 (each more multiplies the work)"
+    return why
 
 
 @dataclass(frozen=True)
@@ -71,6 +125,10 @@ def parse_matchers(text: str | list[str]) -> tuple[Matcher, ...]:
                     regex = re.compile(value)
                 except re.error as exc:
                     raise ValueError(f"{label}{op}: not a valid regular expression: {exc}") from None
+                why = regex_cost(value)
+                if why is not None:
+                    raise ValueError(f"{label}{op}: the regular expression could take too long on a long label: "
+                                     f"{why}; write a simpler one, e.g. alertname=~\"Disk.*\"")
             found.append(Matcher(label, op, value, regex))
             at = m.end()
             if m.group(5) == "," and at >= len(body):

@@ -6,7 +6,6 @@ answer says which sender did not get it.
 
 from __future__ import annotations
 
-import importlib
 import re
 import time
 from typing import Any
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from opsroom.access.identity import Actor
 from opsroom.alerts.book import AlertBook, Silence, plain_label, silence_from_row
-from opsroom.alerts.matchers import Matcher, parse_matchers
+from opsroom.alerts.matchers import parse_matchers
 from opsroom.alerts.models import SilenceRow
 from opsroom.alerts.service import book
 from opsroom.audit import service as audit
@@ -29,67 +28,6 @@ MAX_SILENCE_S = 14 * 86400.0  # two weeks: anything longer is a config change, n
 MAX_REASON = 500
 
 
-# Python's re backtracks without bound: `(a+)+$` against 40 a's and a b runs for hours, and a
-# silence's matchers run on the event loop for every alert received and listed. So a silence's
-# regular expression may not nest a repetition inside another (or repeat an alternation), may not
-# refer back to a group, and has at most two wide repetitions (`.*foo.*` is fine; each more one
-# multiplies the work by the label's length).
-# The stdlib's own regex parser (no stubs; `sre_parse` is its deprecated alias).
-sre: Any = importlib.import_module("re._parser")
-MAX_SILENCE_REGEX = 256
-_WIDE = 16  # a repetition that may run further than this counts as wide
-_REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, *([sre.POSSESSIVE_REPEAT] if hasattr(sre, "POSSESSIVE_REPEAT") else [])}
-
-
-def _regex_cost(pattern: str) -> str | None:
-    """Why matching this regex could take time beyond a bound, or None when it cannot."""
-    if len(pattern) > MAX_SILENCE_REGEX:
-        return f"it is {len(pattern)} characters; at most {MAX_SILENCE_REGEX}"
-    wide = 0
-
-    def walk(items: Any, repeated: bool) -> str | None:
-        nonlocal wide
-        for op, av in items:
-            if op in _REPEATS:
-                if repeated:
-                    return "it repeats a repetition, as in (a+)+, which can take exponential time"
-                if av[1] > _WIDE:
-                    wide += 1
-                found = walk(av[2], True)
-            elif op == sre.BRANCH:
-                if repeated:
-                    return "it repeats an alternation, as in (a|ab)+, which can take exponential time"
-                found = next((w for w in (walk(b, repeated) for b in av[1]) if w), None)
-            elif op in (sre.GROUPREF, sre.GROUPREF_EXISTS):
-                return "it refers back to a group, which can take exponential time"
-            elif op == sre.SUBPATTERN:
-                found = walk(av[3], repeated)
-            elif op in (sre.ASSERT, sre.ASSERT_NOT):
-                found = walk(av[1], repeated)
-            else:
-                found = None
-            if found:
-                return found
-        return None
-
-    try:
-        why = walk(sre.parse(pattern), False)
-    except (re.error, RecursionError, OverflowError):
-        return None  # parse_matchers reports a pattern that does not compile
-    if why is None and wide > 2:
-        why = f"it has {wide} open-ended repetitions; at most 2 (each more multiplies the work)"
-    return why
-
-
-def _bounded(matchers: tuple[Matcher, ...]) -> tuple[Matcher, ...]:
-    for m in matchers:
-        why = _regex_cost(m.value) if m.is_regex else None
-        if why is not None:
-            raise Invalid(f"the regular expression in {m.label}{m.op} could take too long on a long label: {why}",
-                          hint='write a simpler one, e.g. alertname=~"Disk.*", or several silences')
-    return matchers
-
-
 def _target(rt: Runtime, what: str) -> tuple[str | None, str | None, tuple[Any, ...]]:
     """(service, system, matchers) a silence names: a service, a system, or label matchers."""
     if re.search(r'[=~!]', what):
@@ -98,7 +36,7 @@ def _target(rt: Runtime, what: str) -> tuple[str | None, str | None, tuple[Any, 
         except ValueError as exc:
             raise Invalid(f"cannot read the matchers: {exc}",
                           hint='write e.g. `silence alertname="DiskFull" 1h because ...`') from None
-        return None, None, _bounded(matchers)
+        return None, None, matchers
     service, _ = rt.catalog.find_service(what)
     if service is not None:
         return service, None, ()

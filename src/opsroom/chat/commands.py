@@ -14,10 +14,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.catalog.schema import Alias
+from opsroom.chat.announce import one_line
 from opsroom.chat.phrases import rephrase
 from opsroom.chat.words import split_words
 from opsroom.checks import service as checks
@@ -77,16 +79,18 @@ async def _is_running(rt: Runtime, actor: Actor, room: str | None, a: dict[str, 
     by_checks = [v["state"] for v in st["checks"]]
     word = "running" if st["running"] else "NOT running" if "CRITICAL" in by_checks else st["state"]
     detail = "; ".join(_fmt_state(v) for v in st["checks"]) or "no checks"
-    return f"{st['service']} is {word} ({detail})" + _alerts_said(st["alerts"])
+    page = f" — {rt.settings.web_url}/services/{quote(st['service'], safe='')}"
+    return f"{st['service']} is {word} ({detail})" + _alerts_said(st["alerts"]) + page
 
 
 def _alerts_said(alerts: list[dict[str, Any]]) -> str:
     """Firing alerts beside the checks: `; ALERT #3 HighLatency (page) since 21:04:07`."""
     said = []
     for a in alerts:
-        marks = [m for m in (a["severity"], "silenced" if a["silenced_by"] else None,
+        marks = [m for m in (one_line(a["severity"]) if a["severity"] else None,
+                             "silenced" if a["silenced_by"] else None,
                              f"acked by {a['acked_by']}" if a["acked_by"] else None) if m]
-        said.append(f"ALERT #{a['id']} {a['name']}" + (f" ({', '.join(marks)})" if marks else "")
+        said.append(f"ALERT #{a['id']} {one_line(a['name'])}" + (f" ({', '.join(marks)})" if marks else "")
                     + f" firing since {time.strftime('%H:%M:%S', time.localtime(a['since']))}")
     return "; " + "; ".join(said) if said else ""
 
@@ -98,7 +102,7 @@ async def _health(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
         raise _naming(rt, exc, "system") from None
     parts = [f"{s['service']} {s['state']}" + (f" ({len(s['alerts'])} alert{'s' if len(s['alerts']) > 1 else ''})"
                                                 if s["alerts"] else "") for s in h["services"]]
-    parts += [f"ALERT #{a['id']} {a['name']}" for a in h["alerts"]]
+    parts += [f"ALERT #{a['id']} {one_line(a['name'])}" for a in h["alerts"]]
     verdict = f"{h['title']} is healthy" if h["healthy"] else f"{h['title']} is UNHEALTHY"
     prefix = f"[{h['environment'].upper()}] " if h["protected"] else ""
     return prefix + " · ".join([*parts, verdict])
@@ -112,7 +116,7 @@ async def _status(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
             lines.append(f"{mark}{s['title']}: healthy")
         else:
             bad = [f"{f['check']} {f['state']}" for f in s["failing"]]
-            bad += [f"alert #{a['id']} {a['name']}" for a in s["alerts"] if not a["silenced_by"]]
+            bad += [f"alert #{a['id']} {one_line(a['name'])}" for a in s["alerts"] if not a["silenced_by"]]
             lines.append(f"{mark}{s['title']}: UNHEALTHY ({', '.join(bad)})")
     open_requests = await approvals.list_open(rt, actor=actor)
     for r in open_requests:
