@@ -118,7 +118,8 @@ class SyntheticProbe(Probe[SyntheticCheck]):
                 except StepFailed as exc:
                     ms = elapsed_ms(step_start)
                     run.perf[keys[i]] = round(ms, 3)
-                    return _result(run, "CRITICAL", f"{label} failed: {exc.detail}", start,
+                    took = "" if " ms" in exc.detail else f" after {ms:.0f} ms"  # every failure says how long
+                    return _result(run, "CRITICAL", f"{label} failed: {exc.detail}{took}", start,
                                    down=exc.down and i == 0)
                 run.perf[keys[i]] = round(ms, 3)
                 if st.latency_critical_ms is not None and ms > st.latency_critical_ms:
@@ -126,7 +127,7 @@ class SyntheticProbe(Probe[SyntheticCheck]):
                                    f"(critical above {st.latency_critical_ms:g} ms)", start)
                 if st.latency_warning_ms is not None and ms > st.latency_warning_ms:
                     run.warnings.append(f"{label} slow: {ms:.0f} ms (warning above {st.latency_warning_ms:g} ms)")
-        total = elapsed_ms(start)
+            total = elapsed_ms(start)  # before the session closes: its teardown is not the service's time
         n = len(check.steps)
         steps = f"{n} step{'' if n == 1 else 's'}"
         if check.budget_ms is not None and total > check.budget_ms:
@@ -134,12 +135,13 @@ class SyntheticProbe(Probe[SyntheticCheck]):
         elif run.warnings:
             run.warnings.append(f"{steps} in {total:.0f} ms")
         if run.warnings:
-            return _result(run, "WARNING", "; ".join(run.warnings), start)
-        return _result(run, "OK", f"{steps} OK in {total:.0f} ms", start)
+            return _result(run, "WARNING", "; ".join(run.warnings), start, total)
+        return _result(run, "OK", f"{steps} OK in {total:.0f} ms", start, total)
 
 
-def _result(run: Run, state: str, output: str, start: float, *, down: bool = False) -> ProbeResult:
-    total = elapsed_ms(start)
+def _result(run: Run, state: str, output: str, start: float, total: float | None = None, *,
+            down: bool = False) -> ProbeResult:
+    total = elapsed_ms(start) if total is None else total
     run.perf["total_ms"] = round(total, 3)
     long_output = "\n".join(run.lines)
     if run.snippet:
