@@ -11,12 +11,14 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from opsroom.secrets.masking import register
 from opsroom.web.metrics import MAX_PERFDATA_LABELS
 from tests.chat.harness import serve
 from tests.factories import free_port
 
 PLUGINS = Path("/usr/lib/nagios/plugins")
 WEIRD = 'we"ird\\ label} x'  # a quote, a backslash, a brace and a space: all legal in perfdata
+SECRET = "perfdata-secret-4711"
 
 
 @pytest.fixture
@@ -43,8 +45,10 @@ def _perfdata(text: str) -> dict[tuple[str, str], float]:
 
 
 async def test_check_http_perfdata_arrives_in_metrics(tmp_path: Path, http_target: int) -> None:
+    register(SECRET)  # as the catalog does for a ${secret:…} a check's argv uses
     many = "print('MANY OK|' + ' '.join(f'l{i:02d}={i}ms' for i in range(40)))"
-    weird = "print(\"WEIRD OK|'" + WEIRD.replace("\\", "\\\\").replace('"', '\\"') + "'=1.5s;1;2 plain=7%\")"
+    weird = "print(\"WEIRD OK|'" + WEIRD.replace("\\", "\\\\").replace('"', '\\"') + "'=1.5s;1;2 plain=7% " + \
+        f"'dsn user:{SECRET}'=3\")"
     checks = [
         {"name": "web-http", "type": "command", "service": "svc",
          "argv": [str(PLUGINS / "check_http"), "-H", "127.0.0.1", "-p", str(http_target)]},
@@ -63,6 +67,7 @@ async def test_check_http_perfdata_arrives_in_metrics(tmp_path: Path, http_targe
         assert response.status_code == 200
         series = _perfdata(response.text)
         last = mon.last["web-http"].perfdata
+        last_weird = mon.last["weird"].perfdata
     assert mon.status["web-http"].state == "OK"
     # check_http's time (seconds) and size (bytes), units dropped, exactly the values the check kept.
     assert set(last) == {"time", "size"} and last["size"] > 600
@@ -74,6 +79,10 @@ async def test_check_http_perfdata_arrives_in_metrics(tmp_path: Path, http_targe
     assert series[("many", "l05")] == 5.0
     # A label with a quote, backslash and brace is escaped on the wire and reads back as written.
     assert series[("weird", WEIRD)] == 1.5 and series[("weird", "plain")] == 7.0
+    # Secret leak: a label quoting a registered secret is not on the unauthenticated /metrics at all.
+    assert last_weird[f"dsn user:{SECRET}"] == 3.0
+    assert sorted(label for check, label in series if check == "weird") == sorted(["plain", WEIRD])
+    assert SECRET not in response.text
     assert 'label="we\\"ird\\\\ label} x"' in response.text
     # The state is there too, by check.
     assert 'opsroom_check_state{check="web-http",state_type="hard"} 0.0' in response.text

@@ -22,6 +22,7 @@ from opsroom.checks.results import ResultWriter
 from opsroom.checks.scheduler import Scheduler
 from opsroom.events import ExecutionFinished, RuleHeld, RuleTriggered
 from opsroom.runtime import Runtime
+from opsroom.secrets.masking import mask
 
 router = APIRouter(include_in_schema=False)
 # No `_created` series: a start timestamp per labelled child doubles what Prometheus stores for
@@ -71,7 +72,9 @@ class _MonitorCollector(Collector):
 
 def perfdata_series(perfdata: dict[str, float]) -> list[tuple[str, float]]:
     """A check's perfdata as bounded (label, value) series: Prometheus keeps every label value forever."""
-    labels = sorted(k for k in perfdata if 0 < len(k) <= MAX_LABEL_LENGTH)
+    # /metrics answers anyone who can reach it: a label that quotes a secret (a plugin echoing its
+    # argv) is left out, as masked it could collide with another label.
+    labels = sorted(k for k in perfdata if 0 < len(k) <= MAX_LABEL_LENGTH and mask(k) == k)
     return [(k, float(perfdata[k])) for k in labels[:MAX_PERFDATA_LABELS]]
 
 
