@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -17,8 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pwd
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself and insists on an absolute path
 KEYGEN = "/usr/bin/ssh-keygen"
@@ -31,9 +30,10 @@ def _free_port() -> int:
         return port
 
 
-def keygen(path: Path, *, passphrase: str = "", kind: str = "ed25519") -> tuple[Path, str]:
+def keygen(path: Path, *, passphrase: str = "", kind: str = "ed25519", fmt: str | None = None) -> tuple[Path, str]:
     """A new key pair at `path` (mode 0600); returns the path and the public key line."""
-    subprocess.run([KEYGEN, "-q", "-t", kind, "-N", passphrase, "-C", "", "-f", str(path)], check=True,
+    extra = ["-m", fmt] if fmt else []
+    subprocess.run([KEYGEN, "-q", "-t", kind, *extra, "-N", passphrase, "-C", "", "-f", str(path)], check=True,
                    stdin=subprocess.DEVNULL)
     path.chmod(0o600)
     return path, Path(f"{path}.pub").read_text().strip()
@@ -112,7 +112,7 @@ MaxSessions {max_sessions}
 PerSourceMaxStartups none
 LogLevel ERROR
 """)
-    log = open(tmp / "sshd.log", "ab")  # noqa: SIM115 - closed with the process
+    log = open(tmp / "sshd.log", "ab")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()

@@ -34,9 +34,11 @@ def check_hosts(loader: _Loader, cat: Catalog) -> None:
 
 
 def _hosts(loader: _Loader, cat: Catalog) -> None:
-    from opsroom.ssh.keys import key_file_problem, parse_host_key
+    from opsroom.ssh.keys import key_file_problem, mask_key_lines, parse_host_key
 
     for n, host in cat.hosts.items():
+        if host.key is not None:
+            mask_key_lines(host.key)
         loader.ref(cat, ("host", n, "jump"), "jumps through", "host", host.jump)
         loader.ref(cat, ("host", n, "environment"), "belongs to", "environment", host.environment)
         try:

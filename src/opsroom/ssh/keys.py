@@ -81,6 +81,15 @@ def key_file_problem(path: str) -> str | None:
     return None
 
 
+def mask_key_lines(key_text: str) -> None:
+    """Register each line of a private key's body with the masker, not only the whole text: a
+    step that prints part of it (`head`, a tool's error) would otherwise show those lines."""
+    from opsroom.secrets import masking
+
+    masking.register(*(line.strip() for line in key_text.splitlines()
+                       if len(line.strip()) >= 16 and not line.startswith("-----")))
+
+
 def client_key(host: Host) -> asyncssh.SSHKey:
     """The host's private key from `key` (a secret) or `key_file` (0600), decrypted with `passphrase`."""
     passphrase = host.passphrase or None
@@ -93,13 +102,18 @@ def client_key(host: Host) -> asyncssh.SSHKey:
             raise SshError(f"host {host.name}: {problem}")
         with open(host.key_file, "rb") as fh:
             return asyncssh.import_private_key(fh.read(), passphrase)
-    except asyncssh.KeyEncryptionError:
-        # Never the passphrase itself, nor asyncssh's message (it may quote key material).
-        hint = "the passphrase is wrong" if passphrase else "the key is encrypted: set passphrase: ${secret:NAME}"
-        raise SshError(f"host {host.name}: cannot decrypt its private key ({hint})") from None
-    except asyncssh.KeyImportError:
+    except (asyncssh.KeyEncryptionError, asyncssh.KeyImportError) as exc:
+        # asyncssh's own words are kept only where they cannot hold key material or the passphrase.
+        reason = str(exc)
+        if "bcrypt" in reason:
+            problem = ("it is an encrypted OpenSSH key, which needs the bcrypt package "
+                       "(`pip install 'asyncssh[bcrypt]'`), or convert it: `ssh-keygen -p -m PKCS8 -f FILE`")
+        elif "decrypt" in reason.lower() or isinstance(exc, asyncssh.KeyEncryptionError):
+            problem = ("cannot decrypt it: the passphrase is wrong" if passphrase
+                       else "it is encrypted: set passphrase: ${secret:NAME}")
+        else:
+            problem = "it is not a private key asyncssh can read (OpenSSH, PKCS#8 or PEM format)"
         where = f"key_file {host.key_file}" if host.key_file else "key (from its secret)"
-        raise SshError(f"host {host.name}: {where} is not a private key asyncssh can read "
-                       "(OpenSSH, PKCS#8 or PEM format)") from None
+        raise SshError(f"host {host.name}: {where}: {problem}") from None
     except OSError as exc:
         raise SshError(f"host {host.name}: cannot read key_file {host.key_file}: {exc.strerror or exc}") from None
