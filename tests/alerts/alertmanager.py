@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,7 @@ import yaml
 from aiohttp import web
 
 from opsroom.alerts.alertmanager_api import rfc3339
+from tests.chat.servers import ChildServer
 from tests.factories import free_port
 
 BINARY = "/usr/bin/prometheus-alertmanager"
@@ -46,8 +46,9 @@ START_TIMEOUT_S = 15.0
 TOKEN = "am-test-token-0123456789abcdef"
 
 
-class Alertmanager:
+class Alertmanager(ChildServer):
     """One Alertmanager on 127.0.0.1:port sending every alert to `webhook_url`."""
+    LOGS = ("alertmanager.log",)
 
     def __init__(self, webhook_url: str, *, token: str = TOKEN, group_wait: str = "0s",
                  group_interval: str = "100ms", repeat_interval: str = "1s",
@@ -103,26 +104,6 @@ class Alertmanager:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"alertmanager not ready on {self.url} after {START_TIMEOUT_S}s:\n{self.log()}")
             time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log(self) -> str:
-        path = self.root / "alertmanager.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
 @contextlib.asynccontextmanager

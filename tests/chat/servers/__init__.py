@@ -1,13 +1,17 @@
-"""Real chat servers the tests start on loopback (Synapse, ngircd, prosody), and what they share:
-a self-signed certificate for TLS listeners and a bounded wait for a port to accept."""
+"""Real chat servers the tests start on loopback (Synapse, ngircd, prosody), and what they share
+with the other real servers of the suite (Alertmanager): a self-signed certificate for TLS
+listeners, a bounded wait for a port to accept, and stopping and cleaning up a child server."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
+from typing import ClassVar
 
 
 def self_signed(directory: Path, host: str = "localhost") -> tuple[Path, Path]:
@@ -57,3 +61,37 @@ def wait_for_port(port: int, *, timeout: float, alive: object = None, host: str 
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
         time.sleep(0.02)
+
+
+class ChildServer:
+    """A server run as a child process in a temp root of its own: stopped with TERM (then KILL),
+    its root removed on close, the tail of its log files read for a failing test's message."""
+
+    LOGS: ClassVar[tuple[str, ...]] = ()  # file names under root, read by log()
+    STOP_TIMEOUT_S: ClassVar[float] = 5.0
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=self.STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        out = ""
+        for name in self.LOGS:
+            path = self.root / name
+            if path.exists():
+                out += path.read_text(errors="replace")[-4000:]
+        return out

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.chat.servers import self_signed, wait_for_port
+from tests.chat.servers import ChildServer, self_signed, wait_for_port
 from tests.factories import free_port
 
 START_TIMEOUT_S = 10.0
 SERVER_NAME = "irc.opsroom.test"
 
 
-class Ngircd:
+class Ngircd(ChildServer):
+    LOGS = ("ngircd.log",)
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix="opsroom-ngircd-"))
         self.root.chmod(0o755)
@@ -80,26 +80,6 @@ Ports = {self.tls_port}
         log.close()
         wait_for_port(self.port, timeout=START_TIMEOUT_S, alive=self.proc)
         wait_for_port(self.tls_port, timeout=START_TIMEOUT_S, alive=self.proc)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log(self) -> str:
-        path = self.root / "ngircd.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
 _SHARED: dict[int, Ngircd] = {}

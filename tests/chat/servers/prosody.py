@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.chat.servers import self_signed, wait_for_port
+from tests.chat.servers import ChildServer, self_signed, wait_for_port
 from tests.factories import free_port
 
 DOMAIN = "localhost"
@@ -31,7 +30,9 @@ def password(user: str) -> str:
     return f"{user}-xmpp-test-pw"
 
 
-class Prosody:
+class Prosody(ChildServer):
+    LOGS = ("stdout.log", "prosody.log")
+    STOP_TIMEOUT_S = 10.0
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix="opsroom-prosody-"))
         self.port = free_port()
@@ -94,30 +95,6 @@ Component "{MUC}" "muc"
                                      stdin=subprocess.DEVNULL)
         log.close()
         wait_for_port(self.port, timeout=START_TIMEOUT_S, alive=self.proc)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log(self) -> str:
-        out = ""
-        for name in ("stdout.log", "prosody.log"):
-            path = self.root / name
-            if path.exists():
-                out += path.read_text(errors="replace")[-3000:]
-        return out
 
 
 _SHARED: dict[int, Prosody] = {}
