@@ -183,6 +183,17 @@ async def test_connection_is_reused_across_steps_and_runs(rt: Runtime) -> None:
     assert rt.executor._targets["ssh"].pool.connects == 1
 
 
+async def test_runbooks_and_via_checks_share_one_connection(tmp_path: Path, server: sshd.Sshd) -> None:
+    checks = [{"name": "remote-true", "type": "command", "service": "svc", "via": "box", "argv": ["true"]}]
+    cat = catalog(tmp_path, server, checks=checks, runbooks_=[ssh_runbook("noop", [{"command": ["true"]}])])
+    async with inprocess.booted(tmp_path, cat) as (r, _f):
+        assert r.monitor is not None and r.executor is not None
+        assert (await r.monitor.run_check("remote-true")).state == "OK"
+        assert (await run(r, "noop")).status == "succeeded"
+        assert (await r.monitor.run_check("remote-true")).state == "OK"
+        assert r.executor._targets["ssh"].pool.connects == 1
+
+
 def test_key_file_readable_by_others_is_refused_at_load(tmp_path: Path, server: sshd.Sshd) -> None:
     key = tmp_path / "loose_key"
     shutil.copy(server.client_key, key)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, Step
 from opsroom.runbooks.executor import StepFailed, Writer
+from opsroom.ssh import inventory
 from opsroom.ssh.keys import SshError
 from opsroom.ssh.pool import SshPool
 
@@ -27,11 +28,14 @@ MAX_LINE = 64 * 1024  # as a local step's stream limit: a longer line is cut
 
 
 class SshTarget:
-    """Created once per executor: its pool keeps one connection per host across executions."""
+    """Created once per executor: its pool keeps one connection per host across executions, and
+    is the monitor's, so runbooks and `via:` checks share connections and `max_sessions`."""
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
-        self.pool = SshPool(lambda: executor.rt.catalog.hosts)
+        rt = executor.rt
+        owner = rt.monitor.ctx if rt.monitor is not None else executor
+        self.pool: SshPool = inventory.pool_for(owner, lambda: rt.catalog.hosts)
 
     async def close(self) -> None:
         await self.pool.close()
