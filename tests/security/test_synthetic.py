@@ -15,14 +15,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from opsroom.catalog.catalog import Location
+from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.loader import load_catalog
 from opsroom.catalog.schema import SyntheticCheck
-from opsroom.catalog.templates import _Checker
 from opsroom.checks.probes import ProbeContext, ProbeResult, get_probe
 from opsroom.checks.probes.http import MAX_BODY
 from opsroom.checks.synthetic_check import (
-    check_synthetic_templates,
     compile_safe_regex,
     is_missing,
     json_lookup,
@@ -303,14 +301,9 @@ class TestCatalogLoadErrors:
                     headers: {X-Token: "{{ vars.token }"}
                     extract: {cart_id: "regex:(a+)+"}
             """)
-        catalog = load_catalog(tmp_path)
-        found: list[tuple[Location | None, str, str]] = []
-
-        def add(loc: Location | None, message: str, hint: str) -> None:
-            found.append((loc, message, hint))
-
-        check_synthetic_templates(catalog, add, _Checker(catalog, add).position)
-        by_message = {m: (loc, hint) for loc, m, hint in found}
+        with pytest.raises(CatalogError) as refused:  # `catalog validate` and the server refuse it
+            load_catalog(tmp_path)
+        by_message = {p.message: (p.location, p.hint) for p in refused.value.problems}
         usr = next(m for m in by_message if "vars.usr" in m)
         loc, hint = by_message[usr]
         assert usr.startswith("check 'buy': steps[0].url: uses vars.usr")

@@ -21,6 +21,7 @@ from opsroom.automation.templates import FILTERS, GLOBALS, TESTS, is_template, p
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import did_you_mean, dotted
 from opsroom.catalog.schema import Rule, Runbook
+from opsroom.checks.synthetic_check import check_synthetic_templates
 
 Add = Callable[[Location | None, str, str], None]
 KeyPath = tuple[str | int, ...]
@@ -66,6 +67,7 @@ def check_templates(catalog: Catalog, add: Add) -> None:
             value = getattr(alert_source, field)
             if value is not None:
                 checker.check("alert_source", name, (field,), value, source_scope, False)
+    check_synthetic_templates(catalog, add, checker.position)
 
 
 Value = tuple[KeyPath, str, Scope, bool]
