@@ -140,3 +140,9 @@ async def test_process_via_host_by_pidfile(pctx: ProbeContext, tmp_path: Path,
     assert wrong_name.state == "CRITICAL"
     pidfile.write_text("garbage")
     assert "holds no pid" in (await probe(process(pidfile=str(pidfile)), pctx)).output
+
+
+async def test_a_plugin_flooding_stderr_still_finishes(pctx: ProbeContext) -> None:
+    flood = "import sys; sys.stderr.write('e' * 4_000_000); sys.stderr.flush(); print('OK - survived|n=1')"
+    result = await probe(command([PY, "-c", flood], timeout=20.0), pctx)
+    assert result.state == "OK" and result.output == "OK - survived" and result.perfdata == {"n": 1.0}

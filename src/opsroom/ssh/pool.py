@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import asyncssh
 import structlog
@@ -173,11 +174,8 @@ class SshPool:
             try:
                 first = await proc.stderr.readline()
                 pgid = int(first) if first.strip().isdigit() else None
-                out = bytearray()
-                while chunk := await proc.stdout.read(READ_CHUNK):
-                    if len(out) < limit:
-                        out += chunk[: limit - len(out)]
-                err = await proc.stderr.read(limit)
+                # Both at once: a plugin blocked on a full stderr would never close its stdout.
+                out, err = await asyncio.gather(_read_all(proc.stdout, limit), _read_all(proc.stderr, limit))
                 await proc.wait()
             except BaseException:
                 await asyncio.shield(self._kill(name, proc, pgid))
@@ -186,7 +184,7 @@ class SshPool:
                 self._used(name)
             result = _exit(proc)
             result.pgid = pgid
-            return result, bytes(out), err
+            return result, out, err
 
     def _used(self, name: str) -> None:
         link = self._links.get(name)
@@ -197,7 +195,8 @@ class SshPool:
         """Kill the step's remote process group on a channel of its own, then close its channel."""
         try:
             if pgid is not None:
-                conn = self._links[name].conn if name in self._links else await self.connection(name)
+                # On the step's own connection: the group id means nothing on another one's host.
+                conn = cast(asyncssh.SSHClientConnection, proc.channel.get_connection())
                 # Outside the session limit: the kill must not wait behind the sessions it frees.
                 await asyncio.wait_for(conn.run(remote.kill_script(pgid), check=False), KILL_TIMEOUT)
             else:  # it never said its pid: the signal request reaches at least the shell
@@ -206,6 +205,15 @@ class SshPool:
             log.warning("could not kill a remote process group", host=name, pgid=pgid, error=str(exc))
         finally:
             proc.close()
+
+
+async def _read_all(stream: asyncssh.SSHReader[bytes], limit: int) -> bytes:
+    """Everything until EOF, keeping the first `limit` bytes (the rest is read and dropped)."""
+    out = bytearray()
+    while chunk := await stream.read(READ_CHUNK):
+        if len(out) < limit:
+            out += chunk[: limit - len(out)]
+    return bytes(out)
 
 
 def _exit(proc: asyncssh.SSHClientProcess[bytes]) -> Exit:
