@@ -9,7 +9,9 @@ robin; the round trip is send -> the bot's reply arrives at alice's client.
 Baseline, in the same run and interleaved with the above: a second bare account on the same
 server (`bob`) acts as an echo bot in 20 channels of its own (same membership size: alice and
 one bot), answering each of alice's lines with the same text. Alice measures line -> echo the
-same way. The figure per platform is the bot's own part at p99:
+same way. On Matrix the echo long-polls as opsroom's adapter does (the same /sync filter, and
+each answer sent from a task while the next /sync already waits), so the two round trips
+differ only by what the bot does. The figure per platform is the bot's own part at p99:
 
     p99(opsroom round trip) - p99(bare echo round trip)
 
@@ -137,12 +139,27 @@ class MatrixClient:
             if resp.status >= 400:
                 raise RuntimeError(f"matrix send: {resp.status} {await resp.text()}")
 
+    def _filter(self) -> str:
+        if self.echo_of is None:  # alice: her lines and the answers, nothing else
+            room = {"timeline": {"types": ["m.room.message"], "limit": 100}, "state": {"not_types": ["*"]}}
+        else:
+            # The echo, the bot's stand-in, asks for what opsroom's adapter asks for
+            # (MatrixAdapter._filter): membership state and events besides the messages.
+            room = {"timeline": {"types": ["m.room.message", "m.room.member"], "limit": 100},
+                    "state": {"types": ["m.room.member"]}}
+        return json.dumps({"presence": {"not_types": ["*"]}, "account_data": {"not_types": ["*"]},
+                           "room": {"rooms": self.rooms, "account_data": {"not_types": ["*"]},
+                                    "ephemeral": {"not_types": ["*"]}, **room}}, separators=(",", ":"))
+
     async def _follow(self) -> None:
+        # The echo polls as opsroom's adapter does (MatrixAdapter._sync_once and _hand_in), so
+        # the subtraction compares like with like: the same filter, and each answer sent from a
+        # task of its own while the next /sync already waits; a bot never stops listening to
+        # answer, and Synapse then wakes that waiting /sync for the bot's own line as well.
         since: str | None = None
-        filt = json.dumps({"room": {"rooms": self.rooms, "timeline": {"types": ["m.room.message"], "limit": 100},
-                                    "state": {"not_types": ["*"]}, "ephemeral": {"not_types": ["*"]},
-                                    "account_data": {"not_types": ["*"]}},
-                           "presence": {"not_types": ["*"]}, "account_data": {"not_types": ["*"]}})
+        filt = self._filter()
+        loop = asyncio.get_running_loop()
+        answering: set[asyncio.Task[None]] = set()
         while True:
             params = {"filter": filt, "timeout": "0" if since is None else "30000"}
             if since:
@@ -158,7 +175,9 @@ class MatrixClient:
                     sender = ev.get("sender", "")
                     self.inbox.add(room_id, sender, body)
                     if self.echo_of is not None and sender == self.echo_of:
-                        await self.say(room_id, body)
+                        task = loop.create_task(self.say(room_id, body))
+                        answering.add(task)  # held until done: the loop keeps only weak references
+                        task.add_done_callback(answering.discard)
             since = data["next_batch"]
             self.synced.set()
 
@@ -469,6 +488,18 @@ class Trace:
         for name, adapter in hub.adapters.items():
             if name in PLATFORMS:
                 adapter.deliver = around(adapter.deliver, "deliver", lambda _out, name=name: name)
+        # Matrix: when the bot's /sync answer is in, so `in` splits into the homeserver's part
+        # (in.sync) and the adapter's (in.adapter: parsing, the hand-over to the hub).
+        mx_client = getattr(hub.adapters.get("matrix"), "client", None)
+        if mx_client is not None:
+            sync = mx_client.sync
+
+            async def synced(**kw: Any) -> Any:
+                got = await sync(**kw)
+                events.append((time.perf_counter(), "sync", "matrix"))
+                return got
+
+            mx_client.sync = synced
         # slixmpp sends from a queue of its own: when the stanza's bytes are handed to the socket.
         client = getattr(hub.adapters.get("xmpp"), "_client", None)
         if client is not None:
@@ -507,6 +538,9 @@ class Trace:
         raw = next((t for t, w, q in ev if w == "raw" and q == p and t >= d_end), None)
         if raw is not None:
             out["out.queued"] = raw - d_end  # slixmpp's send queue, before the socket
+        got = [t for t, w, q in ev if w == "sync" and q == p and t <= hub_in]
+        if got:
+            out["in.sync"], out["in.adapter"] = got[-1] - t0, hub_in - got[-1]
         return out
 
 
@@ -637,7 +671,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         p50_own = (percentile(bot_rt[p], 50) - percentile(echo_rt[p], 50)) * 1000
         info(f"{p:6s} bot's own part: p99 {own[p]:.2f} ms (p50 {p50_own:.2f} ms)")
         if steps[p]:
-            parts = {k: [st[k] for st in steps[p]] for k in steps[p][0]}
+            parts = {k: [st[k] for st in steps[p] if k in st] for k in steps[p][0]}
             info(f"{p:6s} steps (p50/p99 ms, n={len(steps[p])}): " + ", ".join(
                 f"{k} {percentile(v, 50) * 1000:.1f}/{percentile(v, 99) * 1000:.1f}" for k, v in parts.items()))
             out_steps = {k: {"p50_ms": r(percentile(v, 50) * 1000), "p99_ms": r(percentile(v, 99) * 1000)}
