@@ -8,6 +8,8 @@ asserted, not a probe called by hand.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -106,15 +108,22 @@ async def test_check_tcp_ok_then_critical_on_a_closed_port(tmp_path: Path, http_
 
 
 async def test_check_procs_finds_this_process_and_misses_an_absent_one(tmp_path: Path) -> None:
-    me = psutil.Process().name()[:15]  # the command name check_procs -C matches (ps truncates it to 15)
-    checks = [{"name": "procs-me", "argv": [str(PLUGINS / "check_procs"), "-C", me, "-c", "1:"]},
+    # A process of the test's own, not the test runner: check_procs skips its own parent, which
+    # is this very process when the suite runs as `pytest` (one process of that name).
+    marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6:06d}"
+    sleeper = subprocess.Popen(["sleep", marker])
+    checks = [{"name": "procs-me", "argv": [str(PLUGINS / "check_procs"), "-C", "sleep", "-a", marker, "-c", "1:1"]},
               {"name": "procs-none", "argv": [str(PLUGINS / "check_procs"), "-C", "no-such-proc-x", "-c", "1:"]}]
-    async with booted(tmp_path, _catalog(tmp_path, checks)) as (rt, _fake):
-        state, output, perfdata = await _run(rt, "procs-me")
-        assert state == "OK", output
-        assert perfdata["procs"] >= 1
-        state, output, perfdata = await _run(rt, "procs-none")
-        assert state == "CRITICAL" and perfdata == {"procs": 0.0}, output
+    try:
+        async with booted(tmp_path, _catalog(tmp_path, checks)) as (rt, _fake):
+            state, output, perfdata = await _run(rt, "procs-me")
+            assert state == "OK", output
+            assert perfdata["procs"] == 1
+            state, output, perfdata = await _run(rt, "procs-none")
+            assert state == "CRITICAL" and perfdata == {"procs": 0.0}, output
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 async def test_check_disk_perfdata_with_units_is_bytes_as_a_number(tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ KeyPath = tuple[str | int, ...]
 # What each template is rendered with; keep in step with the code named beside each.
 # runbooks/executor.py, Executor._run: steps and the success/failure messages.
 STEP_NAMES = ("params", "execution", "runbook", "python", "environment", "data_dir")
+# runbooks/ssh.py: a target: ssh runbook's steps also see the host they run for.
+SSH_STEP_NAMES = (*STEP_NAMES, "host")
 # runbooks/service.py, _summary: the run's name in rooms, made before it has an execution.
 SUMMARY_NAMES = ("params",)
 # automation/rules.py, _context: a rule's condition, then.params and policy.verify.check.
@@ -75,7 +77,8 @@ Value = tuple[KeyPath, str, Scope, bool]
 
 def _runbook_values(name: str, rb: Runbook) -> Iterator[Value]:
     params = tuple(rb.parameters)
-    step = Scope("a runbook's steps and messages", STEP_NAMES, params, name)
+    step = Scope("a runbook's steps and messages", SSH_STEP_NAMES if rb.target == "ssh" else STEP_NAMES, params,
+                 name)
     summary = Scope("a runbook's summary", SUMMARY_NAMES, params, name)
     for field, scope in (("summary", summary), ("success_message", step), ("failure_message", step)):
         source = getattr(rb, field)

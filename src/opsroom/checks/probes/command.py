@@ -69,6 +69,14 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+async def _read_bounded(stream: asyncio.StreamReader, limit: int) -> bytes:
+    buf = bytearray()
+    while chunk := await stream.read(65536):
+        if len(buf) < limit:
+            buf += chunk[:limit - len(buf)]
+    return bytes(buf)
+
+
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
     # The plugin's own children (e.g. a curl it started) must go too: kill the whole session.
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -98,7 +106,13 @@ class CommandProbe(Probe[CommandCheck]):
             return ProbeResult("UNKNOWN", f"cannot start {program}: {exc.strerror or exc}",
                                latency_ms=elapsed_ms(start))
         try:
-            raw_out, raw_err = await proc.communicate()
+            # Read as it comes and keep only MAX_OUTPUT: communicate() would hold all of a plugin's
+            # output in memory first (400 MB printed cost the server 767 MB). Reading on past the
+            # limit keeps a chatty plugin from blocking on a full pipe.
+            assert proc.stdout is not None and proc.stderr is not None
+            raw_out, raw_err = await asyncio.gather(_read_bounded(proc.stdout, MAX_OUTPUT),
+                                                    _read_bounded(proc.stderr, MAX_OUTPUT))
+            await proc.wait()
         finally:
             # Reached with returncode None only when cancelled (the check's timeout):
             # never leave a hung plugin behind.
