@@ -167,3 +167,21 @@ async def test_exit_code_4_is_unknown(tmp_path: Path) -> None:
         state, output, perfdata = await _run(rt, "odd")
     assert state == "UNKNOWN" and "exited with code 4" in output and "ODD - four" in output
     assert perfdata == {"x": 1.0}
+
+
+async def test_a_plugin_that_prints_without_end_is_read_bounded(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from opsroom.checks.probes.command import MAX_OUTPUT
+
+    # 40 MB on stdout: kept to MAX_OUTPUT as it is read, never held whole in memory first.
+    flood = [sys.executable, "-c", "import sys; [sys.stdout.write('x' * 65536) for _ in range(640)]; sys.exit(1)"]
+    async with booted(tmp_path, _catalog(tmp_path, [{"name": "flood", "argv": flood, "timeout": "20s"}])) as (rt, _):
+        tracemalloc.start()
+        try:
+            state, output, _ = await _run(rt, "flood")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert state == "WARNING" and set(output) == {"x"} and len(output) <= MAX_OUTPUT
+    assert peak < 8 * MAX_OUTPUT + (4 << 20), f"peak {peak / 1e6:.1f} MB while reading the plugin"
