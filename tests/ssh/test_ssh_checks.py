@@ -22,23 +22,18 @@ PLUGIN = ("import sys; print('OK - %d args: %s|x=1;2;3 y=2.5s' % (len(sys.argv) 
 
 
 @pytest.fixture
-def hosts(server: sshd.Sshd) -> Iterator[dict[str, Host]]:
-    table = {"box": Host(**server.host("box")), "narrow": Host(**server.host("narrow", max_sessions=2))}
-    inventory.use_hosts(lambda: table)
-    try:
-        yield table
-    finally:
-        inventory.use_hosts(dict)
+def hosts(server: sshd.Sshd) -> dict[str, Host]:
+    return {"box": Host(**server.host("box")), "narrow": Host(**server.host("narrow", max_sessions=2))}
 
 
 @pytest.fixture
 async def pctx(hosts: dict[str, Host]) -> AsyncIterator[ProbeContext]:
     ctx = ProbeContext()
+    ctx.hosts = lambda: hosts
     try:
         yield ctx
     finally:
-        await inventory.close_pool(ctx)
-        await ctx.close()
+        await ctx.close()  # closes its SSH pool too
 
 
 def command(argv: list[str], via: str = "box", **extra: Any) -> CommandCheck:

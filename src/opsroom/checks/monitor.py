@@ -41,6 +41,7 @@ class Monitor:
     def __init__(self, rt: Runtime, *, concurrency: int = 500, persist: bool = True) -> None:
         self.rt = rt
         self.ctx = ProbeContext()
+        self.ctx.hosts = lambda: rt.catalog.hosts
         self.status: dict[str, CheckStatus] = {}
         self.last: dict[str, Last] = {}
         self.system_healthy: dict[str, bool] = {}

@@ -27,7 +27,6 @@ from opsroom.runbooks import service as store
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 from opsroom.secrets import masking
-from opsroom.ssh import inventory
 
 log = structlog.get_logger(__name__)
 MAX_OUTPUT = 64_000
@@ -56,8 +55,6 @@ class Executor:
         # Per execution: the write storing its running process group (awaited before the next one).
         self._recording: dict[int, asyncio.Task[None]] = {}
         self._targets: dict[str, Any] = {}  # kind -> target instance (ssh), made on first use
-        # `via:` checks resolve their host in the catalog this executor runs with.
-        inventory.use_hosts(lambda: rt.catalog.hosts)
 
     def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
         """Run an execution; `claimed` is a row this process already stored as running."""

@@ -1,8 +1,8 @@
 """Which hosts `via:` checks resolve against, and their connection pools.
 
-Probes are handed only their check, so the host inventory is published here by whoever holds
-the catalog (the executor, when it starts); each ProbeContext gets a pool of its own, so a
-check that runs every few seconds opens a channel, not a connection.
+Probes are handed their check and the ProbeContext, whose `hosts` the monitor points at the
+catalog; each ProbeContext gets a pool of its own, so a check that runs every few seconds opens
+a channel, not a connection.
 """
 
 from __future__ import annotations
@@ -16,18 +16,7 @@ from opsroom.catalog.schema import Host
 if TYPE_CHECKING:
     from opsroom.ssh.pool import SshPool
 
-_inventory: Callable[[], Mapping[str, Host]] = dict
 _pools: weakref.WeakKeyDictionary[Any, SshPool] = weakref.WeakKeyDictionary()
-
-
-def use_hosts(hosts: Callable[[], Mapping[str, Host]]) -> None:
-    """Publish the catalog's hosts (a getter, so a reloaded catalog is seen) for `via:` checks."""
-    global _inventory
-    _inventory = hosts
-
-
-def hosts() -> Mapping[str, Host]:
-    return _inventory()
 
 
 def pool_for(owner: Any, catalog_hosts: Callable[[], Mapping[str, Host]] | None = None) -> SshPool:
@@ -37,7 +26,9 @@ def pool_for(owner: Any, catalog_hosts: Callable[[], Mapping[str, Host]] | None 
 
     pool = _pools.get(owner)
     if pool is None:
-        pool = _pools[owner] = SshPool(catalog_hosts or hosts)
+        hosts: Callable[[], Mapping[str, Host]] = (catalog_hosts if catalog_hosts is not None
+                                                   else getattr(owner, "hosts", dict))
+        pool = _pools[owner] = SshPool(hosts)
     return pool
 
 

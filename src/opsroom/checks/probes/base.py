@@ -7,8 +7,9 @@ import functools
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import aiohttp
 import structlog
@@ -51,6 +52,8 @@ class ProbeContext:
         self._session: aiohttp.ClientSession | None = None
         self.deadlines = Deadlines()
         self.connects = Connects()
+        # The catalog's hosts, for `via:` checks (the monitor sets it; a reload is seen at once).
+        self.hosts: Callable[[], Mapping[str, Any]] = dict
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -65,6 +68,9 @@ class ProbeContext:
     async def close(self) -> None:
         self.deadlines.close()
         self.connects.close()
+        from opsroom.ssh.inventory import close_pool  # no SSH imports unless a host was used
+
+        await close_pool(self)
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
