@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
+from opsroom.audit import service as audit
 from opsroom.catalog.schema import Alias
 from opsroom.chat.announce import one_line
 from opsroom.chat.phrases import rephrase
@@ -110,7 +111,13 @@ async def _health(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
 
 async def _status(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
     lines = []
-    for s in await checks.overview(rt, actor=actor):
+    # One view, one audit record (was two writes: overview's and list_open's) on the hot path of
+    # the most asked question.
+    systems = await checks.overview(rt, actor=actor, audited=False)
+    open_requests = await approvals.list_open(rt, actor=actor, audited=False)
+    await audit.append_alone(rt, actor=actor, action="status", target="systems",
+                             details={"open_requests": len(open_requests)})
+    for s in systems:
         mark = f"[{s['environment'].upper()}] " if s["protected"] else ""
         if s["healthy"]:
             lines.append(f"{mark}{s['title']}: healthy")
@@ -118,7 +125,6 @@ async def _status(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
             bad = [f"{f['check']} {f['state']}" for f in s["failing"]]
             bad += [f"alert #{a['id']} {one_line(a['name'])}" for a in s["alerts"] if not a["silenced_by"]]
             lines.append(f"{mark}{s['title']}: UNHEALTHY ({', '.join(bad)})")
-    open_requests = await approvals.list_open(rt, actor=actor)
     for r in open_requests:
         lines.append(f"request #{r.id}: {r.summary} by {r.requester}, needs {' or '.join(r.roles)}")
     return "\n".join(lines) or "nothing is configured yet"

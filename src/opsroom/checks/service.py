@@ -148,8 +148,9 @@ async def list_checks(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
     return views
 
 
-async def overview(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
-    """Every system with its health: the `status` command and the API's front page."""
+async def overview(rt: Runtime, *, actor: Actor, audited: bool = True) -> list[dict[str, Any]]:
+    """Every system with its health: the `status` command and the API's front page.
+    `audited=False` for a caller that audits the whole view it is part of (`status`: one record)."""
     actor.require("status.read", what="see status")
     mon, cat = _monitor(rt), rt.catalog
     out = []
@@ -160,7 +161,8 @@ async def overview(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
         out.append({"system": name, "title": sysobj.display, "environment": sysobj.environment,
                     "protected": cat.is_protected(sysobj.environment), "healthy": not failing and not _counted(alerts),
                     "failing": failing, "alerts": alerts, "services": cat.services_of_system(name)})
-    await audit.append_alone(rt, actor=actor, action="status", target="systems")
+    if audited:
+        await audit.append_alone(rt, actor=actor, action="status", target="systems")
     return out
 
 
