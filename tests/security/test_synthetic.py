@@ -40,6 +40,9 @@ class Server:
         self.base = ""
 
 
+SRV = web.AppKey("srv", Server)  # the test server, for handlers that stream
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[Server]]]:
     runners: list[web.AppRunner] = []
@@ -57,7 +60,7 @@ async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[Serv
 
         for path, h in routes.items():
             app.router.add_route("*", path, wrap(h))
-        app["srv"] = srv
+        app[SRV] = srv
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
         runners.append(runner)
@@ -156,7 +159,7 @@ class TestServerSideRequestForgery:
 class TestResourceExhaustion:
     async def test_huge_response_body_is_read_bounded(self, serve: Any) -> None:
         async def huge(request: web.Request) -> web.StreamResponse:
-            srv = request.app["srv"]
+            srv = request.app[SRV]
             resp = web.StreamResponse()
             await resp.prepare(request)
             chunk = b"x" * 65536
