@@ -12,20 +12,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from aiohttp import web
 
 from opsroom.runtime import Runtime
 from tests.factories import free_port, write_catalog
 from tests.inprocess import booted
+from tests.integration.conftest import PAGE
 
 PLUGINS = Path("/usr/lib/nagios/plugins")
-BODY = b"x" * 1000
 
 
 def _catalog(tmp: Path, checks: list[dict[str, Any]]) -> Path:
@@ -52,24 +50,6 @@ async def _run(rt: Runtime, name: str) -> tuple[str, str, dict[str, float]]:
     return st.state, last.output, last.perfdata
 
 
-@pytest.fixture
-async def http_target() -> AsyncIterator[int]:
-    """A local HTTP server with a fixed 1000-byte page."""
-    async def page(_req: web.Request) -> web.Response:
-        return web.Response(body=BODY, content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_get("/", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield port
-    finally:
-        await runner.cleanup()
-
-
 def test_the_plugins_are_installed() -> None:
     for name in ("check_dummy", "check_http", "check_tcp", "check_procs", "check_disk"):
         assert (PLUGINS / name).is_file(), f"{name} missing: apt-get install monitoring-plugins"
@@ -92,7 +72,7 @@ async def test_check_http_ok_with_time_and_size_as_numbers(tmp_path: Path, http_
     assert state == "OK" and output.startswith("HTTP OK: HTTP/1.1 200 OK"), output
     assert set(perfdata) == {"time", "size"}
     # size counts the whole response (status line and headers too); time is seconds, unit dropped.
-    assert len(BODY) < perfdata["size"] < len(BODY) + 1000
+    assert len(PAGE) < perfdata["size"] < len(PAGE) + 1000
     assert 0.0 <= perfdata["time"] < 5.0 and isinstance(perfdata["time"], float)
 
 
