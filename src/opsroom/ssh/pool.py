@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 import asyncssh
 import structlog
@@ -20,6 +20,8 @@ import structlog
 from opsroom.catalog.schema import Host
 from opsroom.ssh import remote
 from opsroom.ssh.keys import PinnedKey, SshError, client_key, fingerprint, parse_host_key
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 MAX_JUMPS = 8  # the loader refuses cycles; this bounds a catalog changed behind its back
@@ -148,34 +150,36 @@ class SshPool:
             command = remote.script(argv, env, cwd)
         except ValueError as exc:
             raise SshError(f"cannot run {argv[0] if argv else 'it'!r} on host {name}: {exc}") from None
-        host = self.host(name)
-        async with self.slots(host):
-            proc = await self._process(name, command)
-            pgid: int | None = None
-            try:
-                first = await proc.stderr.readline()
-                pgid = int(first) if first.strip().isdigit() else None
-                while chunk := await proc.stdout.read(READ_CHUNK):
-                    on_output(chunk)
-                await proc.wait()
-            except BaseException:
-                await asyncio.shield(self._kill(name, proc, pgid))
-                raise
-            finally:
-                self._used(name)
-            return _exit(proc)
+
+        async def pump(proc: asyncssh.SSHClientProcess[bytes]) -> None:
+            while chunk := await proc.stdout.read(READ_CHUNK):
+                on_output(chunk)
+
+        result, _ = await self._session(name, command, pump)
+        return result
 
     async def capture(self, name: str, command: str, *, limit: int = 1 << 20) -> tuple[Exit, bytes, bytes]:
         """Run a prepared remote script (a check's); stdout and stderr, bounded. Cancel kills its group."""
-        host = self.host(name)
-        async with self.slots(host):
+
+        async def both(proc: asyncssh.SSHClientProcess[bytes]) -> tuple[bytes, bytes]:
+            # Both at once: a plugin blocked on a full stderr would never close its stdout.
+            out, err = await asyncio.gather(_read_all(proc.stdout, limit), _read_all(proc.stderr, limit))
+            return out, err
+
+        result, (out, err) = await self._session(name, command, both)
+        return result, out, err
+
+    async def _session(self, name: str, command: str,
+                       body: Callable[[asyncssh.SSHClientProcess[bytes]], Awaitable[T]]) -> tuple[Exit, T]:
+        """One remote script under the host's session limit: its first stderr line is its process
+        group id, `body` reads the rest; anything that stops it (a cancel, a timeout) kills the group."""
+        async with self.slots(self.host(name)):
             proc = await self._process(name, command)
             pgid: int | None = None
             try:
                 first = await proc.stderr.readline()
                 pgid = int(first) if first.strip().isdigit() else None
-                # Both at once: a plugin blocked on a full stderr would never close its stdout.
-                out, err = await asyncio.gather(_read_all(proc.stdout, limit), _read_all(proc.stderr, limit))
+                got = await body(proc)
                 await proc.wait()
             except BaseException:
                 await asyncio.shield(self._kill(name, proc, pgid))
@@ -184,7 +188,7 @@ class SshPool:
                 self._used(name)
             result = _exit(proc)
             result.pgid = pgid
-            return result, out, err
+            return result, got
 
     def _used(self, name: str) -> None:
         link = self._links.get(name)
