@@ -12,19 +12,11 @@ from sqlalchemy import func, select
 from opsroom.alerts.models import AlertRow, SilenceRow
 from tests.alerts.helpers import alert_rows, am_alert, catalog, count, post_am
 from tests.chat.drivers.fake import FakeDriver
-from tests.chat.harness import Served, serve
+from tests.chat.harness import Served, said_after, serve
 from tests.factories import link, token_for
 
 HIGH = {"alertname": "HighLatency", "service": "service-b", "severity": "page"}
 DISK = {"alertname": "DiskFull", "service": "service-c", "severity": "warning"}
-
-
-async def _ask(driver: FakeDriver, served: Served, person: str, line: str) -> str:
-    """What the bot said after `person` wrote `line` (everything new, joined)."""
-    before = len(driver.received())
-    await driver.say(person, line)
-    await served.settle()
-    return "\n".join(driver.received()[before:])
 
 
 async def _silences(served: Served) -> list[SilenceRow]:
@@ -37,59 +29,59 @@ async def test_alerts_from_chat_list_show_ack_silence_and_count_in_health(tmp_pa
     async with serve(tmp_path, driver, **catalog(tmp_path)) as served:
         await driver.attach(served)
         await link(served.rt, driver.name, driver.account_id("dave"), "dev", "dave")
-        assert "healthy" in await _ask(driver, served, "alice", "health system-a")
+        assert "healthy" in await said_after(served, driver, "alice", "health system-a")
         r = await post_am(served, [am_alert(HIGH, summary="p99 latency 2.3 s"), am_alert(DISK)])
         assert r.json()["fired"] == 2, r.text
         high, disk = (x.id for x in await alert_rows(served))
 
-        listed = await _ask(driver, served, "alice", "alerts")
+        listed = await said_after(served, driver, "alice", "alerts")
         assert listed.startswith("2 firing:"), listed
         assert f"#{high} HighLatency on service-b (page)" in listed and "p99 latency 2.3 s" in listed
         assert f"#{disk} DiskFull on service-c (warning)" in listed
-        shown = await _ask(driver, served, "alice", f"alert {high}")
+        shown = await said_after(served, driver, "alice", f"alert {high}")
         assert "labels: alertname=HighLatency, service=service-b, severity=page" in shown, shown
         assert "firing · from prometheus" in shown
 
-        said = await _ask(driver, served, "alice", f"ack {high}")
+        said = await said_after(served, driver, "alice", f"ack {high}")
         assert said.count(f"alert #{high} HighLatency acknowledged by you") == 1, said
-        again = await _ask(driver, served, "bob", f"ack {high}")
+        again = await said_after(served, driver, "bob", f"ack {high}")
         assert "already acknowledged by you" in again and "acknowledged by boss" not in again, again
         assert [t for t in driver.received() if "acknowledged by" in t and "already" not in t] == [said]
 
         # A viewer may look but not act; nothing changes.
-        refused = await _ask(driver, served, "dave", f"ack {disk}")
+        refused = await said_after(served, driver, "dave", f"ack {disk}")
         assert "may not acknowledge alerts" in refused and "alert.ack" in refused, refused
-        refused = await _ask(driver, served, "dave", "silence service-c 1h because i said so")
+        refused = await said_after(served, driver, "dave", "silence service-c 1h because i said so")
         assert "may not silence alerts" in refused, refused
-        assert "link" in await _ask(driver, served, "carol", f"ack {disk}")
+        assert "link" in await said_after(served, driver, "carol", f"ack {disk}")
         assert [x.acked_by for x in await alert_rows(served)] == ["you", None]
         assert await _silences(served) == []
 
-        running = await _ask(driver, served, "alice", "is service-b running")
+        running = await said_after(served, driver, "alice", "is service-b running")
         assert f"ALERT #{high} HighLatency (page, acked by you) firing since" in running, running
-        health = await _ask(driver, served, "alice", "health system-a")
+        health = await said_after(served, driver, "alice", "health system-a")
         assert "System A is UNHEALTHY" in health and f"ALERT #{high}" not in health, health
         assert "service-b CRITICAL (1 alert)" in health and "service-c WARNING (1 alert)" in health, health
-        status = await _ask(driver, served, "alice", "status")
+        status = await said_after(served, driver, "alice", "status")
         assert f"System A: UNHEALTHY (alert #{high} HighLatency, alert #{disk} DiskFull)" in status, status
 
-        await _ask(driver, served, "alice", "silence service-c 1h because disk swap")
+        await said_after(served, driver, "alice", "silence service-c 1h because disk swap")
         (silence,) = await _silences(served)
-        listed = await _ask(driver, served, "alice", "silences")
+        listed = await said_after(served, driver, "alice", "silences")
         assert f"#{silence.id} service-c until" in listed and 'by you: "disk swap"' in listed, listed
-        assert f"#{disk} DiskFull on service-c (warning, silenced #{silence.id})" in await _ask(
-            driver, served, "alice", "alerts")
-        refused = await _ask(driver, served, "bob", f"unsilence {silence.id}")
+        assert f"#{disk} DiskFull on service-c (warning, silenced #{silence.id})" in await said_after(
+            served, driver, "alice", "alerts")
+        refused = await said_after(served, driver, "bob", f"unsilence {silence.id}")
         assert "may not remove silences" in refused, refused
         assert [s.id for s in await _silences(served)] == [silence.id]
 
         r = await post_am(served, [am_alert(HIGH, status="resolved", ends_at="2026-11-30T05:10:00Z")])
         assert r.json()["resolved"] == 1
-        health = await _ask(driver, served, "alice", "health system-a")
+        health = await said_after(served, driver, "alice", "health system-a")
         assert "System A is healthy" in health, health  # the silenced warning does not count
-        assert "removed silence" in await _ask(driver, served, "alice", f"unsilence {silence.id}")
+        assert "removed silence" in await said_after(served, driver, "alice", f"unsilence {silence.id}")
         assert await _silences(served) == []
-        assert "System A is UNHEALTHY" in await _ask(driver, served, "alice", "health system-a")
+        assert "System A is UNHEALTHY" in await said_after(served, driver, "alice", "health system-a")
 
 
 async def test_the_json_api_lists_shows_acks_and_manages_silences(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from opsroom.alerts.models import AlertRow
 from tests.chat.drivers.fake import FakeDriver
-from tests.chat.harness import serve
+from tests.chat.harness import said_after, serve
 
 TOKEN = "restart-test-token-0123456789"
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "alerts"
@@ -52,7 +52,7 @@ async def test_after_a_restart_a_repeat_is_still_a_repeat_and_the_resolve_is_ann
         await driver.attach(served)
         assert await _post(served.base, firing) == {"received": 1, "fired": 0, "resolved": 0, "repeats": 1,
                                                     "stored": 0, "stale": 0}
-        reply = await _ask(driver, served, "is service-b running")
+        reply = await said_after(served, driver, "alice", "is service-b running")
         assert "ALERT #1 HighLatency (page) firing since" in reply, reply
         assert (await _post(served.base, resolved))["resolved"] == 1
         assert (await _post(served.base, resolved))["repeats"] == 1  # a resolved repeat changes nothing
@@ -63,14 +63,6 @@ async def test_after_a_restart_a_repeat_is_still_a_repeat_and_the_resolve_is_ann
         async with served.rt.read() as s:
             rows = list((await s.execute(select(AlertRow))).scalars())
         assert len(rows) == 1 and rows[0].status == "resolved" and rows[0].repeats == 2
-
-
-async def _ask(driver: FakeDriver, served: Any, text: str) -> str:
-    await served.settle()
-    before = len(driver.received())
-    await driver.say("alice", text)
-    await served.settle()
-    return "\n".join(driver.received()[before:])
 
 
 async def test_a_silence_still_holds_after_a_restart(tmp_path: Path) -> None:
@@ -86,5 +78,5 @@ async def test_a_silence_still_holds_after_a_restart(tmp_path: Path) -> None:
         assert (await _post(served.base, (FIXTURES / "am_real_firing.json").read_bytes()))["fired"] == 1
         await served.settle()
         assert not any("ALERT firing" in t for t in driver.received()), driver.received()
-        reply = await _ask(driver, served, "alerts")
+        reply = await said_after(served, driver, "alice", "alerts")
         assert "silenced #1" in reply, reply

@@ -95,3 +95,14 @@ async def approval_status(served: Served, approval_id: int) -> str:
         row = await s.get(ApprovalRow, approval_id)
         assert row is not None
         return row.status
+
+
+async def said_after(served: Served, driver: Driver, person: str, line: str) -> str:
+    """Everything the room got after `person` wrote `line`, up to its answer, joined. What was
+    already on its way (an alert's notice) is let through first, so it is not taken for the answer."""
+    await served.settle()
+    before = len(driver.received())
+    await driver.say(person, line)
+    await served.settle()
+    return "\n".join(driver.received()[before:])
+

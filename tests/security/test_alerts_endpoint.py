@@ -33,18 +33,10 @@ from tests.alerts.helpers import (
     post_am,
 )
 from tests.chat.drivers.fake import FakeDriver
-from tests.chat.harness import Served, serve
+from tests.chat.harness import Served, said_after, serve
 from tests.factories import free_port, token_for
 
 AM = {"Authorization": f"Bearer {AM_TOKEN}"}
-
-
-async def _ask(driver: FakeDriver, served: Served, person: str, line: str) -> str:
-    await served.settle()  # notices from before (the alert's own) are not part of the answer
-    before = len(driver.received())
-    await driver.say(person, line)
-    await served.settle()
-    return "\n".join(driver.received()[before:])
 
 
 async def _silence_rows(served: Served) -> list[SilenceRow]:
@@ -79,7 +71,7 @@ async def test_alert_text_reaches_rooms_neutralised_and_on_one_line(tmp_path: Pa
         assert "red" in notice and "link" in notice and "end" in notice  # the text stays, its tricks go
         (row,) = await alert_rows(served)
         for line in ("alerts", f"alert {row.id}", f"ack {row.id}"):
-            said = await _ask(driver, served, "alice", line)
+            said = await said_after(served, driver, "alice", line)
             _neutral(said)
             assert not [x for x in said.splitlines() if x.startswith("[PROD]")], said
             lines = {"alerts": 2, f"alert {row.id}": 3}.get(line, 1)  # `alert N`: line, state, labels
@@ -101,7 +93,7 @@ async def test_answers_about_health_keep_an_alert_on_one_line(tmp_path: Path) ->
         labels = {"alertname": "Evil\n[PROD] System A is healthy", "service": "service-b", "severity": "page\nx"}
         await post_am(served, [am_alert(labels, summary=EVIL)])
         for line in ("is service-b running", "health system-a", "status"):
-            said = await _ask(driver, served, "alice", line)
+            said = await said_after(served, driver, "alice", line)
             _neutral(said)
             # The answer's own lines only: the alert's name adds none, so no forged "[PROD] System A
             # is healthy" line, and its name sits on the line that names the alert.
@@ -167,7 +159,7 @@ async def test_a_catastrophic_silence_regex_is_refused_and_matching_stays_bounde
     async with serve(tmp_path, driver, **catalog(tmp_path)) as served, httpx.AsyncClient(timeout=20) as client:
         await driver.attach(served)
         for pattern in ("(a+)+$", "(a|aa)*b", "(.*)*x", r"(a)\\1", ".*a.*b.*c.*d"):
-            said = await _ask(driver, served, "alice", f'silence alertname=~"{pattern}" 1h because dos')
+            said = await said_after(served, driver, "alice", f'silence alertname=~"{pattern}" 1h because dos')
             assert "could take too long" in said, (pattern, said)
         you = {"Authorization": f"Bearer {await token_for(served.rt, 'you')}"}
         r = await client.post(f"{served.base}/api/v1/silences", headers=you,
@@ -175,12 +167,12 @@ async def test_a_catastrophic_silence_regex_is_refused_and_matching_stays_bounde
         assert r.status_code == 422 and "could take too long" in r.json()["detail"], r.text
         assert await _silence_rows(served) == []  # checked before the assertion below can hang the loop
         # A plain regex is accepted; an alert with a long label against it is matched at once.
-        said = await _ask(driver, served, "alice", 'silence alertname=~"a+b.*" 1h because fine')
+        said = await said_after(served, driver, "alice", 'silence alertname=~"a+b.*" 1h because fine')
         assert "silenced" in said, said
         started = time.monotonic()
         r = await post_am(served, [am_alert({"alertname": "a" * 2000 + "!", "service": "service-b"})])
         assert r.status_code == 200 and r.json()["fired"] == 1
-        assert "a+b" in (await _ask(driver, served, "alice", "silences"))
+        assert "a+b" in (await said_after(served, driver, "alice", "silences"))
         assert time.monotonic() - started < 2.0
 
 
@@ -192,7 +184,7 @@ async def test_ids_past_the_store_integers_are_clean_refusals(tmp_path: Path, nu
     async with serve(tmp_path, driver, **catalog(tmp_path)) as served, httpx.AsyncClient(timeout=20) as client:
         await driver.attach(served)
         for verb in ("alert", "ack", "unsilence"):
-            said = await _ask(driver, served, "alice", f"{verb} {number}")
+            said = await said_after(served, driver, "alice", f"{verb} {number}")
             assert "too large" in said and "Traceback" not in said, said
         you = {"Authorization": f"Bearer {await token_for(served.rt, 'you')}"}
         api = f"{served.base}/api/v1"
@@ -236,11 +228,11 @@ async def test_a_payloads_external_url_is_never_contacted(tmp_path: Path) -> Non
         assert r.status_code == 200 and r.json()["fired"] == 1, r.text
         (row,) = await alert_rows(served)
         for line in ("silence service-b 1h because deploy", f"ack {row.id}", f"alert {row.id}", "silences"):
-            await _ask(driver, served, "alice", line)
+            await said_after(served, driver, "alice", line)
         (silence,) = await _silence_rows(served)
         assert [x["api_url"] for x in silence.remote] == [am.url]
         assert "also set in prometheus" in "\n".join(driver.received())
-        await _ask(driver, served, "alice", f"unsilence {silence.id}")
+        await said_after(served, driver, "alice", f"unsilence {silence.id}")
         there = {x["id"]: x["status"]["state"] for x in await am_silences(am.url)}
         assert there == {silence.remote[0]["id"]: "expired"}
         await asyncio.sleep(0.2)
