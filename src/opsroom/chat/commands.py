@@ -290,10 +290,10 @@ BUILTINS: list[Builtin] = [
 
 
 def _alert_commands() -> list[Builtin]:
-    # Imported here: the alerts commands parse numbers with this module's parse_number.
-    from opsroom.alerts.commands import COMMANDS
+    from opsroom.alerts.commands import COMMANDS  # here: they parse numbers with this module's parse_number
+    from opsroom.runbooks.chat import COMMANDS as EXECUTIONS
 
-    return [_builtin(pattern, help_text, handler, kind) for pattern, help_text, handler, kind in COMMANDS]
+    return [_builtin(pattern, help_text, handler, kind) for pattern, help_text, handler, kind in EXECUTIONS + COMMANDS]
 
 
 BUILTINS[-3:-3] = _alert_commands()  # before help and who, after the run and execution commands

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from opsroom.cli.client import Client, ClientError, path_part
-from opsroom.cli.common import ServerOpt, TokenOpt, check_app, runbook_app
+from opsroom.cli.common import ServerOpt, TokenOpt, app, check_app, runbook_app
 from opsroom.cli.terminal import error, write
 
 # Statuses of an execution that is not finished yet (domain/execution.py ACTIVE); the CLI does
@@ -128,3 +128,17 @@ def runbook_run(name: str, params: Annotated[list[str] | None, typer.Argument(he
         write(f"error: {row['error']}", stream=sys.stderr)
     write(f"execution #{eid}: {status}")
     raise typer.Exit(0 if status == "succeeded" else 1)
+
+
+@app.command("cancel")
+def cancel(execution: Annotated[int, typer.Argument(min=1, help="the execution's number")],
+           server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Cancel an execution as the token's user: its process gets SIGTERM, then SIGKILL after a grace period."""
+    try:
+        with _client(server, token) as api:
+            row = _object(api.post(f"/executions/{execution}/cancel"), "id", "status")
+    except ClientError as exc:
+        raise _fail(exc) from None
+    status = str(row.get("status"))
+    write(f"execution #{execution}: {status}" + ("" if status == "cancelled" else " (its process is being stopped)"))
+    raise typer.Exit(0 if status == "cancelled" else 1)

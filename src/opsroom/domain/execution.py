@@ -4,15 +4,17 @@ from __future__ import annotations
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     # interrupted: an approved run a dead server never started (recovery frees its lock key).
-    "pending": frozenset({"awaiting_approval", "running", "failed", "interrupted"}),
-    "awaiting_approval": frozenset({"pending", "running", "denied", "expired"}),
-    "running": frozenset({"succeeded", "failed", "timed_out", "interrupted"}),
+    # cancelled: stopped by its requester, an approver or an admin (runbooks/service.cancel_execution).
+    "pending": frozenset({"awaiting_approval", "running", "failed", "interrupted", "cancelled"}),
+    "awaiting_approval": frozenset({"pending", "running", "denied", "expired", "cancelled"}),
+    "running": frozenset({"succeeded", "failed", "timed_out", "interrupted", "cancelled"}),
     "succeeded": frozenset(),
     "failed": frozenset(),
     "timed_out": frozenset(),
     "interrupted": frozenset(),
     "denied": frozenset(),
     "expired": frozenset(),
+    "cancelled": frozenset(),
 }
 ACTIVE = frozenset({"pending", "awaiting_approval", "running"})
 

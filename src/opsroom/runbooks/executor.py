@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +33,8 @@ from opsroom.secrets import masking
 log = structlog.get_logger(__name__)
 MAX_OUTPUT = 64_000
 STREAM_EVERY_S = 1.0
+# A cancelled step's group gets SIGTERM, then SIGKILL once this has passed: time to clean up, bounded.
+CANCEL_GRACE_S = 5.0
 
 
 class Writer(Protocol):
@@ -55,6 +59,10 @@ class Executor:
         # Per execution: the write storing its running process group (awaited before the next one).
         self._recording: dict[int, asyncio.Task[None]] = {}
         self._targets: dict[str, Any] = {}  # kind -> target instance (ssh), made on first use
+        # Per execution: the task running its steps (cancel stops that one, never the bookkeeping
+        # around it) and who asked to cancel it.
+        self._bodies: dict[int, asyncio.Task[None]] = {}
+        self._cancelled_by: dict[int, str] = {}
 
     def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
         """Run an execution; `claimed` is a row this process already stored as running."""
@@ -62,6 +70,20 @@ class Executor:
         self.tasks[execution_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(execution_id, None))
         return task
+
+    async def cancel(self, execution_id: int, *, by: str) -> bool:
+        """Stop a run of this process and wait for its end; False when it is not running here (any more)."""
+        task = self.tasks.get(execution_id)
+        body = self._bodies.get(execution_id)
+        if task is None or (body is not None and body.done()):
+            return False  # not ours, or its steps are over: it finishes as it is
+        self._cancelled_by.setdefault(execution_id, by)
+        if body is not None:
+            body.cancel()
+        # Bounded: SIGTERM, the grace period, SIGKILL, then the final write.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), CANCEL_GRACE_S + 15)
+        return True
 
     async def wait(self, execution_id: int) -> None:
         task = self.tasks.get(execution_id)
@@ -94,24 +116,23 @@ class Executor:
         ctx = dict(shown)
         started = time.monotonic()
         status, error = "succeeded", None
+        body: asyncio.Task[None] | None = None
         try:
             ctx["params"] = {**row.params, **store.secret_params(rt, row)}
-            async with asyncio.timeout(runbook.timeout):
-                if runbook.target != "local":
-                    await self._target(runbook.target).run(runbook, ctx, out, row.id)
-                for index, step in enumerate(runbook.steps if runbook.target == "local" else ()):
-                    try:
-                        await self._step(step, index, ctx, out, row.id)
-                    except StepFailed as exc:
-                        out.write(f"step {index + 1} ({step.label}) {exc.status}: {exc}\n")
-                        if not step.continue_on_error:
-                            raise
+            body = self._bodies[row.id] = asyncio.get_running_loop().create_task(self._steps(runbook, ctx, out, row.id))
+            if row.id in self._cancelled_by:  # asked before the steps began
+                body.cancel()
+            await body
         except StepFailed as exc:
             status, error = exc.status, str(exc)
         except TimeoutError:
             status, error = "timed_out", f"runbook timed out after {runbook.timeout:g}s"
         except asyncio.CancelledError:
-            status, error = "interrupted", "opsroom stopped while it ran"
+            if body is not None and not body.done():  # opsroom stops: its steps' kill runs before the write
+                await asyncio.wait({body}, timeout=CANCEL_GRACE_S + 10)
+            by = self._cancelled_by.get(row.id)
+            status, error = ("cancelled", f"cancelled by {by}") if by else (
+                "interrupted", "opsroom stopped while it ran")
         except OpsroomError as exc:
             status, error = "failed", exc.message
         except Exception as exc:
@@ -119,6 +140,8 @@ class Executor:
             status, error = "failed", f"internal error: {type(exc).__name__}"
         # Errors quote what failed (a URL, an argv[0]) and go to the store, the room and the
         # append-only audit log: mask them like the output.
+        self._bodies.pop(row.id, None)
+        self._cancelled_by.pop(row.id, None)
         error = masking.mask(error) if error else error
         out.flush()
         duration = time.monotonic() - started
@@ -131,6 +154,19 @@ class Executor:
             execution_id=row.id, runbook=row.runbook, summary=row.summary, status=status, duration_s=duration,
             message=message, rule=row.rule, error=error, correlation_id=row.correlation_id,
             source=f"execution:{row.id}", room=row.room))
+
+    async def _steps(self, runbook: Runbook, ctx: dict[str, Any], out: _Output, execution_id: int) -> None:
+        """The steps, in a task of their own: what a cancel stops."""
+        async with asyncio.timeout(runbook.timeout):
+            if runbook.target != "local":
+                await self._target(runbook.target).run(runbook, ctx, out, execution_id)
+            for index, step in enumerate(runbook.steps if runbook.target == "local" else ()):
+                try:
+                    await self._step(step, index, ctx, out, execution_id)
+                except StepFailed as exc:
+                    out.write(f"step {index + 1} ({step.label}) {exc.status}: {exc}\n")
+                    if not step.continue_on_error:
+                        raise
 
     def _target(self, kind: str) -> Any:
         """The runbook target registered for `kind` (opsroom_runbook_targets), one per executor."""
@@ -193,7 +229,9 @@ class Executor:
                     out.write(line.decode(errors="replace"))
                 code = await proc.wait()
         except (TimeoutError, asyncio.CancelledError) as exc:
-            processes.kill_group(proc.pid)
+            if execution_id in self._cancelled_by:
+                await _terminate(proc)
+            processes.kill_group(proc.pid)  # also what the leader left behind in its group
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 5)
             if isinstance(exc, asyncio.CancelledError):
@@ -247,8 +285,18 @@ class Executor:
             raise StepFailed(f"HTTP {resp.status} (expected {', '.join(map(str, call.expect_status))})")
 
 
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the step's group, and the grace period for it to end before the SIGKILL."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), CANCEL_GRACE_S)
+
+
 def _final_message(runbook: Runbook, ctx: dict[str, Any], status: str, execution_id: int, duration: float,
                    error: str | None) -> str:
+    if status == "cancelled":  # neither the success nor the failure text: nothing failed, someone stopped it
+        return f"runbook {runbook.name}: execution #{execution_id} {error} after {duration:.1f} s"
     ok = status == "succeeded"
     template = runbook.success_message if ok else runbook.failure_message
     head = ""

@@ -21,7 +21,7 @@ from opsroom.audit import service as audit
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, approval_roles
 from opsroom.domain.execution import ACTIVE, advance, can_transition
-from opsroom.errors import Conflict, Invalid, NotFound
+from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
 from opsroom.events import ApprovalRequested, ExecutionFinished
 from opsroom.runbooks import params as runbook_params
 from opsroom.runbooks import processes
@@ -231,6 +231,70 @@ async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: 
         actor = Actor(row.requested_by, row.door, correlation_id=row.correlation_id)  # type: ignore[arg-type]
         await audit.append(s, actor=actor, action="execution.finish", target=f"execution:{row.id}",
                            outcome=status, details={"runbook": row.runbook, "message": message})
+
+
+def _may_cancel(actor: Actor, row: ExecutionRow) -> bool:
+    """Its requester (the same user, never a same name), an approver, an admin."""
+    own = row.requester_id is not None and row.requester_id == actor.user_id
+    return own or actor.can("approval.decide")
+
+
+async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room: str | None = None) -> ExecutionRow:
+    """Stop a run: a waiting one is closed (with its request), a running one's process group killed."""
+    target = f"execution:{execution_id}"
+
+    async def refuse(reason: str) -> None:
+        await audit.append_alone(rt, actor=actor, action="execution.cancel", target=target, outcome="refused",
+                                 details={"reason": reason, "room": room})
+
+    if not (actor.can("runbook.run") or actor.can("approval.decide")):
+        await refuse("missing permission runbook.run or approval.decide")
+        raise PermissionDenied(f"{actor.name} may not cancel executions",
+                               hint="its requester, an approver or an admin may; "
+                                    f"your roles: {', '.join(sorted(actor.roles)) or 'none'}")
+    now = time.time()
+    async with rt.write() as s:
+        row = await s.get(ExecutionRow, execution_id)
+        verdict = "missing" if row is None else "finished" if row.status not in ACTIVE else \
+            "denied" if not _may_cancel(actor, row) else row.status
+        if row is not None and verdict in ("pending", "awaiting_approval"):
+            # Never started: closed here, in one transaction with its request and the record.
+            row.status, row.finished_at = advance(row.status, "cancelled"), now
+            row.error = f"cancelled by {actor.name}"
+            if row.approval_id is not None:
+                approval = await s.get(ApprovalRow, row.approval_id)
+                if approval is not None and approval.status == "open":
+                    approval.status, approval.decided_by, approval.decided_at = "cancelled", actor.name, now
+                    approval.reason = "its execution was cancelled"
+        if row is not None and verdict in ("pending", "awaiting_approval", "running"):
+            await audit.append(s, actor=actor, action="execution.cancel", target=target,
+                               outcome="cancelled" if verdict != "running" else "stopping",
+                               details={"runbook": row.runbook, "was": verdict, "room": room})
+    if row is None:
+        raise NotFound(f"there is no execution #{execution_id}", hint="list them with `executions`")
+    if verdict == "finished":
+        raise Conflict(f"execution #{execution_id} is already {row.status.replace('_', ' ')}: nothing to cancel",
+                       hint=f"see it with `execution {execution_id}`")
+    if verdict == "denied":
+        await refuse("not its requester, an approver or an admin")
+        raise PermissionDenied(f"{actor.name} may not cancel execution #{execution_id}: {row.requested_by} asked "
+                               "for it", hint="its requester, an approver or an admin may cancel it")
+    if verdict != "running":
+        rt.bus.publish(ExecutionFinished(
+            execution_id=row.id, runbook=row.runbook, summary=row.summary, status="cancelled", duration_s=0.0,
+            message=f"execution #{row.id} ({row.summary}) cancelled by {actor.name} before it started",
+            rule=row.rule, error=row.error, correlation_id=row.correlation_id, source=target, room=row.room))
+        return row
+    stopped = rt.executor is not None and await rt.executor.cancel(execution_id, by=actor.name)
+    async with rt.read() as s:
+        row = await s.get_one(ExecutionRow, execution_id)
+    if row.status == "cancelled" or (stopped and row.status in ACTIVE):
+        return row
+    if row.status not in ACTIVE:  # its steps ended before the cancel reached them
+        raise Conflict(f"execution #{execution_id} finished ({row.status.replace('_', ' ')}) before it could be "
+                       "cancelled", hint=f"see it with `execution {execution_id}`")
+    raise Conflict(f"execution #{execution_id} runs on another opsroom server ({row.owner})",
+                   hint="cancel it through that server's room, API or CLI")
 
 
 async def record_process(rt: Runtime, execution_id: int, *, pgid: int, started: str | None) -> None:

@@ -46,3 +46,9 @@ async def list_executions(rt: RuntimeDep, actor: ApiActor, limit: int = Query(50
 @router.get("/executions/{execution_id}")
 async def get_execution(execution_id: PathId, rt: RuntimeDep, actor: ApiActor) -> ExecutionDetail:
     return ExecutionDetail.model_validate(await service.get_execution(rt, actor=actor, execution_id=execution_id))
+
+
+@router.post("/executions/{execution_id}/cancel")
+async def cancel_execution(execution_id: PathId, rt: RuntimeDep, actor: ApiActor) -> ExecutionOut:
+    """Stop a run (its requester, an approver or an admin); answers once it has stopped."""
+    return ExecutionOut.model_validate(await service.cancel_execution(rt, actor=actor, execution_id=execution_id))
