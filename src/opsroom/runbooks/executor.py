@@ -74,16 +74,17 @@ class Executor:
     async def cancel(self, execution_id: int, *, by: str) -> bool:
         """Stop a run of this process and wait for its end; False when it is not running here (any more)."""
         task = self.tasks.get(execution_id)
+        if task is None:
+            return False  # not run by this process
         body = self._bodies.get(execution_id)
-        if task is None or (body is not None and body.done()):
-            return False  # not ours, or its steps are over: it finishes as it is
-        self._cancelled_by.setdefault(execution_id, by)
-        if body is not None:
-            body.cancel()
-        # Bounded: SIGTERM, the grace period, SIGKILL, then the final write.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), CANCEL_GRACE_S + 15)
-        return True
+        stopping = body is None or not body.done()  # else its steps are over: it finishes as it is
+        if stopping and execution_id not in self._cancelled_by:  # a second cancel would cut the grace short
+            self._cancelled_by[execution_id] = by
+            if body is not None:
+                body.cancel()
+        # Bounded: SIGTERM, the grace period, SIGKILL, then the final write (its status for the caller).
+        await asyncio.wait({task}, timeout=CANCEL_GRACE_S + 15)
+        return stopping
 
     async def wait(self, execution_id: int) -> None:
         task = self.tasks.get(execution_id)
@@ -103,6 +104,7 @@ class Executor:
         rt = self.rt
         row = claimed if claimed is not None else await store.mark_running(rt, execution_id)
         if row is None:
+            self._cancelled_by.pop(execution_id, None)
             return
         runbook = rt.catalog.runbooks[row.runbook]
         rt.bus.publish(ExecutionStarted(
@@ -229,9 +231,11 @@ class Executor:
                     out.write(line.decode(errors="replace"))
                 code = await proc.wait()
         except (TimeoutError, asyncio.CancelledError) as exc:
-            if execution_id in self._cancelled_by:
-                await _terminate(proc)
-            processes.kill_group(proc.pid)  # also what the leader left behind in its group
+            try:
+                if execution_id in self._cancelled_by:
+                    await _terminate(proc)
+            finally:  # also when opsroom stops during the grace period
+                processes.kill_group(proc.pid)  # and what the leader left behind in its group
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 5)
             if isinstance(exc, asyncio.CancelledError):
