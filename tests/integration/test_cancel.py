@@ -256,3 +256,22 @@ async def test_cancel_from_the_cli(served: Served, tmp_path: Path) -> None:
     assert await _audited(rt, eid, "stopping") == ["boss"]
     twice = await asyncio.to_thread(cli, str(eid), token=boss)
     assert twice.returncode == 1 and "already cancelled" in twice.stderr, twice.stderr
+
+
+async def test_cancel_an_ssh_run_leaves_no_remote_process(tmp_path: Path) -> None:
+    """`target: ssh`: cancelling the steps' task closes the session, which kills the remote group."""
+    from tests.ssh import sshd
+    from tests.ssh.helpers import catalog, gone, pgrep, ssh_runbook
+
+    pid_file = tmp_path / "remote.pid"
+    book = ssh_runbook("remote-hang", [{"command": ["sh", "-c", "echo $$ > \"$1\"; sleep 517.25 & sleep 518.25",
+                                                    "sh", str(pid_file)]}])
+    with sshd.running(tmp_path / "sshd") as server:
+        async with inprocess.booted(tmp_path, catalog(tmp_path, server, runbooks_=[book])) as (rt, _fake):
+            you = await access.actor_by_name(rt, name="you", door="api")
+            row = await runbooks.request_run(rt, actor=you, runbook="remote-hang", params={})
+            await _pids(pid_file)
+            assert pgrep("sleep 51[78].25")
+            done = await runbooks.cancel_execution(rt, actor=you, execution_id=row.id)
+            assert done.status == "cancelled" and done.error == "cancelled by you"
+            assert await gone("sleep 51[78].25"), pgrep("sleep 51[78].25")
