@@ -48,15 +48,18 @@ async def link_people(rt: Runtime, driver: Driver) -> None:
 
 
 @asynccontextmanager
-async def serve(tmp: Path, driver: Driver | None = None, *, link: bool = True,
+async def serve(tmp: Path, driver: Driver | None = None, *, link: bool = True, catalog_path: Path | None = None,
                 **catalog: Any) -> AsyncIterator[Served]:
-    """Boot opsroom with the driver's platform (already started) bound to room `ops`."""
+    """Boot opsroom with the driver's platform (already started) bound to room `ops`; with
+    `catalog_path`, that catalog as it is (and no driver)."""
+    assert catalog_path is None or (driver is None and not catalog), "catalog_path is the whole catalog"
     extra: dict[str, Any] = dict(catalog)
     if driver is not None and driver.name != "web":
         extra.setdefault("platforms", [driver.platform_item()])
         extra.setdefault("rooms", [{"name": "ops", "bind": [f"{driver.name}:{driver.channel}"]}])
     port = free_port()
-    settings = Settings(data=tmp / "data", catalog=small_catalog(tmp, **extra), host="127.0.0.1", port=port)
+    settings = Settings(data=tmp / "data", catalog=catalog_path or small_catalog(tmp, **extra), host="127.0.0.1",
+                        port=port)
     app = create_app(settings, passwords=PASSWORDS, schedule=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
                                            ws_max_size=256 * 1024))

@@ -9,30 +9,27 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-import uvicorn
 import yaml
 
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM
 from opsroom.approvals.models import ApprovalRow
 from opsroom.audit import service as audit
-from opsroom.config import Settings
 from opsroom.errors import Conflict, PermissionDenied
 from opsroom.rooms import service as rooms
 from opsroom.runbooks import executor
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
-from opsroom.web.app import create_app
 from tests import inprocess
-from tests.factories import PASSWORDS, small_catalog, token_for
+from tests.chat.harness import Served, serve
+from tests.factories import small_catalog, token_for
 
 PY = sys.executable
 # Writes its pid and a grandchild's (same process group), then sleeps: what a cancel must stop whole.
@@ -189,28 +186,11 @@ async def test_cancelling_a_run_awaiting_approval_closes_its_request(booted: tup
     assert (await _status(rt, row.id)).status == "cancelled"
 
 
-@dataclass
-class Served:
-    base: str
-    rt: Runtime
-
-
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     """The whole web app in this process on a loopback port: the API and the CLI's server."""
-    app = create_app(Settings(data=tmp_path / "data", catalog=_catalog(tmp_path)), passwords=PASSWORDS,
-                     schedule=False)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.get_running_loop().create_task(srv.serve())
-    while not srv.started:
-        assert not task.done(), "the in-process server did not start"
-        await asyncio.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield Served(f"http://127.0.0.1:{port}", app.state.rt)
-    finally:
-        srv.should_exit = True
-        await task
+    async with serve(tmp_path, catalog_path=_catalog(tmp_path)) as running:
+        yield running
 
 
 async def test_cancel_from_the_api(served: Served, tmp_path: Path) -> None:
