@@ -18,11 +18,13 @@ from opsroom.alerts.views import router as alerts_router
 from opsroom.approvals.views import router as approvals_router
 from opsroom.audit.views import router as audit_router
 from opsroom.catalog.catalog import Catalog
+from opsroom.catalog.views import router as catalog_router
 from opsroom.checks.views import router as checks_router
 from opsroom.config import Settings
+from opsroom.rooms.views import router as rooms_router
 from opsroom.runbooks.views import router as runbooks_router
 from opsroom.runtime import Runtime
-from opsroom.web import errors, metrics, pages, room, security, service_page, ui
+from opsroom.web import errors, metrics, pages, room, security, service_page, streams, ui
 from opsroom.web.deps import ApiActor, WebSession
 
 log = structlog.get_logger(__name__)
@@ -80,7 +82,8 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.add_middleware(security.SecurityHeaders)
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     api = APIRouter(prefix="/api/v1")
-    for r in (checks_router, runbooks_router, approvals_router, audit_router, access_router, alerts_router):
+    for r in (checks_router, runbooks_router, approvals_router, audit_router, access_router, alerts_router,
+              rooms_router, catalog_router, streams.router):
         api.include_router(r)
     app.include_router(api)
     app.include_router(ui.router)
