@@ -10,6 +10,7 @@ import asyncio
 import functools
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,10 @@ class Runtime:
     def __init__(self, *, settings: Settings, catalog: Catalog, engine: AsyncEngine | None = None,
                  sessions: async_sessionmaker[AsyncSession] | None = None) -> None:
         self.settings = settings
+        # A plain attribute (read on every check result); a reload replaces it whole, never edits it.
         self.catalog = catalog
+        self.catalog_loaded_at = time.time()
+        self._hashed: tuple[Catalog, str] | None = None
         self.engine = engine or make_engine(settings.db_url)
         # Tests pass sessions bound to one connection in an outer transaction, rolled back after.
         self.sessions: async_sessionmaker[AsyncSession] = sessions or make_sessionmaker(self.engine)
@@ -72,6 +76,21 @@ class Runtime:
         self.executor: Executor | None = None
         self.rooms: RoomHub | None = None
         self.extras: dict[str, Any] = {}
+
+    @property
+    def catalog_hash(self) -> str:
+        """The running catalog's version, computed once per catalog (start-up and reload prime it:
+        hashing 20,000 checks must not fall on a run request's path)."""
+        hashed = self._hashed
+        if hashed is None or hashed[0] is not self.catalog:
+            hashed = self._hashed = (self.catalog, self.catalog.content_hash)
+        return hashed[1]
+
+    def use_catalog(self, catalog: Catalog, *, content_hash: str | None = None) -> None:
+        """Make `catalog` the running one (a reload); its hash may come already computed."""
+        self._hashed = (catalog, content_hash if content_hash is not None else catalog.content_hash)
+        self.catalog = catalog
+        self.catalog_loaded_at = time.time()
 
     @asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:

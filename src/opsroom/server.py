@@ -98,6 +98,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     stopping = rt.extras["housekeeping_stop"] = asyncio.Event()
     rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt, stopping))
     rt.catalog.prepare()
+    _ = rt.catalog_hash  # computed now, not by the first run request (executions record it)
     # The catalog and engines live as long as the process: move them out of the cyclic
     # collector's view, whose full passes over 20,000 checks otherwise pause the loop 40-80 ms.
     gc.collect()

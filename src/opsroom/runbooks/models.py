@@ -13,6 +13,9 @@ class ExecutionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     runbook: Mapped[str] = mapped_column(String(64), index=True)
     runbook_hash: Mapped[str] = mapped_column(String(64))
+    # The catalog version (content hash) the run was requested under: which reviewed catalog
+    # a past run belongs to, after reloads. None for runs older than the column.
+    catalog_hash: Mapped[str | None] = mapped_column(String(64))
     # runbook + parameters: two runs with the same key never overlap.
     lock_key: Mapped[str] = mapped_column(String(64), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
