@@ -139,7 +139,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     now = time.time()
     values: dict[str, Any] = {
         "runbook": rb.name, "runbook_hash": rb.content_hash, "lock_key": key, "params": clean,
-        "secret_params": sealed,
+        "secret_params": sealed, "catalog_hash": rt.catalog_hash,
         "target": rb.target, "environment": env, "status": status, "summary": summary,
         "requested_by": actor.name, "requester_id": actor.user_id, "door": actor.door, "rule": rule,
         "correlation_id": actor.correlation_id, "room": room, "approval_id": None, "created_at": now,
