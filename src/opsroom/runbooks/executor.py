@@ -63,6 +63,8 @@ class Executor:
         # around it) and who asked to cancel it.
         self._bodies: dict[int, asyncio.Task[None]] = {}
         self._cancelled_by: dict[int, str] = {}
+        # Per running execution: its captured output, which a live stream replays (web/streams.py).
+        self._live: dict[int, _Output] = {}
 
     def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
         """Run an execution; `claimed` is a row this process already stored as running."""
@@ -85,6 +87,12 @@ class Executor:
         # Bounded: SIGTERM, the grace period, SIGKILL, then the final write (its status for the caller).
         await asyncio.wait({task}, timeout=CANCEL_GRACE_S + 15)
         return stopping
+
+    def live_output(self, execution_id: int) -> tuple[str, int] | None:
+        """A running execution's output published so far and the id of its last ExecutionOutput
+        event: a stream that subscribed first replays this and skips the events up to that id."""
+        out = self._live.get(execution_id)
+        return None if out is None else (out.text[:out.flushed], out.last_event)
 
     async def wait(self, execution_id: int) -> None:
         task = self.tasks.get(execution_id)
@@ -111,7 +119,7 @@ class Executor:
             execution_id=row.id, runbook=row.runbook, summary=row.summary, environment=row.environment,
             triggered_by=row.requested_by, door=row.door, rule=row.rule, correlation_id=row.correlation_id,
             source=f"execution:{row.id}", room=row.room))
-        out = _Output(self, row.id, row.runbook, row.room)
+        out = self._live[row.id] = _Output(self, row.id, row.runbook, row.room)
         # Messages and summaries see the stored, masked parameters; only steps see the secrets.
         shown = {"params": row.params, "execution": {"id": row.id}, "runbook": row.runbook,
                  "python": sys.executable, "environment": row.environment, "data_dir": str(rt.settings.data)}
@@ -152,6 +160,7 @@ class Executor:
         if recording is not None:
             await asyncio.gather(recording, return_exceptions=True)
         await store.mark_finished(rt, row.id, status=status, output=out.text, error=error, message=message)
+        self._live.pop(row.id, None)  # after the stored output: a reader sees one or the other
         rt.bus.publish(ExecutionFinished(
             execution_id=row.id, runbook=row.runbook, summary=row.summary, status=status, duration_s=duration,
             message=message, rule=row.rule, error=error, correlation_id=row.correlation_id,
@@ -321,6 +330,8 @@ class _Output:
         self.size = 0
         self.unsent: list[str] = []
         self.last_sent = 0.0
+        self.flushed = 0  # characters published so far
+        self.last_event = 0  # id of the last ExecutionOutput published
 
     def write(self, text: str) -> None:
         # The one masker: secret parameters (and their encodings) and the catalog's secrets.
@@ -338,9 +349,10 @@ class _Output:
         chunk = "".join(self.unsent)[-4000:]
         self.unsent.clear()
         self.last_sent = time.monotonic()
-        self.executor.rt.bus.publish(ExecutionOutput(execution_id=self.execution_id, runbook=self.runbook,
-                                                     step="", text=chunk, source=f"execution:{self.execution_id}",
-                                                     room=self.room))
+        event = ExecutionOutput(execution_id=self.execution_id, runbook=self.runbook, step="", text=chunk,
+                                source=f"execution:{self.execution_id}", room=self.room)
+        self.flushed, self.last_event = self.size, event.id
+        self.executor.rt.bus.publish(event)
 
     @property
     def text(self) -> str:
