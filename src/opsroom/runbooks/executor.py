@@ -63,6 +63,8 @@ class Executor:
         # around it) and who asked to cancel it.
         self._bodies: dict[int, asyncio.Task[None]] = {}
         self._cancelled_by: dict[int, str] = {}
+        # Per execution: its runbook as it started; a catalog reload never changes a running one.
+        self._runbooks: dict[int, Runbook] = {}
         # Per running execution: its captured output, which a live stream replays (web/streams.py).
         self._live: dict[int, _Output] = {}
 
@@ -114,7 +116,7 @@ class Executor:
         if row is None:
             self._cancelled_by.pop(execution_id, None)
             return
-        runbook = rt.catalog.runbooks[row.runbook]
+        runbook = self._runbooks[row.id] = rt.catalog.runbooks[row.runbook]
         rt.bus.publish(ExecutionStarted(
             execution_id=row.id, runbook=row.runbook, summary=row.summary, environment=row.environment,
             triggered_by=row.requested_by, door=row.door, rule=row.rule, correlation_id=row.correlation_id,
@@ -152,6 +154,7 @@ class Executor:
         # append-only audit log: mask them like the output.
         self._bodies.pop(row.id, None)
         self._cancelled_by.pop(row.id, None)
+        self._runbooks.pop(row.id, None)
         error = masking.mask(error) if error else error
         out.flush()
         duration = time.monotonic() - started
@@ -202,7 +205,7 @@ class Executor:
                        execution_id: int) -> None:
         if self._home is None:
             self._home = processes.home_dir(self.rt.settings.data)
-        runbook = self.rt.catalog.runbooks[ctx["runbook"]]
+        runbook = self._runbooks.get(execution_id) or self.rt.catalog.runbooks[ctx["runbook"]]
         # Never the server's environment: it holds the store's URL, passwords and tokens.
         env = processes.minimal_env(home=self._home, inherit=runbook.inherit_env,
                                     extra={k: render(v, ctx) for k, v in step.env.items()})
