@@ -312,12 +312,16 @@ async def _require_read(rt: Runtime, actor: Actor, *, what: str, target: str) ->
         actor.require("execution.read", what=what)
 
 
-async def list_executions(rt: Runtime, *, actor: Actor, limit: int = 50,
-                          status: str | None = None) -> list[ExecutionRow]:
+async def list_executions(rt: Runtime, *, actor: Actor, limit: int = 50, status: str | None = None,
+                          before: int | None = None) -> list[ExecutionRow]:
+    """Newest first; `before`: only those with a smaller id (the API's next page)."""
     await _require_read(rt, actor, what="list executions", target="executions")
-    stmt = select(ExecutionRow).order_by(ExecutionRow.id.desc()).limit(min(limit, 500))
+    # One past the API's largest page (500): the API reads whether another page follows.
+    stmt = select(ExecutionRow).order_by(ExecutionRow.id.desc()).limit(min(limit, 501))
     if status:
         stmt = stmt.where(ExecutionRow.status == status)
+    if before is not None:
+        stmt = stmt.where(ExecutionRow.id < before)
     async with rt.read() as s:
         rows = list((await s.execute(stmt)).scalars())
     await audit.append_alone(rt, actor=actor, action="execution.list", target="executions")
