@@ -17,6 +17,7 @@ from opsroom.access.views import router as access_router
 from opsroom.alerts.views import router as alerts_router
 from opsroom.approvals.views import router as approvals_router
 from opsroom.audit.views import router as audit_router
+from opsroom.automation.views import router as rules_router
 from opsroom.catalog.catalog import Catalog
 from opsroom.catalog.views import router as catalog_router
 from opsroom.checks.views import router as checks_router
@@ -83,7 +84,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     api = APIRouter(prefix="/api/v1")
     for r in (checks_router, runbooks_router, approvals_router, audit_router, access_router, alerts_router,
-              rooms_router, catalog_router, streams.router):
+              rooms_router, catalog_router, rules_router, streams.router):
         api.include_router(r)
     app.include_router(api)
     app.include_router(ui.router)
