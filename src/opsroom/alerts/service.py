@@ -212,17 +212,23 @@ def _publish(rt: Runtime, b: AlertBook, source: str, changes: list[Change]) -> N
 
 
 async def list_alerts(rt: Runtime, *, actor: Actor, include_resolved: bool = False,
-                      limit: int = LIST_LIMIT) -> list[dict[str, Any]]:
-    """Firing alerts, newest first (and, asked for, the recently resolved ones from the store)."""
+                      limit: int = LIST_LIMIT, before: int | None = None) -> list[dict[str, Any]]:
+    """Firing alerts, newest first (and, asked for, the recently resolved ones from the store);
+    `before`: only those with a smaller id (the API's next page)."""
     actor.require("status.read", what="see alerts")
     b = book(rt)
     now = time.time()
+    limit = min(limit, LIST_LIMIT + 1)  # one past the API's largest page: whether another follows
     if include_resolved:
+        query = select(AlertRow).order_by(AlertRow.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(AlertRow.id < before)
         async with rt.read() as s:
-            rows = (await s.execute(select(AlertRow).order_by(AlertRow.id.desc()).limit(limit))).scalars().all()
+            rows = (await s.execute(query)).scalars().all()
         views = [b.view(known_from_row(r), now) for r in rows]
     else:
-        views = [b.view(a, now) for a in sorted(b.firing.values(), key=lambda a: -a.id)[:limit]]
+        firing = [a for a in b.firing.values() if before is None or a.id < before]
+        views = [b.view(a, now) for a in sorted(firing, key=lambda a: -a.id)[:limit]]
     await audit.append_alone(rt, actor=actor, action="alert.list", target="alerts", details={"count": len(views)})
     return views
 
