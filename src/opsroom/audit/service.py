@@ -145,13 +145,17 @@ async def verify(rt: Runtime) -> VerifyResult:
 
 
 async def list_records(rt: Runtime, *, actor: Actor, limit: int = 100, action: str | None = None,
-                       since_seq: int | None = None) -> list[AuditRecordRow]:
+                       since_seq: int | None = None, before_seq: int | None = None) -> list[AuditRecordRow]:
+    """Newest first; `before_seq`: only older records (the API's next page)."""
     await _require_read(rt, actor, action="audit.list", what="read the audit log")
-    stmt = select(AuditRecordRow).order_by(AuditRecordRow.seq.desc()).limit(min(limit, 1000))
+    # One past the API's largest page (1000): the API reads whether another page follows.
+    stmt = select(AuditRecordRow).order_by(AuditRecordRow.seq.desc()).limit(min(limit, 1001))
     if action:
         stmt = stmt.where(AuditRecordRow.action == action)
     if since_seq is not None:
         stmt = stmt.where(AuditRecordRow.seq > since_seq)
+    if before_seq is not None:
+        stmt = stmt.where(AuditRecordRow.seq < before_seq)
     async with rt.read() as session:
         rows = list((await session.execute(stmt)).scalars())
     await append_alone(rt, actor=actor, action="audit.list", target="audit", details={"count": len(rows)})
