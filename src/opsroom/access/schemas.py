@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from opsroom.web.apitypes import UtcTime
 
 
 class UserOut(BaseModel):
@@ -19,8 +21,8 @@ class TokenOut(BaseModel):
     id: int
     name: str
     user: str
-    created_at: float
-    last_used_at: float | None
+    created_at: UtcTime
+    last_used_at: UtcTime | None
     revoked: bool
 
 
@@ -28,7 +30,7 @@ class LinkCodeOut(BaseModel):
     """A one-time code, shown once: the person types `link CODE` on the chat platform before `expires_at`."""
 
     code: str
-    expires_at: float
+    expires_at: UtcTime
     how: str
 
 
@@ -38,4 +40,28 @@ class LinkOut(BaseModel):
     account_id: str
     display_name: str
     user: str
-    created_at: float
+    created_at: UtcTime
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$",
+                      description="what the token is for, e.g. `laptop` or `ci`")
+    user: str | None = Field(default=None, max_length=64,
+                             description="whose token; default yourself (another user's needs user.manage)")
+
+
+class TokenCreatedOut(BaseModel):
+    """The token's value, shown in this answer only: the server keeps its hash."""
+
+    user: str
+    name: str
+    token: str
+
+
+class MeOut(BaseModel):
+    """The caller, as the server sees it."""
+
+    name: str
+    roles: list[str]
+    permissions: list[str] = Field(description="`*`: every permission")

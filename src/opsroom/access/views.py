@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from opsroom.access import links, service
-from opsroom.access.schemas import LinkCodeOut, LinkOut, TokenOut, UserOut
+from opsroom.access.names import normalise_name
+from opsroom.access.schemas import LinkCodeOut, LinkOut, MeOut, TokenCreatedOut, TokenOut, TokenRequest, UserOut
 from opsroom.web.deps import ApiActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["access"])
@@ -34,9 +35,25 @@ async def enable_user(rt: RuntimeDep, actor: ApiActor, name: UserName) -> Respon
     return Response(status_code=204)
 
 
+@router.get("/me")
+async def me(actor: ApiActor) -> MeOut:
+    """Who the token (or session) is: its user's name, roles and permissions."""
+    return MeOut(name=actor.name, roles=sorted(actor.roles), permissions=sorted(actor.permissions))
+
+
 @router.get("/tokens")
-async def list_tokens(rt: RuntimeDep, actor: ApiActor, user: str | None = None) -> list[TokenOut]:
+async def list_tokens(rt: RuntimeDep, actor: ApiActor,
+                      user: Annotated[str | None, Query(max_length=256)] = None) -> list[TokenOut]:
+    """Tokens (never their values): your own, or with user.manage anyone's (`?user=` one person's)."""
     return [TokenOut.model_validate(t) for t in await service.list_tokens(rt, actor=actor, user=user)]
+
+
+@router.post("/tokens", status_code=201)
+async def create_token(body: TokenRequest, rt: RuntimeDep, actor: ApiActor) -> TokenCreatedOut:
+    """A new API token for yourself (another user's needs user.manage); its value is in this answer only."""
+    user = body.user if body.user is not None else actor.name
+    token = await service.create_token(rt, actor=actor, user=user, name=body.name)
+    return TokenCreatedOut(user=normalise_name(user), name=body.name, token=token)
 
 
 @router.delete("/tokens/{token_id}", status_code=204)

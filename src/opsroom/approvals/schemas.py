@@ -1,8 +1,12 @@
+"""JSON shapes of the approvals API."""
+
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from opsroom.web.apitypes import UtcTime
 
 
 class DecisionRequest(BaseModel):
@@ -19,8 +23,8 @@ class ApprovalOut(BaseModel):
     roles: list[str]
     requester: str
     summary: str
-    created_at: float
-    expires_at: float
+    created_at: UtcTime
+    expires_at: UtcTime
     decided_by: str | None
-    decided_at: float | None
+    decided_at: UtcTime | None
     reason: str | None

@@ -1,14 +1,18 @@
+"""JSON shapes of the audit API."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from opsroom.web.apitypes import UtcTime
+
 
 class AuditRecordOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     seq: int
-    at: float
+    at: UtcTime
     actor: str
     door: str
     action: str

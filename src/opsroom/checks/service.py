@@ -148,6 +148,21 @@ async def list_checks(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
     return views
 
 
+async def list_services(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
+    """Every service with its state from the last results (nothing is run: a list of many services
+    must not probe them all), counted alerts included, as `status SERVICE` would judge it."""
+    actor.require("status.read", what="list services")
+    cat, out = rt.catalog, []
+    for name, svc in cat.services.items():
+        checks = cat.checks_of_service(name)
+        states = [check_view(rt, c)["state"] for c in checks] + _counted(alert_views(rt, service=name))
+        env = cat.service_environment(name)
+        out.append({"service": name, "title": svc.title, "system": svc.system, "environment": env,
+                    "protected": cat.is_protected(env), "state": _worst(states), "checks": checks})
+    await audit.append_alone(rt, actor=actor, action="service.list", target="services", details={"count": len(out)})
+    return out
+
+
 async def overview(rt: Runtime, *, actor: Actor, audited: bool = True) -> list[dict[str, Any]]:
     """Every system with its health: the `status` command and the API's front page.
     `audited=False` for a caller that audits the whole view it is part of (`status`: one record)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from collections.abc import Callable
@@ -26,6 +27,51 @@ def _room(rt: Runtime, room: str) -> None:
         raise NotFound(f"there is no room {room!r}", hint=f"rooms: {', '.join(sorted(rt.catalog.rooms))}")
 
 
+def resolve_room(rt: Runtime, text: str) -> str:
+    """The room named `text`, or NotFound with the nearest names (a run reporting to a typo'd room
+    must be refused, not reported nowhere)."""
+    if text in rt.catalog.rooms:
+        return text
+    close = difflib.get_close_matches(text, sorted(rt.catalog.rooms), n=3, cutoff=0.5)
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else f"rooms: {', '.join(sorted(rt.catalog.rooms)) or 'none (add one under `rooms:`)'}")
+    raise NotFound(f"there is no room {text[:64]!r}", hint=hint)
+
+
+def _environments(rt: Runtime, room: str) -> list[str]:
+    cat = rt.catalog
+    return sorted({cat.systems[s].environment for s in (cat.rooms[room].systems or cat.systems) if s in cat.systems})
+
+
+async def list_rooms(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
+    """Every room: its name, title, systems and the protected environments it shows."""
+    actor.require("status.read", what="list rooms")
+    cat = rt.catalog
+    out = [{"name": name, "title": r.title or name, "systems": list(r.systems or cat.systems),
+            "protected": [e for e in _environments(rt, name) if cat.is_protected(e)]}
+           for name, r in cat.rooms.items()]
+    await audit.append_alone(rt, actor=actor, action="room.list", target="rooms", details={"count": len(out)})
+    return out
+
+
+async def messages(rt: Runtime, *, actor: Actor, room: str, after: int | None,
+                   limit: int) -> list[RoomMessageRow]:
+    """A room's messages, oldest first: with `after`, the first `limit` stored after that id (walk
+    forward by passing the last id back); without it, the newest `limit`."""
+    actor.require("status.read", what="read rooms")
+    _room(rt, room)
+    if after is None:
+        rows = await history_of(rt, room=room, limit=limit)
+    else:
+        query = (select(RoomMessageRow).where(RoomMessageRow.room == room, RoomMessageRow.id > after)
+                 .order_by(RoomMessageRow.id).limit(limit))
+        async with rt.read() as s:
+            rows = list((await s.execute(query)).scalars())
+    await audit.append_alone(rt, actor=actor, action="room.read", target=f"room:{room}",
+                             details={"count": len(rows)})
+    return rows
+
+
 async def open_room(rt: Runtime, *, actor: Actor, room: str, limit: int = 50) -> dict[str, Any]:
     """History, open requests and the room's environment marking; opening a room is a view."""
     actor.require("status.read", what="open rooms")
@@ -33,7 +79,7 @@ async def open_room(rt: Runtime, *, actor: Actor, room: str, limit: int = 50) ->
     assert rt.rooms is not None
     history = await history_of(rt, room=room, limit=limit)
     cat = rt.catalog
-    envs = sorted({cat.systems[s].environment for s in (cat.rooms[room].systems or cat.systems) if s in cat.systems})
+    envs = _environments(rt, room)
     await audit.append_alone(rt, actor=actor, action="room.open", target=f"room:{room}")
     return {
         "room": room,
@@ -85,7 +131,9 @@ async def missed(rt: Runtime, *, actor: Actor, room: str, after: int) -> tuple[l
 
 async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
     """A line from the web room, which has its own adapter like every platform: the room is
-    checked here, and the line goes in through that adapter to the hub."""
+    checked here, and the line goes in through that adapter to the hub. Speaking in a room needs
+    what joining it needs; what the line asks for (a command) is checked again as it is handled."""
+    actor.require("status.read", what="speak in rooms")
     _room(rt, room)
     assert rt.rooms is not None
     web = rt.rooms.adapters.get("web")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Request, Response
 
 from opsroom.catalog.schema import Parameter
+from opsroom.rooms import service as rooms
 from opsroom.runbooks import service
-from opsroom.runbooks.schemas import ExecutionDetail, ExecutionOut, RunbookOut, RunRequest
+from opsroom.runbooks.schemas import (
+    ExecutionDetail,
+    ExecutionOut,
+    ExecutionStatus,
+    ParameterOut,
+    RunbookOut,
+    RunRequest,
+)
 from opsroom.secrets.masking import MASK
+from opsroom.web.apitypes import PAGED, Cursor, decode_cursor, limit_query, page
 from opsroom.web.deps import ApiActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["runbooks"])
@@ -23,24 +30,30 @@ async def list_runbooks(rt: RuntimeDep, actor: ApiActor) -> list[RunbookOut]:
             for r in await service.list_runbooks(rt, actor=actor)]
 
 
-def _parameter(p: Parameter) -> dict[str, Any]:
-    shown = p.model_dump(mode="json")
+def _parameter(p: Parameter) -> ParameterOut:
+    shown = ParameterOut.model_validate(p.model_dump())
     if p.secret and p.default is not None:
-        shown["default"] = MASK  # a secret's default is as secret as a value given
+        shown.default = MASK  # a secret's default is as secret as a value given
     return shown
 
 
 @router.post("/runbooks/{name}/run", status_code=202)
 async def run_runbook(name: str, body: RunRequest, rt: RuntimeDep, actor: ApiActor) -> ExecutionOut:
-    row = await service.request_run(rt, actor=actor, runbook=name, params=dict(body.params), room=body.room)
+    # A room nobody has is refused with the nearest names, not silently replaced by the home room.
+    room = rooms.resolve_room(rt, body.room) if body.room is not None else None
+    row = await service.request_run(rt, actor=actor, runbook=name, params=dict(body.params), room=room)
     return ExecutionOut.model_validate(row)
 
 
-@router.get("/executions")
-async def list_executions(rt: RuntimeDep, actor: ApiActor, limit: int = Query(50, ge=1, le=500),
-                          status: str | None = None) -> list[ExecutionOut]:
-    rows = await service.list_executions(rt, actor=actor, limit=limit, status=status)
-    return [ExecutionOut.model_validate(r) for r in rows]
+@router.get("/executions", responses=PAGED)
+async def list_executions(request: Request, response: Response, rt: RuntimeDep, actor: ApiActor,
+                          limit: int = limit_query(50, 500), status: ExecutionStatus | None = None,
+                          cursor: Cursor = None) -> list[ExecutionOut]:
+    """Executions, newest first; `status` keeps one status."""
+    before = decode_cursor("executions", cursor)
+    rows = await service.list_executions(rt, actor=actor, limit=limit + 1, status=status, before=before)
+    return page(request, response, resource="executions", rows=[ExecutionOut.model_validate(r) for r in rows],
+                limit=limit, key=lambda e: e.id)
 
 
 @router.get("/executions/{execution_id}")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi import Path as FastAPIPath
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from opsroom.access import service as access
 from opsroom.access.identity import Actor
@@ -26,11 +27,18 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def api_actor(request: Request, rt: RuntimeDep) -> Actor:
+# Declared through FastAPI's security dependency so every operation that needs a caller lists the
+# scheme in the OpenAPI document (and /docs); auto_error=False: the session cookie is the other way in.
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="an API token: `opsroom token create USER` on the server host, "
+                                "or POST /api/v1/tokens")
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def api_actor(request: Request, rt: RuntimeDep, credentials: BearerCredentials) -> Actor:
     """A bearer token, or a browser session plus its CSRF header on unsafe methods."""
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return await access.authenticate_token(rt, token=auth[7:].strip(), door="api")
+    if credentials is not None:
+        return await access.authenticate_token(rt, token=credentials.credentials.strip(), door="api")
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         actor, csrf = await access.session_actor(rt, session_token=cookie, door="api")
@@ -52,12 +60,13 @@ PathId = Annotated[int, FastAPIPath(ge=1, le=MAX_ID)]
 QueryId = Annotated[int | None, Query(ge=0, le=MAX_ID)]
 
 
-async def decision_actor(request: Request, rt: RuntimeDep, approval_id: PathId) -> Actor:
+async def decision_actor(request: Request, rt: RuntimeDep, credentials: BearerCredentials,
+                         approval_id: PathId) -> Actor:
     """The API caller of a decision. A browser session must also send the request's decision token
     (X-Decision-Token, from the room page's approvals) so a script riding the cookie cannot decide
     a request its page never showed; a bearer token is a deliberate credential and needs none."""
-    actor = await api_actor(request, rt)
-    if request.headers.get("authorization", "").lower().startswith("bearer "):
+    actor = await api_actor(request, rt, credentials)
+    if credentials is not None:
         return actor
     try:
         verb = "deny" if (await request.json()).get("decision") == "deny" else "approve"
