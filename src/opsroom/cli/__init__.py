@@ -19,7 +19,19 @@ from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.loader import load_catalog
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
 from opsroom.cli import admin, remote
-from opsroom.cli.common import CatalogOpt, DataOpt, app, catalog_app, err, local_admin, out, run, settings_for
+from opsroom.cli.common import (
+    CatalogOpt,
+    DataOpt,
+    ServerOpt,
+    TokenOpt,
+    app,
+    catalog_app,
+    err,
+    local_admin,
+    out,
+    run,
+    settings_for,
+)
 from opsroom.cli.terminal import error, write
 from opsroom.store import lease
 
@@ -37,6 +49,32 @@ def catalog_validate(path: Annotated[Path, typer.Argument(help="catalog director
     counts = ", ".join(f"{len(getattr(cat, k))} {k}" for k in ("systems", "services", "checks", "runbooks", "rules",
                                                                 "rooms"))
     out.print(f"catalog OK: {counts}; hash {cat.content_hash[:12]}")
+
+
+
+@catalog_app.command("reload")
+def catalog_reload(server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Ask the running server to reload its catalog: applied whole (exit 0) or refused whole with
+    every problem at file:line:column, the running catalog unchanged (exit 1). Admins only."""
+    from opsroom.cli.client import ClientError
+
+    try:
+        with remote._client(server, token) as api:
+            done = api.post("/catalog/reload")
+    except ClientError as exc:  # a refusal's detail holds the problems, rendered as `validate` does
+        error(exc.message, exc.hint)
+        raise typer.Exit(exc.exit_code) from None
+    if not isinstance(done, dict) or not isinstance(done.get("changes"), dict):
+        error("the server's answer is not what this opsroom CLI expects", "is the server an opsroom of this version?")
+        raise typer.Exit(1)
+    write(f"catalog reloaded: {str(done.get('old_hash'))[:12]} -> {str(done['catalog'].get('hash'))[:12]}"
+          f" ({done.get('summary')})")
+    for kind, change in done["changes"].items():
+        for what in ("added", "removed", "changed"):
+            if change.get(what):
+                write(f"  {kind} {what}: {', '.join(map(str, change[what]))}")
+    for note in done.get("notes") or ():
+        write(f"  note: {note}")
 
 
 import_app = typer.Typer(no_args_is_help=True, help="Turn another tool's configuration into a catalog draft.")
