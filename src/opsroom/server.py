@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import signal
+import threading
 
 import structlog
 
@@ -12,8 +14,9 @@ from opsroom.access.reconcile import reconcile_users
 from opsroom.alerts.book import AlertBook
 from opsroom.approvals import service as approvals
 from opsroom.automation.rules import RulesEngine
+from opsroom.catalog import service as catalog_service
 from opsroom.catalog.catalog import Catalog
-from opsroom.catalog.loader import load_catalog
+from opsroom.catalog.errors import CatalogError
 from opsroom.chat.base import ChatAdapter
 from opsroom.chat.hub import RoomHub
 from opsroom.chat.platforms import build_adapters
@@ -39,7 +42,7 @@ async def open_runtime(settings: Settings, catalog: Catalog | None = None, *, mi
         if settings.catalog is None:
             catalog = Catalog()
         else:
-            catalog = load_catalog(settings.catalog)
+            catalog = catalog_service.read_catalog(settings.catalog)
     settings.data.mkdir(parents=True, exist_ok=True)
     rt = Runtime(settings=settings, catalog=catalog)
     if migrate:
@@ -95,6 +98,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     relay = OutboxRelay(rt)
     await relay.start()
     rt.extras["outbox"] = relay
+    _reload_on_hangup(rt)
     stopping = rt.extras["housekeeping_stop"] = asyncio.Event()
     rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt, stopping))
     rt.catalog.prepare()
@@ -121,10 +125,54 @@ async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
             log.exception("expiring approvals failed")
 
 
+def _reload_on_hangup(rt: Runtime) -> None:
+    """SIGHUP reloads the catalog, as for nginx or Prometheus. Only a server with a catalog path,
+    in the main thread, and the first runtime of the process (tests start several in one loop)."""
+    if rt.settings.catalog is None or threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    if getattr(loop, "_opsroom_hangup", False):
+        return
+    wake = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, wake.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, a nested loop)
+        return
+    loop._opsroom_hangup = True  # type: ignore[attr-defined]
+    rt.extras["hangup"] = loop.create_task(_hangups(rt, wake), name="opsroom-sighup")
+
+
+async def _hangups(rt: Runtime, wake: asyncio.Event) -> None:
+    # Signals while a reload runs are one more reload after it (the files may have changed since
+    # it read them), however many came: never a queue of reloads.
+    while True:
+        await wake.wait()
+        wake.clear()
+        log.info("SIGHUP: reloading the catalog", path=str(rt.settings.catalog))
+        try:
+            await catalog_service.reload_catalog(rt, actor=catalog_service.SIGNAL_ACTOR, wait=True)
+        except OpsroomError as exc:
+            log.error(f"catalog reload on SIGHUP refused: {exc.message}")
+        except Exception:
+            log.exception("catalog reload on SIGHUP failed; the running catalog stays")
+
+
+def _stop_hangups(rt: Runtime) -> asyncio.Task[None] | None:
+    task: asyncio.Task[None] | None = rt.extras.pop("hangup", None)
+    if task is not None:
+        loop = asyncio.get_running_loop()
+        loop.remove_signal_handler(signal.SIGHUP)
+        loop._opsroom_hangup = False  # type: ignore[attr-defined]
+        task.cancel()
+    return task
+
+
 def refusal(exc: BaseException) -> str | None:
     """Why a server could not start, as a message with a hint, for the failures a person can fix
     (the store held by another server or unreachable, a store migrated by a newer opsroom);
     None for anything else, which deserves its traceback."""
+    if isinstance(exc, CatalogError):
+        return f"the catalog has problems:\n{exc.render()}"
     if isinstance(exc, OpsroomError):
         return exc.message + (f"\n  hint: {exc.hint}" if exc.hint else "")
     return lease_refusal(exc)
@@ -141,6 +189,10 @@ def _lease_lost(rt: Runtime, holder: str) -> None:
 
 
 async def stop(rt: Runtime) -> None:
+    hangups = _stop_hangups(rt)
+    if hangups is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await hangups
     relay = rt.extras.pop("outbox", None)
     if relay is not None:
         await relay.stop()

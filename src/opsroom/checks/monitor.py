@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
+from opsroom.catalog.catalog import Catalog
 from opsroom.catalog.schema import STATES
 from opsroom.checks.models import CheckStateRow
 from opsroom.checks.probes import ProbeContext, ProbeResult, get_probe
@@ -49,6 +50,7 @@ class Monitor:
         self.results = ResultWriter(rt, self._state_fields) if persist else None
         self._inflight: dict[str, list[asyncio.Future[ProbeResult]]] = {}
         self.checks_run = 0
+        self._scheduling = False  # start(schedule=True): a reload schedules the checks it adds
 
     # --- lifecycle ------------------------------------------------------
 
@@ -69,6 +71,7 @@ class Monitor:
             self.system_healthy[system] = self._compute_health(system)
 
     def start(self, *, schedule: bool = True) -> None:
+        self._scheduling = schedule
         if schedule:
             for name, check in self.rt.catalog.checks.items():
                 if check.enabled:
@@ -76,6 +79,30 @@ class Monitor:
             self.scheduler.start()
         if self.results is not None:
             self.results.start()
+
+    def catalog_changed(self, old: Catalog) -> None:
+        """A reload put a new catalog in place: schedule the checks it adds, drop the ones it removes
+        or disables, reschedule changed intervals. States are kept, as the store keeps them: a check
+        put back finds its state, as after a restart. Then each system's health is judged again,
+        announced when it changed (a failing check removed makes its system healthy)."""
+        new = self.rt.catalog
+        if self._scheduling:
+            for name in old.checks.keys() - new.checks.keys():
+                self.scheduler.remove(name)
+            for name, check in new.checks.items():
+                if not check.enabled:
+                    self.scheduler.remove(name)
+                elif check != old.checks.get(name):
+                    # add() reschedules a known name: its cadence moves only when the interval did.
+                    self.scheduler.add(name, self._interval(name))
+        for system in list(self.system_healthy):
+            if system not in new.systems:
+                del self.system_healthy[system]
+        for system in new.systems:
+            if system not in self.system_healthy:
+                self.system_healthy[system] = self._compute_health(system)
+            else:
+                self._update_system(system, f"catalog:{self.rt.catalog_hash[:12]}")
 
     async def stop(self) -> None:
         await self.scheduler.stop()
@@ -93,7 +120,8 @@ class Monitor:
         return check.interval
 
     async def _scheduled(self, name: str) -> None:
-        await self.run_check(name)
+        if name in self.rt.catalog.checks:  # else a reload removed it after it was dispatched
+            await self.run_check(name)
 
     async def run_check(self, name: str) -> ProbeResult:
         """Run one check now. Concurrent callers for the same check share one probe."""
@@ -123,7 +151,9 @@ class Monitor:
     def record(self, name: str, result: ProbeResult, *, now: float | None = None) -> None:
         """Apply one result to the state machine and publish what changed."""
         now = time.time() if now is None else now
-        check = self.rt.catalog.checks[name]
+        check = self.rt.catalog.checks.get(name)
+        if check is None:
+            return  # a run that was under way when a reload removed its check
         state = result.state if result.state in STATES else "UNKNOWN"
         # A probe's output can quote what it was handed (a secret ${VAR} in a URL or argv): masked
         # here, once, before it reaches the status, the store, events and so rooms and the API.

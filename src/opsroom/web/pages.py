@@ -56,6 +56,7 @@ async def execution_page(execution_id: str, request: Request, rt: RuntimeDep, se
         "created": _when(row.created_at), "started": _when(row.started_at), "finished": _when(row.finished_at),
         "duration_s": round(row.finished_at - row.started_at, 1) if row.finished_at and row.started_at else None,
         "output": mask(row.output or ""), "error": mask(row.error) if row.error else None,
+        "catalog_hash": row.catalog_hash, "catalog_now": row.catalog_hash == rt.catalog_hash,
     }
     return templates.TemplateResponse(request, "execution.html", {"x": view, "decision": decision,
                                                                    "me": actor.name})

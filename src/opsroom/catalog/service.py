@@ -1,0 +1,314 @@
+"""The running catalog's version, and reloading it: the new one validated whole, then swapped in.
+
+A reload reads the server's catalog path again. Any problem refuses it whole and the running
+catalog stays; otherwise the new one replaces it in one step of the event loop (nothing awaits
+between the swap and the engines following it), so no check, rule or room sees half of each.
+Rooms, sockets and running executions are never dropped: a running execution keeps the runbook
+it started with (runbooks/executor.py), an open approval of a runbook changed since is refused
+when decided (approvals/service.py), and the checks scheduler adds, drops and reschedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from opsroom.access.identity import Actor
+from opsroom.access.reconcile import reconcile_users
+from opsroom.approvals.models import ApprovalRow
+from opsroom.audit import service as audit
+from opsroom.catalog.catalog import Catalog, Location
+from opsroom.catalog.errors import CatalogError, Problem
+from opsroom.catalog.loader import load_catalog
+from opsroom.errors import Conflict, Invalid, PermissionDenied
+from opsroom.runbooks.models import ExecutionRow
+from opsroom.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+# A catalog file larger than this is a mistake (a log copied in) or an attack on the loader's
+# memory: a 20,000-check catalog is ~3 MB of YAML.
+MAX_FILE_BYTES = 32 * 2**20
+MAX_FILES = 10_000
+# Kinds compared by a reload, in the order people read them. Platforms, alert sources and hosts
+# hold credentials: they are compared here but left out of the version hash (Catalog.content_hash),
+# so no hash over a secret is ever shown.
+KINDS = ("environments", "systems", "services", "checks", "runbooks", "rules", "rooms", "roles", "users",
+         "platforms", "alert_sources", "hosts", "aliases")
+COUNTED = ("environments", "systems", "services", "checks", "runbooks", "rules", "rooms", "roles", "users",
+           "platforms", "alert_sources", "hosts", "aliases")
+SIGNAL_ACTOR = Actor("signal:SIGHUP", "system", frozenset({"system"}), frozenset({"*"}))
+
+
+@dataclass(frozen=True)
+class Change:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def summary(self) -> str:
+        return " ".join(f"{sign}{len(names)}" for sign, names in
+                        (("+", self.added), ("-", self.removed), ("~", self.changed)) if names)
+
+
+@dataclass(frozen=True)
+class CatalogVersion:
+    hash: str
+    loaded_at: datetime
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    old_hash: str
+    version: CatalogVersion
+    changes: dict[str, Change]  # only the kinds that changed
+    notes: list[str] = field(default_factory=list)  # what a reload cannot apply, or people should know
+    took_s: float = 0.0
+
+    def summary(self) -> str:
+        if not self.changes:
+            return "no changes"
+        return "; ".join(f"{kind} {change.summary()}" for kind, change in self.changes.items())
+
+
+class CatalogRefused(Invalid):
+    """The new catalog has problems: nothing was applied. Carries them at file:line:column."""
+
+    code = "catalog_invalid"
+
+    def __init__(self, error: CatalogError) -> None:
+        count = len(error.problems)
+        super().__init__(f"the catalog was refused ({count}{'+' if error.truncated else ''} "
+                         f"problem{'s' if count != 1 else ''}); the running catalog is unchanged:\n{error.render()}",
+                         hint="fix what each line names, then reload again")
+        self.problems = error.problems
+        self.truncated = error.truncated
+
+
+# --- reading ------------------------------------------------------------------
+
+
+def read_catalog(path: Path) -> Catalog:
+    """The catalog at `path`, validated (start-up and reload): the loader's checks, and first the
+    files themselves: none larger than MAX_FILE_BYTES, none a link leading out of the directory
+    (the server's account may read files the catalog's authors must not quote back into errors)."""
+    problems = _file_problems(path)
+    if problems:
+        raise CatalogError(problems)
+    return load_catalog(path)
+
+
+def _file_problems(root: Path) -> list[Problem]:
+    if not root.is_dir():
+        return _too_large(root) if root.is_file() else []  # the loader names a missing path
+    inside = root.resolve()
+    problems: list[Problem] = []
+    files = 0
+    # The loader's selection (*.yaml/*.yml, nothing hidden; linked directories are not entered).
+    for path in sorted(root.rglob("*")):
+        if path.suffix not in (".yaml", ".yml") or any(p.startswith(".") for p in path.relative_to(root).parts):
+            continue
+        files += 1
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            problems.append(Problem(Location(str(path), 1, 1),
+                                    "this file is a link that leads outside the catalog directory",
+                                    "copy the file into the catalog directory, or link the whole directory"))
+        elif path.is_file():
+            problems += _too_large(path)
+    if files > MAX_FILES:
+        problems.append(Problem(None, f"the catalog directory holds {files} YAML files, more than {MAX_FILES}",
+                                "merge files, or point the catalog at the directory that holds only the catalog"))
+    return problems
+
+
+def _too_large(path: Path) -> list[Problem]:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return []  # the loader reports a file it cannot read
+    if size <= MAX_FILE_BYTES:
+        return []
+    return [Problem(Location(str(path), 1, 1), f"this file is {size / 2**20:.0f} MB, more than the "
+                    f"{MAX_FILE_BYTES // 2**20} MB a catalog file may be", "split it into several files")]
+
+
+def _read_and_prepare(path: Path) -> tuple[Catalog, str]:
+    """Off the event loop: loading and indexing 20,000 checks takes a second or more."""
+    catalog = read_catalog(path)
+    catalog.prepare()
+    return catalog, catalog.content_hash
+
+
+# --- comparing ----------------------------------------------------------------
+
+
+def compare(old: Catalog, new: Catalog) -> dict[str, Change]:
+    """Added, removed and changed names per kind (aliases by pattern); kinds unchanged left out."""
+    out: dict[str, Change] = {}
+    for kind in KINDS:
+        before, after = _named(old, kind), _named(new, kind)
+        change = Change(tuple(sorted(after.keys() - before.keys())), tuple(sorted(before.keys() - after.keys())),
+                        tuple(sorted(n for n in before.keys() & after.keys() if before[n] != after[n])))
+        if change:
+            out[kind] = change
+    return out
+
+
+def _named(catalog: Catalog, kind: str) -> dict[str, Any]:
+    if kind == "aliases":
+        return {a.pattern: a for a in catalog.aliases}
+    objects: dict[str, Any] = getattr(catalog, kind)
+    return objects
+
+
+# --- the service functions ------------------------------------------------------
+
+
+def version_of(rt: Runtime) -> CatalogVersion:
+    cat = rt.catalog
+    counts = {kind: len(_named(cat, kind)) for kind in COUNTED}
+    return CatalogVersion(rt.catalog_hash, datetime.fromtimestamp(rt.catalog_loaded_at, UTC), counts)
+
+
+async def get_version(rt: Runtime, *, actor: Actor) -> CatalogVersion:
+    """Which catalog runs now: its hash (as `opsroom catalog validate` prints it), when it was loaded."""
+    if not actor.can("status.read"):
+        await audit.append_alone(rt, actor=actor, action="catalog.read", target="catalog", outcome="refused",
+                                 details={"reason": "missing permission status.read"})
+        actor.require("status.read", what="see the catalog's version")
+    return version_of(rt)
+
+
+async def reload_catalog(rt: Runtime, *, actor: Actor, wait: bool = False) -> Reloaded:
+    """Load the server's catalog path again and apply it, or refuse it whole (CatalogRefused).
+
+    Admins only. One reload at a time: another one asked meanwhile is refused (Conflict), or with
+    `wait` (SIGHUP) waits for the running one and then reads the files again.
+    """
+    if not actor.can("*"):
+        await audit.append_alone(rt, actor=actor, action="catalog.reload", target="catalog", outcome="refused",
+                                 details={"reason": "not an admin"})
+        raise PermissionDenied(f"{actor.name} may not reload the catalog",
+                               hint="only an admin reloads it (or send SIGHUP to the server on its host); "
+                                    f"your roles: {', '.join(sorted(actor.roles)) or 'none'}")
+    path = rt.settings.catalog
+    if path is None:
+        raise Invalid("this server runs without a catalog path, so there is nothing to reload",
+                      hint="start it with --catalog DIR (or OPSROOM_CATALOG)")
+    lock: asyncio.Lock = rt.extras.setdefault("catalog_reload_lock", asyncio.Lock())
+    if lock.locked() and not wait:
+        running = rt.extras.get("catalog_reload_by", "someone")
+        await audit.append_alone(rt, actor=actor, action="catalog.reload", target="catalog", outcome="refused",
+                                 details={"reason": f"a reload asked by {running} is running"})
+        raise Conflict(f"a catalog reload asked by {running} is running now",
+                       hint="wait for it to finish (a second or two), then reload again if the files changed since")
+    async with lock:
+        rt.extras["catalog_reload_by"] = actor.name
+        try:
+            return await _reload(rt, actor=actor, path=path)
+        finally:
+            rt.extras.pop("catalog_reload_by", None)
+
+
+async def _reload(rt: Runtime, *, actor: Actor, path: Path) -> Reloaded:
+    started = time.monotonic()
+    old, old_hash = rt.catalog, rt.catalog_hash
+    try:
+        new, new_hash = await asyncio.to_thread(_read_and_prepare, path)
+    except CatalogError as exc:
+        refused = CatalogRefused(exc)
+        first = [p.render() for p in exc.problems[:10]]
+        await audit.append_alone(rt, actor=actor, action="catalog.reload", target="catalog", outcome="refused",
+                                 details={"running": old_hash, "problems": len(exc.problems), "first": first})
+        log.warning("catalog reload refused; the running catalog stays", by=actor.name, problems=len(exc.problems),
+                    first=first[0] if first else "")
+        raise refused from None
+    changes = compare(old, new)
+    # The swap and everything that follows the catalog in memory, with no await in between.
+    rt.use_catalog(new, content_hash=new_hash)
+    if rt.monitor is not None:
+        rt.monitor.catalog_changed(old)
+    _follow_rooms(rt)
+    _follow_alert_sources(rt)
+    notes = _notes(rt, old, changes)
+    if "users" in changes or "roles" in changes:
+        await reconcile_users(rt)
+    notes += await _open_requests_note(rt, changes)
+    result = Reloaded(old_hash, version_of(rt), changes, notes, time.monotonic() - started)
+    details = {"old": old_hash, "new": new_hash, "notes": notes,
+               "changes": {k: {"added": list(c.added), "removed": list(c.removed), "changed": list(c.changed)}
+                           for k, c in changes.items()}}
+    await audit.append_alone(rt, actor=actor, action="catalog.reload", target="catalog", outcome="applied",
+                             details=details)
+    log.info("catalog reloaded", by=actor.name, old=old_hash[:12], new=new_hash[:12], changes=result.summary(),
+             notes=notes, took_ms=round(result.took_s * 1000, 1))
+    return result
+
+
+def _follow_rooms(rt: Runtime) -> None:
+    """Rooms and bindings as the new catalog says: a line from a newly bound channel reaches its room."""
+    hub = rt.rooms
+    if hub is None:
+        return
+    hub.routes = {(name, channel): room for room in rt.catalog.rooms for name, channel in hub.channels(room)}
+
+
+def _follow_alert_sources(rt: Runtime) -> None:
+    book = rt.extras.get("alerts")
+    if book is None:
+        return
+    book.sources, book.configs = {}, {}
+    book.build_sources()  # settings were checked by each kind's Config when the catalog loaded
+
+
+def _notes(rt: Runtime, old: Catalog, changes: dict[str, Change]) -> list[str]:
+    notes = []
+    platforms = changes.get("platforms")
+    if platforms:
+        names = ", ".join([*platforms.added, *platforms.removed, *platforms.changed])
+        notes.append(f"chat platforms changed ({names}): their connections are made at start; "
+                     "restart the server to apply them")
+    hub = rt.rooms
+    if hub is not None and "rooms" in changes:
+        bound = {(r.name, b) for r in rt.catalog.rooms.values() for b in r.bind}
+        bound -= {(r.name, b) for r in old.rooms.values() for b in r.bind}
+        joining = {n for n, a in hub.adapters.items() if not a.implicit}  # the web room needs no join
+        added = {p for _, b in bound if (p := b.partition(":")[0]) in joining}
+        if added:
+            notes.append(f"rooms bound to new channels on {', '.join(sorted(added))}: lines from them reach "
+                         "their room now; a platform that joins channels at start joins them at the next restart")
+    return notes
+
+
+async def _open_requests_note(rt: Runtime, changes: dict[str, Change]) -> list[str]:
+    runbooks = changes.get("runbooks")
+    if runbooks is None or not (runbooks.changed or runbooks.removed):
+        return []
+    names = [*runbooks.changed, *runbooks.removed]
+    async with rt.read() as s:
+        ids = list((await s.execute(
+            select(ApprovalRow.id).join(ExecutionRow, ExecutionRow.id == ApprovalRow.execution_id)
+            .where(ApprovalRow.status == "open", ExecutionRow.runbook.in_(names))
+            .order_by(ApprovalRow.id))).scalars())
+    if not ids:
+        return []
+    shown = ", ".join(f"#{i}" for i in ids[:10]) + (" …" if len(ids) > 10 else "")
+    return [f"open requests for runbooks changed or removed ({shown}) cannot be approved any more: "
+            "the runbook they asked for is not the one that would run; ask again"]
+
+
+def reload_log_line(result: Reloaded) -> str:
+    """One line for a log or a terminal."""
+    return f"catalog {result.old_hash[:12]} -> {result.version.hash[:12]}: {result.summary()}"
+
