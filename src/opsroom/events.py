@@ -89,7 +89,7 @@ class ApprovalDecided(Event):
     approval_id: int
     execution_id: int
     runbook: str
-    decision: str  # approved | denied | expired
+    decision: str  # approved | denied | expired | cancelled (its execution was cancelled while it waited)
     decided_by: str | None
     reason: str | None = None
     room: str | None = None

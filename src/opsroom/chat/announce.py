@@ -144,6 +144,8 @@ def render(rt: Runtime, ev: Event) -> Announcement | None:
             # characters): what the denier wrote never reads as a bot line of its own.
             reason = " ".join((ev.reason or "").split())
             text = f'request #{ev.approval_id} denied by {ev.decided_by}: "{reason}". Nothing was run.'
+        elif ev.decision == "cancelled":
+            return None  # the execution's own notice says who cancelled it before it started
         else:
             text = f"request #{ev.approval_id} expired without a decision. Nothing was run."
         return Announcement(_rooms(rt, ev.room), text)

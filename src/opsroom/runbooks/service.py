@@ -22,7 +22,7 @@ from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, approval_roles
 from opsroom.domain.execution import ACTIVE, advance, can_transition
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
-from opsroom.events import ApprovalRequested, ExecutionFinished
+from opsroom.events import ApprovalDecided, ApprovalRequested, ExecutionFinished
 from opsroom.runbooks import params as runbook_params
 from opsroom.runbooks import processes
 from opsroom.runbooks.models import ExecutionRow
@@ -239,6 +239,11 @@ def _may_cancel(actor: Actor, row: ExecutionRow) -> bool:
     return own or actor.can("approval.decide")
 
 
+def may_cancel(actor: Actor, row: ExecutionRow) -> bool:
+    """What cancel_execution allows, for a door to offer (or not) a Cancel button on an active run."""
+    return (actor.can("runbook.run") or actor.can("approval.decide")) and _may_cancel(actor, row)
+
+
 async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room: str | None = None) -> ExecutionRow:
     """Stop a run: a waiting one is closed (with its request), a running one's process group killed."""
     target = f"execution:{execution_id}"
@@ -253,6 +258,7 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
                                hint="its requester, an approver or an admin may; "
                                     f"your roles: {', '.join(sorted(actor.roles)) or 'none'}")
     now = time.time()
+    closed: ApprovalRow | None = None
     async with rt.write() as s:
         row = await s.get(ExecutionRow, execution_id)
         verdict = "missing" if row is None else "finished" if row.status not in ACTIVE else \
@@ -266,6 +272,7 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
                 if approval is not None and approval.status == "open":
                     approval.status, approval.decided_by, approval.decided_at = "cancelled", actor.name, now
                     approval.reason = "its execution was cancelled"
+                    closed = approval
         if row is not None and verdict in ("pending", "awaiting_approval", "running"):
             await audit.append(s, actor=actor, action="execution.cancel", target=target,
                                outcome="cancelled" if verdict != "running" else "stopping",
@@ -280,6 +287,11 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
         raise PermissionDenied(f"{actor.name} may not cancel execution #{execution_id}: {row.requested_by} asked "
                                "for it", hint="its requester, an approver or an admin may cancel it")
     if verdict != "running":
+        if closed is not None:  # its Approve/Deny buttons go away in every room, as for a decided one
+            rt.bus.publish(ApprovalDecided(
+                approval_id=closed.id, execution_id=row.id, runbook=row.runbook, decision="cancelled",
+                decided_by=actor.name, reason=closed.reason, correlation_id=row.correlation_id,
+                source=f"approval:{closed.id}", room=row.room))
         rt.bus.publish(ExecutionFinished(
             execution_id=row.id, runbook=row.runbook, summary=row.summary, status="cancelled", duration_s=0.0,
             message=f"execution #{row.id} ({row.summary}) cancelled by {actor.name} before it started",
