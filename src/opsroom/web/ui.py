@@ -23,6 +23,7 @@ from opsroom.access import service as access
 from opsroom.access.identity import Actor
 from opsroom.errors import NotFound, OpsroomError, TooManyAttempts, Unauthenticated
 from opsroom.rooms import service as rooms
+from opsroom.web import apidoc
 from opsroom.web.deps import SESSION_COOKIE, RuntimeDep, WebSession
 from opsroom.web.security import secure_cookie, signer
 
@@ -190,7 +191,5 @@ async def links_remove(request: Request, rt: RuntimeDep, session: WebSession,
 
 
 def api_index(request: Request, openapi: dict[str, Any]) -> Response:
-    ops = [{"method": method.upper(), "path": path, "summary": op.get("summary", "")}
-           for path, methods in openapi.get("paths", {}).items() for method, op in methods.items()]
-    return templates.TemplateResponse(request, "docs.html", {"operations": ops,
-                                                              "version": openapi.get("info", {}).get("version")})
+    """The API reference, rendered here from the OpenAPI document (web/apidoc.py): no CDN, no script."""
+    return templates.TemplateResponse(request, "docs.html", {"ref": apidoc.reference(openapi)})
