@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from opsroom.catalog import loader
+from opsroom.catalog import reading
 from opsroom.catalog.catalog import Catalog, normalize
 from opsroom.catalog.loader import load_catalog
 
@@ -151,7 +151,7 @@ def test_libyaml_and_python_parsers_give_the_same_locations(tmp_path: Path) -> N
             marks(child, out)
         return out
 
-    assert marks(loader._compose(text), []) == marks(yaml.compose(text, Loader=yaml.SafeLoader), [])
+    assert marks(reading.compose(text), []) == marks(yaml.compose(text, Loader=yaml.SafeLoader), [])
 
 
 def test_prepare_builds_every_index_without_changing_answers(tmp_path: Path) -> None:

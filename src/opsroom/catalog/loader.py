@@ -1,17 +1,15 @@
 """Load a catalog from YAML with every problem pointed at its file:line:column.
 
-Files are composed into PyYAML nodes (not loaded straight to Python) so each value
-keeps the mark where it was written; validation errors and broken references are then
-reported at the exact line a person has to edit.
+Each file is read by catalog/reading.py into plain values with the mark where each was
+written; validation errors and broken references are then reported at the exact line a
+person has to edit.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections import defaultdict
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -24,11 +22,9 @@ from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import MAX_PROBLEMS, CatalogError, Problem, did_you_mean, explain, yaml_hint
 from opsroom.catalog.extensions import plugin_settings_problems
 from opsroom.catalog.hosts import check_hosts
+from opsroom.catalog.reading import Doc, KeyPath, Locations, Reader, compose, location
 from opsroom.catalog.schema import CHECK_TYPES, KINDS, Alias, Check, approval_roles
 from opsroom.catalog.templates import check_templates
-from opsroom.secrets.masking import register, secret_name
-
-KeyPath = tuple[str | int, ...]
 
 BUILTIN_ROLES = ("viewer", "operator", "approver", "admin")
 # Every kind but check is one model class named after the kind (environment -> Environment).
@@ -40,52 +36,6 @@ _CHECK_CLASSES: dict[str, type[BaseModel]] = {
     get_args(cls.model_fields["type"].annotation)[0]: cls for cls in get_args(get_args(Check)[0])
 }
 _PLURAL = {singular: plural for plural, singular in KINDS.items()}
-_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
-_VAR_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
-_MAX_DEPTH = 64  # a self-referencing YAML alias would otherwise recurse forever
-
-
-def _compose(text: str) -> yaml.Node | None:
-    """YAML nodes with their marks: libyaml where it is built in (2.3x faster on a 20,000-check
-    catalog), the pure-Python parser for a file it refuses, so errors read the same either way."""
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:
-        try:
-            return yaml.compose(text, Loader=fast)
-        except yaml.YAMLError:
-            pass
-    return yaml.compose(text, Loader=yaml.SafeLoader)
-
-
-def _loc(file: str, mark: yaml.Mark) -> Location:
-    return Location(file, mark.line + 1, mark.column + 1)
-
-
-@dataclass
-class _Doc:
-    """One parsed file: where every value and every mapping key was written."""
-
-    file: str
-    values: dict[KeyPath, Location] = field(default_factory=dict)
-    keys: dict[KeyPath, Location] = field(default_factory=dict)
-    _inside: dict[KeyPath, list[tuple[KeyPath, Location]]] = field(
-        default_factory=lambda: defaultdict(list), repr=False)
-
-    def at(self, path: KeyPath) -> Location:
-        """The value at `path`, else its nearest written parent (a missing field's mapping)."""
-        for n in range(len(path), -1, -1):
-            loc = self.values.get(path[:n])
-            if loc is not None:
-                return loc
-        return Location(self.file, 1, 1)
-
-    def inside(self, obj: KeyPath) -> list[tuple[KeyPath, Location]]:
-        """(path below the object, location) of everything written inside one object."""
-        if not self._inside:
-            for path, loc in self.values.items():
-                if len(path) > 2:
-                    self._inside[path[:2]].append((path[2:], loc))
-        return self._inside.get(obj, [])
 
 
 @dataclass
@@ -93,7 +43,7 @@ class _Raw:
     """One object as written, before validation."""
 
     kind: str
-    doc: _Doc
+    doc: Doc
     path: KeyPath  # e.g. ('checks', 3) within its file
     data: dict[Any, Any]
 
@@ -114,12 +64,11 @@ class _Loader:
         self.truncated = False
         self.broken = False  # some file could not be read whole: references cannot be judged
         self.raws: list[_Raw] = []
-        self.unresolved: set[tuple[str, KeyPath]] = set()  # values whose ${VAR} failed
-        self.constructor = yaml.SafeLoader("")
+        self.reader = Reader(self.add)
         self.order: dict[str, int] = {}  # file -> position, to report problems file by file
         # Names that exist (validated or not, so a broken object's referrers are not blamed too).
         self.names: dict[str, set[str]] = defaultdict(set)
-        self.defined_in: dict[str, list[str]] = defaultdict(list)
+        self.defined_in: dict[str, dict[str, None]] = defaultdict(dict)  # kind -> files, in order
 
     def add(self, location: Location | None, message: str, hint: str = "") -> None:
         if len(self.problems) >= MAX_PROBLEMS:
@@ -143,18 +92,18 @@ class _Loader:
         )
 
     def read(self, path: Path) -> None:
-        doc = _Doc(str(path))
+        doc = Doc(str(path))
         self.order[doc.file] = len(self.order)
         try:
-            node = _compose(path.read_text(encoding="utf-8"))
-            data = self.convert(node, doc, ()) if node is not None else None
+            node = compose(path.read_text(encoding="utf-8"))
+            data = self.reader.convert(node, doc, ()) if node is not None else None
         except yaml.MarkedYAMLError as exc:
             self.broken = True
             problem = ", ".join(filter(None, [exc.context, exc.problem])) or "not valid YAML"
             # PyYAML notices a missing ':' a line late; where the key started is the line to fix.
             late = exc.context_mark and exc.problem == "could not find expected ':'"
             mark = (exc.context_mark if late else exc.problem_mark) or exc.context_mark
-            self.add(_loc(doc.file, mark) if mark else Location(doc.file, 1, 1),
+            self.add(location(doc.file, mark) if mark else Location(doc.file, 1, 1),
                      f"invalid YAML: {problem}", yaml_hint(problem))
             return
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -164,68 +113,7 @@ class _Loader:
             return
         self.collect(doc, data)
 
-    def convert(self, node: yaml.Node, doc: _Doc, path: KeyPath) -> Any:
-        doc.values[path] = _loc(doc.file, node.start_mark)
-        if len(path) > _MAX_DEPTH:
-            raise yaml.MarkedYAMLError(problem="nested too deeply (a YAML alias that refers to itself?)",
-                                       problem_mark=node.start_mark)
-        if isinstance(node, yaml.MappingNode):
-            own = {id(knode) for knode, _ in node.value}  # keys merged in by `<<:` may be overridden
-            self.constructor.flatten_mapping(node)
-            out: dict[Any, Any] = {}
-            written: set[Any] = set()
-            for knode, vnode in node.value:
-                key = self.constructor.construct_object(knode, deep=True)
-                key = key if isinstance(key, str | int) and not isinstance(key, bool) else str(key)
-                if id(knode) in own and key in written:
-                    first = doc.keys[(*path, key)]
-                    self.add(_loc(doc.file, knode.start_mark), f"duplicate key '{key}'",
-                             f"'{key}' is already set at line {first.line}; YAML would silently keep "
-                             "only the last one, so remove one of them")
-                if id(knode) in own:
-                    written.add(key)
-                    doc.keys[(*path, key)] = _loc(doc.file, knode.start_mark)
-                out[key] = self.convert(vnode, doc, (*path, key))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, doc, (*path, i)) for i, item in enumerate(node.value)]
-        value = self.constructor.construct_object(node, deep=True)
-        return self.interpolate(value, doc, path) if isinstance(value, str) else value
-
-    def interpolate(self, text: str, doc: _Doc, path: KeyPath) -> str:
-        """${NAME} and ${NAME:-default} from the environment, so secrets and hosts stay out of git.
-
-        ${secret:NAME}, and any NAME that says it is a secret (PASSWORD, TOKEN, SECRET, KEY),
-        is registered with the masker as it is read: it is `****` in every output from then on.
-        """
-
-        def substitute(match: re.Match[str]) -> str:
-            if match.group(0) == "$${":
-                return "${"
-            inner = match.group(1)
-            body = _VAR_BODY.fullmatch(inner.removeprefix("secret:"))
-            secret = body is not None and (inner.startswith("secret:") or secret_name(body.group(1)))
-            if body is None:
-                self.add(doc.values[path], f"malformed variable reference '{match.group(0)}'",
-                         "write ${NAME}, ${NAME:-default} or ${secret:NAME}; write $${ for a literal ${")
-            elif body.group(1) in os.environ:
-                if secret:
-                    register(os.environ[body.group(1)])
-                return os.environ[body.group(1)]
-            elif body.group(2) is not None:
-                if secret:
-                    register(body.group(2))
-                return body.group(2)
-            else:
-                name = body.group(1)
-                self.add(doc.values[path], f"environment variable {name} is not set",
-                         f"set {name} before loading the catalog, or give a default: ${{{name}:-value}}")
-            self.unresolved.add((doc.file, path))
-            return match.group(0)
-
-        return _VAR.sub(substitute, text) if "${" in text else text
-
-    def collect(self, doc: _Doc, data: Any) -> None:
+    def collect(self, doc: Doc, data: Any) -> None:
         if data is None:
             return
         if not isinstance(data, dict):
@@ -236,7 +124,7 @@ class _Loader:
         for key, items in data.items():
             if key not in KINDS:
                 self.broken = True
-                self.add(doc.keys[(key,)], f"unknown top-level key '{key}'",
+                self.add(doc.key_at((key,)), f"unknown top-level key '{key}'",
                          f"{did_you_mean(str(key), KINDS)}valid keys: {', '.join(KINDS)}")
                 continue
             if items is None:
@@ -270,18 +158,18 @@ class _Loader:
                 err["loc"] = err["loc"][1:]  # pydantic puts the union tag first
             path, message, hint = explain(err, model, raw.kind, CHECK_TYPES)
             full = raw.path + path
-            if any(f == raw.doc.file and bad[: len(full)] == full for f, bad in self.unresolved):
+            if any(f == raw.doc.file and bad[: len(full)] == full for f, bad in self.reader.unresolved):
                 continue  # already reported as an unset variable
-            where = raw.doc.keys.get(full) if err["type"] == "extra_forbidden" else None
+            where = raw.doc.key_at(full) if err["type"] == "extra_forbidden" else None
             self.add(where or raw.doc.at(full), f"{raw.label}: {message}", hint)
         return None
 
     def build(self) -> Catalog:
-        catalog = Catalog(root=str(self.root))
+        locations = Locations()
+        catalog = Catalog(root=str(self.root), locations=locations)
         first: dict[tuple[str, str], Location] = {}
         for raw in self.raws:
-            if raw.doc.file not in self.defined_in[raw.kind]:
-                self.defined_in[raw.kind].append(raw.doc.file)
+            self.defined_in[raw.kind][raw.doc.file] = None
             obj = self.validate(raw)
             if obj is None:
                 if raw.name:
@@ -301,9 +189,7 @@ class _Loader:
                 catalog.aliases.append(obj)
             else:
                 getattr(catalog, _PLURAL[raw.kind])[name] = obj
-            catalog.locations[(raw.kind, name)] = raw.doc.at(raw.path)
-            for path, loc in raw.doc.inside(raw.path):
-                catalog.locations[(raw.kind, name, *map(str, path))] = loc
+            locations.defer(raw.kind, name, raw.doc, raw.path)
         return catalog
 
     # --- references between objects -----------------------------------------
@@ -313,7 +199,7 @@ class _Loader:
         builtin = BUILTIN_ROLES if target == "role" else ()
         if ref is None or ref in self.names[target] or ref in builtin:
             return
-        files = ", ".join(self.defined_in.get(target, []))
+        files = ", ".join(self.defined_in.get(target, {}))
         where = (f"{target}s are defined in {files}" if files
                  else f"no {target}s are defined; add one under `{_PLURAL[target]}:`")
         if builtin:
