@@ -15,10 +15,14 @@ from rich.console import Console
 
 from opsroom.access.identity import Actor
 from opsroom.catalog.errors import CatalogError
+from opsroom.cli.output import Format
 from opsroom.config import Settings
 from opsroom.errors import OpsroomError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="opsroom: ChatOps for production support.")
+# -h as well as --help on every command (click passes help_option_names down to subcommands);
+# typer's --install-completion / --show-completion for bash, zsh, fish and PowerShell.
+app = typer.Typer(no_args_is_help=True, add_completion=True, help="opsroom: ChatOps for production support.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
 catalog_app = typer.Typer(no_args_is_help=True, help="The catalog (config as code).")
 check_app = typer.Typer(no_args_is_help=True, help="Health checks (asked of the running server).")
 runbook_app = typer.Typer(no_args_is_help=True, help="Runbooks (asked of the running server).")
@@ -35,9 +39,16 @@ T = TypeVar("T")
 
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", envvar="OPSROOM_CATALOG", help="catalog directory")]
 DataOpt = Annotated[Path | None, typer.Option("--data", envvar="OPSROOM_DATA", help="data directory")]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="OPSROOM_TOKEN", help="API token (acts as its user)")]
-ServerOpt = Annotated[str | None, typer.Option("--server", help="the server's URL (default: OPSROOM_URL, "
-                                                                "else http://127.0.0.1:8080)")]
+# The options of every command that asks the server (cli/remote.py resolves them, docs/cli.md):
+# --server/--token win, then --profile, then OPSROOM_URL/OPSROOM_TOKEN, then the current profile.
+TokenOpt = Annotated[str | None, typer.Option("--token", help="API token (acts as its user); default: the profile's, "
+                                                              "else OPSROOM_TOKEN", show_default=False)]
+ServerOpt = Annotated[str | None, typer.Option("--server", help="the server's URL; default: the profile's, else "
+                                                                "OPSROOM_URL, else http://127.0.0.1:8080")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", envvar="OPSROOM_PROFILE",
+                                                help="a profile saved by `opsroom login` (default: the current one)")]
+OutputOpt = Annotated[Format | None, typer.Option("--output", "-o", help="table (default), json or yaml",
+                                                  case_sensitive=False, show_default=False)]
 
 
 def settings_for(catalog: Path | None = None, data: Path | None = None, **extra: Any) -> Settings:
