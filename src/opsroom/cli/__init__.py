@@ -18,10 +18,12 @@ import typer
 from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.loader import load_catalog
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
-from opsroom.cli import admin, remote
+from opsroom.cli import admin, remote, runs
 from opsroom.cli.common import (
     CatalogOpt,
     DataOpt,
+    OutputOpt,
+    ProfileOpt,
     ServerOpt,
     TokenOpt,
     app,
@@ -35,7 +37,26 @@ from opsroom.cli.common import (
 from opsroom.cli.terminal import error, write
 from opsroom.store import lease
 
-__all__ = ["admin", "app", "local_admin", "main", "remote", "run", "settings_for"]
+__all__ = ["admin", "app", "local_admin", "main", "remote", "run", "runs", "settings_for"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from opsroom import __version__
+
+        print(f"opsroom {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(
+        version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                              help="print the version and exit")] = False,
+        server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt = None,
+        output: OutputOpt = None) -> None:
+    """opsroom: ChatOps for production support. Remote commands take --server/--token/--profile/-o
+    here or after the command; exit codes: 0 ok, 1 not OK, 2 usage, 3 not allowed, 4 not found,
+    5 server unreachable (docs/cli.md)."""
 
 
 @catalog_app.command("validate")
