@@ -16,8 +16,8 @@ from typing import Annotated
 import typer
 
 from opsroom.catalog.errors import CatalogError
-from opsroom.catalog.loader import load_catalog
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
+from opsroom.catalog.service import read_catalog
 from opsroom.cli import admin, remote, runs
 from opsroom.cli.common import (
     CatalogOpt,
@@ -63,7 +63,7 @@ def global_options(
 def catalog_validate(path: Annotated[Path, typer.Argument(help="catalog directory or file")]) -> None:
     """Validate a catalog; errors name file:line:column and how to fix them."""
     try:
-        cat = load_catalog(path)
+        cat = read_catalog(path)  # what the server reads: links out of it and oversized files refused
     except CatalogError as exc:
         write(exc.render(), stream=sys.stderr)  # a catalog under review may hold escapes
         raise typer.Exit(2) from None
@@ -204,7 +204,7 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
         raise typer.Exit(2)
     try:
         settings = settings_for(catalog, data, host=host, port=port)
-        load_catalog(catalog)
+        read_catalog(catalog)
     except CatalogError as exc:
         write(exc.render(), stream=sys.stderr)  # a catalog under review may hold escapes
         raise typer.Exit(2) from None
