@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
-from opsroom.catalog.service import read_catalog
+from opsroom.catalog.service import REFUSED, read_catalog
 from opsroom.cli import admin, remote, runs
+from opsroom.cli.client import NOT_OK, USAGE, ClientError
 from opsroom.cli.common import (
     CatalogOpt,
     DataOpt,
@@ -34,6 +35,8 @@ from opsroom.cli.common import (
     run,
     settings_for,
 )
+from opsroom.cli.output import show
+from opsroom.cli.profiles import ProfileError
 from opsroom.cli.terminal import error, write
 from opsroom.store import lease
 
@@ -74,28 +77,31 @@ def catalog_validate(path: Annotated[Path, typer.Argument(help="catalog director
 
 
 @catalog_app.command("reload")
-def catalog_reload(server: ServerOpt = None, token: TokenOpt = None) -> None:
+def catalog_reload(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt = None,
+                   output: OutputOpt = None) -> None:
     """Ask the running server to reload its catalog: applied whole (exit 0) or refused whole with
     every problem at file:line:column, the running catalog unchanged (exit 1). Admins only."""
-    from opsroom.cli.client import ClientError
-
     try:
-        with remote._client(server, token) as api:
-            done = api.post("/catalog/reload")
+        with remote.api_client(server, token, profile) as api:
+            done = remote.expect(api.post("/catalog/reload"), "old_hash", "catalog", "summary", "changes")
     except ClientError as exc:  # a refusal's detail holds the problems, rendered as `validate` does
         error(exc.message, exc.hint)
-        raise typer.Exit(exc.exit_code) from None
-    if not isinstance(done, dict) or not isinstance(done.get("changes"), dict):
-        error("the server's answer is not what this opsroom CLI expects", "is the server an opsroom of this version?")
-        raise typer.Exit(1)
-    write(f"catalog reloaded: {str(done.get('old_hash'))[:12]} -> {str(done['catalog'].get('hash'))[:12]}"
-          f" ({done.get('summary')})")
-    for kind, change in done["changes"].items():
+        raise typer.Exit(NOT_OK if exc.message.startswith(REFUSED) else exc.exit_code) from None
+    except ProfileError as exc:
+        error(exc.message, exc.hint)
+        raise typer.Exit(USAGE) from None
+    show(done, remote.output_format(output), text=_reloaded)
+
+
+def _reloaded(done: dict[str, Any]) -> str:
+    new = done["catalog"].get("hash") if isinstance(done["catalog"], dict) else None
+    lines = [f"catalog reloaded: {str(done['old_hash'])[:12]} -> {str(new)[:12]} ({done['summary']})"]
+    for kind, change in (done["changes"] if isinstance(done["changes"], dict) else {}).items():
         for what in ("added", "removed", "changed"):
-            if change.get(what):
-                write(f"  {kind} {what}: {', '.join(map(str, change[what]))}")
-    for note in done.get("notes") or ():
-        write(f"  note: {note}")
+            if isinstance(change, dict) and change.get(what):
+                lines.append(f"  {kind} {what}: {', '.join(map(str, change[what]))}")
+    lines += [f"  note: {note}" for note in done.get("notes") or ()]
+    return "\n".join(lines) + "\n"
 
 
 import_app = typer.Typer(no_args_is_help=True, help="Turn another tool's configuration into a catalog draft.")
