@@ -6,6 +6,7 @@ with; SIGHUP does the same; every execution records the catalog version it was r
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -207,6 +208,9 @@ async def test_sighup_reloads_and_the_cli_reports(served: tuple[Demo, Path, dict
         applied = cli("catalog", "reload", *remote)
         assert applied.returncode == 0, applied.stderr
         assert "checks -1" in applied.stdout and "removed: first" in applied.stdout
+        as_json = cli("catalog", "reload", "-o", "json", *remote)
+        assert as_json.returncode == 0, as_json.stderr
+        assert json.loads(as_json.stdout)["summary"] == "no changes"
         denied = cli("catalog", "reload", "--server", server.base, "--token", tokens["you"])
         assert denied.returncode == 3 and "may not reload the catalog" in denied.stderr
     finally:

@@ -44,6 +44,7 @@ KINDS = ("environments", "systems", "services", "checks", "runbooks", "rules", "
          "platforms", "alert_sources", "hosts", "aliases")
 COUNTED = ("environments", "systems", "services", "checks", "runbooks", "rules", "rooms", "roles", "users",
            "platforms", "alert_sources", "hosts", "aliases")
+REFUSED = "the catalog was refused"  # how a refusal's message starts (the CLI's exit 1 reads it)
 SIGNAL_ACTOR = Actor("signal:SIGHUP", "system", frozenset({"system"}), frozenset({"*"}))
 
 
@@ -89,7 +90,7 @@ class CatalogRefused(Invalid):
 
     def __init__(self, error: CatalogError) -> None:
         count = len(error.problems)
-        super().__init__(f"the catalog was refused ({count}{'+' if error.truncated else ''} "
+        super().__init__(f"{REFUSED} ({count}{'+' if error.truncated else ''} "
                          f"problem{'s' if count != 1 else ''}); the running catalog is unchanged:\n{error.render()}",
                          hint="fix what each line names, then reload again")
         self.problems = error.problems
