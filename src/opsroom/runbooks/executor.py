@@ -335,6 +335,7 @@ class _Output:
         self.last_sent = 0.0
         self.flushed = 0  # characters published so far
         self.last_event = 0  # id of the last ExecutionOutput published
+        self._later: asyncio.TimerHandle | None = None
 
     def write(self, text: str) -> None:
         # The one masker: secret parameters (and their encodings) and the catalog's secrets.
@@ -343,10 +344,18 @@ class _Output:
             self.parts.append(text[: MAX_OUTPUT - self.size])
             self.size += len(text)
         self.unsent.append(text)
-        if time.monotonic() - self.last_sent >= STREAM_EVERY_S:
+        wait = STREAM_EVERY_S - (time.monotonic() - self.last_sent)
+        if wait <= 0:
             self.flush()
+        elif self._later is None:
+            # A line printed within the second is sent when the second is over, not when the
+            # runbook next prints (a line and then a long pause would otherwise show late).
+            self._later = asyncio.get_running_loop().call_later(wait, self.flush)
 
     def flush(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if not self.unsent:
             return
         chunk = "".join(self.unsent)[-4000:]
