@@ -25,9 +25,18 @@ from opsroom.access.secrets import token_hash
 from opsroom.approvals import service as approvals
 from opsroom.chat.base import AdapterSink, Capabilities, ChatAdapter, Incoming, Outgoing, Person
 from opsroom.errors import OpsroomError, Unauthenticated
-from opsroom.events import AccessChanged, ApprovalDecided, ApprovalRequested, Event
+from opsroom.events import (
+    AccessChanged,
+    ApprovalDecided,
+    ApprovalRequested,
+    Event,
+    ExecutionFinished,
+    ExecutionStarted,
+)
 from opsroom.rooms import service as rooms
+from opsroom.runbooks import active
 from opsroom.runtime import Runtime
+from opsroom.web import room_runs as runs
 from opsroom.web.deps import MAX_ID, SESSION_COOKIE
 from opsroom.web.security import (
     MAX_FRAME_CHARS,
@@ -113,12 +122,17 @@ class WebAdapter(ChatAdapter):
         self._sweeper: asyncio.Task[None] | None = None
         self.presence_grace_s = PRESENCE_GRACE_S
         self._leaving: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # The runs-going-on lists: one refresh at a time; events during it ask for one more after.
+        self._runs: asyncio.Task[None] | None = None
+        self._runs_again = False
 
     async def start(self, sink: AdapterSink, channels: list[str]) -> None:
         self._sink = sink
         self.rt.bus.subscribe(ApprovalRequested, self._approvals_changed)
         self.rt.bus.subscribe(ApprovalDecided, self._approvals_changed)
         self.rt.bus.subscribe(AccessChanged, self._access_changed)
+        for kind in (ExecutionStarted, ExecutionFinished, ApprovalRequested, ApprovalDecided):
+            self.rt.bus.subscribe(kind, self._runs_changed)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
@@ -148,8 +162,9 @@ class WebAdapter(ChatAdapter):
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for task in self._leaving.values():
-            task.cancel()
+        for task in [*self._leaving.values(), self._runs]:
+            if task is not None:
+                task.cancel()
         for conns in self.conns.values():
             for c in list(conns):
                 with contextlib.suppress(Exception):
@@ -204,6 +219,34 @@ class WebAdapter(ChatAdapter):
                 continue
             for c in group:
                 c.push({"type": "approvals", "items": _signed(items, hashes, signer(c.csrf))})
+
+    async def _runs_changed(self, _ev: Event) -> None:
+        """A run started, ended or began to wait: refresh every socket's list of runs going on.
+        A burst of runs costs one refresh plus one, not one per run."""
+        if self._runs is not None and not self._runs.done():
+            self._runs_again = True
+            return
+        self._runs = asyncio.get_running_loop().create_task(self._push_runs())
+
+    async def _push_runs(self) -> None:
+        """One store read per room and person (never per socket); only the cancel token differs
+        per session."""
+        while True:
+            self._runs_again = False
+            by_person: dict[tuple[str, str, frozenset[str]], list[_Conn]] = defaultdict(list)
+            for room, conns in self.conns.items():
+                for c in conns:
+                    by_person[(room, c.actor.name, c.actor.permissions)].append(c)
+            for (room, _name, _perms), group in by_person.items():
+                try:
+                    items = await active.active_in_room(self.rt, actor=group[0].actor, room=room)
+                except Exception:  # the store busy or away: the next change refreshes it
+                    log.warning("reading a room's runs failed", exc_info=True)
+                    continue
+                for c in group:
+                    c.push(runs.frame(items, c.csrf))
+            if not self._runs_again:
+                return
 
     async def _access_changed(self, ev: Event) -> None:
         """Close the sockets of an ended session (logout names it) or of a user whose access
@@ -296,6 +339,7 @@ async def room_socket(ws: WebSocket, room: str) -> None:
     if after is not None:
         await _replay(rt, conn, room, after)
     conn.push({"type": "approvals", "items": await rooms.approval_views(rt, actor=actor, sign=signer(csrf))})
+    conn.push(runs.frame(await active.active_in_room(rt, actor=actor, room=room), csrf))
     try:
         while not conn.closed:
             message = await ws.receive()
@@ -374,7 +418,8 @@ async def _sender(conn: _Conn) -> None:
             conn.sending = False
 
 
-USAGE = 'send {"type": "say", "text": "..."} or {"type": "decide", "id": N, "decision": "approve", "token": ...}'
+USAGE = ('send {"type": "say", "text": "..."}, {"type": "decide", "id": N, "decision": "approve", "token": ...} '
+         'or {"type": "cancel", "id": N, "token": ...}')
 
 
 async def _handle_frame(rt: Runtime, conn: _Conn, room: str, raw: str) -> None:
@@ -416,5 +461,7 @@ async def _handle_frame(rt: Runtime, conn: _Conn, room: str, raw: str) -> None:
                                          token=frame.get("token"), verb=decision)
             await approvals.decide(rt, actor=conn.actor, approval_id=approval_id,
                                    approve=decision == "approve", reason=reason)
+    elif kind == "cancel":
+        await runs.cancel_frame(rt, actor=conn.actor, csrf=conn.csrf, room=room, frame=frame, push=conn.push)
     else:
         conn.push({"type": "error", "text": USAGE})

@@ -4,7 +4,7 @@
   const room = data.room, me = data.me, myRoles = data.roles || [];
   let approvals = data.approvals;
   const log = document.getElementById('log'), box = document.getElementById('approvals'),
-        conn = document.getElementById('conn');
+        runsBox = document.getElementById('runs'), conn = document.getElementById('conn');
   const seen = new Set([...log.children].map(li => +li.dataset.id));
   let ws, delay = 500, queue = [];
   const hm = t => new Date(t * 1000).toTimeString().slice(0, 5);
@@ -104,6 +104,28 @@
   }
   drawApprovals();
 
+  // Runs going on in this room; a Cancel button on those this person may cancel (its requester, an
+  // approver, an admin), carrying the server's cancel token for this session and run.
+  const STATUS = {running: 'running', pending: 'starting', awaiting_approval: 'awaiting approval'};
+  function drawRuns(items) {
+    runsBox.replaceChildren(...items.map(x => {
+      const d = document.createElement('div'); d.className = 'run'; d.dataset.id = x.id;
+      const s = document.createElement('span'), b = document.createElement('b');
+      b.textContent = '#' + x.id;
+      s.append(b, ' ' + x.summary + ' — ' + (STATUS[x.status] || x.status) + ', by ' + x.requester);
+      d.append(s);
+      if (x.can_cancel && x.token) {
+        const btn = document.createElement('button'); btn.textContent = 'Cancel'; btn.className = 'no';
+        btn.onclick = () => {
+          if (!confirm('Cancel execution #' + x.id + ' (' + x.summary + ')?')) return;
+          send({type: 'cancel', id: x.id, token: x.token}); btn.disabled = true; btn.textContent = 'Cancelling…';
+        };
+        d.append(btn);
+      }
+      return d;
+    }));
+  }
+
   function send(f) {
     const s = JSON.stringify(f);
     if (ws && ws.readyState === 1) ws.send(s); else queue.push(s);
@@ -117,6 +139,7 @@
       const f = JSON.parse(e.data);
       if (f.type === 'message') add(f);
       else if (f.type === 'approvals') { approvals = f.items; drawApprovals(); newRequests(approvals); }
+      else if (f.type === 'executions') drawRuns(f.items);
       else if (f.type === 'output') output(f);
       else if (f.type === 'gap') gap(f.text);
       else if (f.type === 'error') add({kind: 'bot', author: 'opsroom', text: f.text, at: Date.now() / 1000});
