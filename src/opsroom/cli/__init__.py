@@ -60,6 +60,7 @@ def global_options(
     """opsroom: ChatOps for production support. Remote commands take --server/--token/--profile/-o
     here or after the command; exit codes: 0 ok, 1 not OK, 2 usage, 3 not allowed, 4 not found,
     5 server unreachable (docs/cli.md)."""
+    remote.GLOBAL.update(server=server, token=token, profile=profile, output=output)
 
 
 @catalog_app.command("validate")
