@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-import click
 import typer
 
 from opsroom.cli import profiles
@@ -29,10 +28,12 @@ CHECK_EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2}  # as a Nagios plugin; anyth
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
+# The options given before the command (`opsroom -o json status`); the root callback sets them.
+GLOBAL: dict[str, Any] = {}
+
+
 def _root(name: str) -> Any:
-    """A global option (`opsroom -o json status`): the root command's value of it, if any."""
-    ctx = click.get_current_context(silent=True)
-    return ctx.find_root().params.get(name) if ctx is not None else None
+    return GLOBAL.get(name)
 
 
 def output_format(output: Format | None) -> Format:
