@@ -9,7 +9,7 @@ import socket
 import time
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ from opsroom.runtime import Runtime
 from opsroom.secrets import masking, sealing
 
 _ADD_EXECUTION = insert(ExecutionRow)
+_RECORD_PROCESS = update(ExecutionRow).where(ExecutionRow.id == bindparam("eid"))
 
 
 def get_runbook(rt: Runtime, name: str) -> Runbook:
@@ -222,15 +223,18 @@ async def mark_running(rt: Runtime, execution_id: int) -> ExecutionRow | None:
 
 async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: str, error: str | None,
                         message: str) -> None:
-    async with rt.write() as s:
-        row = await s.get(ExecutionRow, execution_id)
+    def body(s: Session) -> None:
+        row = s.get(ExecutionRow, execution_id)
         if row is None:
             return
         row.status = advance(row.status, status)
         row.finished_at, row.output, row.error = time.time(), output, error
         actor = Actor(row.requested_by, row.door, correlation_id=row.correlation_id)  # type: ignore[arg-type]
-        await audit.append(s, actor=actor, action="execution.finish", target=f"execution:{row.id}",
-                           outcome=status, details={"runbook": row.runbook, "message": message})
+        audit.append_in(s, actor=actor, action="execution.finish", target=f"execution:{row.id}",
+                        outcome=status, details={"runbook": row.runbook, "message": message})
+
+    # One hop to the writer (transact), not one per statement: every run ends here.
+    await rt.transact(body)
 
 
 def _may_cancel(actor: Actor, row: ExecutionRow) -> bool:
@@ -311,9 +315,10 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
 
 async def record_process(rt: Runtime, execution_id: int, *, pgid: int, started: str | None) -> None:
     """Store the running step's process group, so recovery after a crash can kill it (processes.py)."""
-    async with rt.write() as s:
-        await s.execute(update(ExecutionRow).where(ExecutionRow.id == execution_id)
-                        .values(pgid=pgid, pg_started=started))
+    def body(s: Session) -> None:  # once per step: one hop to the writer, Core
+        s.connection().execute(_RECORD_PROCESS, {"eid": execution_id, "pgid": pgid, "pg_started": started})
+
+    await rt.transact(body)
 
 
 async def _require_read(rt: Runtime, actor: Actor, *, what: str, target: str) -> None:
