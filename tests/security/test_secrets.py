@@ -347,9 +347,13 @@ async def _viewer_responses(base: str, token: str, session: httpx.AsyncClient) -
         executions = (await api.get("/api/v1/executions", params={"limit": 500})).json()
         fills = {"execution_id": [str(e["id"]) for e in executions],
                  "approval_id": [str(e["approval_id"]) for e in executions if e.get("approval_id")] or ["1"],
-                 "name": ["sys", "svc", "svc-cmd", "canary"]}
+                 "name": ["sys", "svc", "svc-cmd", "canary"], "room": ["ops"]}
         for path, ops in spec["paths"].items():
             if "get" not in ops or not path.startswith("/api/v1"):
+                continue
+            if path.endswith("/stream"):
+                # Server-Sent Events: a room's, or a waiting execution's, never ends. The same
+                # messages and executions are read here at /rooms/{room}/messages and /executions/{id}.
                 continue
             urls = [path]
             for key, values in fills.items():
