@@ -11,6 +11,7 @@ when decided (approvals/service.py), and the checks scheduler adds, drops and re
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -144,11 +145,11 @@ def _too_large(path: Path) -> list[Problem]:
                     f"{MAX_FILE_BYTES // 2**20} MB a catalog file may be", "split it into several files")]
 
 
-def _read_and_prepare(path: Path) -> tuple[Catalog, str]:
-    """Off the event loop: loading and indexing 20,000 checks takes a second or more."""
+def _read_and_compare(path: Path, old: Catalog) -> tuple[Catalog, str, dict[str, Change]]:
+    """Off the event loop: loading, indexing, hashing and comparing 20,000 checks takes seconds."""
     catalog = read_catalog(path)
     catalog.prepare()
-    return catalog, catalog.content_hash
+    return catalog, catalog.content_hash, compare(old, catalog)
 
 
 # --- comparing ----------------------------------------------------------------
@@ -225,8 +226,12 @@ async def reload_catalog(rt: Runtime, *, actor: Actor, wait: bool = False) -> Re
 async def _reload(rt: Runtime, *, actor: Actor, path: Path) -> Reloaded:
     started = time.monotonic()
     old, old_hash = rt.catalog, rt.catalog_hash
+    # The collector off while the new catalog is built: its full passes over the hundreds of
+    # thousands of new objects would each hold the loop (and the GIL) for most of a second.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        new, new_hash = await asyncio.to_thread(_read_and_prepare, path)
+        new, new_hash, changes = await asyncio.to_thread(_read_and_compare, path, old)
     except CatalogError as exc:
         refused = CatalogRefused(exc)
         first = [p.render() for p in exc.problems[:10]]
@@ -235,26 +240,44 @@ async def _reload(rt: Runtime, *, actor: Actor, path: Path) -> Reloaded:
         log.warning("catalog reload refused; the running catalog stays", by=actor.name, problems=len(exc.problems),
                     first=first[0] if first else "")
         raise refused from None
-    changes = compare(old, new)
+    finally:
+        if collecting:
+            gc.enable()
     # The swap and everything that follows the catalog in memory, with no await in between.
     rt.use_catalog(new, content_hash=new_hash)
     if rt.monitor is not None:
-        rt.monitor.catalog_changed(old)
+        checks = changes.get("checks", Change())
+        rt.monitor.catalog_changed(old, touched=[*checks.added, *checks.removed, *checks.changed])
     _follow_rooms(rt)
     _follow_alert_sources(rt)
+    _settle_memory()
     notes = _notes(rt, old, changes)
     if "users" in changes or "roles" in changes:
         await reconcile_users(rt)
     notes += await _open_requests_note(rt, changes)
     result = Reloaded(old_hash, version_of(rt), changes, notes, time.monotonic() - started)
     details = {"old": old_hash, "new": new_hash, "notes": notes,
-               "changes": {k: {"added": list(c.added), "removed": list(c.removed), "changed": list(c.changed)}
-                           for k, c in changes.items()}}
+               "changes": {k: {"added": _listed(c.added), "removed": _listed(c.removed),
+                               "changed": _listed(c.changed)} for k, c in changes.items()}}
     await audit.append_alone(rt, actor=actor, action="catalog.reload", target="catalog", outcome="applied",
                              details=details)
     log.info("catalog reloaded", by=actor.name, old=old_hash[:12], new=new_hash[:12], changes=result.summary(),
              notes=notes, took_ms=round(result.took_s * 1000, 1))
     return result
+
+
+AUDITED_NAMES = 1000  # per kind and list: a first load of 20,000 checks is named by its count
+
+
+def _listed(names: tuple[str, ...]) -> list[str]:
+    return list(names) if len(names) <= AUDITED_NAMES else [*names[:AUDITED_NAMES], f"… {len(names)} in all"]
+
+
+def _settle_memory() -> None:
+    """One collection now (the load's own cyclic garbage), then the new catalog moves out of the
+    collector's view, as start-up does (server.py): it lives until the next reload."""
+    gc.collect()
+    gc.freeze()
 
 
 def _follow_rooms(rt: Runtime) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,24 +81,22 @@ class Monitor:
         if self.results is not None:
             self.results.start()
 
-    def catalog_changed(self, old: Catalog) -> None:
-        """A reload put a new catalog in place: schedule the checks it adds, drop the ones it removes
-        or disables, reschedule changed intervals. States are kept, as the store keeps them: a check
-        put back finds its state, as after a restart. Then each system's health is judged again,
-        announced when it changed (a failing check removed makes its system healthy)."""
+    def catalog_changed(self, old: Catalog, *, touched: Iterable[str]) -> None:
+        """A reload put a new catalog in place; `touched`: the checks it added, removed or changed.
+        Scheduled: the added ones; dropped: the removed or disabled ones; a changed interval moves
+        the cadence, any other change takes effect at the next run. States are kept, as the store
+        keeps them: a check put back finds its state, as after a restart. Then each system's health
+        is judged again, announced when it changed (a failing check removed makes it healthy)."""
         new = self.rt.catalog
         if self._scheduling:
-            for name in old.checks.keys() - new.checks.keys():
-                self.scheduler.remove(name)
-            for name, check in new.checks.items():
-                if not check.enabled:
+            for name in touched:
+                check = new.checks.get(name)
+                if check is None or not check.enabled:
                     self.scheduler.remove(name)
-                elif check != old.checks.get(name):
-                    # add() reschedules a known name: its cadence moves only when the interval did.
-                    self.scheduler.add(name, self._interval(name))
-        for system in list(self.system_healthy):
-            if system not in new.systems:
-                del self.system_healthy[system]
+                else:
+                    self.scheduler.add(name, self._interval(name))  # add() reschedules a known name
+        for system in old.systems.keys() - new.systems.keys():
+            self.system_healthy.pop(system, None)
         for system in new.systems:
             if system not in self.system_healthy:
                 self.system_healthy[system] = self._compute_health(system)
