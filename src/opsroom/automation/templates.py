@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2 import StrictUndefined, TemplateError, meta, nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -55,6 +55,16 @@ def parse_expression(source: str) -> nodes.Template:
     tree = nodes.Template([nodes.Output([expr], lineno=1)], lineno=1)
     tree.set_environment(_env)
     return tree
+
+
+@lru_cache(maxsize=4096)
+def template_names(source: str, expression: bool = False) -> tuple[nodes.Template, frozenset[str]]:
+    """(syntax tree, names it reads from its context) of a template or condition, worked out once
+    per distinct text: a catalog repeats the same few across thousands of rules and checks, and
+    jinja2.meta compiles the whole template to find the names. The tree is shared: read it only.
+    Raises jinja2.TemplateSyntaxError as parse_template and parse_expression do."""
+    tree = parse_expression(source) if expression else parse_template(source)
+    return tree, frozenset(meta.find_undeclared_variables(tree))
 
 
 # What a template that compiled can still raise with the values it meets: `attempt > 'x'`
