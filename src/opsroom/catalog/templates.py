@@ -13,11 +13,12 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2 import TemplateSyntaxError, nodes
 
-from opsroom.automation.templates import FILTERS, GLOBALS, TESTS, is_template, parse_expression, parse_template
+from opsroom.automation.templates import FILTERS, GLOBALS, TESTS, is_template, template_names
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import did_you_mean, dotted
 from opsroom.catalog.schema import Rule, Runbook
@@ -120,21 +121,22 @@ class _Checker:
         if not expression and not is_template(source):
             return  # used as it is, never compiled
         label, where = f"{kind} '{name}'", dotted(path)
-        loc = self.catalog.locate(kind, name, *map(str, path))
+
+        def at(index: int) -> Location | None:  # located only for a problem: most templates have none
+            return self.position(self.catalog.locate(kind, name, *map(str, path)), source, index)
+
         what = "condition" if expression else "template"
         try:
-            tree = parse_expression(source) if expression else parse_template(source)
+            free, fields, private = _facts(source, expression)
         except TemplateSyntaxError as exc:
-            line_start = _line_start(source, (exc.lineno or 1) - 1)
-            self.add(self.position(loc, source, line_start), f"{label}: {where}: {what} {source!r} does not "
+            self.add(at(_line_start(source, (exc.lineno or 1) - 1)), f"{label}: {where}: {what} {source!r} does not "
                      f"compile: {exc.message}", _syntax_hint(exc.message or "", expression))
             return
-        free = meta.find_undeclared_variables(tree) - GLOBALS
         for var in sorted(free - set(scope.names)):
-            self.add(self.position(loc, source, _find(source, rf"(?<![\w.]){re.escape(var)}\b")),
+            self.add(at(_find(source, rf"(?<![\w.]){re.escape(var)}\b")),
                      f"{label}: {where} uses '{var}', which {scope.what} cannot see",
                      f"{did_you_mean(var, scope.names)}{scope.what} can use: {', '.join(scope.names)}")
-        for base, attr, node_source in _fields(tree):
+        for base, attr, node_source in fields:
             if base not in free or base not in scope.names:
                 continue
             if base == "params":
@@ -147,11 +149,11 @@ class _Checker:
             else:
                 continue
             if attr not in known:
-                self.add(self.position(loc, source, _find(source, node_source)),
+                self.add(at(_find(source, node_source)),
                          f"{label}: {where} uses {base}.{attr}, which {whose} does not have",
                          f"{did_you_mean(attr, known)}{takes}")
-        for attr in sorted({n.attr for n in tree.find_all(nodes.Getattr) if n.attr.startswith("_")}):
-            self.add(self.position(loc, source, _find(source, rf"(?<=\.){re.escape(attr)}\b")),
+        for attr in private:
+            self.add(at(_find(source, rf"(?<=\.){re.escape(attr)}\b")),
                      f"{label}: {where} reads '{attr}', a private attribute the sandbox refuses",
                      "templates read parameters and context values only; remove it")
 
@@ -196,6 +198,15 @@ class _Checker:
         if row == 0:
             return Location(loc.file, loc.line, loc.column + (1 if first in ("'", '"') else 0) + col)
         return Location(loc.file, loc.line + row, col + 1)
+
+
+@lru_cache(maxsize=4096)
+def _facts(source: str, expression: bool) -> tuple[frozenset[str], tuple[tuple[str, str, str], ...], tuple[str, ...]]:
+    """(free names, `name.field` uses, private attributes read) of a template, once per distinct
+    text: the same few are written in thousands of rules."""
+    tree, names = template_names(source, expression)
+    private = tuple(sorted({n.attr for n in tree.find_all(nodes.Getattr) if n.attr.startswith("_")}))
+    return names - GLOBALS, tuple(_fields(tree)), private
 
 
 def _fields(tree: nodes.Template) -> Iterator[tuple[str, str, str]]:
