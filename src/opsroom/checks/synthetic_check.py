@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2 import TemplateSyntaxError, nodes
 
-from opsroom.automation.templates import GLOBALS, is_template, parse_template
+from opsroom.automation.templates import GLOBALS, is_template, template_names
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import did_you_mean, dotted
 from opsroom.catalog.schema import SyntheticCheck
@@ -246,12 +246,12 @@ def _template_problems(path: KeyPath, source: str, known: dict[str, str], later:
     if not is_template(source):
         return
     try:
-        tree = parse_template(source)
+        tree, names = template_names(source)
     except TemplateSyntaxError as exc:
         yield Problem(path, source, 0, f"template {source!r} does not compile: {exc.message}",
                       "write {{ vars.NAME }}; close every brace")
         return
-    for var in sorted(meta.find_undeclared_variables(tree) - GLOBALS - {"vars"}):
+    for var in sorted(names - GLOBALS - {"vars"}):
         yield Problem(path, source, _find(source, rf"(?<![\w.]){re.escape(var)}\b"),
                       f"uses '{var}'; a synthetic step's templates can see only vars",
                       f"write {{{{ vars.{var} }}}} for a variable")
