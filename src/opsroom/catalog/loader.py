@@ -7,8 +7,10 @@ person has to edit.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -347,18 +349,33 @@ def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
     return found
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a catalog is built: it makes millions of objects that
+    all live on, and the collector walked them again and again (40% of loading 20,000 checks)
+    to find next to no garbage. It runs as usual once the load is over."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def load_catalog(path: str | Path) -> Catalog:
     """Read every *.yaml/*.yml under `path` (or the one file) into a validated Catalog.
 
     Raises CatalogError with every problem found, each at its file:line:column.
     """
     loader = _Loader(Path(path))
-    for file in loader.files():
-        loader.read(file)
-    catalog = loader.build()
-    if not loader.broken:  # with a file unreadable, every reference into it would look broken
-        loader.check_refs(catalog)
-    check_templates(catalog, loader.add)  # each object alone: judged even when a file is broken
+    with _collector_paused():
+        for file in loader.files():
+            loader.read(file)
+        catalog = loader.build()
+        if not loader.broken:  # with a file unreadable, every reference into it would look broken
+            loader.check_refs(catalog)
+        check_templates(catalog, loader.add)  # each object alone: judged even when a file is broken
     if loader.problems:
         def order(p: Problem) -> tuple[int, int, int]:
             loc = p.location
