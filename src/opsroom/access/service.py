@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -240,23 +240,34 @@ async def create_token(rt: Runtime, *, actor: Actor, user: str, name: str = "cli
     return token
 
 
+_TOKEN_USER = (select(UserRow, ApiTokenRow.id, ApiTokenRow.last_used_at)
+               .join(ApiTokenRow, ApiTokenRow.user_id == UserRow.id)
+               .where(ApiTokenRow.token_hash == bindparam("hash"), ApiTokenRow.revoked.is_(False)))
+_TOUCH_TOKEN = update(ApiTokenRow).where(ApiTokenRow.id == bindparam("tid"))
+
+
 async def authenticate_token(rt: Runtime, *, token: str, door: Door) -> Actor:
-    async with rt.read() as s:
-        found = (await s.execute(
-            select(UserRow, ApiTokenRow).join(ApiTokenRow, ApiTokenRow.user_id == UserRow.id)
-            .where(ApiTokenRow.token_hash == token_hash(token), ApiTokenRow.revoked.is_(False))
-        )).first()
-    if found is None or found[0].disabled:
+    """Every API request: read from the store each time (no cache), so a revoked token or a
+    disabled user is refused at the next request, also when another process (the CLI) did it.
+
+    One hop to the writer (transact) for the lookup and the occasional last-used write: an
+    AsyncSession read costs several hops through aiosqlite's thread, 3.0 against 0.5 ms of CPU.
+    """
+    hashed, now = token_hash(token), time.time()
+
+    def lookup(s: Session) -> UserRow | None:
+        found = s.execute(_TOKEN_USER, {"hash": hashed}).first()
+        if found is None or found[0].disabled:
+            return None
+        user, token_id, last_used = found
+        if last_used is None or last_used < now - LAST_USED_EVERY_S:
+            s.connection().execute(_TOUCH_TOKEN, {"tid": token_id, "last_used_at": now})
+        return user
+
+    user = await rt.transact(lookup)
+    if user is None:
         raise Unauthenticated("invalid or revoked API token", hint="create one with `opsroom token create USER`")
-    now = time.time()
-    if found[1].last_used_at is None or found[1].last_used_at < now - LAST_USED_EVERY_S:
-        token_id = found[1].id
-
-        def touch(s: Session) -> None:
-            s.execute(update(ApiTokenRow).where(ApiTokenRow.id == token_id).values(last_used_at=now))
-
-        await rt.transact(touch)
-    return actor_for(rt, found[0], door)
+    return actor_for(rt, user, door)
 
 
 @dataclass
