@@ -97,8 +97,8 @@ def test_runbook_and_check_run_are_requests_to_the_server(tmp_path: Path) -> Non
         assert ran.returncode == 0, ran.stderr
         assert "42" in ran.stdout and "succeeded" in ran.stdout
         bad = cli("runbook", "run", "count", "n=4x2", *remote)
-        assert bad.returncode == 1 and "does not match the pattern" in bad.stderr
-        asked = cli("runbook", "run", "deploy", *remote)
+        assert bad.returncode == 2 and "does not match the pattern" in bad.stderr  # usage: a bad value
+        asked = cli("runbook", "run", "deploy", "--no-wait", *remote)  # without it: waits for the approval
         assert asked.returncode == 0 and re.search(r"execution #\d+ awaits approval \(request #\d+\)", asked.stdout)
         started = cli("runbook", "run", "count", "n=7", "--no-wait", *remote)
         assert started.returncode == 0 and re.fullmatch(r"execution #\d+: running\n", started.stdout)
@@ -114,15 +114,15 @@ def test_runbook_and_check_run_are_requests_to_the_server(tmp_path: Path) -> Non
         answers = {
             "no token": (cli("check", "run", "svc-cmd", "--server", server.base), 2,
                          "this command acts as a user", "OPSROOM_TOKEN"),
-            "wrong token": (cli("check", "run", "svc-cmd", "--server", server.base, "--token", "opr_wrong"), 1,
+            "wrong token": (cli("check", "run", "svc-cmd", "--server", server.base, "--token", "opr_wrong"), 3,
                             "invalid or revoked API token", "opsroom token create"),
             "forbidden": (cli("runbook", "run", "count", "n=1", "--server", server.base, "--token", viewer), 3,
                           "error: ", "hint: "),
-            "unknown runbook": (cli("runbook", "run", "cuont", "n=1", *remote), 1,
+            "unknown runbook": (cli("runbook", "run", "cuont", "n=1", *remote), 4,
                                 "I don't know a runbook called 'cuont'", "did you mean"),
-            "unknown check": (cli("check", "run", "nope", *remote), 1, "error: ", "hint: "),
+            "unknown check": (cli("check", "run", "nope", *remote), 4, "error: ", "hint: "),
             "no server": (cli("check", "run", "svc-cmd", "--server", f"http://127.0.0.1:{free_port()}",
-                              "--token", token), 1, "cannot reach the opsroom server", "is `opsroom serve` running"),
+                              "--token", token), 5, "cannot reach the opsroom server", "is `opsroom serve` running"),
             "not a url": (cli("check", "run", "svc-cmd", "--server", "ftp://x", "--token", token), 2,
                           "not an http:// or https:// address", "--server"),
             "bad url": (cli("check", "run", "svc-cmd", "--server", "http://[::1", "--token", token), 2,

@@ -108,14 +108,14 @@ def test_a_doctored_catalog_copy_does_not_skip_approval(server: Demo, tmp_path: 
     token = _token(server, "you")
     as_you = ["--server", server.base, "--token", token]
 
-    asked = cli("runbook", "run", "deploy", *as_you, env={"OPSROOM_CATALOG": str(copy)})
+    asked = cli("runbook", "run", "deploy", "--no-wait", *as_you, env={"OPSROOM_CATALOG": str(copy)})
     assert asked.returncode == 0, asked.stderr
     found = re.search(r"execution #(\d+) awaits approval \(request #\d+\)", asked.stdout)
     assert found, asked.stdout
     given = cli("runbook", "run", "deploy", "--catalog", str(copy), *as_you)
     assert given.returncode == 2 and "No such option" in given.stderr  # the option is gone, not ignored
     unknown = cli("runbook", "run", "wipe", *as_you, env={"OPSROOM_CATALOG": str(copy)})
-    assert unknown.returncode == 1 and "I don't know a runbook called 'wipe'" in unknown.stderr
+    assert unknown.returncode == 4 and "I don't know a runbook called 'wipe'" in unknown.stderr
     assert not marker.exists()
 
     # The server's runbook, its hash, and its approval: not the copy's.
@@ -150,7 +150,7 @@ def test_error_details_from_the_server_are_cleaned(server: Demo) -> None:
     token = _token(server, "you")
     # A name echoed back in the server's 404 detail and hint.
     asked = cli("runbook", "run", "x\x1b]0;pwned\x07y", "--server", server.base, "--token", token)
-    assert asked.returncode == 1
+    assert asked.returncode == 4
     assert "\x1b" not in asked.stderr and "\x07" not in asked.stderr and "error: " in asked.stderr
 
 
@@ -168,7 +168,7 @@ def test_user_disable_and_token_revoke_take_effect_at_once(server: Demo) -> None
     disabled = cli("user", "disable", "dev", *data)
     assert disabled.returncode == 0, disabled.stderr
     refused = check(dev)  # same server process, no restart
-    assert refused.returncode == 1 and "invalid or revoked API token" in refused.stderr
+    assert refused.returncode == 3 and "invalid or revoked API token" in refused.stderr
     assert "disabled" in cli("user", "list", *data).stdout
     enabled = cli("user", "enable", "dev", *data, "--catalog", str(server.data.parent / "catalog"))
     assert enabled.returncode == 0, enabled.stderr
@@ -182,7 +182,7 @@ def test_user_disable_and_token_revoke_take_effect_at_once(server: Demo) -> None
     revoked = cli("token", "revoke", found.group(1), *data)
     assert revoked.returncode == 0, revoked.stderr
     gone = check(lead)
-    assert gone.returncode == 1 and "invalid or revoked API token" in gone.stderr
+    assert gone.returncode == 3 and "invalid or revoked API token" in gone.stderr
     assert check(other).returncode == 0  # only that token
     assert re.search(r"lead-laptop.*revoked", cli("token", "list", "lead", *data).stdout)
     assert _audit(server, "token.revoke") and _audit(server, "user.disable")

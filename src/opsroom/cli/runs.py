@@ -55,7 +55,7 @@ def follow(api: Client, eid: int, *, say: TextIO, deadline: float | None) -> dic
     """Stream the execution until it ends; its output goes to `say` as it is printed. Returns the
     final execution. A stream dropped because this terminal fell behind is opened again and its
     replay (all the output so far) is skipped as far as it was printed."""
-    printed, shown, reconnects = 0, None, 0
+    consumed, shown, reconnects, partial = 0, None, 0, ""
     while True:
         seen = 0
         for event, data in api.stream(f"/executions/{eid}/stream"):
@@ -64,16 +64,20 @@ def follow(api: Client, eid: int, *, say: TextIO, deadline: float | None) -> dic
                                   hint=f"it goes on on the server: `opsroom execution {eid} --follow`")
             if event == "output" and isinstance(data, dict):
                 text = str(data.get("text") or "")
-                new = text[max(0, printed - seen):]
+                new = text[max(0, consumed - seen):]
                 seen += len(text)
-                if new:
-                    write(new, stream=say, end="")
-                    printed += len(new)
+                consumed += len(new)
+                # Whole lines only: an escape sequence cut between two events is cleaned whole.
+                head, nl, partial = (partial + new).rpartition("\n")
+                if nl:
+                    write(head + nl, stream=say, end="")
             elif event == "execution" and isinstance(data, dict):
                 if shown is not None and data.get("status") != shown:
                     write(f"execution #{eid}: {data.get('status')}", stream=say)
                 shown = data.get("status")
             elif event == "end" and isinstance(data, dict):
+                if partial:
+                    write(partial, stream=say)
                 return data
             elif event == "error" and isinstance(data, dict):
                 if data.get("code") == "fell_behind" and reconnects < RECONNECTS:
