@@ -23,7 +23,8 @@ from tests.chat.harness import Served, serve
 from tests.factories import small_catalog, token_for, write_catalog
 
 USERS = [{"name": "you", "roles": ["operator"]}, {"name": "boss", "roles": ["approver"]},
-         {"name": "dev", "roles": ["viewer"]}, {"name": "admin", "roles": ["admin"]}]
+         {"name": "dev", "roles": ["viewer"]}, {"name": "admin", "roles": ["admin"]},
+         {"name": "nobody", "roles": []}]
 OUTSIDE_SECRET = "db_password_9f3e1c"
 
 
@@ -70,7 +71,12 @@ async def test_authorization_bypass_not_an_admin_is_refused_and_audited(served: 
     async with httpx.AsyncClient(base_url=served.base, timeout=30) as http:
         seen = await http.get("/api/v1/catalog",
                               headers={"Authorization": f"Bearer {await token_for(served.rt, 'dev')}"})
-    assert seen.status_code == 200 and seen.json()["hash"] == before
+        assert seen.status_code == 200 and seen.json()["hash"] == before
+        hidden = await http.get("/api/v1/catalog",
+                                headers={"Authorization": f"Bearer {await token_for(served.rt, 'nobody')}"})
+    assert hidden.status_code == 403 and "hash" not in hidden.json()
+    reads = await audit.list_records(served.rt, actor=SYSTEM, action="catalog.read", limit=10)
+    assert sorted((r.actor, r.outcome) for r in reads) == [("dev", "ok"), ("nobody", "refused")]
     applied = await _reload(served, "admin")
     assert applied.status_code == 200 and applied.json()["changes"]["checks"]["added"] == ["sneaky"]
 

@@ -189,7 +189,10 @@ async def get_version(rt: Runtime, *, actor: Actor) -> CatalogVersion:
         await audit.append_alone(rt, actor=actor, action="catalog.read", target="catalog", outcome="refused",
                                  details={"reason": "missing permission status.read"})
         actor.require("status.read", what="see the catalog's version")
-    return version_of(rt)
+    version = version_of(rt)
+    await audit.append_alone(rt, actor=actor, action="catalog.read", target="catalog",
+                             details={"hash": version.hash})
+    return version
 
 
 async def reload_catalog(rt: Runtime, *, actor: Actor, wait: bool = False) -> Reloaded:
