@@ -2,7 +2,7 @@
 
 Paging, decided once for every list (executions, audit, alerts, approvals, room messages): the
 body stays a JSON array of the items; when more follow, the answer carries `X-Next-Cursor` (an
-opaque string to pass back as `?cursor=`) and a `Link: <URL>; rel="next"` header. No header: the
+opaque string to pass back as `?cursor=`) and a `Link: </api/v1/...?cursor=...>; rel="next"` header. No header: the
 last page. A cursor names its list, so one list's cursor given to another is refused (422).
 """
 
@@ -82,6 +82,8 @@ def page(request: Request, response: Response, *, resource: str, rows: Sequence[
     if len(rows) > limit and items:
         cursor = encode_cursor(resource, key(items[-1]))
         response.headers["X-Next-Cursor"] = cursor
-        response.headers["Link"] = f'<{request.url.include_query_params(cursor=cursor)}>; rel="next"'
+        # Relative (RFC 8288): a Host header a proxy passed on, or a client forged, names no other server.
+        following = request.url.include_query_params(cursor=cursor)
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
     return items
 
