@@ -492,3 +492,63 @@ def test_the_rule_names_checked_at_load_are_those_a_rule_is_evaluated_with() -> 
     ev = CheckStateChanged(check="c", service="s", system="y", environment="prod", old_state="OK",
                            new_state="CRITICAL", state_type="hard", attempt=3, max_attempts=3, output="", since=0.0)
     assert sorted(_context(ev)) == sorted(RULE_NAMES)
+
+
+def test_a_duplicate_key_is_refused_where_it_is_written_and_a_merged_key_may_be_overridden(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE)
+    checks = write(tmp_path, "checks.yaml", """\
+        checks:
+          - name: b-tcp
+            <<: &tcp {type: tcp, host: localhost, port: 80, interval: 30s}
+            service: service-b
+            interval: 10s
+          - name: b-tcp-2
+            <<: *tcp
+            service: service-b
+            port: 81
+            port: 82
+        """)
+    out = problems(checks.parent)
+    assert block(out, f"{checks}:10:5: error: duplicate key 'port'").endswith(
+        "hint: 'port' is already set at line 9; YAML would silently keep only the last one, so remove one of them")
+    assert out.count("error:") == 1  # `interval` and `port` overriding the merged defaults are fine
+
+
+def test_the_same_template_text_in_many_objects_is_reported_at_each(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", BASE + "checks:\n  - {name: b, type: tcp, service: service-b, host: h, port: 1}\n")
+    write(tmp_path, "runbooks.yaml", "runbooks:\n  - name: rb\n    steps:\n      - command: [\"true\"]\n")
+    rules = write(tmp_path, "rules.yaml", "rules:\n" + "".join(
+        f"  - name: r{i}\n    when: {{check: b, condition: \"stat == 'CRITICAL'\"}}\n"
+        f"    then: {{runbook: rb}}\n" for i in range(3)))
+    out = problems(tmp_path)
+    for i in range(3):  # worked out once, located three times
+        assert f"{rules}:{3 + 3 * i}:34: error: rule 'r{i}': when.condition uses 'stat'" in out, out
+    assert out.count("error:") == 3
+
+
+def test_locations_of_a_loaded_catalog_answer_every_lookup(tmp_path: Path) -> None:
+    catalog = load_catalog(VALID)
+    checks = str(VALID / "system-a" / "checks.yml")
+    key = ("check", "service-b-http", "interval")
+    assert key in catalog.locations and catalog.locations.get(key) == catalog.locations[key] == Location(checks, 6, 15)
+    assert ("check", "service-b-http") in catalog.locations
+    assert ("check", "no-such-check") not in catalog.locations and catalog.locations.get(("check", "nope", "x")) is None
+    with pytest.raises(KeyError):
+        catalog.locations[("check", "service-b-http", "no-such-field")]
+
+
+def test_the_garbage_collector_runs_again_after_a_load(tmp_path: Path) -> None:
+    import gc
+
+    assert gc.isenabled()
+    load_catalog(VALID)
+    assert gc.isenabled()
+    write(tmp_path, "bad.yaml", "checks: 3\n")
+    problems(tmp_path)
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        load_catalog(VALID)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -139,6 +139,10 @@ def test_libyaml_and_python_parsers_give_the_same_locations(tmp_path: Path) -> N
             folded
             text
           list: [1, "two", {three: 3}]
+        scalars: [~, null, Null, '', yes, No, on, OFF, true, False, y, n, 0x1F, 0o17, -12, +3, 1_000, 3.5, .inf,
+                  -.Inf, .NaN, 1e3, 2026-12-07, 2026-12-07T13:20:00Z, 12:30:00, '12', "yes", !!str 5, !!int "7",
+                  team-a, tcp, oops, 0day, =, <<x, -x, .x, ~x, "", ' ', &a anchored, *a]
+        empty:
         """) + CATALOG
 
     def marks(node: yaml.Node | None, out: list[tuple[object, ...]]) -> list[tuple[object, ...]]:

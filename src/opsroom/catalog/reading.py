@@ -36,20 +36,26 @@ _SCALARS: dict[str, Callable[[Any, ScalarNode], Any]] = {
         "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
         "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
 }
-# The first characters an implicit resolver looks at; any other plain scalar is a string.
-_RESOLVED_FIRST = frozenset(k for k in _SAFE.yaml_implicit_resolvers if k is not None)
-_WILDCARD = None in _SAFE.yaml_implicit_resolvers
+_SEQ, _MAP = _SAFE.DEFAULT_SEQUENCE_TAG, _SAFE.DEFAULT_MAPPING_TAG
+# The safe loader's implicit resolvers by the first character they look at ('' for the empty value).
+_IMPLICIT: dict[str, list[tuple[str, re.Pattern[str]]]] = dict(_SAFE.yaml_implicit_resolvers)
+assert None not in _IMPLICIT and not _SAFE.yaml_path_resolvers  # _Resolve would have to try them
 
 
 class _Resolve:
-    """A shortcut through the resolver for the plain scalars no implicit resolver could claim
-    (names, hosts, URLs): libyaml's composer calls it once per value and it was a third of
-    composing; the tags it gives are the same."""
+    """The resolver libyaml's composer calls once per node, without the general machinery (path
+    resolvers, which the safe loader has none of, and a list built per call): it was a third of
+    composing. Tags are the same as the safe loader's: its implicit resolvers are tried in order
+    for a plain scalar whose first character one of them looks at; anything else is a string."""
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> Any:
-        if kind is ScalarNode and not _WILDCARD and (not implicit[0] or (value and value[0] not in _RESOLVED_FIRST)):
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in _IMPLICIT.get(value[:1], ()):
+                    if regexp.match(value):
+                        return tag
             return _STR
-        return yaml.resolver.Resolver.resolve(self, kind, value, implicit)  # type: ignore[no-untyped-call,arg-type]
+        return _SEQ if kind is SequenceNode else _MAP
 
 
 _C_SAFE: Any = getattr(yaml, "CSafeLoader", None)  # None where PyYAML was built without libyaml
@@ -176,9 +182,11 @@ class Reader:
 
     def mapping(self, node: yaml.MappingNode, doc: Doc, path: KeyPath) -> dict[Any, Any]:
         own: set[int] | None = None  # keys merged in by `<<:` are not this mapping's own: they may be overridden
-        if any(knode.tag in _MERGE_TAGS for knode, _ in node.value):
-            own = {id(knode) for knode, _ in node.value}
-            self.constructor.flatten_mapping(node)
+        for knode, _ in node.value:
+            if knode.tag in _MERGE_TAGS:
+                own = {id(knode) for knode, _ in node.value}
+                self.constructor.flatten_mapping(node)
+                break
         out: dict[Any, Any] = {}
         keys = doc.keys
         for knode, vnode in node.value:
