@@ -37,6 +37,7 @@ from opsroom.events import (
     RoomMessagePosted,
 )
 from opsroom.rooms import service as rooms
+from opsroom.rooms.schemas import MessageOut
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runbooks.schemas import ExecutionOut
@@ -330,8 +331,9 @@ async def _execution_events(rt: Runtime, feed: Feed, row: ExecutionRow) -> Async
             yield sse("execution", _out(row))
 
 
-def _message(room: str, message_id: int, at: float, author: str, kind: str, text: str) -> dict[str, Any]:
-    return {"id": message_id, "room": room, "at": iso(at), "author": author, "kind": kind, "text": text}
+def _message(room: str, message_id: int, at: float, author: str, kind: str, text: str) -> Any:
+    """The message as GET /api/v1/rooms/{room}/messages gives it (the same model)."""
+    return MessageOut(id=message_id, room=room, at=at, author=author, kind=kind, text=text).model_dump(mode="json")
 
 
 @router.get("/rooms/{room}/stream", response_class=Response, responses=SSE_RESPONSE)
