@@ -4,7 +4,10 @@ health, rooms, users, open approvals and a running execution."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from opsroom import server
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM
 from opsroom.approvals import service as approvals
+from opsroom.audit import service as audit
 from opsroom.catalog import service as catalog_service
 from opsroom.checks.probes import ProbeResult
 from opsroom.config import Settings
@@ -142,3 +146,22 @@ async def test_a_running_execution_finishes_with_the_runbook_it_started_with(boo
     assert finished is not None and finished.status == "succeeded", finished.error if finished else None
     assert "step one" in finished.output and "step two" in finished.output
     assert finished.catalog_hash == old_hash != rt.catalog_hash
+
+
+async def test_sighups_during_a_reload_make_one_more_never_a_queue(booted: Any) -> None:
+    """SIGHUP reaches this process's server (it runs in the main thread with a catalog path)."""
+    rt, _fake = booted
+    assert "hangup" in rt.extras, "the SIGHUP handler is not installed"
+    _edit(rt, lambda data: data["checks"].append(_check("by-signal")))
+    for _ in range(5):
+        os.kill(os.getpid(), signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "by-signal" not in rt.catalog.checks and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert "by-signal" in rt.catalog.checks
+    await asyncio.sleep(1.0)  # room for any reload still to come
+    while rt.extras.get("catalog_reload_lock") is not None and rt.extras["catalog_reload_lock"].locked():
+        await asyncio.sleep(0.05)
+    records = await audit.list_records(rt, actor=SYSTEM, action="catalog.reload", limit=20)
+    assert 1 <= len(records) <= 2 and {r.actor for r in records} == {"signal:SIGHUP"}, records
+    assert {r.outcome for r in records} == {"applied"}
