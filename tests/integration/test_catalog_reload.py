@@ -115,19 +115,28 @@ async def test_rooms_and_users_follow(booted: Any) -> None:
     assert (await access.actor_by_name(rt, name="newcomer", door="api")).roles == frozenset({"viewer"})
 
 
-async def test_an_open_request_for_a_changed_runbook_is_named_and_cannot_be_approved(booted: Any) -> None:
-    rt, _fake = booted
+async def test_a_run_awaiting_approval_of_a_changed_runbook_is_cancelled_and_can_be_asked_again(
+        booted: Any) -> None:
+    rt, fake = booted
     you = await access.actor_by_name(rt, name="you", door="api")
     asked = await runbooks.request_run(rt, actor=you, runbook="deploy", params={})
     assert asked.status == "awaiting_approval" and asked.approval_id is not None
+    before = len(fake.sent)
     _edit(rt, lambda data: data["runbooks"][-1]["steps"][0].update(
         command=[sys.executable, "-c", "print('v2')"]))
     done = await catalog_service.reload_catalog(rt, actor=ADMIN)
     assert done.changes["runbooks"].changed == ("deploy",)
-    assert any(f"#{asked.approval_id}" in note and "ask again" in note for note in done.notes), done.notes
+    assert any(f"#{asked.id}" in note and "ask again" in note for note in done.notes), done.notes
+    async with rt.read() as s:
+        row = await s.get(ExecutionRow, asked.id)
+    assert row is not None and row.status == "cancelled" and row.error == "cancelled by catalog reload (opsroom)"
+    said = await inprocess.said(rt, fake, before)
+    assert any(f"execution #{asked.id}" in t and "cancelled by catalog reload" in t for t in said), said
     boss = await access.actor_by_name(rt, name="boss", door="api")
-    with pytest.raises(OpsroomError, match="changed since it was requested"):
+    with pytest.raises(OpsroomError):
         await approvals.decide(rt, actor=boss, approval_id=asked.approval_id, approve=True, reason=None)
+    again = await runbooks.request_run(rt, actor=you, runbook="deploy", params={})  # not "already in progress"
+    assert again.status == "awaiting_approval" and again.catalog_hash == rt.catalog_hash
 
 
 async def test_a_running_execution_finishes_with_the_runbook_it_started_with(booted: Any) -> None:

@@ -4,8 +4,8 @@ A reload reads the server's catalog path again. Any problem refuses it whole and
 catalog stays; otherwise the new one replaces it in one step of the event loop (nothing awaits
 between the swap and the engines following it), so no check, rule or room sees half of each.
 Rooms, sockets and running executions are never dropped: a running execution keeps the runbook
-it started with (runbooks/executor.py), an open approval of a runbook changed since is refused
-when decided (approvals/service.py), and the checks scheduler adds, drops and reschedules.
+it started with (runbooks/executor.py), a run awaiting approval for a runbook changed since is
+cancelled (no approval could ever start it), and the checks scheduler adds, drops and reschedules.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from opsroom.audit import service as audit
 from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import CatalogError, Problem
 from opsroom.catalog.loader import load_catalog
-from opsroom.errors import Conflict, Invalid, PermissionDenied
+from opsroom.errors import Conflict, Invalid, OpsroomError, PermissionDenied
+from opsroom.runbooks import service as execution_service
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 
@@ -257,7 +258,7 @@ async def _reload(rt: Runtime, *, actor: Actor, path: Path) -> Reloaded:
     notes = _notes(rt, old, changes)
     if "users" in changes or "roles" in changes:
         await reconcile_users(rt)
-    notes += await _open_requests_note(rt, changes)
+    notes += await _close_stale_requests(rt, actor=actor, changes=changes)
     result = Reloaded(old_hash, version_of(rt), changes, notes, time.monotonic() - started)
     details = {"old": old_hash, "new": new_hash, "notes": notes,
                "changes": {k: {"added": _listed(c.added), "removed": _listed(c.removed),
@@ -318,21 +319,33 @@ def _notes(rt: Runtime, old: Catalog, changes: dict[str, Change]) -> list[str]:
     return notes
 
 
-async def _open_requests_note(rt: Runtime, changes: dict[str, Change]) -> list[str]:
+async def _close_stale_requests(rt: Runtime, *, actor: Actor, changes: dict[str, Change]) -> list[str]:
+    """Open requests for a runbook the reload changed or removed can never be approved (an approval
+    covers the version asked for; approvals/service.py). Left open, each would hold its run's lock
+    until it expires and refuse the "ask again" as a duplicate: they are cancelled now, announced in
+    their room as any cancel is."""
     runbooks = changes.get("runbooks")
     if runbooks is None or not (runbooks.changed or runbooks.removed):
         return []
-    names = [*runbooks.changed, *runbooks.removed]
     async with rt.read() as s:
         ids = list((await s.execute(
-            select(ApprovalRow.id).join(ExecutionRow, ExecutionRow.id == ApprovalRow.execution_id)
-            .where(ApprovalRow.status == "open", ExecutionRow.runbook.in_(names))
-            .order_by(ApprovalRow.id))).scalars())
-    if not ids:
+            select(ExecutionRow.id).join(ApprovalRow, ApprovalRow.id == ExecutionRow.approval_id)
+            .where(ApprovalRow.status == "open", ExecutionRow.status == "awaiting_approval",
+                   ExecutionRow.runbook.in_([*runbooks.changed, *runbooks.removed]))
+            .order_by(ExecutionRow.id))).scalars())
+    closer = Actor(f"catalog reload ({actor.name})", "system", frozenset({"system"}), frozenset({"*"}))
+    closed = []
+    for execution_id in ids:
+        try:
+            await execution_service.cancel_execution(rt, actor=closer, execution_id=execution_id)
+            closed.append(execution_id)
+        except OpsroomError:
+            pass  # decided or expired meanwhile: nothing left to close
+    if not closed:
         return []
-    shown = ", ".join(f"#{i}" for i in ids[:10]) + (" …" if len(ids) > 10 else "")
-    return [f"open requests for runbooks changed or removed ({shown}) cannot be approved any more: "
-            "the runbook they asked for is not the one that would run; ask again"]
+    shown = ", ".join(f"#{i}" for i in closed[:10]) + (" …" if len(closed) > 10 else "")
+    return [f"executions awaiting approval for a runbook changed or removed were cancelled ({shown}): "
+            "an approval covers the version asked for; ask again"]
 
 
 def reload_log_line(result: Reloaded) -> str:
