@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -137,8 +138,6 @@ def _room_permission() -> str:
 
 
 def _auto_approver() -> str:
-    import inspect
-
     from opsroom.runbooks import service as runbooks
 
     # The role `approval: auto` asks on a protected environment, as the service layer decides it.
@@ -147,11 +146,22 @@ def _auto_approver() -> str:
     return found.group(1)
 
 
+def _profiles_file() -> str:
+    import os
+    from unittest import mock
+
+    from opsroom.cli import profiles
+
+    with mock.patch.dict(os.environ, {"HOME": "/home/someone"}, clear=True):
+        return str(profiles.path()).replace("/home/someone", "~", 1)
+
+
 def _defaults() -> dict[str, Callable[[], Any]]:
     from opsroom.access import links, names, throttle
     from opsroom.access import service as access
     from opsroom.access.identity import BUILTIN_ROLES, Actor, permissions_for
     from opsroom.access.models import ApiTokenRow
+    from opsroom.cli import remote, runs
     from opsroom.domain import approval
     from opsroom.rooms import service as rooms
     from opsroom.runbooks import executor
@@ -218,6 +228,12 @@ def _defaults() -> dict[str, Callable[[], Any]]:
         "ssh: port": lambda: _field(s.Host, "port"),
         "ssh: sessions at once per host": lambda: _field(s.Host, "max_sessions"),
         "ssh: connect timeout": lambda: _field(s.Host, "connect_timeout"),
+        "CLI server when no profile or option names one": lambda: remote.DEFAULT_URL,
+        "CLI profiles file": _profiles_file,
+        "CLI request timeout": lambda: inspect.signature(remote.api_client).parameters["timeout"].default,
+        "`runbook run` waits for the end of the run": lambda: (
+            "until it ends" if inspect.signature(runs.runbook_run).parameters["timeout"].default is None else
+            inspect.signature(runs.runbook_run).parameters["timeout"].default),
     }
 
 
