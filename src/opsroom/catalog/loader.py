@@ -169,7 +169,7 @@ class _Loader:
     def build(self) -> Catalog:
         locations = Locations()
         catalog = Catalog(root=str(self.root), locations=locations)
-        first: dict[tuple[str, str], Location] = {}
+        first: dict[tuple[str, str], _Raw] = {}
         for raw in self.raws:
             self.defined_in[raw.kind][raw.doc.file] = None
             obj = self.validate(raw)
@@ -179,13 +179,13 @@ class _Loader:
                 continue
             name = obj.pattern if isinstance(obj, Alias) else obj.name
             field_name = "pattern" if isinstance(obj, Alias) else "name"
-            here = raw.doc.at((*raw.path, field_name))
-            if (raw.kind, name) in first:
-                self.add(here, f"duplicate {raw.kind} '{name}'",
-                         f"the first {raw.kind} '{name}' is at {first[(raw.kind, name)]}; "
+            earlier = first.get((raw.kind, name))
+            if earlier is not None:
+                self.add(raw.doc.at((*raw.path, field_name)), f"duplicate {raw.kind} '{name}'",
+                         f"the first {raw.kind} '{name}' is at {earlier.doc.at((*earlier.path, field_name))}; "
                          "rename or remove one of them")
                 continue
-            first[(raw.kind, name)] = here
+            first[(raw.kind, name)] = raw
             self.names[raw.kind].add(name)
             if isinstance(obj, Alias):
                 catalog.aliases.append(obj)

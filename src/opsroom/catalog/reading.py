@@ -188,7 +188,7 @@ class Reader:
                 self.constructor.flatten_mapping(node)
                 break
         out: dict[Any, Any] = {}
-        keys = doc.keys
+        keys, values = doc.keys, doc.values
         for knode, vnode in node.value:
             if knode.__class__ is ScalarNode and knode.tag == _STR:
                 key: Any = knode.value
@@ -203,7 +203,12 @@ class Reader:
                              f"'{key}' is already set at line {first.line + 1}; YAML would silently keep "
                              "only the last one, so remove one of them")
                 keys[kpath] = knode.start_mark
-            out[key] = self.convert(vnode, doc, kpath)
+            if vnode.__class__ is ScalarNode and vnode.tag == _STR and len(kpath) <= MAX_DEPTH:
+                values[kpath] = vnode.start_mark  # convert's first case, inline: most values are strings
+                value = vnode.value
+                out[key] = self.interpolate(value, doc, kpath) if "${" in value else value
+            else:
+                out[key] = self.convert(vnode, doc, kpath)
         return out
 
     def interpolate(self, text: str, doc: Doc, path: KeyPath) -> str:
