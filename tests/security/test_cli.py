@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import re
+import socket
 import sqlite3
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,3 +262,80 @@ def test_admin_commands_refuse_an_empty_postgresql_database(pg_own_url: str, tmp
     assert made.returncode == 0 and made.stdout.startswith("new store in postgresql"), made.stdout + made.stderr
     verified = cli("audit", "verify", env=env)
     assert verified.returncode == 0 and "audit OK: 0 records" in verified.stdout, verified.stderr
+
+
+# --- profiles: the tokens a laptop keeps -----------------------------------------------------------
+
+def _laptop(tmp: Path) -> dict[str, str]:
+    home = tmp / "laptop"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSROOM_")}
+    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+
+
+def test_profiles_file_is_private_and_holds_only_checked_tokens(server: Demo, tmp_path: Path) -> None:
+    env = _laptop(tmp_path)
+    token = _token(server, "you")
+    saved = Path(env["XDG_CONFIG_HOME"]) / "opsroom" / "profiles"
+    wrong = cli("login", server.base, "--token", "opr_" + "x" * 43, env=env)
+    assert wrong.returncode == 3 and not saved.exists(), wrong.stderr  # checked before it is kept
+    done = cli("login", server.base, env=env, stdin=token + "\n")
+    assert done.returncode == 0, done.stderr
+    assert token not in done.stdout + done.stderr  # never echoed
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600 and stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
+    listed = cli("profiles", "-o", "json", env=env)
+    assert token not in listed.stdout and json.loads(listed.stdout)[0]["server"] == server.base
+
+    # Information disclosure: a profiles file others can read is refused, not used.
+    saved.chmod(0o644)
+    refused = cli("status", env=env)
+    assert refused.returncode == 2 and "can be read by other users" in refused.stderr and "chmod 600" in refused.stderr
+    saved.chmod(0o600)
+    # A link planted in its place (to a file of the attacker's choosing) is not followed.
+    planted = tmp_path / "planted"
+    planted.write_text(saved.read_text())
+    planted.chmod(0o600)
+    saved.unlink()
+    saved.symlink_to(planted)
+    linked = cli("status", env=env)
+    assert linked.returncode == 2 and "not a link" in linked.stderr, linked.stderr
+
+
+def test_a_profile_token_never_goes_to_another_server(server: Demo, tmp_path: Path) -> None:
+    # Credential leak: `--server` naming someone else's host must not carry the saved token there.
+    env = _laptop(tmp_path)
+    assert cli("login", server.base, "--token", _token(server, "you"), env=env).returncode == 0
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    listener.settimeout(0.5)
+    try:
+        elsewhere = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        asked = cli("status", "--server", elsewhere, env=env)
+        assert asked.returncode == 2 and "no token" in asked.stderr, asked.stderr
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody connected: no request, no token
+    finally:
+        listener.close()
+    assert cli("status", "--server", server.base, env=env).returncode in (0, 1)  # its own server: the token
+
+
+@pytest.mark.parametrize("name", ["../../etc/cron.d/x", "a/b", "", "-rf", "x" * 65, "prod\nx"])
+def test_profile_names_are_names_not_paths(name: str, tmp_path: Path) -> None:
+    env = _laptop(tmp_path)
+    result = cli("login", "http://127.0.0.1:9", "--profile", name, "--token", "opr_x", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert not (Path(env["XDG_CONFIG_HOME"]) / "opsroom").exists()
+
+
+def test_json_and_yaml_output_carry_escapes_as_text(server: Demo, tmp_path: Path) -> None:
+    token = _token(server, "you")
+    ran = cli("runbook", "run", "noisy", "--server", server.base, "--token", token, "-o", "json")
+    assert ran.returncode == 0, ran.stderr
+    for control in ("\x1b", "\x07", "\x9b", "\x9c", "\x9d"):
+        assert control not in ran.stdout + ran.stderr, repr(control)
+    assert "\x1b]0;pwned" in json.loads(ran.stdout)["output"]  # kept as data, escaped in the text
+    as_yaml = cli("execution", str(json.loads(ran.stdout)["id"]), "--server", server.base, "--token", token,
+                  "-o", "yaml")
+    assert as_yaml.returncode == 0 and "\x1b" not in as_yaml.stdout
+    assert "\x1b]0;pwned" in yaml.safe_load(as_yaml.stdout)["output"]

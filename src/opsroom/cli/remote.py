@@ -78,10 +78,12 @@ def resolve(server: str | None, token: str | None, profile: str | None) -> tuple
     else:
         current = profiles.load(None)
         pair = (current.server, current.token) if current else (None, None)
-    if server is not None and token is None:
-        token = pair[1] if pair[0] is not None and _same_server(server, pair[0]) else env_token
+    if token is None:
+        if server is None or (pair[0] is not None and _same_server(server, pair[0])):
+            token = pair[1]
+        else:
+            token = env_token  # never a profile's token to a server that is not the profile's
     url = server or pair[0] or _env_url()
-    token = token or pair[1]
     if not token:
         raise ClientError("this command acts as a user: no token",
                           hint="log in with `opsroom login URL`, or pass --token or set OPSROOM_TOKEN (an admin "
@@ -154,7 +156,7 @@ def login(url: Annotated[str, typer.Argument(help="the server, e.g. https://opsr
           = None) -> None:
     """Check a token against a server (GET /api/v1/me) and save both as a profile (mode 0600)."""
     with calling():
-        name = profiles.check_name(profile or profiles.DEFAULT)
+        name = profiles.check_name(profile if profile is not None else profiles.DEFAULT)
         tok = _check_token(_read_token(token))
         if not tok:
             raise ClientError("no token given", hint="pass --token, set OPSROOM_TOKEN, or type it at the prompt",
