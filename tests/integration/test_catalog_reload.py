@@ -174,3 +174,24 @@ async def test_sighups_during_a_reload_make_one_more_never_a_queue(booted: Any) 
     records = await audit.list_records(rt, actor=SYSTEM, action="catalog.reload", limit=20)
     assert 1 <= len(records) <= 2 and {r.actor for r in records} == {"signal:SIGHUP"}, records
     assert {r.outcome for r in records} == {"applied"}
+
+
+async def test_what_a_reload_cannot_apply_is_said(booted: Any) -> None:
+    """Chat platforms connect at start: a reload that changes them applies the rest and says so."""
+    rt, _fake = booted
+
+    def change(data: dict[str, Any]) -> None:
+        data["platforms"] = [{"name": "pager", "type": "fake"}]
+        data["rooms"] = [{"name": "ops", "bind": ["pager:#ops"]}]
+
+    _edit(rt, change)
+    done = await catalog_service.reload_catalog(rt, actor=ADMIN)
+    assert done.changes["platforms"].added == ("pager",) and done.changes["rooms"].changed == ("ops",)
+    assert any("pager" in note and "restart the server" in note for note in done.notes), done.notes
+    assert rt.rooms is not None and "pager" not in rt.rooms.adapters  # nothing half-started
+    assert done.version.hash != done.old_hash  # the room's new binding is part of the version
+    # A platform's settings hold credentials: compared and reported, but kept out of the version hash.
+    _edit(rt, lambda data: data["platforms"][0].update(burst=5))
+    again = await catalog_service.reload_catalog(rt, actor=ADMIN)
+    assert again.changes == {"platforms": catalog_service.Change(changed=("pager",))}
+    assert again.version.hash == again.old_hash
