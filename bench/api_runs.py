@@ -60,6 +60,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, fmt_ms, info, loadavg, percentile, r, repo_on_path, run_cleaned
+from chat_roundtrip import cpu_seconds
 
 TARGET_P99_MS = 50.0
 RUNBOOK = "stamp"
@@ -251,14 +252,6 @@ async def spawn_times(clients: Clients, phase: Phase) -> list[float]:
 
     await asyncio.gather(*(one(k, eid) for k, eid in enumerate(ids)))
     return out
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check(phase: Phase, name: str) -> None:
