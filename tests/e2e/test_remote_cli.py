@@ -36,7 +36,7 @@ OPSROOM = shutil.which("opsroom", path=str(Path(sys.executable).parent)) or "ops
 def _away(tmp: Path) -> dict[str, str]:
     """Another machine: its own HOME and config, nothing of the server's environment."""
     home = tmp / "laptop"
-    home.mkdir(exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSROOM_")}
     return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
             "OPSROOM_DATA": str(tmp / "no-such-data-dir"), "COLUMNS": "200"}
@@ -105,6 +105,7 @@ def _request_of(w: Watched, *, stderr: bool) -> int:
     return int(re.search(r"request #(\d+)", line).group(1))  # type: ignore[union-attr]
 
 
+@pytest.mark.timeout(300)  # a server, two approvals and a dozen CLI processes on a shared machine
 def test_remote_cli_logs_in_waits_for_approval_and_streams_the_run(tmp_path: Path) -> None:
     with served(tmp_path) as s:
         env = _away(tmp_path)
@@ -151,3 +152,49 @@ def test_remote_cli_logs_in_waits_for_approval_and_streams_the_run(tmp_path: Pat
         assert shown.returncode == 0 and f"catalog_hash: {final['catalog_hash']}" in shown.stdout
         as_yaml = _cli(env, "-o", "yaml", "executions")
         assert as_yaml.returncode == 0 and f"id: {final['id']}" in as_yaml.stdout
+
+
+@pytest.mark.timeout(400)  # some thirty CLI processes, each a Python start
+def test_every_remote_command_and_its_exit_code(tmp_path: Path) -> None:
+    with served(tmp_path) as s:
+        you, boss = _away(tmp_path), {**_away(tmp_path), "OPSROOM_PROFILE": "boss"}
+        assert _cli(you, "login", s.base, "--token", s.tokens["you"]).returncode == 0
+        assert _cli(you, "login", s.base, "--profile", "boss", "--token", s.tokens["boss"]).returncode == 0
+        assert _cli(you, "login", s.base, "--profile", "you", "--token", s.tokens["you"]).returncode == 0
+
+        def ok(env: dict[str, str], *args: str, code: int = 0) -> str:
+            result = _cli(env, *args)
+            assert result.returncode == code, (args, result.stdout, result.stderr)
+            assert "Traceback" not in result.stderr
+            return result.stdout
+
+        assert "sys" in ok(you, "status")
+        assert json.loads(ok(you, "status", "-o", "json"))[0]["system"] == "sys"
+        assert "svc-cmd" in ok(you, "health", "sys") and "svc-cmd" in ok(you, "checks")
+        assert "svc-cmd: OK" in ok(you, "check", "run", "svc-cmd", "--nagios")
+        assert "slow-prod" in ok(you, "runbooks") and "(none)" in ok(you, "approvals")
+        assert "(none)" in ok(you, "alerts") or "ID" in ok(you, "alerts")
+        eid = json.loads(ok(you, "runbook", "run", "slow-prod", "--no-wait", "-o", "json"))["id"]
+        request = json.loads(ok(you, "-o", "json", "approvals"))[0]["id"]
+        ok(you, "approve", str(request), code=3)  # not an approver, and not one's own request
+        assert f"request #{request}: denied" in ok(boss, "deny", str(request), "not now")
+        assert "denied" in ok(you, "execution", str(eid), code=1)
+        eid = json.loads(ok(you, "runbook", "run", "slow", "--no-wait", "-o", "json"))["id"]
+        assert f"execution #{eid}: cancelled" in ok(you, "cancel", str(eid))
+        assert str(eid) in ok(you, "executions", "--status", "cancelled")
+
+        ok(you, "health", "nope", code=4)
+        ok(you, "execution", "99999", code=4)
+        ok(you, "runbook", "run", "count", "n=x", code=2)
+        ok(you, "status", "--profile", "nosuch", code=2)
+        ok({**you, "OPSROOM_PROFILE": "nobody-here"}, "status", code=2)
+        unreachable = _cli({**_away(tmp_path / "x"), "OPSROOM_URL": "http://127.0.0.1:9", "OPSROOM_TOKEN": "opr_x"},
+                           "status")
+        assert unreachable.returncode == 5 and "cannot reach" in unreachable.stderr
+        ok(you, "frobnicate", code=2)
+        assert "Usage" in ok(you, "runbook", "run", "-h")
+        assert ok(you, "--version").startswith("opsroom ")
+        assert "_opsroom_completion" in ok(you, "--show-completion", "bash")
+        assert "* " in ok(you, "profiles") and "boss" in ok(you, "profiles")
+        assert "forgotten" in ok(you, "logout", "--profile", "boss")
+        ok(you, "logout", "--profile", "boss", code=4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ import typer
 from opsroom.cli import profiles
 from opsroom.cli.client import NOT_OK, USAGE, Client, ClientError, path_part
 from opsroom.cli.common import OutputOpt, ProfileOpt, ServerOpt, TokenOpt, app, check_app
-from opsroom.cli.output import Format, fields, show, when
+from opsroom.cli.output import Column, Format, fields, show, table, when
 from opsroom.cli.terminal import error, write
 
 CHECK_EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2}  # as a Nagios plugin; anything else is 3 (UNKNOWN)
@@ -135,6 +135,15 @@ def rows(payload: Any) -> list[dict[str, Any]]:
     return [r for r in payload if isinstance(r, dict)]
 
 
+def listing(path: str, output: Format | None, server: str | None, token: str | None, profile: str | None,
+            columns: list[Column] | None = None, text: Callable[[Any], str] | None = None) -> list[dict[str, Any]]:
+    """GET a list and show it: what most remote commands are."""
+    with calling(), api_client(server, token, profile) as api:
+        items = rows(api.get(path))
+    show(items, output_format(output), columns, text)
+    return items
+
+
 # --- profiles -----------------------------------------------------------------------------------
 
 def _read_token(given: str | None) -> str:
@@ -197,9 +206,7 @@ def list_profiles(output: OutputOpt = None) -> None:
 def status(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt = None,
            output: OutputOpt = None) -> None:
     """Every system's health; exit 1 when one is not healthy."""
-    with calling(), api_client(server, token, profile) as api:
-        systems = rows(api.get("/systems"))
-    show(systems, output_format(output), [
+    systems = listing("/systems", output, server, token, profile, [
         ("system", "system"), ("environment", "environment"), ("healthy", "healthy"),
         ("failing", lambda r: [f"{f.get('check')} {f.get('state')}" for f in r.get("failing") or []]),
         ("alerts", lambda r: len(r.get("alerts") or []))])
@@ -219,8 +226,6 @@ def health(system: Annotated[str, typer.Argument(help="a system's name")], serve
 
 
 def _check_table(items: list[dict[str, Any]]) -> str:
-    from opsroom.cli.output import table
-
     return table(items, [("check", "check"), ("service", "service"), ("state", "state"),
                          ("since", lambda r: when(r.get("since"))), ("output", "output")])
 
@@ -229,9 +234,7 @@ def _check_table(items: list[dict[str, Any]]) -> str:
 def checks(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt = None,
            output: OutputOpt = None) -> None:
     """Every check and its state."""
-    with calling(), api_client(server, token, profile) as api:
-        items = rows(api.get("/checks"))
-    show(items, output_format(output), text=lambda _v: _check_table(items))
+    listing("/checks", output, server, token, profile, text=_check_table)
 
 
 @check_app.command("run")
@@ -257,9 +260,7 @@ def check_run(name: str, server: ServerOpt = None, token: TokenOpt = None, profi
 def alerts(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt = None,
            output: OutputOpt = None) -> None:
     """Alerts from Alertmanager and webhooks, newest first."""
-    with calling(), api_client(server, token, profile) as api:
-        items = rows(api.get("/alerts"))
-    show(items, output_format(output), [
+    listing("/alerts", output, server, token, profile, [
         ("id", "id"), ("name", "name"), ("status", "status"), ("severity", "severity"), ("system", "system"),
         ("since", lambda r: when(r.get("since"))), ("summary", "summary")])
 
@@ -268,9 +269,7 @@ def alerts(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt
 def runbooks(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt = None,
              output: OutputOpt = None) -> None:
     """The runbooks the server's catalog offers, with their parameters."""
-    with calling(), api_client(server, token, profile) as api:
-        items = rows(api.get("/runbooks"))
-    show(items, output_format(output), [
+    listing("/runbooks", output, server, token, profile, [
         ("name", "name"), ("approval", "approval"), ("parameters", lambda r: list(r.get("parameters") or {})),
         ("title", "title")])
 
@@ -281,9 +280,7 @@ def runbooks(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileO
 def approvals(server: ServerOpt = None, token: TokenOpt = None, profile: ProfileOpt = None,
               output: OutputOpt = None) -> None:
     """Open approval requests, the one that expires soonest first."""
-    with calling(), api_client(server, token, profile) as api:
-        items = rows(api.get("/approvals"))
-    show(items, output_format(output), [
+    listing("/approvals", output, server, token, profile, [
         ("id", "id"), ("execution", "execution_id"), ("requester", "requester"), ("asked", "roles"),
         ("expires", lambda r: when(r.get("expires_at"))), ("summary", "summary")])
 

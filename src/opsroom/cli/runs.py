@@ -17,7 +17,7 @@ import typer
 from opsroom.cli.client import NOT_OK, UNREACHABLE, USAGE, Client, ClientError, path_part
 from opsroom.cli.common import OutputOpt, ProfileOpt, ServerOpt, TokenOpt, app, runbook_app
 from opsroom.cli.output import Format, fields, show, when
-from opsroom.cli.remote import api_client, calling, expect, output_format, rows
+from opsroom.cli.remote import api_client, calling, expect, listing, output_format
 from opsroom.cli.terminal import error, write
 
 ACTIVE = {"pending", "awaiting_approval", "running"}  # domain/execution.py ACTIVE (the CLI stays thin)
@@ -147,9 +147,7 @@ def executions(server: ServerOpt = None, token: TokenOpt = None, profile: Profil
                limit: Annotated[int, typer.Option(min=1, max=500, help="at most this many")] = 50) -> None:
     """Recent executions, newest first."""
     query = f"/executions?limit={limit}" + (f"&status={path_part(status)}" if status else "")
-    with calling(), api_client(server, token, profile) as api:
-        items = rows(api.get(query))
-    show(items, output_format(output), [
+    listing(query, output, server, token, profile, [
         ("id", "id"), ("runbook", "runbook"), ("status", "status"), ("environment", "environment"),
         ("requested by", "requested_by"), ("created", lambda r: when(r.get("created_at"))),
         ("summary", "summary")])
