@@ -57,6 +57,13 @@ class _Resolve:
             return _STR
         return _SEQ if kind is SequenceNode else _MAP
 
+    # Called around every node for path resolvers, which the safe loader has none of.
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
 
 _C_SAFE: Any = getattr(yaml, "CSafeLoader", None)  # None where PyYAML was built without libyaml
 _FAST: Any = type("_FastLoader", (_Resolve, _C_SAFE), {}) if _C_SAFE is not None else None
