@@ -65,7 +65,7 @@ def test_room_stream_resumes_after_an_id(tmp_path: Path) -> None:
             with api.stream("GET", "/rooms/ops/stream") as resp:
                 for ev in events(resp):
                     seen.append(ev)
-                    if (ev.name == "message" and "finished" in ev.data["text"]) or ev.name == "error":
+                    if (ev.name == "message" and "succeeded in" in ev.data["text"]) or ev.name == "error":
                         return
 
         reader = threading.Thread(target=listen, daemon=True)
