@@ -152,3 +152,14 @@ async def test_a_client_that_falls_behind_is_dropped_and_its_queue_freed() -> No
     assert not feed.items and feed.stopped is streams.BEHIND
     assert await feed.next(0.1) is streams.BEHIND
     assert b'"code":"fell_behind"' in streams._stop_event(streams.BEHIND)
+    # Few events but large ones (output chunks of 4000 characters): the byte budget stops them.
+    big = streams.Feed("user:1", 1)
+    for i in range(streams.QUEUE_BYTES // 4000 + 1):
+        big.push(RoomMessagePosted(room="ops", message_id=i, author="x", text="y" * 4000, kind="bot"))
+    assert big.stopped is streams.BEHIND and big.size == 0 and not big.items
+    # A reader that keeps up is never dropped, however long the stream runs.
+    steady = streams.Feed("user:2", 2)
+    for i in range(streams.QUEUE_MAX * 3):
+        steady.push(RoomMessagePosted(room="ops", message_id=i, author="x", text="y" * 4000, kind="bot"))
+        assert await steady.next(0.1) is not streams.BEHIND
+    assert steady.stopped is None and steady.size == 0

@@ -15,6 +15,7 @@ import asyncio
 import json
 import signal
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -48,9 +49,10 @@ router = APIRouter(tags=["streams"])
 
 PING_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 QUEUE_MAX = 1000  # events waiting for one client; more and it has fallen behind
+QUEUE_BYTES = 1024 * 1024  # or this much text waiting (an output chunk is up to 4000 characters)
 WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long is dropped
 PER_USER_MAX = 16  # open streams per user (a script opening them in a loop stops here)
-TOTAL_MAX = 512
+TOTAL_MAX = 256  # so at most TOTAL_MAX * QUEUE_BYTES wait for slow readers in all
 ACTIVE = {"pending", "awaiting_approval", "running"}  # domain/execution.py ACTIVE
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -77,18 +79,22 @@ class Feed:
     def __init__(self, owner: str, user_id: int | None) -> None:
         self.owner, self.user_id = owner, user_id
         self.items: deque[Event | _Stop] = deque()
+        self.size = 0  # characters of text waiting
         self.stopped: _Stop | None = None
         self._ready = asyncio.Event()
 
     def push(self, item: Event | _Stop) -> None:
         if self.stopped is not None:
             return
-        if isinstance(item, _Stop) or len(self.items) >= QUEUE_MAX:
+        weight = 0 if isinstance(item, _Stop) else len(getattr(item, "text", "")) + 100
+        if isinstance(item, _Stop) or len(self.items) >= QUEUE_MAX or self.size + weight > QUEUE_BYTES:
             # What was queued is dropped too: the memory of a slow client is freed at once.
             self.stopped = item if isinstance(item, _Stop) else BEHIND
             self.items.clear()
+            self.size = 0
         else:
             self.items.append(item)
+            self.size += weight
         self._ready.set()
 
     async def next(self, timeout: float) -> Event | _Stop | None:
@@ -101,7 +107,9 @@ class Feed:
                 return None
         if self.stopped is not None:
             return self.stopped
-        return self.items.popleft()
+        item = self.items.popleft()
+        self.size -= len(getattr(item, "text", "")) + 100
+        return item
 
 
 class Hub:
@@ -179,7 +187,7 @@ class Hub:
 
 # Uvicorn waits for every open response before it runs the lifespan shutdown, and an event stream
 # never ends by itself: its signal handler is wrapped once so that a stop ends the streams first.
-_HUBS: set[Hub] = set()
+_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
 _STOPPING = False
 
 
