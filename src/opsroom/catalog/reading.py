@@ -37,9 +37,6 @@ _SCALARS: dict[str, Callable[[Any, ScalarNode], Any]] = {
         "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
 }
 _SEQ, _MAP = _SAFE.DEFAULT_SEQUENCE_TAG, _SAFE.DEFAULT_MAPPING_TAG
-# The safe loader's implicit resolvers by the first character they look at ('' for the empty value).
-_IMPLICIT: dict[str, list[tuple[str, re.Pattern[str]]]] = dict(_SAFE.yaml_implicit_resolvers)
-assert None not in _IMPLICIT and not _SAFE.yaml_path_resolvers  # _Resolve would have to try them
 
 
 class _Resolve:
@@ -48,10 +45,12 @@ class _Resolve:
     composing. Tags are the same as the safe loader's: its implicit resolvers are tried in order
     for a plain scalar whose first character one of them looks at; anything else is a string."""
 
+    yaml_implicit_resolvers: dict[str | None, list[tuple[str, re.Pattern[str]]]]
+
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> Any:
         if kind is ScalarNode:
-            if implicit[0]:
-                for tag, regexp in _IMPLICIT.get(value[:1], ()):
+            if implicit[0]:  # by the first character they look at ('' for the empty value)
+                for tag, regexp in self.yaml_implicit_resolvers.get(value[:1], ()):
                     if regexp.match(value):
                         return tag
             return _STR
@@ -71,8 +70,9 @@ _FAST: Any = type("_FastLoader", (_Resolve, _C_SAFE), {}) if _C_SAFE is not None
 
 def compose(text: str) -> yaml.Node | None:
     """YAML nodes with their marks: libyaml where it is built in, the pure-Python parser for a file
-    it refuses, so errors read the same either way."""
-    if _FAST is not None:
+    it refuses, so errors read the same either way. The shortcut resolver stands in only while no
+    path or catch-all resolver has been added to PyYAML's loaders (none is, in opsroom)."""
+    if _FAST is not None and not _FAST.yaml_path_resolvers and None not in _FAST.yaml_implicit_resolvers:
         try:
             return yaml.compose(text, Loader=_FAST)
         except yaml.YAMLError:
