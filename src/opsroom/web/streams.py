@@ -17,7 +17,7 @@ import signal
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -241,7 +241,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], on_close: Any) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> None:
         super().__init__(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # it has no end
         self.events, self.on_close = events, on_close
@@ -271,7 +271,7 @@ class EventStream(Response):
         finally:
             for task in tasks:
                 task.cancel()
-            await self.events.aclose()  # type: ignore[attr-defined]
+            await self.events.aclose()
             self.on_close()
 
 
@@ -299,7 +299,7 @@ async def execution_stream(execution_id: PathId, request: Request, rt: RuntimeDe
     return EventStream(_execution_events(rt, feed, row), lambda: hub.close(feed))
 
 
-async def _execution_events(rt: Runtime, feed: Feed, row: ExecutionRow) -> AsyncIterator[bytes]:
+async def _execution_events(rt: Runtime, feed: Feed, row: ExecutionRow) -> AsyncGenerator[bytes, None]:
     eid, shown = row.id, row.status
     yield sse("execution", _out(row))
     last_output = 0  # output events up to this id are in the replay
@@ -364,7 +364,7 @@ async def room_stream(room: str, request: Request, rt: RuntimeDep, actor: ApiAct
     return EventStream(_room_events(room, feed, missed, cut), lambda: hub.close(feed))
 
 
-async def _room_events(room: str, feed: Feed, missed: list[dict[str, Any]], cut: bool) -> AsyncIterator[bytes]:
+async def _room_events(room: str, feed: Feed, missed: list[dict[str, Any]], cut: bool) -> AsyncGenerator[bytes, None]:
     if cut:
         yield sse("gap", {"detail": f"more messages were missed than the {rooms.REPLAY_MAX} replayed",
                           "hint": f"read the older ones with GET /api/v1/rooms/{room}/messages"})
