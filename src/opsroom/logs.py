@@ -27,7 +27,7 @@ from opsroom.secrets.masking import MASK, mask, register, secret_name
 _ROUTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "sqlalchemy", "asyncio", "opsroom")
 # Loggers that print SQL statements with their parameters (password hashes, session data) at
 # debug or info: kept at warning whatever the level, so `log_level = debug` is safe to turn on.
-_STATEMENTS = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg")
+_STATEMENTS = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "sqlalchemy.orm", "asyncpg")
 _HANDLER_NAME = "opsroom"
 # websockets' debug line for a frame, e.g. `< TEXT '{"type": "say", …}' [66 bytes]`.
 _FRAME = re.compile(r"^([<>]) (TEXT|BINARY|CONT|CLOSE|PING|PONG) .*?(\[\d+ bytes(?:, continued)?\])?$", re.DOTALL)

@@ -17,7 +17,7 @@ from opsroom import events
 from opsroom.access.identity import BUILTIN_ROLES, Actor, Door, permissions_for
 from opsroom.access.models import ApiTokenRow, UserRow, WebSessionRow
 from opsroom.access.names import normalise_name
-from opsroom.access.secrets import hash_password, new_token, token_hash, verify_password
+from opsroom.access.secrets import hash_password, new_token, timing_equaliser, token_hash, verify_password
 from opsroom.access.throttle import LoginThrottle
 from opsroom.audit import service as audit
 from opsroom.errors import Conflict, Invalid, NotFound, TooManyAttempts, Unauthenticated
@@ -39,6 +39,7 @@ def _argon2_pool() -> ThreadPoolExecutor:
     if _argon2 is None:
         _argon2 = ThreadPoolExecutor(max_workers=min(4, max(1, (os.cpu_count() or 1) - 1)),
                                      thread_name_prefix="opsroom-argon2")
+        _argon2.submit(timing_equaliser)  # made once, off the loop, before a stranger's login needs it
     return _argon2
 
 
