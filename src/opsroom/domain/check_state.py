@@ -114,7 +114,9 @@ def fold(status: CheckStatus, new_state: str, *, now: float, max_attempts: int, 
         state=new_state,
         state_type=state_type,
         attempt=attempt,
-        since=now if new_state != old_state else status.since,
+        # The first result dates the state too: a check OK from its first run has been OK since
+        # then, not since the presumed OK of initial() (shown as 1970 before).
+        since=now if new_state != old_state or not status.history else status.since,
         last_change_hard=hard_change if changed else status.last_change_hard,
         history=history,
         flapping=flapping,
