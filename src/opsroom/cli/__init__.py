@@ -15,9 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from opsroom.catalog.errors import CatalogError
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
-from opsroom.catalog.service import REFUSED, read_catalog
 from opsroom.cli import admin, remote, runs
 from opsroom.cli.client import NOT_OK, USAGE, ClientError
 from opsroom.cli.common import (
@@ -38,7 +36,6 @@ from opsroom.cli.common import (
 from opsroom.cli.output import show
 from opsroom.cli.profiles import ProfileError
 from opsroom.cli.terminal import error, write
-from opsroom.store import lease
 
 __all__ = ["admin", "app", "local_admin", "main", "remote", "run", "runs", "settings_for"]
 
@@ -66,6 +63,9 @@ def global_options(
 @catalog_app.command("validate")
 def catalog_validate(path: Annotated[Path, typer.Argument(help="catalog directory or file")]) -> None:
     """Validate a catalog; errors name file:line:column and how to fix them."""
+    from opsroom.catalog.errors import CatalogError
+    from opsroom.catalog.service import read_catalog
+
     try:
         cat = read_catalog(path)  # what the server reads: links out of it and oversized files refused
     except CatalogError as exc:
@@ -82,6 +82,8 @@ def catalog_reload(server: ServerOpt = None, token: TokenOpt = None, profile: Pr
                    output: OutputOpt = None) -> None:
     """Ask the running server to reload its catalog: applied whole (exit 0) or refused whole with
     every problem at file:line:column, the running catalog unchanged (exit 1). Admins only."""
+    from opsroom.catalog.service import REFUSED
+
     try:
         with remote.api_client(server, token, profile) as api:
             done = remote.expect(api.post("/catalog/reload"), "old_hash", "catalog", "summary", "changes")
@@ -203,6 +205,9 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
     """Run the server: checks, rules, runbooks, the web room and the API."""
     import uvicorn
 
+    from opsroom.catalog.errors import CatalogError
+    from opsroom.catalog.service import read_catalog
+    from opsroom.store import lease
     from opsroom.web.app import create_app
     from opsroom.web.security import WS_MAX_FRAME
 

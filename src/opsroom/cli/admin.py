@@ -33,10 +33,10 @@ from opsroom.cli.common import (
     user_app,
 )
 from opsroom.cli.terminal import clean, error, write
-from opsroom.config import Settings
 from opsroom.errors import OpsroomError
 
 if TYPE_CHECKING:
+    from opsroom.config import Settings
     from opsroom.runtime import Runtime
 
 
