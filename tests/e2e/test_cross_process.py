@@ -19,8 +19,9 @@ async def test_cli_request_reaches_the_room_and_boss_approves_it(tmp_path: Path)
         boss = await join(demo, "boss")
         await boss.wait_for(lambda f: f["type"] == "message" and "is unhealthy" in f["text"])
         token = cli("token", "create", "you", "--data", str(demo.data), env=demo.env).stdout.strip()
-        asked = cli("runbook", "run", "start-service", "service=service-b", "--token", token, "--server", demo.base,
-                    env=demo.env)
+        # --no-wait: the CLI returns once asked (it waits for the approval otherwise; test_remote_cli shows that).
+        asked = cli("runbook", "run", "start-service", "service=service-b", "--no-wait", "--token", token,
+                    "--server", demo.base, env=demo.env)
         assert asked.returncode == 0, asked.stderr
         request = int(re.search(r"request #(\d+)", asked.stdout).group(1))  # type: ignore[union-attr]
 

@@ -248,6 +248,24 @@ def serve(catalog: CatalogOpt = None, data: DataOpt = None,
         raise
 
 
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+@app.command("completion")
+def completion(shell: Annotated[str, typer.Argument(help="bash, zsh, fish or powershell")]) -> None:
+    """Print the shell completion script, e.g. `source <(opsroom completion bash)` in ~/.bashrc.
+
+    Named, as kubectl and gh do: --show-completion guesses the shell from the parent process,
+    which fails under sudo, in scripts and in containers."""
+    from typer._completion_shared import get_completion_script
+
+    name = shell.strip().lower()
+    if name not in SHELLS:
+        error(f"no completion for the shell {shell!r}", f"name one of: {', '.join(SHELLS[:4])}")
+        raise typer.Exit(2)
+    write(get_completion_script(prog_name="opsroom", complete_var="_OPSROOM_COMPLETE", shell=name))
+
+
 @app.command()
 def demo(port: Annotated[int, typer.Option(envvar="OPSROOM_PORT")] = 8080,
          host: Annotated[str, typer.Option()] = "127.0.0.1",
