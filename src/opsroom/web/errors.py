@@ -58,7 +58,12 @@ def install(app: FastAPI) -> None:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),
                    "input": _safe(e.get("input"))} for e in exc.errors()[:20]]
-        return JSONResponse({"detail": detail, "code": "invalid"}, status_code=422)
+        first = detail[0] if detail else {"loc": [], "msg": ""}
+        where = ".".join(str(p) for p in first["loc"]) or "the request"
+        hint = (f"fix {where}: {first['msg']}" + (f" (and {len(detail) - 1} more, listed in detail)"
+                                                  if len(detail) > 1 else "")
+                + "; /docs shows each operation's parameters and body")
+        return JSONResponse({"detail": detail, "code": "invalid", "hint": hint}, status_code=422)
 
     @app.exception_handler(OpsroomError)
     async def _opsroom_error(_request: Request, exc: OpsroomError) -> JSONResponse:
