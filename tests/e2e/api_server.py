@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from tests.e2e.harness import Demo, cli, start_server
+from tests.e2e.harness import Served, served_with_tokens
 from tests.factories import write_catalog
 
 DEV_PASSWORD = "dev-api-test-password"
@@ -35,30 +32,12 @@ CATALOG = {
 }
 
 
-@dataclass
-class Api:
-    server: Demo
-    tokens: dict[str, str]
-
-    @property
-    def base(self) -> str:
-        return self.server.base
-
-    def client(self, user: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base + "/api/v1", timeout=15,
-                            headers={"Authorization": f"Bearer {self.tokens[user]}"})
+Api = Served  # the typed-API tests' server: this catalog, a token for each of its users
 
 
 @contextmanager
 def api_server(tmp: Path) -> Iterator[Api]:
     catalog = write_catalog(tmp / "catalog", CATALOG)
-    server = start_server(tmp, ["serve", "--catalog", str(catalog)], env_extra={"OPSROOM_TEST_DEV_PW": DEV_PASSWORD})
-    try:
-        tokens = {}
-        for user in ("root-admin", "dev", "op", "aud"):
-            made = cli("token", "create", user, "--data", str(server.data), "--catalog", str(catalog))
-            assert made.returncode == 0, made.stderr
-            tokens[user] = made.stdout.strip()
-        yield Api(server, tokens)
-    finally:
-        server.stop()
+    with served_with_tokens(tmp, catalog, ("root-admin", "dev", "op", "aud"),
+                            env_extra={"OPSROOM_TEST_DEV_PW": DEV_PASSWORD}) as served:
+        yield served

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,3 +185,41 @@ async def join(demo: Demo, user: str, room: str = "ops") -> RoomClient:
     """Log in as a demo user and open the room, as a person on a phone does."""
     http = await login(demo.base, user, DEMO_PASSWORDS[user])
     return await RoomClient.open(demo.base, http, user, room)
+
+
+@dataclass
+class Served:
+    """A real `opsroom serve` on its own catalog, with an API token per user."""
+
+    server: Demo
+    catalog: Path
+    tokens: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return self.server.base
+
+    def api(self, user: str, *, timeout: float = 30) -> httpx.Client:
+        return httpx.Client(base_url=self.base + "/api/v1", timeout=timeout,
+                            headers={"Authorization": f"Bearer {self.tokens[user]}"})
+
+
+@contextlib.contextmanager
+def served_with_tokens(tmp: Path, catalog: Path, users: tuple[str, ...], *,
+                       env_extra: dict[str, str] | None = None,
+                       passwords: dict[str, str] | None = None) -> Iterator[Served]:
+    """Serve `catalog`, make a token for each of `users` (and set `passwords`), stop it after."""
+    server = start_server(tmp, ["serve", "--catalog", str(catalog)], env_extra=env_extra)
+    try:
+        data = ["--data", str(server.data), "--catalog", str(catalog)]
+        tokens = {}
+        for user in users:
+            made = cli("token", "create", user, *data)
+            assert made.returncode == 0, made.stderr
+            tokens[user] = made.stdout.strip()
+        for user, password in (passwords or {}).items():
+            done = cli("user", "passwd", user, "--password-stdin", *data, stdin=password + "\n")
+            assert done.returncode == 0, done.stderr
+        yield Served(server, catalog, tokens)
+    finally:
+        server.stop()

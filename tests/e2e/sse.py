@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.harness import Demo, cli, start_server
+from tests.e2e.harness import Served, served_with_tokens
 from tests.factories import small_catalog
 
 LINES = 3
@@ -39,34 +39,10 @@ def stream_catalog(tmp: Path) -> Path:
               {"name": "dev", "roles": ["viewer"]}, {"name": "nobody", "roles": []}])
 
 
-@dataclass
-class Served:
-    server: Demo
-    catalog: Path
-    tokens: dict[str, str]
-
-    @property
-    def base(self) -> str:
-        return self.server.base
-
-    def api(self, user: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base + "/api/v1", timeout=30,
-                            headers={"Authorization": f"Bearer {self.tokens[user]}"})
-
-
 @contextmanager
 def served(tmp: Path, users: tuple[str, ...] = ("you", "boss", "dev", "nobody")) -> Iterator[Served]:
-    catalog = stream_catalog(tmp)
-    server = start_server(tmp, ["serve", "--catalog", str(catalog)])
-    try:
-        data = ["--data", str(server.data), "--catalog", str(catalog)]
-        tokens = {u: cli("token", "create", u, *data).stdout.strip() for u in users}
-        for user, password in PASSWORDS.items():
-            done = cli("user", "passwd", user, "--password-stdin", *data, stdin=password + "\n")
-            assert done.returncode == 0, done.stderr
-        yield Served(server, catalog, tokens)
-    finally:
-        server.stop()
+    with served_with_tokens(tmp, stream_catalog(tmp), users, passwords=PASSWORDS) as s:
+        yield s
 
 
 @dataclass

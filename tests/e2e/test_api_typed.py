@@ -87,7 +87,7 @@ def _utc(text: Any) -> dt.datetime:
 
 
 def test_times_are_iso_8601_with_a_zone(api: Api) -> None:
-    with api.client("root-admin") as c:
+    with api.api("root-admin") as c:
         ran = c.post("/runbooks/noop/run", json={"params": {"n": 500}, "room": "ops"})
         assert ran.status_code == 202, ran.text
         _utc(ran.json()["created_at"])
@@ -128,7 +128,7 @@ def _walk(c: httpx.Client, path: str, **params: Any) -> tuple[list[Any], int]:
 
 
 def test_paging_walks_every_item_once(api: Api) -> None:
-    with api.client("root-admin") as c:
+    with api.api("root-admin") as c:
         for n in range(1, 8):
             assert c.post("/runbooks/noop/run", json={"params": {"n": n}}).status_code == 202
         for i in range(5):
@@ -157,7 +157,7 @@ def test_paging_walks_every_item_once(api: Api) -> None:
 
 
 def test_bad_filters_and_rooms_are_refused_with_what_is_allowed(api: Api) -> None:
-    with api.client("root-admin") as c:
+    with api.api("root-admin") as c:
         bogus = c.get("/executions", params={"status": "bogus"})
         assert bogus.status_code == 422 and bogus.json()["code"] == "invalid"
         allowed = bogus.json()["detail"][0]["msg"]
@@ -172,7 +172,7 @@ def test_bad_filters_and_rooms_are_refused_with_what_is_allowed(api: Api) -> Non
 
 
 def test_me_services_rules_rooms_and_a_new_token(api: Api) -> None:
-    with api.client("dev") as c:
+    with api.api("dev") as c:
         assert c.get("/me").json() == {"name": "dev", "roles": ["viewer"],
                                         "permissions": ["approval.read", "check.run", "execution.read", "status.read"]}
         services = {s["service"]: s for s in c.get("/services").json()}
@@ -187,19 +187,19 @@ def test_me_services_rules_rooms_and_a_new_token(api: Api) -> None:
         assert c.post("/tokens", json={"name": "x", "user": "root-admin"}).status_code == 403
     fresh = httpx.get(api.base + "/api/v1/me", headers={"Authorization": f"Bearer {made.json()['token']}"})
     assert fresh.json()["name"] == "dev"
-    with api.client("dev") as c:
+    with api.api("dev") as c:
         assert "laptop" in [t["name"] for t in c.get("/tokens").json()]
 
 
 def test_a_command_posted_to_a_room_is_answered_as_the_caller(api: Api) -> None:
-    with api.client("dev") as c:
+    with api.api("dev") as c:
         said = c.post("/rooms/ops/messages", json={"text": "run noop n=900"})
         assert said.status_code == 201
         texts = [(m["author"], m["text"]) for m in said.json()["messages"]]
         assert ("dev", "run noop n=900") in texts
         # dev is a viewer: the command is answered, and refused, with dev's permissions.
         assert any(a != "dev" and "may not" in t for a, t in texts), texts
-    with api.client("root-admin") as c:
+    with api.api("root-admin") as c:
         refused = c.get("/audit", params={"action": "runbook.run", "limit": 5}).json()
         assert any(r["actor"] == "dev" and r["outcome"] == "refused" for r in refused)
 

@@ -32,7 +32,7 @@ def test_forged_cursors_are_refused_not_obeyed_or_crashed_on(api: Api) -> None:
               _b64("v1:executions:1 OR 1=1"), _b64("v1:executions:\u0661\u0662"), _b64("v2:executions:5"),
               _b64("v1:executions:" + "9" * 40), base64.urlsafe_b64encode(b"\xff\xfe:1").decode().rstrip("="),
               _b64("v1:room:ops:1:2x")]
-    with api.client("root-admin") as c:
+    with api.api("root-admin") as c:
         for path in LISTS:
             for cursor in forged:
                 resp = c.get(path, params={"cursor": cursor})
@@ -46,9 +46,9 @@ def test_forged_cursors_are_refused_not_obeyed_or_crashed_on(api: Api) -> None:
 
 def test_rooms_are_closed_to_whoever_may_not_read_status(api: Api) -> None:
     """`aud` holds audit.read only: no room, no message, no line said, whatever the path or cursor."""
-    with api.client("root-admin") as admin:
+    with api.api("root-admin") as admin:
         assert admin.post("/rooms/ops/messages", json={"text": "secret plan"}).status_code == 201
-    with api.client("aud") as c:
+    with api.api("aud") as c:
         assert c.get("/rooms").status_code == 403
         for room in ("ops", "opsprod", "nope"):
             read = c.get(f"/rooms/{room}/messages", params={"after": 0})
@@ -57,7 +57,7 @@ def test_rooms_are_closed_to_whoever_may_not_read_status(api: Api) -> None:
             assert said.status_code == 403, said.text
         assert c.get("/rooms/ops/messages", params={"cursor": _b64("v1:room:ops:0")}).status_code == 403
         assert c.get("/executions").status_code == 403
-    with api.client("root-admin") as admin:
+    with api.api("root-admin") as admin:
         authors = {m["author"] for m in admin.get("/rooms/ops/messages", params={"limit": 500}).json()}
         assert "aud" not in authors
         refused = admin.get("/audit", params={"action": "room.read"}).json()
@@ -65,7 +65,7 @@ def test_rooms_are_closed_to_whoever_may_not_read_status(api: Api) -> None:
 
 
 def test_a_line_is_said_as_the_caller_only(api: Api) -> None:
-    with api.client("dev") as c:
+    with api.api("dev") as c:
         forged = c.post("/rooms/ops/messages", json={"text": "approve 1", "author": "root-admin"})
         assert forged.status_code == 422  # no field but text: nobody speaks as another
         said = c.post("/rooms/ops/messages", json={"text": "whoami"}).json()["messages"]
@@ -75,7 +75,7 @@ def test_a_line_is_said_as_the_caller_only(api: Api) -> None:
 @pytest.mark.parametrize("text", ["", "   ", "x" * 2001, "\x1b[31mred\x1b[0m", "nul\x00byte", "c1\u0085line",
                                   "bell\x07", "\x7f"])
 def test_oversize_blank_and_control_text_is_refused(api: Api, text: str) -> None:
-    with api.client("dev") as c:
+    with api.api("dev") as c:
         before = c.get("/rooms/opsprod/messages", params={"limit": 1}).json()
         resp = c.post("/rooms/opsprod/messages", json={"text": text})
         assert resp.status_code == 422, resp.text
@@ -84,7 +84,7 @@ def test_oversize_blank_and_control_text_is_refused(api: Api, text: str) -> None
 
 
 def test_the_longest_line_and_tabs_and_newlines_pass(api: Api) -> None:
-    with api.client("dev") as c:
+    with api.api("dev") as c:
         assert c.post("/rooms/opsprod/messages", json={"text": "y" * 2000}).status_code == 201
         assert c.post("/rooms/opsprod/messages", json={"text": "a\tb\nc"}).status_code == 201
 
@@ -106,13 +106,13 @@ async def test_a_session_cookie_posts_only_with_its_csrf_header(api: Api) -> Non
 
 
 def test_tokens_are_minted_for_oneself_and_never_listed(api: Api) -> None:
-    with api.client("dev") as c:
+    with api.api("dev") as c:
         assert c.post("/tokens", json={"name": "x", "user": "root-admin"}).status_code == 403
         assert c.post("/tokens", json={"name": "bad\nname"}).status_code == 422
         assert c.post("/tokens", json={"name": "x" * 65}).status_code == 422
         made = c.post("/tokens", json={"name": "mine"}).json()
         assert made["token"] not in c.get("/tokens").text
-    with api.client("root-admin") as admin:
+    with api.api("root-admin") as admin:
         for_dev = admin.post("/tokens", json={"name": "issued", "user": "dev"})
         assert for_dev.status_code == 201 and for_dev.json()["user"] == "dev"
         assert admin.post("/tokens", json={"name": "ghost", "user": "nobody"}).status_code == 404
