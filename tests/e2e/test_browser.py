@@ -171,13 +171,18 @@ async def _boss_in_the_room(pw: Any, base: str) -> tuple[Browser, BrowserContext
     browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
     context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = await context.new_page()
-    await page.goto(f"{base}/login")
-    await page.fill("#username", "boss")
-    await page.fill("#password", DEMO_PASSWORDS["boss"])
-    await page.click("button[type=submit]")
-    await expect(page).to_have_url(re.compile(r"/rooms/ops$"))
-    await expect(page.locator("#conn")).to_have_text("live")
+    await log_in(page, base, "boss", DEMO_PASSWORDS["boss"])
     return browser, context, page
+
+
+async def log_in(page: Page, base: str, user: str, password: str, *, room: str = "ops") -> None:
+    """Sign in through the login form and wait until the room's socket is live."""
+    await page.goto(f"{base}/login?next=/rooms/{room}")
+    await page.fill("#username", user)
+    await page.fill("#password", password)
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(re.compile(rf"/rooms/{re.escape(room)}$"))
+    await expect(page.locator("#conn")).to_have_text("live")
 
 
 async def _shown(page: Page) -> list[tuple[int, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from opsroom.runbooks import executor
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from tests.chat.harness import Served, serve
-from tests.e2e.test_browser import CHROMIUM, FLAGS
+from tests.e2e.test_browser import CHROMIUM, FLAGS, log_in
 from tests.factories import PASSWORDS
 from tests.integration.test_cancel import _catalog, _gone, _pids
 
@@ -50,12 +49,7 @@ async def _in_the_room(browser: Browser, base: str, user: str) -> Page:
     context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = await context.new_page()
     page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))  # "Cancel execution #N?": yes
-    await page.goto(f"{base}/login?next=/rooms/ops")
-    await page.fill("#username", user)
-    await page.fill("#password", PASSWORDS[user])
-    await page.click("button[type=submit]")
-    await expect(page).to_have_url(re.compile(r"/rooms/ops$"))
-    await expect(page.locator("#conn")).to_have_text("live")
+    await log_in(page, base, user, PASSWORDS[user])
     return page
 
 

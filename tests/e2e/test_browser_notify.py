@@ -12,7 +12,7 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from tests.e2e.harness import DEMO_PASSWORDS, join, start_demo
-from tests.e2e.test_browser import CHROMIUM, FLAGS
+from tests.e2e.test_browser import CHROMIUM, FLAGS, log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -37,12 +37,7 @@ RECORD = """(() => {
 
 
 async def _log_in(page: Page, base: str, user: str) -> None:
-    await page.goto(f"{base}/login")
-    await page.fill("#username", user)
-    await page.fill("#password", DEMO_PASSWORDS[user])
-    await page.click("button[type=submit]")
-    await expect(page).to_have_url(re.compile(r"/rooms/ops$"))
-    await expect(page.locator("#conn")).to_have_text("live")
+    await log_in(page, base, user, DEMO_PASSWORDS[user])
 
 
 async def _notes(page: Page) -> list[dict[str, Any]]:
