@@ -206,9 +206,8 @@ class Served:
 
 @contextlib.contextmanager
 def served_with_tokens(tmp: Path, catalog: Path, users: tuple[str, ...], *,
-                       env_extra: dict[str, str] | None = None,
-                       passwords: dict[str, str] | None = None) -> Iterator[Served]:
-    """Serve `catalog`, make a token for each of `users` (and set `passwords`), stop it after."""
+                       env_extra: dict[str, str] | None = None) -> Iterator[Served]:
+    """Serve `catalog`, make a token for each of `users`, stop it after."""
     server = start_server(tmp, ["serve", "--catalog", str(catalog)], env_extra=env_extra)
     try:
         data = ["--data", str(server.data), "--catalog", str(catalog)]
@@ -217,9 +216,6 @@ def served_with_tokens(tmp: Path, catalog: Path, users: tuple[str, ...], *,
             made = cli("token", "create", user, *data)
             assert made.returncode == 0, made.stderr
             tokens[user] = made.stdout.strip()
-        for user, password in (passwords or {}).items():
-            done = cli("user", "passwd", user, "--password-stdin", *data, stdin=password + "\n")
-            assert done.returncode == 0, done.stderr
         yield Served(server, catalog, tokens)
     finally:
         server.stop()

@@ -35,13 +35,18 @@ def stream_catalog(tmp: Path) -> Path:
         {"name": "count", "approval": "none", "environment": "test",
          "parameters": {"n": {"type": "string", "pattern": "[0-9]{1,3}"}},
          "steps": [{"command": [sys.executable, "-c", "import sys; print(sys.argv[1])", "{{ params.n }}"]}]},
-    ], aliases=[], users=[{"name": "you", "roles": ["operator"]}, {"name": "boss", "roles": ["approver"]},
+    ], aliases=[], users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
+              {"name": "boss", "roles": ["approver"], "password_env": "OPSROOM_TEST_PW_BOSS"},
               {"name": "dev", "roles": ["viewer"]}, {"name": "nobody", "roles": []}])
 
 
 @contextmanager
 def served(tmp: Path, users: tuple[str, ...] = ("you", "boss", "dev", "nobody")) -> Iterator[Served]:
-    with served_with_tokens(tmp, stream_catalog(tmp), users, passwords=PASSWORDS) as s:
+    # Passwords from the catalog, set as the server starts: set with `user passwd` once it runs, each
+    # reached the server as an access change up to a poll later, and ended the streams a test had
+    # just opened (access_changed) when the machine was slow.
+    env = {f"OPSROOM_TEST_PW_{user.upper()}": password for user, password in PASSWORDS.items()}
+    with served_with_tokens(tmp, stream_catalog(tmp), users, env_extra=env) as s:
         yield s
 
 
