@@ -119,6 +119,22 @@ async def test_protected_run_needs_approval_and_requester_cannot_approve(
     assert (await audit.verify(rt)).ok
 
 
+async def test_status_lists_open_requests_and_writes_one_record_that_counts_them(
+        running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    await fake.say("ops", "you", "run deploy")
+    msg = await fake.wait_for(lambda m: "needs approval" in m.text)
+    request = int(msg.text.rsplit("#", 1)[1].rstrip("."))
+    before = {r.seq for r in await audit.list_records(rt, actor=SYSTEM, limit=500)}
+    reply = await _ask(fake, "dev", "status")
+    assert f"request #{request}:" in reply and "by you" in reply
+    new = [r for r in await audit.list_records(rt, actor=SYSTEM, limit=500) if r.seq not in before]
+    # The view and its record in one hop: one record, naming what was shown.
+    mine = [r for r in new if r.actor == "dev"]
+    assert [(r.action, r.outcome, r.details) for r in mine] == [("status", "ok", {"open_requests": 1})]
+    assert (await audit.verify(rt)).ok
+
+
 async def test_requester_with_approver_role_cannot_approve_own(running: tuple[Runtime, FakeAdapter]) -> None:
     rt, fake = running
     await fake.say("ops", "lead", "run deploy")

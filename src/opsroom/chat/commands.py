@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
-from opsroom.audit import service as audit
 from opsroom.catalog.schema import Alias
 from opsroom.chat.announce import one_line
 from opsroom.chat.phrases import rephrase
@@ -114,9 +113,7 @@ async def _status(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]
     # One view, one audit record (was two writes: overview's and list_open's) on the hot path of
     # the most asked question.
     systems = await checks.overview(rt, actor=actor, audited=False)
-    open_requests = await approvals.list_open(rt, actor=actor, audited=False)
-    await audit.append_alone(rt, actor=actor, action="status", target="systems",
-                             details={"open_requests": len(open_requests)})
+    open_requests = await approvals.list_open_viewed(rt, actor=actor, action="status", target="systems")
     for s in systems:
         mark = f"[{s['environment'].upper()}] " if s["protected"] else ""
         if s["healthy"]:
