@@ -190,21 +190,20 @@ async def refuse_start_in(s: AsyncSession, *, execution: ExecutionRow, problem: 
         source=f"execution:{execution.id}", room=execution.room)
 
 
+_OPEN = select(ApprovalRow).where(ApprovalRow.status == "open").order_by(ApprovalRow.id)
+
+
 async def list_open(rt: Runtime, *, actor: Actor, audited: bool = True) -> list[ApprovalRow]:
     """The open requests; `audited=False` for a caller that audits the whole view it is part of."""
     await _require_read(rt, actor, action="approval.list", target="approvals")
     async with rt.read() as s:
-        rows = list((await s.execute(select(ApprovalRow).where(ApprovalRow.status == "open")
-                                     .order_by(ApprovalRow.id))).scalars())
+        rows = list((await s.execute(_OPEN)).scalars())
     now = time.time()
     found = [r for r in rows if r.expires_at >= now]
     if audited:
         await audit.append_alone(rt, actor=actor, action="approval.list", target="approvals",
                                  details={"count": len(found)})
     return found
-
-
-_OPEN = select(ApprovalRow).where(ApprovalRow.status == "open").order_by(ApprovalRow.id)
 
 
 async def list_open_viewed(rt: Runtime, *, actor: Actor, action: str, target: str,
