@@ -33,6 +33,8 @@ def import_models() -> None:
     import opsroom.audit.models
     import opsroom.automation.models
     import opsroom.checks.models
+    import opsroom.cluster.models
+    import opsroom.eventlog.models
     import opsroom.outbox
     import opsroom.rooms.models
     import opsroom.runbooks.models  # noqa: F401

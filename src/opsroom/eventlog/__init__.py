@@ -1,0 +1,1 @@
+"""The durable event log: events written in the transaction of the change they report."""

@@ -1,0 +1,21 @@
+"""workers (runbook steps on Celery workers): reserved for the helper that builds it (a no-op until then)
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-07 16:20:00
+"""
+
+from __future__ import annotations
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
