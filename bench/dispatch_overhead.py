@@ -113,7 +113,7 @@ async def _wait_quiet(rt: Runtime) -> None:
     Peeks at private task sets and the hub's queue (getattr: tolerant of refactors); the
     --gap sleep after it covers a room post that was taken off the queue but not stored yet.
     """
-    rules = rt.extras.get("rules")
+    rules = rt.rules
     for _ in range(2000):
         await rt.bus.drain()
         rule_tasks = getattr(rules, "_tasks", set())

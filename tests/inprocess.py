@@ -32,7 +32,7 @@ async def booted(tmp: Path, catalog: Path) -> AsyncIterator[tuple[Runtime, FakeA
 async def settle(rt: Runtime) -> None:
     """Wait until every event handler, execution and rule bookkeeping write started so far is done."""
     assert rt.executor is not None
-    rules = rt.extras["rules"]
+    rules = rt.rules
     while True:
         await rt.bus.drain()
         pending = [*rt.executor.tasks.values(), *rules._tasks]

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -26,9 +26,17 @@ from opsroom.config import Settings
 from opsroom.store.engine import is_sqlite, make_engine, make_sessionmaker, make_sqlite_writer, make_sync_sessionmaker
 
 if TYPE_CHECKING:
+    from opsroom.access.links import LinkCache
+    from opsroom.access.throttle import LoginThrottle
+    from opsroom.alerts.book import AlertBook
+    from opsroom.audit.refusals import RefusalAudit
+    from opsroom.automation.rules import RulesEngine
     from opsroom.chat.hub import RoomHub
     from opsroom.checks.monitor import Monitor
+    from opsroom.cluster.membership import Membership
+    from opsroom.outbox import OutboxRelay
     from opsroom.runbooks.executor import Executor
+    from opsroom.store.lease import ServerLease
 
 T = TypeVar("T")
 Begin = Callable[[], AbstractContextManager[Session]]
@@ -72,10 +80,30 @@ class Runtime:
         self._writer_sessions = make_sync_sessionmaker(self._writer) if self._writer is not None else None
         self._writer_thread = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsroom-writer")
                                if self._writer is not None else None)
+        # The engines a server starts (server.start); a CLI process has none of them.
         self.monitor: Monitor | None = None
         self.executor: Executor | None = None
         self.rooms: RoomHub | None = None
-        self.extras: dict[str, Any] = {}
+        self.rules: RulesEngine | None = None
+        self.alerts: AlertBook | None = None
+        self.outbox: OutboxRelay | None = None
+        self.lease: ServerLease | None = None  # one server per SQLite store
+        self.membership: Membership | None = None  # this node's heartbeat in the cluster
+        # The server's own tasks: stopped by their event between passes, never cancelled mid-write.
+        self.housekeeping: asyncio.Task[None] | None = None
+        self.housekeeping_stop: asyncio.Event | None = None
+        self.hangup: asyncio.Task[None] | None = None  # SIGHUP reloads the catalog
+        self.lease_lost: asyncio.Task[None] | None = None
+        # One catalog reload at a time; who runs it, for the 409 a second one gets.
+        self.catalog_reload_lock = asyncio.Lock()
+        self.catalog_reload_by: str | None = None
+        # State the services keep per process (made on first use).
+        self.login_throttle: LoginThrottle | None = None
+        self.link_throttle: LoginThrottle | None = None
+        self.link_cache: LinkCache | None = None
+        self.alert_refusals: RefusalAudit | None = None
+        # The wall clock link codes expire by; tests move it.
+        self.link_clock: Callable[[], float] = time.time
 
     @property
     def catalog_hash(self) -> str:

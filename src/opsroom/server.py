@@ -60,7 +60,7 @@ async def start(rt: Runtime, *, adapters: list[ChatAdapter] | None = None, sched
     """
     lease = lease_for(rt.engine, on_lost=lambda holder: _lease_lost(rt, holder))
     await lease.acquire()
-    rt.extras["lease"] = lease
+    rt.lease = lease
     try:
         await _start_engines(rt, adapters=adapters, schedule=schedule, passwords=passwords, migrate=migrate)
     except BaseException:
@@ -85,22 +85,22 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     rules = RulesEngine(rt)
     await rules.load()
     rules.attach()
-    rt.extras["rules"] = rules
+    rt.rules = rules
     rt.monitor = Monitor(rt)
     await rt.monitor.load()
     alert_book = AlertBook(rt)
     await alert_book.load()
-    rt.extras["alerts"] = alert_book
+    rt.alerts = alert_book
     interrupted = await runbooks.recover_interrupted(rt)
     if interrupted:
         log.warning("executions interrupted by a previous stop", ids=[r.id for r in interrupted])
     rt.monitor.start(schedule=schedule)
     relay = OutboxRelay(rt)
     await relay.start()
-    rt.extras["outbox"] = relay
+    rt.outbox = relay
     _reload_on_hangup(rt)
-    stopping = rt.extras["housekeeping_stop"] = asyncio.Event()
-    rt.extras["housekeeping"] = asyncio.get_running_loop().create_task(_housekeeping(rt, stopping))
+    stopping = rt.housekeeping_stop = asyncio.Event()
+    rt.housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt, stopping))
     rt.catalog.prepare()
     _ = rt.catalog_hash  # computed now, not by the first run request (executions record it)
     # The catalog and engines live as long as the process: move them out of the cyclic
@@ -139,7 +139,7 @@ def _reload_on_hangup(rt: Runtime) -> None:
     except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, a nested loop)
         return
     loop._opsroom_hangup = True  # type: ignore[attr-defined]
-    rt.extras["hangup"] = loop.create_task(_hangups(rt, wake), name="opsroom-sighup")
+    rt.hangup = loop.create_task(_hangups(rt, wake), name="opsroom-sighup")
 
 
 async def _hangups(rt: Runtime, wake: asyncio.Event) -> None:
@@ -158,7 +158,7 @@ async def _hangups(rt: Runtime, wake: asyncio.Event) -> None:
 
 
 def _stop_hangups(rt: Runtime) -> asyncio.Task[None] | None:
-    task: asyncio.Task[None] | None = rt.extras.pop("hangup", None)
+    task, rt.hangup = rt.hangup, None
     if task is not None:
         loop = asyncio.get_running_loop()
         loop.remove_signal_handler(signal.SIGHUP)
@@ -181,11 +181,10 @@ def refusal(exc: BaseException) -> str | None:
 def _lease_lost(rt: Runtime, holder: str) -> None:
     # Another server has the store now: it runs the checks and recoveries, this one must not.
     log.critical("server lease lost to another server; checks and rules stop here", holder=holder)
-    rules = rt.extras.get("rules")
-    if rules is not None:
-        rules.suspend(f"server lease lost to {holder}")
+    if rt.rules is not None:
+        rt.rules.suspend(f"server lease lost to {holder}")
     if rt.monitor is not None:
-        rt.extras["lease_lost"] = asyncio.get_running_loop().create_task(rt.monitor.scheduler.stop())
+        rt.lease_lost = asyncio.get_running_loop().create_task(rt.monitor.scheduler.stop())
 
 
 async def stop(rt: Runtime) -> None:
@@ -193,12 +192,13 @@ async def stop(rt: Runtime) -> None:
     if hangups is not None:
         with contextlib.suppress(asyncio.CancelledError):
             await hangups
-    relay = rt.extras.pop("outbox", None)
+    relay, rt.outbox = rt.outbox, None
     if relay is not None:
         await relay.stop()
-    task = rt.extras.pop("housekeeping", None)
+    task, rt.housekeeping = rt.housekeeping, None
     if task is not None:
-        rt.extras.pop("housekeeping_stop").set()
+        assert rt.housekeeping_stop is not None
+        rt.housekeeping_stop.set()
         try:
             await asyncio.wait_for(task, 10)
         except TimeoutError:
@@ -211,7 +211,7 @@ async def stop(rt: Runtime) -> None:
     if rt.rooms is not None:
         await asyncio.sleep(0)  # let queued room posts reach the store
         await rt.rooms.stop()
-    lease = rt.extras.pop("lease", None)
+    lease, rt.lease = rt.lease, None
     if lease is not None:
         await lease.release()
     await rt.close()

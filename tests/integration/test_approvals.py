@@ -205,7 +205,7 @@ async def test_housekeeping_sweeps_expired_requests_and_stops_between_passes(
                 break
             await asyncio.sleep(0.05)
         assert (await _approval(rt, request)).status == "expired"
-        task = rt.extras["housekeeping"]
+        task = rt.housekeeping
     # Left by stop between passes (finished), not cancelled in the middle of a transaction.
     assert task.done() and not task.cancelled() and task.exception() is None
 

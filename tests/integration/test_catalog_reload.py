@@ -160,7 +160,7 @@ async def test_a_running_execution_finishes_with_the_runbook_it_started_with(boo
 async def test_sighups_during_a_reload_make_one_more_never_a_queue(booted: Any) -> None:
     """SIGHUP reaches this process's server (it runs in the main thread with a catalog path)."""
     rt, _fake = booted
-    assert "hangup" in rt.extras, "the SIGHUP handler is not installed"
+    assert rt.hangup is not None, "the SIGHUP handler is not installed"
     _edit(rt, lambda data: data["checks"].append(_check("by-signal")))
     for _ in range(5):
         os.kill(os.getpid(), signal.SIGHUP)
@@ -169,7 +169,7 @@ async def test_sighups_during_a_reload_make_one_more_never_a_queue(booted: Any) 
         await asyncio.sleep(0.05)
     assert "by-signal" in rt.catalog.checks
     await asyncio.sleep(1.0)  # room for any reload still to come
-    while rt.extras.get("catalog_reload_lock") is not None and rt.extras["catalog_reload_lock"].locked():
+    while rt.catalog_reload_lock.locked():
         await asyncio.sleep(0.05)
     records = await audit.list_records(rt, actor=SYSTEM, action="catalog.reload", limit=20)
     assert 1 <= len(records) <= 2 and {r.actor for r in records} == {"signal:SIGHUP"}, records

@@ -44,7 +44,7 @@ async def _started(settings: Settings, *, schedule: bool = False) -> Runtime:
 
 async def _cut_lease_connection(rt: Runtime) -> AdvisoryLease:
     """End the backend of the server's lease connection, as a network blip or failover would."""
-    holder = rt.extras["lease"]
+    holder = rt.lease
     assert isinstance(holder, AdvisoryLease) and holder._conn is not None
     # Found through pg_locks from another connection: the lease connection itself is the
     # watchdog's, and a query of ours on it collides with its SELECT 1 ("another operation is
@@ -105,20 +105,20 @@ async def test_a_server_that_lost_its_lease_to_another_stops_checking(pg_server:
     settings, first = pg_server
     # Its lease connection dies (a network blip, a database failover) and another server
     # starts in the gap: the first must stop running checks and recoveries.
-    first.extras["lease"]._watch.cancel()  # paused, so the newcomer surely wins the gap tested here
+    first.lease._watch.cancel()  # paused, so the newcomer surely wins the gap tested here
     holder = await _cut_lease_connection(first)
     second = await _started(settings)
     try:
         holder._watch = asyncio.get_running_loop().create_task(holder._watchdog())
         assert await _until(lambda: first.monitor is not None and not first.monitor.scheduler.running)
-        assert "server lease lost to opsroom server" in first.extras["rules"].suspended
+        assert "server lease lost to opsroom server" in first.rules.suspended
     finally:
         await server.stop(second)
 
 
 async def test_a_server_whose_lease_connection_blipped_takes_it_again(pg_server: tuple[Settings, Runtime]) -> None:
     settings, first = pg_server
-    lost = first.extras["lease"]._conn
+    lost = first.lease._conn
     holder = await _cut_lease_connection(first)
     # The watchdog alone uses the lease connection: only watch it change.
     assert await _until(lambda: holder._conn is not None and holder._conn is not lost)
@@ -136,7 +136,7 @@ async def test_a_server_that_fails_to_start_gives_the_lease_back(tmp_path: Path,
     rt = await server.open_runtime(settings, migrate=False)
     with pytest.raises(SchemaAhead):
         await server.start(rt, schedule=False, passwords=PASSWORDS, migrate=True)
-    assert "lease" not in rt.extras
+    assert rt.lease is None
     await lease.ensure_free(settings.db_url)  # raises LeaseHeld if the failed server kept it
 
 

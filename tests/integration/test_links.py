@@ -79,7 +79,7 @@ async def test_link_account_and_lookups(store_rt: Runtime) -> None:
 async def test_code_issue_redeem_once_and_expiry(store_rt: Runtime) -> None:
     rt = store_rt
     await _users(rt)
-    clock = rt.extras["link_clock"] = Clock()
+    clock = rt.link_clock = Clock()
     you = await _actor(rt, "you")
     code, expires = await links.issue_link_code(rt, actor=you)
     assert expires == clock.at + 600 and len(code) == 8 and set(code) <= set(links.ALPHABET)
@@ -133,7 +133,7 @@ async def two(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeAdapter, FakeA
     web = FakeAdapter()
     plat = FakeAdapter(name="plat", implicit=True, trusted=False, mirrors=False)
     await server.start(rt, adapters=[web, plat], schedule=False, passwords=PASSWORDS)
-    rt.extras["link_clock"] = Clock()
+    rt.link_clock = Clock()
     try:
         yield rt, web, plat
     finally:
@@ -164,7 +164,7 @@ async def test_an_unlinked_account_has_help_whoami_and_link_only(
 
 async def test_a_code_links_once_and_expires(two: tuple[Runtime, FakeAdapter, FakeAdapter]) -> None:
     rt, web, plat = two
-    clock: Clock = rt.extras["link_clock"]
+    clock: Clock = rt.link_clock
     code, _ = await links.issue_link_code(rt, actor=await _actor(rt, "you"))
     reply = await ask(plat, "you-on-plat", f"  Link {code.lower()} ")
     assert "now acts as opsroom user you" in reply

@@ -96,7 +96,7 @@ async def test_hard_critical_runs_runbook_with_templated_params(tmp_path: Path) 
 async def test_a_suspended_engine_acts_on_nothing(tmp_path: Path) -> None:
     async with _boot(tmp_path, _catalog(tmp_path, [_rule()])) as (rt, _fake):
         rt.bus.keep_history = True
-        rt.extras["rules"].suspend("server lease lost to another server")
+        rt.rules.suspend("server lease lost to another server")
         await _feed(rt, ["CRITICAL"])
         assert _runs(tmp_path) == [] and await _executions(rt) == []
         assert not [e for e in rt.bus.history if isinstance(e, RuleTriggered | RuleHeld | RuleEscalated)]
@@ -279,7 +279,7 @@ async def test_denied_rule_request_is_forgotten_and_refused_duplicates_do_not_co
 
     rule = _rule(policy={"approval": "role approver", "cooldown": "1ms", "max_runs": 5})
     async with _boot(tmp_path, _catalog(tmp_path, [rule])) as (rt, _fake):
-        engine = rt.extras["rules"]
+        engine = rt.rules
         await _feed(rt, ["CRITICAL"])
         assert len(engine.runs["heal"]) == 1 and len(engine.pending_verify) == 1
         # The same problem again while the first request is open: refused as a duplicate, not counted.

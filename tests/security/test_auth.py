@@ -310,7 +310,8 @@ async def test_a_user_disabled_from_the_cli_reaches_the_servers_open_doors(runni
         await cli_rt.close()
     with pytest.raises(Unauthenticated):
         await access.authenticate_token(rt, token=token, door="api")
-    await rt.extras["outbox"].relay_once()
+    assert rt.outbox is not None
+    await rt.outbox.relay_once()
     await rt.bus.drain()
     changed = [(e.user, e.reason) for e in rt.bus.history if isinstance(e, events.AccessChanged)]
     assert changed == [("dev", "disabled"), ("you", "token_revoked")]

@@ -48,7 +48,7 @@ async def platforms(tmp_path: Path) -> AsyncIterator[Setup]:
     plat = FakeAdapter(name="plat", implicit=True, trusted=False, mirrors=False)
     other = FakeAdapter(name="other", implicit=True, trusted=False, mirrors=False)
     await server.start(rt, adapters=[web, plat, other], schedule=False, passwords=PASSWORDS)
-    rt.extras["link_clock"] = Clock(1_900_000_000.0)
+    rt.link_clock = Clock(1_900_000_000.0)
     try:
         yield rt, web, plat, other
     finally:
@@ -130,7 +130,7 @@ class TestCodeReuse:
 class TestExpiredCode:
     async def test_an_expired_code_is_refused(self, platforms: Setup) -> None:
         rt, _web, plat, _other = platforms
-        clock: Clock = rt.extras["link_clock"]
+        clock: Clock = rt.link_clock
         code, expires = await links.issue_link_code(rt, actor=await _actor(rt, "you"))
         clock.at = expires  # the first instant it no longer works
         reply = await ask(plat, "you", f"link {code}")

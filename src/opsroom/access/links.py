@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, or_, select
@@ -53,21 +52,22 @@ class LinkInfo:
 
 
 def _now(rt: Runtime) -> float:
-    """The wall clock codes expire by; tests set `rt.extras["link_clock"]` to move it."""
-    clock: Callable[[], float] = rt.extras.get("link_clock", time.time)
-    return clock()
+    """The wall clock codes expire by; tests set `rt.link_clock` to move it."""
+    return rt.link_clock()
 
 
 def link_throttle(rt: Runtime) -> LoginThrottle:
     """Failed `link CODE` attempts: keyed by account (5 in 5 min, then growing lockouts) and by
     platform (30), so many throwaway accounts (IRC nicks cost nothing) do not multiply the budget."""
-    throttle: LoginThrottle = rt.extras.setdefault("link_throttle", LoginThrottle())
+    throttle = rt.link_throttle
+    if throttle is None:
+        throttle = rt.link_throttle = LoginThrottle()
     return throttle
 
 
 # --- the per-process cache of linked_user ------------------------------------------------
 
-class _Cache:
+class LinkCache:
     def __init__(self, rt: Runtime) -> None:
         self.entries: dict[tuple[str, str], tuple[str | None, float]] = {}
         rt.bus.subscribe(AccessChanged, self._access_changed)
@@ -87,17 +87,16 @@ class _Cache:
         self.entries[key] = (user, time.monotonic())
 
 
-def _cache(rt: Runtime) -> _Cache:
-    cache = rt.extras.get("link_cache")
+def _cache(rt: Runtime) -> LinkCache:
+    cache = rt.link_cache
     if cache is None:
-        cache = rt.extras["link_cache"] = _Cache(rt)
-    assert isinstance(cache, _Cache)
+        cache = rt.link_cache = LinkCache(rt)
     return cache
 
 
 def _forget(rt: Runtime) -> None:
-    cache = rt.extras.get("link_cache")
-    if isinstance(cache, _Cache):
+    cache = rt.link_cache
+    if cache is not None:
         cache.entries.clear()
 
 

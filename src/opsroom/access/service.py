@@ -53,7 +53,9 @@ async def _verify(stored: str | None, password: str) -> bool:
 
 def login_throttle(rt: Runtime) -> LoginThrottle:
     """This server's throttle (in memory: see access/throttle.py for why that is enough)."""
-    throttle: LoginThrottle = rt.extras.setdefault("login_throttle", LoginThrottle())
+    throttle = rt.login_throttle
+    if throttle is None:
+        throttle = rt.login_throttle = LoginThrottle()
     return throttle
 
 

@@ -47,7 +47,7 @@ LIST_LIMIT = 200
 
 
 def book(rt: Runtime) -> AlertBook:
-    found = rt.extras.get("alerts")
+    found = rt.alerts
     if found is None:
         raise RuntimeError("the alerts book is not running")
     assert isinstance(found, AlertBook)
@@ -55,9 +55,9 @@ def book(rt: Runtime) -> AlertBook:
 
 
 def _refusals(rt: Runtime) -> RefusalAudit:
-    found = rt.extras.get("alert_refusals")
+    found = rt.alert_refusals
     if found is None:
-        found = rt.extras["alert_refusals"] = RefusalAudit(rt, action="alert.refused")
+        found = rt.alert_refusals = RefusalAudit(rt, action="alert.refused")
     assert isinstance(found, RefusalAudit)
     return found
 

@@ -280,7 +280,7 @@ class RulesEngine:
 
     async def _verify_alert(self, alert_id: int, deadline_s: float) -> bool:
         """The sender says it resolved (the alerts book drops it from firing) before the deadline."""
-        book = self.rt.extras.get("alerts")
+        book = self.rt.alerts
         deadline = time.monotonic() + deadline_s
         while book is not None and alert_id in book.firing:
             if time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from opsroom.runtime import Runtime
 async def list_rules(rt: Runtime, *, actor: Actor) -> list[dict[str, Any]]:
     """Every rule: when it acts, what it runs, its policy, and its runs in the current window."""
     actor.require("status.read", what="list rules")
-    engine = rt.extras.get("rules")
+    engine = rt.rules
     now = time.time()
     out = []
     for name, rule in rt.catalog.rules.items():

@@ -212,19 +212,19 @@ async def reload_catalog(rt: Runtime, *, actor: Actor, wait: bool = False) -> Re
     if path is None:
         raise Invalid("this server runs without a catalog path, so there is nothing to reload",
                       hint="start it with --catalog DIR (or OPSROOM_CATALOG)")
-    lock: asyncio.Lock = rt.extras.setdefault("catalog_reload_lock", asyncio.Lock())
+    lock = rt.catalog_reload_lock
     if lock.locked() and not wait:
-        running = rt.extras.get("catalog_reload_by", "someone")
+        running = rt.catalog_reload_by or "someone"
         await audit.append_alone(rt, actor=actor, action="catalog.reload", target="catalog", outcome="refused",
                                  details={"reason": f"a reload asked by {running} is running"})
         raise Conflict(f"a catalog reload asked by {running} is running now",
                        hint="wait for it to finish (a second or two), then reload again if the files changed since")
     async with lock:
-        rt.extras["catalog_reload_by"] = actor.name
+        rt.catalog_reload_by = actor.name
         try:
             return await _reload(rt, actor=actor, path=path)
         finally:
-            rt.extras.pop("catalog_reload_by", None)
+            rt.catalog_reload_by = None
 
 
 async def _reload(rt: Runtime, *, actor: Actor, path: Path) -> Reloaded:
@@ -293,7 +293,7 @@ def _follow_rooms(rt: Runtime) -> None:
 
 
 def _follow_alert_sources(rt: Runtime) -> None:
-    book = rt.extras.get("alerts")
+    book = rt.alerts
     if book is None:
         return
     book.sources, book.configs = {}, {}

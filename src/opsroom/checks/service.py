@@ -15,7 +15,7 @@ from opsroom.runtime import Runtime
 
 def _alerts(rt: Runtime) -> Any:
     """The alerts book (alerts/book.py) when the server runs one: firing alerts count in health."""
-    return rt.extras.get("alerts")
+    return rt.alerts
 
 
 def alert_views(rt: Runtime, *, service: str | None = None, system: str | None = None) -> list[dict[str, Any]]:
