@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from tests.e2e.harness import cli, start_server
 from tests.factories import DEMO_CATALOG, free_port, small_catalog, write_catalog
 
 pytestmark = pytest.mark.e2e
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+NEXT_EXPAND, NEXT_CONTRACT = FIXTURES / "migrations_next", FIXTURES / "migrations_next_contract"
 
 BROKEN = {
     "yaml syntax": ("checks:\n  - name: a\n    type http\n", r"catalog\.yaml:3:\d+: error: ", "hint:"),
@@ -162,25 +166,40 @@ def test_a_store_migrated_by_a_newer_opsroom_is_named_and_left_alone(tmp_path: P
 
 
 def test_a_command_migrates_only_a_store_no_server_runs_on(tmp_path: Path) -> None:
-    # A newer CLI beside an older server that still runs: upgrading the schema under it would
-    # break it, so the command refuses until that server stops.
+    # A newer CLI beside an older server that still runs: a contract migration under it would
+    # break it, so the command refuses until that server stops; an expand one is applied (the
+    # rolling upgrade). The newer CLI is this code plus one more migration directory.
     data, catalog = tmp_path / "data", small_catalog(tmp_path)
     common = ["--data", str(data), "--catalog", str(catalog)]
-    data.mkdir()
-    command.upgrade(alembic_config(f"sqlite:///{data / 'opsroom.db'}"), "0001")  # as opsroom 0001 left it
+    assert cli("migrate", "--data", str(data)).returncode == 0  # as this version leaves it
     held = FileLease(data / "opsroom.db.server-lock")
     asyncio.run(held.acquire())
     try:
-        refused = cli("user", "list", *common)
+        refused = next_cli(NEXT_CONTRACT, "user", "list", *common)
+        expanded = next_cli(NEXT_EXPAND, "migrate", "--data", str(data))
     finally:
         asyncio.run(held.release())
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "the store needs a schema upgrade" in refused.stderr
+    assert "the store needs a contract migration for opsroom" in refused.stderr and "next_contract" in refused.stderr
     assert "another opsroom server is already running against this store" in refused.stderr
-    assert "hint: stop that server" in refused.stderr and "Traceback" not in refused.stderr
+    assert "hint: a contract migration changes what older servers rely on" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert expanded.returncode == 0 and "at schema revision next_expand" in expanded.stdout, expanded.stderr
     with sqlite3.connect(data / "opsroom.db") as db:
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
-    assert cli("user", "list", *common).returncode == 0  # no server now: migrated
-    with sqlite3.connect(data / "opsroom.db") as db:
-        head = ScriptDirectory.from_config(alembic_config(str(data / "opsroom.db"))).get_current_head()
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("next_expand",)]
+        assert db.execute("SELECT kind FROM schema_compat WHERE revision = 'next_expand'").fetchall() == [("expand",)]
+    assert cli("user", "list", *common).returncode == 0  # this version serves the expanded store
+    # With no server, the whole store is migrated, as before.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    command.upgrade(alembic_config(f"sqlite:///{fresh / 'opsroom.db'}"), "0001")  # as opsroom 0001 left it
+    assert cli("user", "list", "--data", str(fresh), "--catalog", str(catalog)).returncode == 0
+    with sqlite3.connect(fresh / "opsroom.db") as db:
+        head = ScriptDirectory.from_config(alembic_config(str(fresh / "opsroom.db"))).get_current_head()
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)] != [("0001",)]
+
+
+def next_cli(versions: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The next version of opsroom: this code plus the migrations in `versions`."""
+    return subprocess.run([sys.executable, str(FIXTURES / "next_opsroom.py"), str(versions), *args],
+                          capture_output=True, text=True, timeout=60)

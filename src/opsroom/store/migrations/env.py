@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from opsroom.store.base import Base, import_models
 from opsroom.store.engine import make_engine
+from opsroom.store.migrate import schema_compat  # noqa: F401  (its table is in Base.metadata too)
 
 import_models()
 target_metadata = Base.metadata

@@ -14,6 +14,7 @@ revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
+compat = "contract"  # the first schema: no older opsroom exists to serve it
 
 
 def upgrade() -> None:

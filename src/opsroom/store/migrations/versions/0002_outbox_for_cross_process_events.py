@@ -15,6 +15,7 @@ revision = '0002'
 down_revision = '0001'
 branch_labels = None
 depends_on = None
+compat = "expand"  # a new table: an older opsroom keeps serving (store/migrate.py)
 
 
 def upgrade() -> None:

@@ -15,6 +15,7 @@ revision = '0003'
 down_revision = '0002'
 branch_labels = None
 depends_on = None
+compat = "expand"  # nullable columns, and one with a server default: older code inserts without them
 
 
 def upgrade() -> None:

@@ -15,6 +15,7 @@ revision = '0004'
 down_revision = '0003'
 branch_labels = None
 depends_on = None
+compat = "expand"  # new tables: an older opsroom keeps serving (store/migrate.py)
 
 
 def upgrade() -> None:

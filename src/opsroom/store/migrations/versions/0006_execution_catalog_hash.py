@@ -15,6 +15,7 @@ revision = '0006'
 down_revision = '0005'
 branch_labels = None
 depends_on = None
+compat = "expand"  # a nullable column: an older opsroom keeps serving (store/migrate.py)
 
 
 def upgrade() -> None:

@@ -17,6 +17,7 @@ revision = '0007'
 down_revision = '0006'
 branch_labels = None
 depends_on = None
+compat = "expand"  # new tables: an older opsroom keeps serving (store/migrate.py)
 
 
 def upgrade() -> None:
