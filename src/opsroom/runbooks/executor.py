@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -210,49 +208,22 @@ class Executor:
         env = processes.minimal_env(home=self._home, inherit=runbook.inherit_env,
                                     extra={k: render(v, ctx) for k, v in step.env.items()})
         out.write(f"$ {' '.join(argv)}\n")
+
+        def spawned(pid: int) -> None:
+            self.spawned_at.setdefault(execution_id, time.perf_counter())
+            # Stored after the spawn, off its path: a crash of the server in between leaves at most
+            # one process unrecorded, where a write before the spawn would delay every recovery.
+            self._record(execution_id, pid)
+
         try:
-            # argv straight to exec: no shell sees any parameter value.
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=env, cwd=render(step.cwd, ctx) if step.cwd else None,
-                start_new_session=True)
-        except (FileNotFoundError, PermissionError) as exc:
-            raise StepFailed(f"cannot start {argv[0]!r}: {exc.strerror}") from None
-        except ValueError:  # a NUL byte the catalog's own template put into an argument
-            raise StepFailed(f"cannot start {argv[0]!r}: an argument holds a NUL byte") from None
-        self.spawned_at.setdefault(execution_id, time.perf_counter())
-        # Stored after the spawn, off its path: a crash of the server in between leaves at most
-        # one process unrecorded, where a write before the spawn would delay every recovery.
-        self._record(execution_id, proc.pid)
-        assert proc.stdout is not None
-        try:
-            async with asyncio.timeout(step.timeout):
-                cut = False
-                while True:
-                    try:
-                        line = await proc.stdout.readline()
-                    except ValueError:
-                        # A line over the stream limit (64 KiB): asyncio dropped the buffered part.
-                        if not cut:
-                            out.write("[output line too long: cut]\n")
-                        cut = True
-                        continue
-                    if not line:
-                        break
-                    cut = False
-                    out.write(line.decode(errors="replace"))
-                code = await proc.wait()
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            try:
-                if execution_id in self._cancelled_by:
-                    await _terminate(proc)
-            finally:  # also when opsroom stops during the grace period
-                processes.kill_group(proc.pid)  # and what the leader left behind in its group
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 5)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise StepFailed(f"timed out after {step.timeout:g}s", "timed_out") from None
+            code = await processes.run_command(
+                argv, env=env, cwd=render(step.cwd, ctx) if step.cwd else None, timeout=step.timeout,
+                write=out.write, spawned=spawned, graceful=lambda: execution_id in self._cancelled_by,
+                grace_s=CANCEL_GRACE_S)
+        except processes.SpawnFailed as exc:
+            raise StepFailed(str(exc)) from None
+        except processes.StepTimedOut as exc:
+            raise StepFailed(str(exc), "timed_out") from None
         if code != 0:
             raise StepFailed(f"exit code {code}")
 
@@ -299,14 +270,6 @@ class Executor:
         out.write(f"{call.method} {url} -> HTTP {resp.status}\n{body[:2000]}\n")
         if resp.status not in call.expect_status:
             raise StepFailed(f"HTTP {resp.status} (expected {', '.join(map(str, call.expect_status))})")
-
-
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM to the step's group, and the grace period for it to end before the SIGKILL."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), CANCEL_GRACE_S)
 
 
 def _final_message(runbook: Runbook, ctx: dict[str, Any], status: str, execution_id: int, duration: float,

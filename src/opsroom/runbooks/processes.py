@@ -11,10 +11,11 @@ kill -9 can kill a step that outlived it, and only if that process group is stil
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 # A fixed PATH: the server's may name a user's or a virtualenv's bin directories.
@@ -72,3 +73,70 @@ def kill_if_ours(pgid: int | None, started: str | None) -> bool:
         return False
     kill_group(pgid)
     return True
+
+
+class SpawnFailed(Exception):
+    """The command could not be started (not found, not executable, a NUL byte in an argument)."""
+
+
+class StepTimedOut(Exception):
+    """The command ran past its step's timeout; its process group was killed."""
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """SIGTERM to the step's group, and the grace period for it to end before the SIGKILL."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace_s)
+
+
+async def run_command(argv: list[str], *, env: Mapping[str, str], cwd: str | None, timeout: float,
+                      write: Callable[[str], None], spawned: Callable[[int], None],
+                      graceful: Callable[[], bool], grace_s: float) -> int:
+    """Run one step's argv as the server and the workers both do; return its exit code.
+
+    argv straight to exec (no shell sees a parameter value), a session of its own (so the whole
+    group can be killed), output line by line to `write`. On the step's timeout or a cancel, the
+    group is killed: after SIGTERM and `grace_s` when `graceful()` (a person cancelled it), at
+    once otherwise (opsroom stops, the runbook's own timeout). Raises SpawnFailed, StepTimedOut,
+    or the CancelledError it was cancelled with.
+    """
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise SpawnFailed(f"cannot start {argv[0]!r}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte the catalog's own template put into an argument
+        raise SpawnFailed(f"cannot start {argv[0]!r}: an argument holds a NUL byte") from None
+    spawned(proc.pid)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(timeout):
+            cut = False
+            while True:
+                try:
+                    line = await proc.stdout.readline()
+                except ValueError:
+                    # A line over the stream limit (64 KiB): asyncio dropped the buffered part.
+                    if not cut:
+                        write("[output line too long: cut]\n")
+                    cut = True
+                    continue
+                if not line:
+                    break
+                cut = False
+                write(line.decode(errors="replace"))
+            return await proc.wait()
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        try:
+            if graceful():
+                await terminate(proc, grace_s)
+        finally:  # also when opsroom stops during the grace period
+            kill_group(proc.pid)  # and what the leader left behind in its group
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise StepTimedOut(f"timed out after {timeout:g}s") from None
