@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     url: str = "http://127.0.0.1:8080"
     # How people reach the web UI: chat messages cut short link here. Default: host and port.
     public_url: str | None = None
+    # Runbook steps on Celery workers (docs/workers.md): the broker for every environment, and
+    # per environment (OPSROOM_BROKERS='{"prod": "amqp://prod:...@mq/opsroom"}'), which wins.
+    # None of either: every step runs in the server's own process.
+    broker_url: str | None = None
+    brokers: dict[str, str] = Field(default_factory=dict)
+
+    def broker_for(self, environment: str) -> str | None:
+        """The broker whose queue `opsroom.<environment>` carries that environment's steps, if any."""
+        return self.brokers.get(environment) or self.broker_url or None
 
     @property
     def web_url(self) -> str:

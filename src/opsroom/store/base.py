@@ -37,4 +37,5 @@ def import_models() -> None:
     import opsroom.eventlog.models
     import opsroom.outbox
     import opsroom.rooms.models
-    import opsroom.runbooks.models  # noqa: F401
+    import opsroom.runbooks.models
+    import opsroom.workers.models  # noqa: F401

@@ -1,0 +1,1 @@
+"""Runbook steps on Celery workers, one queue per environment (docs/workers.md)."""
