@@ -8,6 +8,15 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from opsroom.store import health as store_health
+
+# PostgreSQL connections are bounded in time, so a database that is away is noticed in seconds:
+# asyncpg waits 60 s for a connection by default (a host that drops packets, a postmaster that
+# hangs), and SQLAlchemy's pool 30 s for a free connection. A refused connection (a killed
+# database) fails at once either way; these bound the cases that would otherwise hang.
+CONNECT_TIMEOUT_S = 2.0  # a loopback connect takes milliseconds; 2 s leaves room on a loaded host
+POOL_TIMEOUT_S = 5.0
+
 
 def normalize_url(url: str) -> str:
     """Accept the URLs people paste (postgresql://, sqlite:///) and pick the async driver."""
@@ -33,7 +42,43 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         _sqlite_setup(engine.sync_engine)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs)
+    connect_args = {"timeout": CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+    kwargs.setdefault("pool_timeout", POOL_TIMEOUT_S)
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args,
+                                 **kwargs)
+    _watch_health(engine)
+    return engine
+
+
+def _watch_health(engine: AsyncEngine) -> None:
+    """Trip the store's health flag (store/health.py) on a failed connect or a dropped connection,
+    and clear it when a connection is made again: every caller, web request or background loop,
+    reports an outage without code of its own."""
+    health = store_health.watch(engine)
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            health.trip(exc)
+            raise
+
+    @event.listens_for(sync.pool, "connect")
+    def _connected(_dbapi_conn: Any, _record: Any) -> None:
+        health.clear()
+
+    @event.listens_for(sync, "handle_error")
+    def _error(context: Any) -> None:
+        # A dead pooled connection found by the pre-ping is replaced by a new one (which trips the
+        # flag if it fails too); a connection dropped under a statement means the store went away.
+        if context.is_disconnect and not context.is_pre_ping:
+            health.trip(context.original_exception)
+
+    @event.listens_for(sync, "engine_disposed")
+    def _disposed(_engine: Any) -> None:
+        health.stop()
 
 
 def make_sqlite_writer(url: str) -> Engine:

@@ -25,7 +25,7 @@ from opsroom.config import Settings
 from opsroom.rooms.views import router as rooms_router
 from opsroom.runbooks.views import router as runbooks_router
 from opsroom.runtime import Runtime
-from opsroom.web import errors, metrics, pages, room, security, service_page, streams, ui
+from opsroom.web import errors, metrics, outage, pages, room, security, service_page, streams, ui
 from opsroom.web.deps import ApiActor, WebSession
 
 log = structlog.get_logger(__name__)
@@ -76,6 +76,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.state.demo = settings.demo
     app.state.refused = None
     app.add_middleware(GZipMiddleware, minimum_size=512)
+    app.add_middleware(outage.StoreOutage)  # 503 at once while the database is away
     errors.install(app)
     app.add_middleware(errors.StartupRefusal)
     # Outermost last: every answer, a 413 included, carries the security headers.
@@ -108,7 +109,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
         return RedirectResponse("/docs", status_code=303)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, object]:
+        return {"status": "ok", **outage.store_state(app)}  # alive: 200; `store` says if the database is
 
     return app
