@@ -109,7 +109,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     gc.freeze()
 
 
-HOUSEKEEPING_EVERY_S = 5.0  # expired approvals are swept this often
+HOUSEKEEPING_EVERY_S = 5.0  # expired approvals and dead servers' executions are swept this often
 
 
 async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
@@ -123,6 +123,11 @@ async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
             await approvals.expire_due(rt)
         except Exception:
             log.exception("expiring approvals failed")
+        try:
+            # Executions of a server that died on any host: closed within its dead window + a pass.
+            await runbooks.recover_interrupted(rt)
+        except Exception:
+            log.exception("closing executions of dead servers failed")
 
 
 def _reload_on_hangup(rt: Runtime) -> None:

@@ -7,9 +7,10 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +21,9 @@ from opsroom.approvals.models import ApprovalRow
 from opsroom.audit import service as audit
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, approval_roles
+from opsroom.cluster.clock import db_now
+from opsroom.cluster.membership import DEAD_AFTER_S
+from opsroom.cluster.models import NodeRow
 from opsroom.domain.execution import ACTIVE, advance, can_transition
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
 from opsroom.events import ApprovalDecided, ApprovalRequested, ExecutionFinished
@@ -105,12 +109,21 @@ def lock_key(runbook: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([runbook, params], sort_keys=True, default=str).encode()).hexdigest()
 
 
+class RuleHeldError(Conflict):
+    """A rule's claim held the run (its budget or cooldown): the hold is stored, no execution is."""
+
+
 async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[str, Any],
                       room: str | None = None, rule: str | None = None,
-                      approval: str | None = None) -> ExecutionRow:
+                      approval: str | None = None,
+                      claim: Callable[[Session, int | None], str | None] | None = None) -> ExecutionRow:
     """Ask to run a runbook: it starts now, or waits for approval by the roles its policy names.
 
     `approval` overrides the runbook's own policy; rules pass theirs (reviewed in the catalog).
+    `claim` (rules: automation/rules.py) is called inside the transaction that creates the
+    execution, first as claim(s, None): a reason returned holds the run (the transaction commits
+    what the claim wrote, no execution, RuleHeldError); then as claim(s, execution_id). So a
+    rule's budget is decided and spent in one transaction with its run, on every server.
     """
     if not actor.can("runbook.run"):
         await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{runbook[:64]}",
@@ -147,11 +160,18 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
         "started_at": now if run_now else None, "finished_at": None, "output": "", "error": None,
         "owner": rt.node_id if run_now else None}
 
-    def body(s: Session) -> tuple[ExecutionRow, ApprovalRequested | None]:
+    held: list[str] = []
+
+    def body(s: Session) -> tuple[ExecutionRow | None, ApprovalRequested | None]:
+        if claim is not None and (reason := claim(s, None)) is not None:
+            held.append(reason)
+            return None, None
         # A prebuilt Core insert, not the unit of work: this is the write between a hard
         # CRITICAL and the spawned process. The partial unique index on active lock keys
         # refuses a second identical run, also between two servers on one PostgreSQL.
         eid: int = s.connection().execute(_ADD_EXECUTION, values).inserted_primary_key[0]  # type: ignore[index]
+        if claim is not None:
+            claim(s, eid)
         audit.append_in(s, actor=actor, action="runbook.run", target=f"runbook:{rb.name}",
                         outcome="awaiting_approval" if roles else "started",
                         details={"execution": eid, "params": clean, "environment": env,
@@ -175,6 +195,8 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
                                  outcome="refused", details={"params": clean, "reason": f"busy #{busy}"})
         raise Conflict(f"{summary} is already in progress as execution #{busy}",
                        hint=f"follow it with `execution {busy}`; a second identical run is refused") from None
+    if row is None:
+        raise RuleHeldError(f"rule {rule} held: {held[0]}", hint="the rule runs again when its policy allows")
     if event is not None:
         rt.bus.publish(event)
     elif rt.executor is not None:
@@ -355,14 +377,18 @@ async def get_execution(rt: Runtime, *, actor: Actor, execution_id: int) -> Exec
     return row
 
 
-def _owner_dead(owner: str | None) -> bool:
-    """True when the execution's owning server process is gone (same host) or unknown."""
+def _host_of(owner: str) -> str:
+    return owner.partition(":")[0]
+
+
+def _owner_dead_here(owner: str | None) -> bool | None:
+    """For an owner on this host: is its process gone? None for another host's owner."""
     if not owner:
         return True
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
-        return False  # another node's: only that node (or an operator) can say
+        return None
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
@@ -372,42 +398,80 @@ def _owner_dead(owner: str | None) -> bool:
     return False
 
 
+async def _dead_owners(rt: Runtime, owners: set[str]) -> set[str]:
+    """Which owners (server node ids) are gone, on any host.
+
+    On this host the kernel says (the pid). Another host's server is gone when its heartbeat in
+    `cluster_nodes` is older than the membership's dead window by the store's clock, or it
+    stopped. A node that never heartbeat (a server of a version before membership) is left
+    alone: nothing can tell it from a live one.
+    """
+    dead: set[str] = set()
+    remote: set[str] = set()
+    for owner in owners:
+        if owner == rt.node_id:
+            continue
+        here = _owner_dead_here(owner)
+        if here is None:
+            remote.add(owner)
+        elif here:
+            dead.add(owner)
+    if remote:
+        now = db_now(rt.engine.dialect.name)
+        async with rt.read() as s:
+            rows = (await s.execute(select(NodeRow.node_id).where(
+                NodeRow.node_id.in_(remote),
+                or_(NodeRow.stopped_at.is_not(None), NodeRow.heartbeat_at < now - DEAD_AFTER_S)))).all()
+        dead |= {r[0] for r in rows}
+    return dead
+
+
 PENDING_GRACE_S = 60.0  # an approved run is started within milliseconds by the server that approved it
 
 
-def _orphaned_pending(row: ExecutionRow, decided_at: float | None, now: float) -> bool:
+def _orphaned_pending(row: ExecutionRow, decided_at: float | None, now: float, dead: set[str]) -> bool:
     """A 'pending' run nobody will start: its owner died, or it waited past the grace period."""
     if row.owner:
-        return _owner_dead(row.owner)
+        return row.owner in dead
     return (decided_at or row.created_at) < now - PENDING_GRACE_S
 
 
 async def recover_interrupted(rt: Runtime) -> list[ExecutionRow]:
-    """At start-up: executions a dead server left behind become 'interrupted', never re-run.
+    """Executions a dead server left behind become 'interrupted', never re-run.
 
+    Run at start-up and by every server's housekeeping, so a server that died on any host has
+    its executions closed within the membership's dead window plus one housekeeping pass.
     'running' ones of a dead owner: their step's process group is killed first if it still runs
-    (a kill -9 of the server does not reach it: it has a session of its own), so that no second
-    run starts beside it. 'pending' ones (approved, never started) would hold their lock key
-    forever: they are closed too.
+    on this host (a kill -9 of the server does not reach it: it has a session of its own), so
+    that no second run starts beside it. 'pending' ones (approved, never started) would hold
+    their lock key forever: they are closed too. Two servers sweeping at once: rows are locked
+    (FOR UPDATE SKIP LOCKED on PostgreSQL), so each is closed and announced once.
     """
-    found: list[ExecutionRow] = []
     now = time.time()
+    async with rt.read() as s:
+        candidates = (await s.execute(select(ExecutionRow.owner).where(
+            ExecutionRow.status.in_(("running", "pending")), ExecutionRow.owner.is_not(None),
+            ExecutionRow.owner != rt.node_id).distinct())).scalars().all()
+    dead = await _dead_owners(rt, {o for o in candidates if o})
+    found: list[ExecutionRow] = []
     async with rt.write() as s:
         rows = (await s.execute(select(ExecutionRow, ApprovalRow.decided_at)
                                 .outerjoin(ApprovalRow, ApprovalRow.id == ExecutionRow.approval_id)
-                                .where(ExecutionRow.status.in_(("running", "pending"))))).all()
+                                .where(ExecutionRow.status.in_(("running", "pending")))
+                                .with_for_update(skip_locked=True, of=ExecutionRow))).all()
         for row, decided_at in rows:
             if row.owner == rt.node_id:
                 continue
             killed = False
             if row.status == "running":
-                if not _owner_dead(row.owner):
+                if row.owner and row.owner not in dead:
                     continue
-                killed = processes.kill_if_ours(row.pgid, row.pg_started)
+                if not row.owner or _host_of(row.owner) == socket.gethostname():
+                    killed = processes.kill_if_ours(row.pgid, row.pg_started)
                 row.error = "the opsroom server stopped while this ran; it was not re-run" + (
                     " (its still running process group was killed)" if killed else "")
             else:
-                if not _orphaned_pending(row, decided_at, now):
+                if not _orphaned_pending(row, decided_at, now, dead):
                     continue
                 row.error = "the opsroom server stopped before this approved run started; it was not run"
             row.status, row.finished_at = advance(row.status, "interrupted"), now
@@ -434,3 +498,30 @@ async def list_runbooks(rt: Runtime, *, actor: Actor) -> list[Runbook]:
     await audit.append_alone(rt, actor=actor, action="runbook.list", target="runbooks",
                              details={"count": len(found)})
     return found
+
+
+# --- Runbook steps on workers (workers/, docs/workers.md) -------------------------------------
+# Added by the workers helper; the rest of this module is the lead's.
+
+async def finish_if_running(rt: Runtime, execution_id: int, *, status: str, output: str, error: str | None,
+                            message: str) -> bool:
+    """mark_finished, only while the execution is still running: False when another server (a
+    recovery of a dead node) already ended it, and then its end must not be announced a second time.
+
+    A conditional UPDATE: of two servers that both end it, exactly one sees a row changed.
+    """
+    def body(s: Session) -> bool:
+        row = s.get(ExecutionRow, execution_id)
+        if row is None or not can_transition(row.status, status):
+            return False
+        done = s.execute(update(ExecutionRow).where(ExecutionRow.id == execution_id, ExecutionRow.status == "running")
+                         .values(status=status, finished_at=time.time(), output=output, error=error)
+                         .execution_options(synchronize_session=False))
+        if not done.rowcount:  # type: ignore[attr-defined]
+            return False
+        actor = Actor(row.requested_by, row.door, correlation_id=row.correlation_id)  # type: ignore[arg-type]
+        audit.append_in(s, actor=actor, action="execution.finish", target=f"execution:{row.id}",
+                        outcome=status, details={"runbook": row.runbook, "message": message})
+        return True
+
+    return await rt.transact(body)
