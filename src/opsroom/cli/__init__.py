@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
-from opsroom.cli import admin, remote, runs
+from opsroom.cli import admin, backup, remote, runs
 from opsroom.cli.client import NOT_OK, USAGE, ClientError
 from opsroom.cli.common import (
     CatalogOpt,
@@ -37,7 +37,7 @@ from opsroom.cli.output import show
 from opsroom.cli.profiles import ProfileError
 from opsroom.cli.terminal import error, write
 
-__all__ = ["admin", "app", "local_admin", "main", "remote", "run", "runs", "settings_for"]
+__all__ = ["admin", "app", "backup", "local_admin", "main", "remote", "run", "runs", "settings_for"]
 
 
 def _version(value: bool) -> None:
