@@ -1,27 +1,30 @@
 """The rules engine: a check changes state -> a runbook runs, under the rule's policy.
 
-Rate-limit and cooldown state is kept in memory (seeded from the store at
-start) so the path from a hard CRITICAL to the first spawned process does not
-wait on a query.
+A rule runs on the server where its event happened (the one that ran the check or received
+the alert). Its budget (max_runs per window, cooldown) is the cluster's, kept in the store:
+see BudgetClaim. It is decided in the transaction that creates the execution, so the path
+from a hard CRITICAL to the spawned process gains two statements, not a transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
 from opsroom.access.identity import rule_actor
 from opsroom.alerts.matchers import Matcher, all_match, parse_matchers
-from opsroom.automation.models import RuleRunRow
+from opsroom.automation.models import RuleBudgetRow, RuleRunRow
 from opsroom.automation.templates import evaluate, render
-from opsroom.catalog.schema import Rule
+from opsroom.catalog.schema import Policy, Rule
+from opsroom.cluster.clock import db_now
 from opsroom.errors import OpsroomError
 from opsroom.events import (
     AlertFired,
@@ -38,6 +41,20 @@ from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 _ADD_RULE_RUN = insert(RuleRunRow)
+# PostgreSQL: create the rule's lock row or lock the one there (ON CONFLICT DO UPDATE takes the
+# row lock as SELECT ... FOR UPDATE would, in one statement, and waits for a claim in progress),
+# and read the store's clock once the lock is ours: in SET, not from VALUES, which is computed
+# before the wait (a claim would then date itself before the run it waited for).
+_pg_lock = postgresql.insert(RuleBudgetRow).values(
+    rule=bindparam("rule"), holder=bindparam("holder"), claimed_at=db_now("postgresql"))
+_LOCK_BUDGET = _pg_lock.on_conflict_do_update(
+    index_elements=[RuleBudgetRow.rule],
+    set_={"holder": _pg_lock.excluded.holder, "claimed_at": db_now("postgresql")},
+).returning(RuleBudgetRow.claimed_at)
+# A separate statement after the lock: under READ COMMITTED it sees the runs the previous
+# holder committed (one statement with the lock would read from a snapshot taken before it).
+_RUNS = select(func.count().filter(RuleRunRow.at >= bindparam("since")), func.max(RuleRunRow.at)).where(
+    RuleRunRow.rule == bindparam("rule"), RuleRunRow.outcome == "triggered", RuleRunRow.at >= bindparam("horizon"))
 
 
 def matches(rt: Runtime, rule: Rule, ev: CheckStateChanged) -> bool:
@@ -120,10 +137,54 @@ class Trigger:
                    alert_id=ev.alert_id)
 
 
+def over_budget(policy: Policy, *, runs: int, last: float | None, now: float) -> tuple[str, bool] | None:
+    """(why the rule is held, whether a human must hear it) or None: its runs leave room for one more."""
+    if last is not None and now - last < policy.cooldown:
+        return f"cooldown: last run {now - last:.0f}s ago (cooldown {policy.cooldown:g}s)", False
+    if runs >= policy.max_runs:
+        return f"ran {runs} times in the last {policy.window:g}s (max {policy.max_runs})", True
+    return None
+
+
+class BudgetClaim:
+    """One trigger's claim on its rule's budget, made inside request_run's transaction.
+
+    claim(s, None) serialises the rule across the cluster (PostgreSQL: its rule_budgets row,
+    locked until the transaction ends; SQLite: the store's one writer does it already), counts
+    the rule's triggered runs in the store and holds the run, storing the hold, when the
+    policy says so. claim(s, execution_id) then stores the triggered run in that same
+    transaction, so the next claim, on any server, counts it.
+    """
+
+    def __init__(self, rule: Rule, subject: str, *, holder: str) -> None:
+        self.rule, self.subject, self.holder = rule, subject, holder
+        self.at = 0.0  # by the store's clock on PostgreSQL: one clock for every server's window
+        self.held: tuple[str, bool] | None = None
+
+    def __call__(self, s: Session, execution_id: int | None) -> str | None:
+        conn = s.connection()
+        name, policy = self.rule.name, self.rule.policy
+        if execution_id is not None:
+            conn.execute(_ADD_RULE_RUN, {"rule": name, "check": self.subject, "at": self.at,
+                                         "execution_id": execution_id, "outcome": "triggered"})
+            return None
+        if conn.dialect.name == "postgresql":
+            self.at = conn.execute(_LOCK_BUDGET, {"rule": name, "holder": self.holder}).scalar_one()
+        else:
+            self.at = time.time()
+        runs, last = conn.execute(_RUNS, {"rule": name, "since": self.at - policy.window,
+                                          "horizon": self.at - max(policy.window, policy.cooldown)}).one()
+        self.held = over_budget(policy, runs=runs, last=last, now=self.at)
+        if self.held is None:
+            return None
+        conn.execute(_ADD_RULE_RUN, {"rule": name, "check": self.subject, "at": self.at,
+                                     "execution_id": None, "outcome": "held"})
+        return self.held[0]
+
+
 class RulesEngine:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.runs: dict[str, deque[float]] = defaultdict(deque)
         self.pending_verify: dict[int, tuple[Rule, Trigger]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.suspended: str | None = None  # why this server no longer acts (another has the store)
@@ -134,12 +195,7 @@ class RulesEngine:
         log.warning("rules suspended", reason=reason)
 
     async def load(self) -> None:
-        horizon = time.time() - max((r.policy.window for r in self.rt.catalog.rules.values()), default=0)
-        async with self.rt.read() as s:
-            rows = (await s.execute(select(RuleRunRow).where(RuleRunRow.at >= horizon,
-                                                             RuleRunRow.outcome == "triggered"))).scalars()
-            for row in rows:
-                self.runs[row.rule].append(row.at)
+        """Nothing to seed: a rule's runs are counted in the store when it fires (BudgetClaim)."""
 
     def attach(self) -> None:
         self.rt.bus.subscribe(CheckStateChanged, self.on_state_changed)
@@ -199,51 +255,50 @@ class RulesEngine:
             max_attempts=check.max_attempts, output=last.output if last else "", since=st.since,
             down=bool(last and last.down), correlation_id=ev.correlation_id, source=f"check:{ev.check}"))
 
-    def _held(self, rule: Rule, trig: Trigger, now: float) -> tuple[str, bool] | None:
-        """(why the rule is held, whether a human must hear it) or None to run."""
+    def _flapping(self, trig: Trigger) -> str | None:
+        """Why the rule waits for its check to settle (this server's monitor ran it), or None."""
         monitor = self.rt.monitor
         if (monitor is not None and trig.check is not None and (st := monitor.status.get(trig.check)) is not None
                 and st.flapping):
-            return f"{trig.check} is flapping", False
-        runs = self.runs[rule.name]
-        while runs and runs[0] < now - rule.policy.window:
-            runs.popleft()
-        if runs and now - runs[-1] < rule.policy.cooldown:
-            return f"cooldown: last run {now - runs[-1]:.0f}s ago (cooldown {rule.policy.cooldown:g}s)", False
-        if len(runs) >= rule.policy.max_runs:
-            return f"ran {len(runs)} times in the last {rule.policy.window:g}s (max {rule.policy.max_runs})", True
+            return f"{trig.check} is flapping"
         return None
 
+    def _hold(self, rule: Rule, trig: Trigger, held: str, needs_human: bool) -> None:
+        self.rt.bus.publish(RuleHeld(rule=rule.name, check=trig.subject, reason=held,
+                                     correlation_id=trig.correlation_id))
+        if rule.policy.escalate and needs_human:
+            self.rt.bus.publish(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
+                                              reason=f"not retrying: {held}", correlation_id=trig.correlation_id))
+
     async def _fire(self, rule: Rule, trig: Trigger) -> None:
-        now = time.time()
-        hold = self._held(rule, trig, now)
-        if hold is not None:
-            held, needs_human = hold
-            self.rt.bus.publish(RuleHeld(rule=rule.name, check=trig.subject, reason=held,
-                                         correlation_id=trig.correlation_id))
-            if rule.policy.escalate and needs_human:
-                self.rt.bus.publish(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
-                                                  reason=f"not retrying: {held}", correlation_id=trig.correlation_id))
+        flapping = self._flapping(trig)
+        if flapping is not None:
+            self._hold(rule, trig, flapping, False)
             self._record(rule.name, trig.subject, None, "held")
             return
         params = {k: render(v, trig.context) for k, v in rule.then.params.items()}
         actor = rule_actor(rule.name, trig.correlation_id)
         rooms = self.rt.catalog.rooms_for_system(trig.system)
-        execution = await runbooks.request_run(self.rt, actor=actor, runbook=rule.then.runbook, params=params,
-                                               room=rooms[0] if rooms else None, rule=rule.name,
-                                               approval=rule.policy.approval)
-        # Counted only once accepted: a refused duplicate must not use up max_runs.
-        self.runs[rule.name].append(now)
+        claim = BudgetClaim(rule, trig.subject, holder=self.rt.node_id)
+        try:
+            # The budget is decided and spent in the execution's own transaction: a refused
+            # duplicate (Conflict) rolls its claim back and uses up nothing.
+            execution = await runbooks.request_run(self.rt, actor=actor, runbook=rule.then.runbook, params=params,
+                                                   room=rooms[0] if rooms else None, rule=rule.name,
+                                                   approval=rule.policy.approval, claim=claim)
+        except runbooks.RuleHeldError:
+            if claim.held is None:
+                raise
+            self._hold(rule, trig, *claim.held)  # its rule_runs row is stored already
+            return
         self.pending_verify[execution.id] = (rule, trig)
         self.rt.bus.publish(RuleTriggered(
             rule=rule.name, runbook=rule.then.runbook, summary=execution.summary, check=trig.subject,
             system=trig.system, execution_id=execution.id, needs_approval=execution.status == "awaiting_approval",
             correlation_id=trig.correlation_id, source=f"rule:{rule.name}", room=execution.room))
-        self._record(rule.name, trig.subject, execution.id, "triggered")
 
     def _record(self, rule: str, check: str, execution_id: int | None, outcome: str) -> None:
-        # Bookkeeping right behind a dispatch: a prebuilt Core insert in one writer hop, so it
-        # does not compete with the runbook's process being started.
+        # A hold for a flapping check (no budget involved): a prebuilt Core insert in one writer hop.
         values = {"rule": rule, "check": check, "at": time.time(), "execution_id": execution_id, "outcome": outcome}
         self._spawn(self.rt.transact(lambda s: s.connection().execute(_ADD_RULE_RUN, values)))
 
