@@ -224,6 +224,31 @@ async def test_health_trips_on_a_killed_database_and_clears_when_it_is_back(priv
         await engine.dispose()
 
 
+async def test_a_connection_that_outlived_a_short_outage_does_not_trip_the_flag(private_pg: PrivatePg) -> None:
+    # The lease holds one connection for the server's life: found dead after the database is back,
+    # it must not turn every request away (the flag trips only when a new connection fails too).
+    url = private_pg.create_database(f"held_{uuid.uuid4().hex[:8]}")
+    engine = make_engine(url)
+    health = health_of(engine)
+    try:
+        held = await engine.connect()
+        await held.execute(text("SELECT 1"))
+        await asyncio.to_thread(private_pg.kill9)
+        await asyncio.to_thread(private_pg.restart)
+        with pytest.raises(Exception):  # the dropped connection's error
+            await held.execute(text("SELECT 1"))
+        with contextlib.suppress(Exception):
+            await held.close()
+        await asyncio.sleep(0.5)  # the confirming connect has run
+        assert health.up and health.outages == 0
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT 1")) == 1
+    finally:
+        if not private_pg.running:
+            await asyncio.to_thread(private_pg.restart)
+        await engine.dispose()
+
+
 async def test_a_database_that_never_answers_fails_in_the_connect_timeout_not_a_minute() -> None:
     # A listening socket that never speaks: what a host that hangs looks like to asyncpg, whose
     # own default waits 60 s.

@@ -71,10 +71,11 @@ def _watch_health(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync, "handle_error")
     def _error(context: Any) -> None:
-        # A dead pooled connection found by the pre-ping is replaced by a new one (which trips the
-        # flag if it fails too); a connection dropped under a statement means the store went away.
+        # A dead pooled connection found by the pre-ping is replaced by a new one, which trips the
+        # flag if it fails too. A connection dropped under a statement may have outlived an outage
+        # that is over already: the flag trips only if a new connection fails as well.
         if context.is_disconnect and not context.is_pre_ping:
-            health.trip(context.original_exception)
+            health.suspect()
 
     @event.listens_for(sync, "engine_disposed")
     def _disposed(_engine: Any) -> None:

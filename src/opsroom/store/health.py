@@ -13,7 +13,6 @@ every caller is covered, background loops included, without a try/except of thei
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import weakref
 
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 log = structlog.get_logger(__name__)
 
 PROBE_EVERY_S = 0.5
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 3.0  # above the connect timeout (store/engine.py)
 RETRY_AFTER_S = 1  # what a client is told to wait; the probe looks twice as often
 
 
@@ -63,6 +62,13 @@ class StoreHealth:
         log.warning("the store is reachable again", away_s=round(self.away_for, 2))
         self.away_since = None
 
+    def suspect(self) -> None:
+        """A connection dropped under a statement. It may have been one that outlived an outage
+        already over (a connection held for long, like the lease's): one connect at once tells,
+        and trips the flag only if the store is really away."""
+        if self.away_since is None:
+            self._start_probe()
+
     def _start_probe(self) -> None:
         if self._engine is None or (self._probe is not None and not self._probe.done()):
             return
@@ -73,17 +79,21 @@ class StoreHealth:
         self._probe = loop.create_task(self._probe_until_up(), name="opsroom-store-probe")
 
     async def _probe_until_up(self) -> None:
-        while self.away_since is not None:
-            await asyncio.sleep(PROBE_EVERY_S)
+        delay = PROBE_EVERY_S if self.away_since is not None else 0.0  # a suspicion is checked at once
+        while True:
+            await asyncio.sleep(delay)
+            delay = PROBE_EVERY_S
             engine = self._engine() if self._engine is not None else None
             if engine is None:
                 return
-            # A failed attempt trips again (a no-op while away); a success clears through the
-            # pool's connect event, or here for a pooled connection that survived the outage.
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(PROBE_TIMEOUT_S), engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
-                    self.clear()
+            except Exception as exc:
+                self.trip(exc)  # while away a no-op; this task goes on probing
+                continue
+            self.clear()  # also cleared by the pool's connect event; here for a pooled connection
+            return
 
     def stop(self) -> None:
         """The engine is disposed: no probe outlives it."""
