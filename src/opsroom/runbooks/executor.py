@@ -12,7 +12,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import structlog
@@ -27,6 +27,9 @@ from opsroom.runbooks import service as store
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 from opsroom.secrets import masking
+
+if TYPE_CHECKING:
+    from opsroom.workers.dispatch import Dispatcher
 
 log = structlog.get_logger(__name__)
 MAX_OUTPUT = 64_000
@@ -65,6 +68,11 @@ class Executor:
         self._runbooks: dict[int, Runbook] = {}
         # Per running execution: its captured output, which a live stream replays (web/streams.py).
         self._live: dict[int, _Output] = {}
+        # Steps on Celery workers (workers/): made on the first step of an environment with a
+        # broker, so a server with none never imports Celery. Executions that used a worker end
+        # with a conditional write: another server may have recovered them from a dead worker.
+        self._dispatch: Dispatcher | None = None
+        self._on_workers: set[int] = set()
 
     def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
         """Run an execution; `claimed` is a row this process already stored as running."""
@@ -105,6 +113,8 @@ class Executor:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        if self._dispatch is not None:
+            await self._dispatch.close()
         for target in self._targets.values():
             await target.close()
 
@@ -160,8 +170,16 @@ class Executor:
         recording = self._recording.pop(row.id, None)
         if recording is not None:
             await asyncio.gather(recording, return_exceptions=True)
-        await store.mark_finished(rt, row.id, status=status, output=out.text, error=error, message=message)
+        announce = True
+        if row.id in self._on_workers:
+            self._on_workers.discard(row.id)
+            announce = await store.finish_if_running(rt, row.id, status=status, output=out.text, error=error,
+                                                     message=message)
+        else:
+            await store.mark_finished(rt, row.id, status=status, output=out.text, error=error, message=message)
         self._live.pop(row.id, None)  # after the stored output: a reader sees one or the other
+        if not announce:  # already ended (and announced) by the server that recovered it
+            return
         rt.bus.publish(ExecutionFinished(
             execution_id=row.id, runbook=row.runbook, summary=row.summary, status=status, duration_s=duration,
             message=message, rule=row.rule, error=error, correlation_id=row.correlation_id,
@@ -177,7 +195,9 @@ class Executor:
                     await self._step(step, index, ctx, out, execution_id)
                 except StepFailed as exc:
                     out.write(f"step {index + 1} ({step.label}) {exc.status}: {exc}\n")
-                    if not step.continue_on_error:
+                    # An interrupted step (its worker died) may have done part of its work:
+                    # nothing after it runs, continue_on_error or not.
+                    if not step.continue_on_error or exc.status == "interrupted":
                         raise
 
     def _target(self, kind: str) -> Any:
@@ -192,6 +212,12 @@ class Executor:
 
     async def _step(self, step: Step, index: int, ctx: dict[str, Any], out: Writer, execution_id: int) -> None:
         if step.command is not None:
+            runbook = self._runbooks.get(execution_id)
+            local = runbook is not None and runbook.target == "local"
+            broker = self.rt.settings.broker_for(ctx["environment"]) if local else None
+            if broker:
+                await self._on_worker(index, ctx, out, execution_id, broker)
+                return
             argv = [render(a, ctx) for a in step.command]
             await self._command(step, argv, ctx, out, execution_id)
         elif step.check is not None:
@@ -226,6 +252,22 @@ class Executor:
             raise StepFailed(str(exc), "timed_out") from None
         if code != 0:
             raise StepFailed(f"exit code {code}")
+
+    async def _on_worker(self, index: int, ctx: dict[str, Any], out: Writer, execution_id: int,
+                         broker: str) -> None:
+        """A command step of an environment with a broker: sent to its queue, never run here."""
+        if self._dispatch is None:
+            from opsroom.workers.dispatch import Dispatcher
+
+            self._dispatch = Dispatcher(self.rt)
+        self._on_workers.add(execution_id)
+        result = await self._dispatch.run_step(
+            execution_id=execution_id, index=index, environment=ctx["environment"], broker=broker,
+            write=out.write, graceful=lambda: execution_id in self._cancelled_by, grace_s=CANCEL_GRACE_S)
+        if result.status == "succeeded":
+            return
+        status = result.status if result.status in ("timed_out", "interrupted") else "failed"
+        raise StepFailed(result.error or f"step {result.status} on worker {result.worker}", status)
 
     def _record(self, execution_id: int, pid: int) -> None:
         previous = self._recording.get(execution_id)
