@@ -120,7 +120,7 @@ class Site:
 
     def start_worker(self, environment: str = "prod", *, name: str = "w", brokers: dict[str, str] | None = None,
                      extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.root / f"{name}.log", "ab")
         proc = subprocess.Popen([OPSROOM, "worker", "--environment", environment, *(extra or [])],
                                 env=self.worker_env(brokers=brokers, name=name), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -193,8 +193,8 @@ async def steps(rt: Runtime, execution_id: int) -> list[WorkerStepRow]:
 
 
 def finished_events(rt: Runtime, execution_id: int) -> list[Any]:
-    return [e for e in rt.bus.history if e.type == "execution.finished" and e.execution_id == execution_id]
+    return [e for e in rt.bus.history if e.type == "execution.finished" and getattr(e, "execution_id", None) == execution_id]
 
 
 def output_events(rt: Runtime, execution_id: int) -> list[Any]:
-    return [e for e in rt.bus.history if e.type == "execution.output" and e.execution_id == execution_id]
+    return [e for e in rt.bus.history if e.type == "execution.output" and getattr(e, "execution_id", None) == execution_id]
