@@ -192,9 +192,13 @@ async def steps(rt: Runtime, execution_id: int) -> list[WorkerStepRow]:
                                      .order_by(WorkerStepRow.step))).scalars())
 
 
+def _events(rt: Runtime, kind: str, execution_id: int) -> list[Any]:
+    return [e for e in rt.bus.history if e.type == kind and getattr(e, "execution_id", None) == execution_id]
+
+
 def finished_events(rt: Runtime, execution_id: int) -> list[Any]:
-    return [e for e in rt.bus.history if e.type == "execution.finished" and getattr(e, "execution_id", None) == execution_id]
+    return _events(rt, "execution.finished", execution_id)
 
 
 def output_events(rt: Runtime, execution_id: int) -> list[Any]:
-    return [e for e in rt.bus.history if e.type == "execution.output" and getattr(e, "execution_id", None) == execution_id]
+    return _events(rt, "execution.output", execution_id)

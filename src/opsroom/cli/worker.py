@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -47,6 +48,16 @@ def worker(
         error(f"the catalog has no environment {environment!r}",
               f"known: {', '.join(cat.environments) or 'none'}")
         raise typer.Exit(2)
+    from urllib.parse import urlsplit
+
+    from opsroom import logs
+    from opsroom.secrets import masking
+
+    logs.configure(settings.log_level)
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url).password
+        if password:  # a step that prints it, or a broker error quoting the URL, shows a mask
+            masking.register(password)
     try:
         serve(settings, cat, environment=environment, broker=url)
     except WorkerError as exc:

@@ -149,7 +149,7 @@ class StepRunner:
                            error=interrupted_message(row.worker, row.step), only_from=("running",), worker=row.worker)
             log.warning("redelivered step of a dead worker: interrupted, not re-run", step_id=row.id, worker=row.worker)
             return "interrupted"
-        log.info("step already taken: not run again", step_id=row.id, status=row.status, worker=row.worker)
+        log.warning("step already taken: not run again", step_id=row.id, status=row.status, worker=row.worker)
         return "duplicate"
 
     def _problem(self, row: WorkerStepRow, execution: ExecutionRow | None) -> str | None:
