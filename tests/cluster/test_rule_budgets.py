@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from opsroom.access.identity import SYSTEM
 from opsroom.audit import service as audit
@@ -151,3 +151,27 @@ async def test_one_sqlite_server_racing_itself_keeps_the_budget(tmp_path: Path) 
         await race(rts, 12, "s")
         assert len(await executions(rts[0], "solo")) == 3
         assert await outcomes(rts[0], "solo") == {"triggered": 3, "held": 9}
+
+
+async def test_a_flood_of_one_rule_takes_one_connection_per_server(pg_own_url: str, tmp_path: Path) -> None:
+    """A mass outage: while one trigger holds the rule's lock, a server's others wait in the server,
+    not in the store with a pooled connection each (that starved the pool: 5 s, then errors)."""
+    async with servers(pg_own_url, tmp_path, [rule("mass")], n=2) as rts:
+        in_use, most = [0], [0]
+
+        def checkout(*_: Any) -> None:
+            in_use[0] += 1
+            most[0] = max(most[0], in_use[0])
+
+        def checkin(*_: Any) -> None:
+            in_use[0] -= 1
+
+        pool = rts[0].engine.sync_engine.pool
+        event.listen(pool, "checkout", checkout)
+        event.listen(pool, "checkin", checkin)
+        await race(rts, 30, "m")
+        event.remove(pool, "checkout", checkout)
+        event.remove(pool, "checkin", checkin)
+        assert len(await executions(rts[1], "mass")) == 3
+        assert await outcomes(rts[1], "mass") == {"triggered": 3, "held": 57}
+        assert most[0] == 1, f"{most[0]} connections of one server waited on one rule"

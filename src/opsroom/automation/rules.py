@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -187,6 +188,10 @@ class RulesEngine:
         self.rt = rt
         self.pending_verify: dict[int, tuple[Rule, Trigger]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # A rule's triggers on this server queue here, not on its row lock in the store: a mass
+        # outage (hundreds of checks failing at once under one rule) then holds one pooled
+        # connection per rule while the rest wait, instead of every connection of the pool.
+        self._claiming: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.suspended: str | None = None  # why this server no longer acts (another has the store)
 
     def suspend(self, reason: str) -> None:
@@ -283,9 +288,10 @@ class RulesEngine:
         try:
             # The budget is decided and spent in the execution's own transaction: a refused
             # duplicate (Conflict) rolls its claim back and uses up nothing.
-            execution = await runbooks.request_run(self.rt, actor=actor, runbook=rule.then.runbook, params=params,
-                                                   room=rooms[0] if rooms else None, rule=rule.name,
-                                                   approval=rule.policy.approval, claim=claim)
+            async with self._claiming[rule.name]:
+                execution = await runbooks.request_run(
+                    self.rt, actor=actor, runbook=rule.then.runbook, params=params,
+                    room=rooms[0] if rooms else None, rule=rule.name, approval=rule.policy.approval, claim=claim)
         except runbooks.RuleHeldError:
             if claim.held is None:
                 raise
