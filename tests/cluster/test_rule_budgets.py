@@ -8,6 +8,7 @@ only the database is shared (the single-server lease is not taken: the rules are
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -175,3 +176,45 @@ async def test_a_flood_of_one_rule_takes_one_connection_per_server(pg_own_url: s
         assert len(await executions(rts[1], "mass")) == 3
         assert await outcomes(rts[1], "mass") == {"triggered": 3, "held": 57}
         assert most[0] == 1, f"{most[0]} connections of one server waited on one rule"
+
+
+HOLD_LOCK = """
+import asyncio, sys
+import asyncpg
+
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    await conn.execute("BEGIN")
+    await conn.execute("SELECT rule FROM rule_budgets WHERE rule = $1 FOR UPDATE", sys.argv[2])
+    print("locked", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_server_killed_holding_a_rules_lock_frees_it_at_once(pg_own_url: str, tmp_path: Path) -> None:
+    """kill -9 of a server in the middle of a rule's claim: its transaction dies with its connection,
+    nothing of it is counted, and the next hard CRITICAL on another server fires the rule once."""
+    async with servers(pg_own_url, tmp_path, [rule("heal", max_runs=1)], n=2) as rts:
+        async with rts[0].write() as s:  # the rule's lock row, as its first claim leaves it
+            s.add(RuleBudgetRow(rule="heal", claimed_at=0.0, holder="a server about to die"))
+        dying = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLD_LOCK, pg_own_url, "heal", stdout=asyncio.subprocess.PIPE)
+        try:
+            assert dying.stdout is not None
+            assert await asyncio.wait_for(dying.stdout.readline(), 20) == b"locked\n"
+            assert rts[1].rules is not None
+            waiting = asyncio.create_task(rts[1].rules.on_state_changed(critical("after the kill")))
+            await asyncio.sleep(0.5)
+            assert not waiting.done(), "the claim did not wait for the lock another server held"
+            dying.kill()
+            await dying.wait()
+            await asyncio.wait_for(waiting, 10)
+        finally:
+            if dying.returncode is None:
+                dying.kill()
+                await dying.wait()
+        [ran] = await executions(rts[0], "heal")
+        assert ran.params == {"text": "heal:after the kill"}
+        assert await outcomes(rts[0], "heal") == {"triggered": 1}
