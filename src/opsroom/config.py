@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # None of either: every step runs in the server's own process.
     broker_url: str | None = None
     brokers: dict[str, str] = Field(default_factory=dict)
+    # Several servers on one PostgreSQL (docs/cluster.md): checks are shared out in this many
+    # shards; a server heartbeats this often and is dead (its shards taken over) after dead_after.
+    cluster_shards: int = Field(default=64, ge=1, le=4096)
+    cluster_heartbeat: float = Field(default=1.0, gt=0, le=60)
+    cluster_dead_after: float = Field(default=3.0, gt=0, le=600)
 
     def broker_for(self, environment: str) -> str | None:
         """The broker whose queue `opsroom.<environment>` carries that environment's steps, if any."""

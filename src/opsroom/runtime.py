@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from opsroom.chat.hub import RoomHub
     from opsroom.checks.monitor import Monitor
     from opsroom.cluster.membership import Membership
+    from opsroom.cluster.shards import Shards
     from opsroom.outbox import OutboxRelay
     from opsroom.runbooks.executor import Executor
     from opsroom.store.lease import ServerLease
@@ -89,6 +90,7 @@ class Runtime:
         self.outbox: OutboxRelay | None = None
         self.lease: ServerLease | None = None  # one server per SQLite store
         self.membership: Membership | None = None  # this node's heartbeat in the cluster
+        self.shards: Shards | None = None  # the shards of checks this server runs (PostgreSQL)
         # The server's own tasks: stopped by their event between passes, never cancelled mid-write.
         self.housekeeping: asyncio.Task[None] | None = None
         self.housekeeping_stop: asyncio.Event | None = None

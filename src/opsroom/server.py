@@ -21,6 +21,7 @@ from opsroom.chat.base import ChatAdapter
 from opsroom.chat.hub import RoomHub
 from opsroom.chat.platforms import build_adapters
 from opsroom.checks.monitor import Monitor
+from opsroom.cluster import node as cluster_node
 from opsroom.config import Settings
 from opsroom.errors import OpsroomError
 from opsroom.outbox import OutboxRelay
@@ -77,6 +78,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     if migrate:
         await upgrade(rt.engine)
     await reconcile_users(rt, passwords=passwords)
+    await cluster_node.join(rt)  # PostgreSQL: this server's heartbeat (docs/cluster.md)
     rt.rooms = RoomHub(rt)
     for adapter in [*(adapters or []), *build_adapters(rt)]:
         rt.rooms.add_adapter(adapter)
@@ -86,7 +88,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     await rules.load()
     rules.attach()
     rt.rules = rules
-    rt.monitor = Monitor(rt)
+    rt.monitor = Monitor(rt, shared=rt.membership is not None)
     await rt.monitor.load()
     alert_book = AlertBook(rt)
     await alert_book.load()
@@ -95,6 +97,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     if interrupted:
         log.warning("executions interrupted by a previous stop", ids=[r.id for r in interrupted])
     rt.monitor.start(schedule=schedule)
+    await cluster_node.share_checks(rt, schedule=schedule)
     relay = OutboxRelay(rt)
     await relay.start()
     rt.outbox = relay
@@ -208,6 +211,7 @@ async def stop(rt: Runtime) -> None:
             await asyncio.wait_for(task, 10)
         except TimeoutError:
             log.warning("housekeeping did not stop within 10 s; cancelled")
+    await cluster_node.stop_sharing(rt)
     if rt.monitor is not None:
         await rt.monitor.stop()
     if rt.executor is not None:
@@ -219,4 +223,5 @@ async def stop(rt: Runtime) -> None:
     lease, rt.lease = rt.lease, None
     if lease is not None:
         await lease.release()
+    await cluster_node.leave(rt)
     await rt.close()

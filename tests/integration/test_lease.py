@@ -1,5 +1,6 @@
-"""One server per store, on both stores: a second server is refused and told who runs; a server
-that lost its lease to another stops checking; `serve` and `demo` refuse before touching anything."""
+"""One server per SQLite store: a second server is refused and told who runs; `serve` and `demo`
+refuse before touching anything. PostgreSQL takes no such lease: a second server starts and
+shares the checks (tests/cluster/test_shards.py has the rest)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -19,9 +20,8 @@ from opsroom import server
 from opsroom.config import Settings
 from opsroom.runtime import Runtime
 from opsroom.store import lease
-from opsroom.store.lease import AdvisoryLease, FileLease, LeaseHeld
+from opsroom.store.lease import FileLease, LeaseHeld
 from opsroom.store.migrate import SchemaAhead
-from tests.conftest import pg_admin
 from tests.e2e.harness import cli
 from tests.factories import PASSWORDS, free_port, small_catalog
 
@@ -42,23 +42,6 @@ async def _started(settings: Settings, *, schedule: bool = False) -> Runtime:
     return rt
 
 
-async def _cut_lease_connection(rt: Runtime) -> AdvisoryLease:
-    """End the backend of the server's lease connection, as a network blip or failover would."""
-    holder = rt.lease
-    assert isinstance(holder, AdvisoryLease) and holder._conn is not None
-    # Found through pg_locks from another connection: the lease connection itself is the
-    # watchdog's, and a query of ours on it collides with its SELECT 1 ("another operation is
-    # in progress").
-    async with rt.engine.connect() as other:
-        pid = await other.scalar(text(
-            "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objid = :k "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
-            {"k": lease.ADVISORY_KEY})
-    assert pid is not None
-    await asyncio.to_thread(pg_admin, f"SELECT pg_terminate_backend({int(pid)}, 5000)")  # waits for its end
-    return holder
-
-
 async def _until(condition: Callable[[], bool]) -> bool:
     for _ in range(100):
         if condition():
@@ -72,13 +55,13 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
     return None if request.param == "sqlite" else request.getfixturevalue("pg_own_url")
 
 
-async def test_a_second_server_is_refused_until_the_first_stops(tmp_path: Path, store_url: str | None) -> None:
-    settings = _settings(tmp_path, store_url)
+async def test_a_second_server_is_refused_until_the_first_stops(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, None)
     first = await _started(settings)
     try:
         with pytest.raises(LeaseHeld) as refused:
             await _started(settings)
-        assert ME in refused.value.holder  # names the server that runs, whichever the store
+        assert ME in refused.value.holder  # names the server that runs
         # Refused before anything started: the first server's rooms and checks are untouched.
         assert first.monitor is not None and first.rooms is not None
     finally:
@@ -87,44 +70,23 @@ async def test_a_second_server_is_refused_until_the_first_stops(tmp_path: Path, 
     await server.stop(second)
 
 
-@pytest.fixture
-async def pg_server(tmp_path: Path, pg_own_url: str,
-                    monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Settings, Runtime]]:
-    """A scheduling server on PostgreSQL whose lease is checked every 50 ms."""
-    monkeypatch.setattr(lease, "CHECK_EVERY_S", 0.05)
-    settings = _settings(tmp_path, pg_own_url)
-    rt = await _started(settings, schedule=True)
+async def test_a_second_server_on_postgresql_starts_and_shares_the_checks(tmp_path: Path, pg_own_url: str) -> None:
+    # PostgreSQL has no single-server lease: both run, and the checks are shared out (docs/cluster.md).
+    settings = _settings(tmp_path, pg_own_url).model_copy(update={"cluster_heartbeat": 0.2, "cluster_dead_after": 0.6})
+    first = await _started(settings, schedule=True)
     try:
-        assert rt.monitor is not None and rt.monitor.scheduler.running
-        yield settings, rt
+        await lease.ensure_free(settings.db_url)  # nothing to refuse a second server with
+        second = await _started(settings, schedule=True)
+        try:
+            assert first.shards is not None and second.shards is not None
+            assert await _until(lambda: bool(first.shards and second.shards and second.shards.held
+                                             and len(first.shards.held) + len(second.shards.held) == 64
+                                             and not set(first.shards.held) & set(second.shards.held)))
+        finally:
+            await server.stop(second)
+        assert await _until(lambda: first.shards is not None and len(first.shards.held) == 64)
     finally:
-        await server.stop(rt)
-
-
-async def test_a_server_that_lost_its_lease_to_another_stops_checking(pg_server: tuple[Settings, Runtime]) -> None:
-    settings, first = pg_server
-    # Its lease connection dies (a network blip, a database failover) and another server
-    # starts in the gap: the first must stop running checks and recoveries.
-    first.lease._watch.cancel()  # paused, so the newcomer surely wins the gap tested here
-    holder = await _cut_lease_connection(first)
-    second = await _started(settings)
-    try:
-        holder._watch = asyncio.get_running_loop().create_task(holder._watchdog())
-        assert await _until(lambda: first.monitor is not None and not first.monitor.scheduler.running)
-        assert "server lease lost to opsroom server" in first.rules.suspended
-    finally:
-        await server.stop(second)
-
-
-async def test_a_server_whose_lease_connection_blipped_takes_it_again(pg_server: tuple[Settings, Runtime]) -> None:
-    settings, first = pg_server
-    lost = first.lease._conn
-    holder = await _cut_lease_connection(first)
-    # The watchdog alone uses the lease connection: only watch it change.
-    assert await _until(lambda: holder._conn is not None and holder._conn is not lost)
-    assert first.monitor is not None and first.monitor.scheduler.running
-    with pytest.raises(LeaseHeld):  # held again: a newcomer is still refused
-        await _started(settings)
+        await server.stop(first)
 
 
 async def test_a_server_that_fails_to_start_gives_the_lease_back(tmp_path: Path, store_url: str | None) -> None:

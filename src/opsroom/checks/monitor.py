@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,17 +40,25 @@ class Last:
 
 
 class Monitor:
-    def __init__(self, rt: Runtime, *, concurrency: int = 500, persist: bool = True) -> None:
+    """With `shared` (several servers on PostgreSQL), the scheduler starts empty and the shards
+    this server holds (cluster/shards.py) hand it their checks through take_over / give_up."""
+
+    def __init__(self, rt: Runtime, *, concurrency: int = 500, persist: bool = True, shared: bool = False) -> None:
         self.rt = rt
         self.ctx = ProbeContext()
         self.ctx.hosts = lambda: rt.catalog.hosts
         self.status: dict[str, CheckStatus] = {}
         self.last: dict[str, Last] = {}
         self.system_healthy: dict[str, bool] = {}
-        self.scheduler = Scheduler(self._scheduled, concurrency=concurrency)
+        self.scheduler = Scheduler(self._scheduled, concurrency=concurrency, wall=time.time if shared else None)
+        self.shared = shared
+        # Shared: whether this server may run a check now (its shard's lease is held and not past
+        # its local expiry: a server paused past its lease must not run a check its successor runs).
+        self.holds: Callable[[str], bool] | None = None
         self.results = ResultWriter(rt, self._state_fields) if persist else None
         self._inflight: dict[str, list[asyncio.Future[ProbeResult]]] = {}
         self.checks_run = 0
+        self.fenced = 0  # dispatched runs not made because the shard's lease had lapsed here
         self._scheduling = False  # start(schedule=True): a reload schedules the checks it adds
 
     # --- lifecycle ------------------------------------------------------
@@ -59,22 +67,24 @@ class Monitor:
         """Restore soft/hard state from the store so a restart does not re-announce."""
         async with self.rt.read() as s:
             for row in (await s.execute(select(CheckStateRow))).scalars():
-                if row.check not in self.rt.catalog.checks:
-                    continue
-                self.status[row.check] = CheckStatus(
-                    state=row.state, state_type=row.state_type, attempt=row.attempt, since=row.since,
-                    last_change_hard=row.state_type == "hard", history=tuple(row.history or ()),
-                    flapping=row.flapping, change_ratio=0.0)
-                if row.last_check is not None:
-                    self.last[row.check] = Last(row.last_check, row.last_output, row.last_latency_ms or 0.0,
-                                                row.down)
+                self._restore(row)
         for system in self.rt.catalog.systems:
             self.system_healthy[system] = self._compute_health(system)
+
+    def _restore(self, row: CheckStateRow) -> None:
+        if row.check not in self.rt.catalog.checks:
+            return
+        self.status[row.check] = CheckStatus(
+            state=row.state, state_type=row.state_type, attempt=row.attempt, since=row.since,
+            last_change_hard=row.state_type == "hard", history=tuple(row.history or ()),
+            flapping=row.flapping, change_ratio=0.0)
+        if row.last_check is not None:
+            self.last[row.check] = Last(row.last_check, row.last_output, row.last_latency_ms or 0.0, row.down)
 
     def start(self, *, schedule: bool = True) -> None:
         self._scheduling = schedule
         if schedule:
-            for name, check in self.rt.catalog.checks.items():
+            for name, check in ([] if self.shared else self.rt.catalog.checks.items()):
                 if check.enabled:
                     self.scheduler.add(name, self._interval(name))
             self.scheduler.start()
@@ -91,7 +101,7 @@ class Monitor:
         if self._scheduling:
             for name in touched:
                 check = new.checks.get(name)
-                if check is None or not check.enabled:
+                if check is None or not check.enabled or (self.holds is not None and not self.holds(name)):
                     self.scheduler.remove(name)
                 else:
                     self.scheduler.add(name, self._interval(name))  # add() reschedules a known name
@@ -119,8 +129,42 @@ class Monitor:
         return check.interval
 
     async def _scheduled(self, name: str) -> None:
-        if name in self.rt.catalog.checks:  # else a reload removed it after it was dispatched
-            await self.run_check(name)
+        if name not in self.rt.catalog.checks:  # a reload removed it after it was dispatched
+            return
+        if self.holds is not None and not self.holds(name):
+            self.fenced += 1  # its shard's lease lapsed here: the next holder runs it
+            return
+        await self.run_check(name)
+
+    # --- shared checks (cluster/shards.py) ------------------------------
+
+    async def take_over(self, names: Iterable[str], *, not_before: dict[str, float]) -> int:
+        """Schedule checks of shards this server just took: their state comes from the store (the
+        last holder's), and each runs at its first slot at or after `not_before[name]` (when the
+        last holder let go) and after the interval of its stored last run. How many were scheduled."""
+        wanted = [n for n in names if n in self.rt.catalog.checks and self.rt.catalog.checks[n].enabled]
+        rows: list[CheckStateRow] = []
+        async with self.rt.read() as s:
+            for i in range(0, len(wanted), 1000):
+                rows.extend((await s.execute(select(CheckStateRow).where(
+                    CheckStateRow.check.in_(wanted[i:i + 1000])))).scalars())
+        for row in rows:
+            self._restore(row)
+        if not self._scheduling:
+            return 0
+        for name in wanted:
+            interval = self._interval(name)
+            after = not_before.get(name, 0.0)
+            last = self.last.get(name)
+            if last is not None:
+                # Never in the interval of its last stored run: from the start of the next one.
+                after = max(after, self.scheduler.slot(name, interval, last.at) + interval)
+            self.scheduler.add(name, interval, not_before=after)
+        return len(wanted)
+
+    def give_up(self, names: Iterable[str]) -> None:
+        """Stop scheduling checks of shards this server no longer holds (runs under way finish)."""
+        self.scheduler.remove_many(names)
 
     async def run_check(self, name: str) -> ProbeResult:
         """Run one check now. Concurrent callers for the same check share one probe."""

@@ -6,6 +6,11 @@ check's first run is offset within its interval by a stable hash of its name,
 so 20,000 checks at 10 s spread to ~2,000 starts per second instead of one
 burst, and the phase survives restarts.
 
+With a wall clock (`wall=time.time`, as servers sharing checks on PostgreSQL use), a check's
+runs sit on fixed slots of that clock, `phase + k * interval`: every server agrees on where a
+check's intervals begin, so one that takes a check over (cluster/shards.py) runs it in the next
+interval its last holder did not, never a second time in the same one (`add(not_before=...)`).
+
 Runs go to a pool of long-lived worker tasks (up to `concurrency`), not a task per
 run: in Python 3.11 creating and registering a Task per check was a tenth of the
 event loop's time at 5,000 checks/s. Dispatch is bounded by `concurrency` slots: a
@@ -25,7 +30,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, KeysView
+from collections.abc import Awaitable, Callable, Iterable, KeysView
 from dataclasses import dataclass
 
 import structlog
@@ -54,12 +59,13 @@ def phase(name: str, interval: float) -> float:
 
 class Scheduler:
     def __init__(self, run_check: RunCheck, *, concurrency: int = 500, lag_window: int = 20_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._run_check = run_check
         self.concurrency = concurrency
         self._clock = clock
+        self._wall = wall  # set: slots aligned to this clock (see the module's docstring)
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
@@ -93,14 +99,42 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, name: str, interval: float) -> None:
-        """Schedule ``name`` every ``interval`` seconds; first run at its hashed phase."""
+    def add(self, name: str, interval: float, *, not_before: float | None = None) -> None:
+        """Schedule ``name`` every ``interval`` seconds; first run at its hashed phase. With a wall
+        clock, at its first slot at or after `not_before` (a wall time) and now."""
         if interval <= 0:
             raise ValueError(f"interval of {name} must be above zero")
         if name in self._entries:
             self.reschedule(name, interval)
             return
-        self._push(name, _Entry(interval, next(self._generations), self._clock() + phase(name, interval)))
+        if self._wall is not None:
+            due = self._slot_due(name, interval, not_before or 0.0)
+        else:
+            due = self._clock() + phase(name, interval)
+        self._push(name, _Entry(interval, next(self._generations), due))
+
+    def remove_many(self, names: Iterable[str]) -> None:
+        """Stop scheduling every check of `names` (a shard given up); runs in progress finish."""
+        for name in names:
+            self._entries.pop(name, None)
+
+    def busy(self, names: Iterable[str]) -> bool:
+        """Whether any of `names` is running or dispatched (a shard is released after its runs end)."""
+        return any(n in self._running for n in names)
+
+    def slot(self, name: str, interval: float, at: float) -> float:
+        """The start (wall time) of the interval of `name` that holds wall time `at`."""
+        ph = phase(name, interval)
+        return ph + math.floor((at - ph) / interval) * interval
+
+    def _slot_due(self, name: str, interval: float, not_before: float) -> float:
+        """The monotonic due time of the first slot of `name` at or after max(now, not_before)."""
+        assert self._wall is not None
+        now_wall, now = self._wall(), self._clock()
+        start = self.slot(name, interval, max(now_wall, not_before))
+        if start < max(now_wall, not_before) - 1e-9:
+            start += interval
+        return now + (start - now_wall)
 
     def remove(self, name: str) -> None:
         """Stop scheduling ``name``; a run in progress finishes. Heap entries go stale, no O(n) delete."""
@@ -117,7 +151,11 @@ class Scheduler:
         if old.interval == interval:
             return
         now = self._clock()
-        if old.last_start is None:
+        if self._wall is not None:
+            # Aligned: the first slot of the new interval a whole interval after the last start.
+            after = 0.0 if old.last_start is None else self._wall() + (old.last_start + interval - now)
+            due = self._slot_due(name, interval, after)
+        elif old.last_start is None:
             # Never ran yet: keep the spread rather than bunching every rescheduled check.
             due = min(old.due, now + phase(name, interval))
         else:

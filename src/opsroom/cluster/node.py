@@ -1,0 +1,61 @@
+"""A server's part in the cluster, wired by server.py: its heartbeat row and its shards of checks.
+
+SQLite: none of it (one server per store, store/lease.py). PostgreSQL: every server heartbeats
+(cluster/membership.py) and runs the checks of the shards it holds (cluster/shards.py).
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from opsroom.cluster.membership import Membership
+from opsroom.cluster.shards import Shards
+from opsroom.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+def _info(rt: Runtime) -> dict[str, object]:
+    """What this server tells the others in its heartbeat row (`opsroom cluster status`)."""
+    if rt.shards is not None:
+        return rt.shards.info()
+    if rt.monitor is not None:
+        return {"checks_scheduled": len(rt.monitor.scheduler),
+                "lag_p99": round(rt.monitor.scheduler.lag_percentiles()["p99"], 4)}
+    return {}
+
+
+async def join(rt: Runtime) -> None:
+    """Start heartbeating on PostgreSQL (set rt.membership)."""
+    if rt.engine.dialect.name != "postgresql":
+        return
+    s = rt.settings
+    membership = Membership(rt, kind="server", every=s.cluster_heartbeat, dead_after=s.cluster_dead_after,
+                            info=lambda: _info(rt))
+    await membership.start()
+    rt.membership = membership
+
+
+async def share_checks(rt: Runtime, *, schedule: bool) -> None:
+    """Take this server's shards of checks (a scheduling server on PostgreSQL)."""
+    if rt.membership is None or rt.monitor is None or not schedule:
+        return
+    s = rt.settings
+    shards = Shards(rt, rt.membership, rt.monitor, count=s.cluster_shards, ttl=s.cluster_dead_after,
+                    every=s.cluster_heartbeat)
+    rt.shards = shards
+    await shards.start()
+
+
+async def stop_sharing(rt: Runtime) -> None:
+    """Give the shards back at once (before the monitor stops), so the others take them now."""
+    shards, rt.shards = rt.shards, None
+    if shards is not None:
+        await shards.stop()
+
+
+async def leave(rt: Runtime) -> None:
+    """Mark this node stopped, so the others do not wait for its heartbeat to age out."""
+    membership, rt.membership = rt.membership, None
+    if membership is not None:
+        await membership.stop()
