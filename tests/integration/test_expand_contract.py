@@ -162,11 +162,20 @@ async def test_an_unrecorded_or_diverging_newer_store_is_refused(engine: AsyncEn
         await plan(engine)
 
 
+async def _heartbeat(engine: AsyncEngine, node: str, at: float) -> None:
+    async with engine.begin() as conn:  # another server of the cluster, heartbeating at `at`
+        await conn.execute(text(
+            "INSERT INTO cluster_nodes (node_id, kind, host, pid, version, started_at, heartbeat_at, info) "
+            "VALUES (:n, 'server', 'b', 1, '0.1.0', :t, :t, '{}')"), {"n": node, "t": at})
+
+
 async def test_expand_is_applied_under_a_running_server_and_contract_is_not(engine: AsyncEngine,
                                                                             version: Version) -> None:
     await upgrade(engine)
-    held = lease_for(engine, on_lost=lambda _holder: None)  # as a running server holds it
+    # A running server: SQLite's holds the store's lease; PostgreSQL's heartbeat in the store.
+    held = lease_for(engine, on_lost=lambda _holder: None)
     await held.acquire()
+    await _heartbeat(engine, "srv-a", time.time())
     try:
         version.next(NEXT_CONTRACT)
         with pytest.raises(StoreBusy) as busy:
@@ -185,10 +194,8 @@ async def test_expand_is_applied_under_a_running_server_and_contract_is_not(engi
 
 async def test_a_contract_migration_waits_for_the_cluster_nodes_to_go(engine: AsyncEngine, version: Version) -> None:
     await upgrade(engine)
-    async with engine.begin() as conn:  # another server of the cluster, heartbeating now
-        await conn.execute(text(
-            "INSERT INTO cluster_nodes (node_id, kind, host, pid, version, started_at, heartbeat_at, info) "
-            "VALUES ('srv-b', 'server', 'b', 1, '0.1.0', :t, :t, '{}')"), {"t": time.time()})
+    await _heartbeat(engine, "srv-b", time.time())
+    await _heartbeat(engine, "srv-c", time.time() - 3600)  # long dead: not counted
     version.next(NEXT_CONTRACT)
     with pytest.raises(StoreBusy, match=r"1 cluster node\(s\) run on it: server srv-b"):
         await upgrade(engine)

@@ -169,12 +169,9 @@ def _record(sync_conn: Connection, script: ScriptDirectory) -> None:
                 applied_at=time.time(), by_version=__version__))
 
 
-def _serialise(sync_conn: Connection, *, online: bool) -> None:
-    if sync_conn.dialect.name != "postgresql":
-        return  # SQLite: the engine's BEGIN IMMEDIATE already admits one writer
-    sync_conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
-    if online:
-        sync_conn.execute(text(f"SET LOCAL lock_timeout = '{ONLINE_LOCK_TIMEOUT}'"))
+def _serialise(sync_conn: Connection) -> None:
+    if sync_conn.dialect.name == "postgresql":  # SQLite: the engine's BEGIN IMMEDIATE admits one writer
+        sync_conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
 
 
 async def plan(engine: AsyncEngine) -> Plan:
@@ -211,15 +208,16 @@ async def upgrade(engine: AsyncEngine, *, only_expand: bool | None = None) -> li
 
     def _run(sync_conn: Connection) -> list[str]:
         cfg = _config(engine, sync_conn)
-        _serialise(sync_conn, online=bool(only_expand))
+        _serialise(sync_conn)
         todo = _plan(cfg, sync_conn)  # planned under the lock: another migrator may just have finished
         if todo.ahead:
             return []
-        if todo.contract and only_expand is not False:
-            nodes = _live_nodes(sync_conn)
-            if only_expand or nodes:
-                raise _busy(todo.contract, f"{len(nodes)} cluster node(s) run on it: {', '.join(nodes[:5])}"
-                            if nodes else "servers run on it")
+        nodes = _live_nodes(sync_conn) if todo.pending and only_expand is not False else []
+        if todo.contract and (only_expand or nodes):
+            raise _busy(todo.contract, f"{len(nodes)} cluster node(s) run on it: {', '.join(nodes[:5])}"
+                        if nodes else "servers run on it")
+        if todo.pending and (only_expand or nodes) and sync_conn.dialect.name == "postgresql":
+            sync_conn.execute(text(f"SET LOCAL lock_timeout = '{ONLINE_LOCK_TIMEOUT}'"))
         if todo.pending:
             command.upgrade(cfg, "head")
         _record(sync_conn, ScriptDirectory.from_config(cfg))
@@ -256,7 +254,7 @@ async def upgrade_unless_served(engine: AsyncEngine) -> list[str]:
     todo = await plan(engine)
     if not todo.pending:
         return []
-    held = lease_for(engine, on_lost=lambda _holder: None)
+    held = lease_for(engine, on_lost=lambda _holder: None)  # SQLite's one server; PostgreSQL: cluster nodes
     try:
         await held.acquire()
     except LeaseHeld as exc:
