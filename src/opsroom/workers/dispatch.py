@@ -78,8 +78,7 @@ class Dispatcher:
         kwargs = queues.task_kwargs(step_id=step_id, token=token, execution_id=execution_id, index=index,
                                     environment=environment)
         try:
-            await asyncio.to_thread(self._app(broker).send_task, queues.TASK, kwargs=kwargs,
-                                    queue=queues.queue(environment), retry=True)
+            await asyncio.to_thread(queues.publish, self._app(broker), environment=environment, kwargs=kwargs)
         except Exception as exc:
             error = (f"cannot send step {index + 1} to the broker of environment {environment} "
                      f"({queues.shown_url(broker)}): {type(exc).__name__}: {exc}"[:500])

@@ -67,9 +67,19 @@ def make_app(broker_url: str, *, environments: list[str] | None = None) -> Celer
         task_default_queue=queue_name(environments[0]) if environments else "opsroom.default",
         # Redis: a task not acked within this long is handed out again (its step is then claimed:
         # never re-run); longer than any step may run.
-        broker_transport_options={"visibility_timeout": 6 * 3600},
+        # RabbitMQ: publisher confirms, so a publish the broker refuses (credentials) or drops
+        # raises here instead of vanishing; a refused basic.publish is otherwise only logged there.
+        broker_transport_options={"visibility_timeout": 6 * 3600,
+                                  **({"confirm_publish": True} if broker_url.startswith(("amqp", "pyamqp")) else {})},
     )
     return app
+
+
+def publish(app: Celery, *, environment: str, kwargs: dict[str, Any]) -> None:
+    """Send a step's task to the environment's own exchange, never to amq.default: Celery would route
+    by queue name through the default exchange, which a per-environment user may not write to."""
+    q = queue(environment)
+    app.send_task(TASK, kwargs=kwargs, exchange=q.exchange, routing_key=q.routing_key, declare=[q], retry=True)
 
 
 def task_kwargs(*, step_id: int, token: str, execution_id: int, index: int, environment: str) -> dict[str, Any]:
