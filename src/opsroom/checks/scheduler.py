@@ -128,11 +128,13 @@ class Scheduler:
         return ph + math.floor((at - ph) / interval) * interval
 
     def _slot_due(self, name: str, interval: float, not_before: float) -> float:
-        """The monotonic due time of the first slot of `name` at or after max(now, not_before)."""
+        """The monotonic due time of the first slot of `name` at or after max(now, not_before); or,
+        when the interval under way began at or after `not_before` (> 0), that interval's start,
+        which is past: the check runs at once, in an interval its last holder never reached."""
         assert self._wall is not None
         now_wall, now = self._wall(), self._clock()
         start = self.slot(name, interval, max(now_wall, not_before))
-        if start < max(now_wall, not_before) - 1e-9:
+        if start < max(now_wall, not_before) - 1e-9 and not (0 < not_before <= start + 1e-9):
             start += interval
         return now + (start - now_wall)
 
