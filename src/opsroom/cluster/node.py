@@ -6,7 +6,12 @@ SQLite: none of it (one server per store, store/lease.py). PostgreSQL: every ser
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from opsroom.cluster.membership import Membership
 from opsroom.cluster.shards import Shards
@@ -15,8 +20,12 @@ from opsroom.runtime import Runtime
 log = structlog.get_logger(__name__)
 
 
+_beat_at: dict[str, float] = {}  # node id -> time.monotonic() of its last heartbeat write
+
+
 def _info(rt: Runtime) -> dict[str, object]:
     """What this server tells the others in its heartbeat row (`opsroom cluster status`)."""
+    _beat_at[rt.node_id] = time.monotonic()
     if rt.shards is not None:
         return rt.shards.info()
     if rt.monitor is not None:
@@ -59,3 +68,24 @@ async def leave(rt: Runtime) -> None:
     membership, rt.membership = rt.membership, None
     if membership is not None:
         await membership.stop()
+
+
+class ClusterCollector(Collector):
+    """/metrics of this node: live servers as it sees them, shards held, checks scheduled, heartbeat age."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        rt = self.rt
+        if rt.membership is None:
+            return
+        yield GaugeMetricFamily("opsroom_cluster_live_servers", "live servers on this store, as this node "
+                                "saw them at its last heartbeat", value=len(rt.membership.servers))
+        yield GaugeMetricFamily("opsroom_shards_held", "shards of checks this server holds",
+                                value=len(rt.shards.held) if rt.shards is not None else 0)
+        yield GaugeMetricFamily("opsroom_checks_scheduled", "checks this server schedules",
+                                value=len(rt.monitor.scheduler) if rt.monitor is not None else 0)
+        beat = _beat_at.get(rt.node_id)
+        yield GaugeMetricFamily("opsroom_cluster_heartbeat_age_seconds", "seconds since this node last wrote "
+                                "its heartbeat", value=time.monotonic() - beat if beat is not None else -1.0)

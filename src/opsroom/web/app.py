@@ -21,6 +21,7 @@ from opsroom.automation.views import router as rules_router
 from opsroom.catalog.catalog import Catalog
 from opsroom.catalog.views import router as catalog_router
 from opsroom.checks.views import router as checks_router
+from opsroom.cluster.views import router as cluster_router
 from opsroom.config import Settings
 from opsroom.rooms.views import router as rooms_router
 from opsroom.runbooks.views import router as runbooks_router
@@ -85,7 +86,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, passwords:
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     api = APIRouter(prefix="/api/v1")
     for r in (checks_router, runbooks_router, approvals_router, audit_router, access_router, alerts_router,
-              rooms_router, catalog_router, rules_router, streams.router):
+              rooms_router, catalog_router, rules_router, streams.router, cluster_router):
         api.include_router(r)
     app.include_router(api)
     app.include_router(ui.router)

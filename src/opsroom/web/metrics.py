@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from opsroom.checks.results import ResultWriter
 from opsroom.checks.scheduler import Scheduler
+from opsroom.cluster.node import ClusterCollector
 from opsroom.events import ExecutionFinished, RuleHeld, RuleTriggered
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
@@ -127,6 +128,7 @@ class Metrics:
     def __init__(self, rt: Runtime) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_MonitorCollector(rt))
+        self.registry.register(ClusterCollector(rt))
         self.executions = Counter("opsroom_executions", "finished executions", ["runbook", "status"],
                                   registry=self.registry)
         self.duration = Histogram("opsroom_execution_seconds", "execution duration", ["runbook"],
