@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from opsroom.automation.templates import render
 from opsroom.cluster.membership import Membership
+from opsroom.errors import OpsroomError
 from opsroom.runbooks import processes
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
@@ -212,6 +213,8 @@ class StepRunner:
             error = str(exc)
         except processes.StepTimedOut as exc:
             status, error = "timed_out", str(exc)
+        except OpsroomError as exc:  # a template of the step that does not render with these parameters
+            error = exc.message
         except Exception as exc:
             log.exception("step crashed on the worker", step_id=row.id)
             error = f"internal error on worker {self.node_id}: {type(exc).__name__}"
