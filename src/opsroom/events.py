@@ -2,25 +2,43 @@
 
 Each event carries an id, a time, a source and a correlation id (the check or
 alert that started the chain) so one incident can be followed through every step.
+`id` numbers events within one process (SSE streams resume by it); `uid` is the event's
+stable id everywhere (a UUIDv7, so it sorts by time) and `origin` the node that wrote it to
+the durable log (eventlog/log.py; None until then).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import time
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 _ids = itertools.count(1)
+
+
+def uuid7() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits (Python 3.11 has none)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 \
+        | rand & 0x3FFF_FFFF_FFFF_FFFF
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(kw_only=True)
 class Event:
     type: ClassVar[str] = "event"
     id: int = field(default_factory=lambda: next(_ids))
+    uid: str = field(default_factory=uuid7)
     at: float = field(default_factory=time.time)
     source: str = "opsroom"
     correlation_id: str | None = None
+    origin: str | None = None  # the node that wrote it to the log (set by eventlog.log.append)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -287,7 +305,49 @@ def event_types() -> dict[str, type[Event]]:
     return found
 
 
+_FIELD_TYPES: dict[type[Event], dict[str, Any]] = {}
+
+
+def _field_types(cls: type[Event]) -> dict[str, Any]:
+    known = _FIELD_TYPES.get(cls)
+    if known is None:
+        hints = typing.get_type_hints(cls)
+        known = _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in fields(cls) if f.init and f.name != "id"}
+    return known
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (the shapes events use: scalars, optionals,
+    lists and dicts), so a malformed payload is refused here and not deep inside a handler."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (inner,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_fits(v, inner) for v in value)
+    if origin is dict:
+        key, inner = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(_fits(k, key) and _fits(v, inner) for k, v in value.items())
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
 def event_from_dict(data: dict[str, Any]) -> Event:
+    """The event stored as `data` (the log, the outbox). Raises KeyError for a type this version
+    does not know and TypeError for a payload that does not fit its type. Fields this version
+    does not know (a newer writer's) are dropped, and so is `id` (the writer's per-process number:
+this process numbers it anew); a row written before uids existed gets a new one."""
     cls = event_types()[data["type"]]
-    fields = {k: v for k, v in data.items() if k not in ("type", "id")}
-    return cls(**fields)
+    known = _field_types(cls)
+    values = {k: v for k, v in data.items() if k in known}
+    for name, value in values.items():
+        if not _fits(value, known[name]):
+            raise TypeError(f"{cls.type}: field {name!r} has a value of type {type(value).__name__}")
+    return cls(**values)

@@ -24,7 +24,7 @@ from opsroom.checks.monitor import Monitor
 from opsroom.cluster import node as cluster_node
 from opsroom.config import Settings
 from opsroom.errors import OpsroomError
-from opsroom.outbox import OutboxRelay
+from opsroom.eventlog.relay import Relay
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.executor import Executor
 from opsroom.runtime import Runtime
@@ -98,7 +98,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
         log.warning("executions interrupted by a previous stop", ids=[r.id for r in interrupted])
     rt.monitor.start(schedule=schedule)
     await cluster_node.share_checks(rt, schedule=schedule)
-    relay = OutboxRelay(rt)
+    relay = Relay(rt)
     await relay.start()
     rt.outbox = relay
     _reload_on_hangup(rt)

@@ -21,7 +21,7 @@ from opsroom.access.secrets import hash_password, new_token, timing_equaliser, t
 from opsroom.access.throttle import LoginThrottle
 from opsroom.audit import service as audit
 from opsroom.errors import Conflict, Invalid, NotFound, TooManyAttempts, Unauthenticated
-from opsroom.outbox import OutboxRow
+from opsroom.eventlog import log as eventlog
 from opsroom.runtime import Runtime
 
 MIN_PASSWORD = 12
@@ -81,11 +81,11 @@ def check_password(rt: Runtime, password: str) -> None:
 
 def access_changed(rt: Runtime, s: AsyncSession, *, user_id: int, user: str, reason: str,
                    session_hash: str | None = None) -> events.AccessChanged:
-    """The event for open doors, also written to the outbox in the change's own transaction: a
+    """The event for open doors, also written to the event log in the change's own transaction: a
     server relays it when the CLI disabled someone, and so do the other servers of a cluster.
     The caller publishes it on its own bus after the commit."""
     event = events.AccessChanged(user_id=user_id, user=user, reason=reason, session_hash=session_hash)
-    s.add(OutboxRow(origin=rt.node_id, type=event.type, payload=event.as_dict()))
+    eventlog.stage(s, event, origin=rt.node_id)
     return event
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, Integer, String
+from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from opsroom.store.base import Base
@@ -20,6 +20,8 @@ class EventRow(Base):
     """
 
     __tablename__ = "event_log"
+    # Readers go in (txid, id) order (migration 0009; on PostgreSQL txid defaults to the writer's).
+    __table_args__ = (Index("ix_event_log_txid_id", "txid", "id"),)
     id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     uid: Mapped[str] = mapped_column(String(36), unique=True)
     type: Mapped[str] = mapped_column(String(64))

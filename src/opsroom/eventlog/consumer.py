@@ -1,0 +1,210 @@
+"""A consumer of the event log with a stored position: each event's effect happens exactly once.
+
+Each round reads a batch after the stored position and calls `handle(s, events)` inside the
+transaction that moves the position, so the effect (a room message row, a rule run) and the
+position commit together: a kill -9 before the commit leaves neither, and the next round (here
+or on the server that takes over) does the batch again; after the commit the batch is never
+read again. What must not be in the transaction (publishing on the bus, sending to a chat
+platform) is returned by `handle` as a post-commit callable and runs after the commit.
+
+The position moves with a conditional UPDATE (from the position this round read), so two
+processes that both believe they hold a consumer cannot both apply one batch: the second
+round's UPDATE finds the position moved and rolls its effects back. `singleton` consumers also
+take the lease `consumer:<name>` so only one server runs them at all (on SQLite: this server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import structlog
+from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from opsroom.cluster.leases import Leases
+from opsroom.eventlog.log import Position, newest, newest_in, read_batch
+from opsroom.eventlog.models import ConsumerPositionRow
+from opsroom.events import Event
+from opsroom.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+PostCommit = Callable[[], Awaitable[None]]
+Handle = Callable[[Session, list[Event]], PostCommit | None]
+
+LEASE_TTL_S = 15.0  # a dead holder's consumers move to another server after this long
+MAX_NAME = 64  # consumer_positions.consumer
+
+
+class PositionMoved(Exception):
+    """Another process moved this consumer's position during the round: its batch is theirs."""
+
+
+class Consumer:
+    def __init__(self, rt: Runtime, *, name: str, handle: Handle, types: frozenset[str] | None = None,
+                 singleton: bool = True, every: float = 0.2, batch: int = 500) -> None:
+        if not name or len(name) > MAX_NAME:
+            raise ValueError(f"a consumer's name is 1 to {MAX_NAME} characters, got {name!r}")
+        self.rt, self.name, self.handle, self.types = rt, name, handle, types
+        self.singleton, self.every, self.batch = singleton, every, batch
+        self.position: Position | None = None  # as last read or moved by this process
+        self.lease_name = f"consumer:{name}"
+        self._pg = rt.engine.dialect.name == "postgresql"
+        self._leases = Leases(rt)
+        self._renew_at = 0.0  # monotonic: when the lease is next renewed
+        self.holding = not (singleton and self._pg)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Make the stored position if there is none (at the newest event: history is not news),
+        then run rounds until stop()."""
+        await self.ensure_position()
+        self.rt.bus.add_listener(self._on_local_publish)
+        self._stopping.clear()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"consumer:{self.name}")
+
+    async def stop(self) -> None:
+        """Stop between rounds (never cancelled inside a transaction) and give the lease back."""
+        self.rt.bus.remove_listener(self._on_local_publish)
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
+            self._wake.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.singleton and self._pg and self.holding:
+            self.holding = False
+            with contextlib.suppress(Exception):
+                await self._leases.release([self.lease_name])
+
+    def nudge(self) -> None:
+        """Run a round now (the server calls it after its own commits, so latency stays low)."""
+        self._wake.set()
+
+    def _on_local_publish(self, ev: Event) -> None:
+        if self.types is None or ev.type in self.types:
+            self._wake.set()
+
+    async def caught_up(self, *, timeout: float | None = None) -> None:
+        """Wait until the stored position reaches the newest event committed as of this call
+        (whoever runs the consumer); TimeoutError after `timeout` seconds."""
+        target = await newest(self.rt, committed=True)
+
+        async def reached() -> None:
+            while (await self.stored()) < target:
+                self.nudge()
+                await asyncio.sleep(min(self.every, 0.05))
+
+        await asyncio.wait_for(reached(), timeout)
+
+    # -- the stored position -----------------------------------------------------------------
+
+    async def ensure_position(self) -> Position:
+        def body(s: Session) -> Position:
+            row = s.execute(select(ConsumerPositionRow.position, ConsumerPositionRow.txid)
+                            .where(ConsumerPositionRow.consumer == self.name)).first()
+            if row is not None:
+                return Position(int(row[1] or 0), int(row[0]))
+            start = newest_in(s)
+            try:
+                with s.begin_nested():
+                    s.execute(insert(ConsumerPositionRow).values(
+                        consumer=self.name, position=start.id, txid=start.txid, updated_at=time.time(),
+                        holder=self.rt.node_id))
+            except IntegrityError:  # another server made it a moment ago: its start is ours
+                row = s.execute(select(ConsumerPositionRow.position, ConsumerPositionRow.txid)
+                                .where(ConsumerPositionRow.consumer == self.name)).one()
+                return Position(int(row[1] or 0), int(row[0]))
+            return start
+
+        self.position = await self.rt.transact(body)
+        return self.position
+
+    async def stored(self) -> Position:
+        async with self.rt.read() as s:
+            row = (await s.execute(select(ConsumerPositionRow.position, func.coalesce(ConsumerPositionRow.txid, 0))
+                                   .where(ConsumerPositionRow.consumer == self.name))).first()
+        return Position(int(row[1]), int(row[0])) if row is not None else Position()
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    async def _hold(self) -> bool:
+        """Whether this process runs the consumer this round (takes or renews its lease)."""
+        if not (self.singleton and self._pg):
+            return True
+        now = time.monotonic()
+        if self.holding and now < self._renew_at:
+            return True
+        epoch = await self._leases.take(self.lease_name, ttl=LEASE_TTL_S)
+        was, self.holding = self.holding, epoch is not None
+        if self.holding:
+            self._renew_at = now + LEASE_TTL_S / 3
+            if not was:
+                log.info("consumer taken", consumer=self.name, epoch=epoch)
+        elif was:
+            log.warning("consumer lease lost to another server", consumer=self.name)
+        return self.holding
+
+    def _round(self, s: Session) -> tuple[Position, PostCommit | None, int, bool]:
+        row = s.execute(select(ConsumerPositionRow.position, func.coalesce(ConsumerPositionRow.txid, 0))
+                        .where(ConsumerPositionRow.consumer == self.name)).first()
+        if row is None:
+            raise PositionMoved("the stored position is gone")
+        pos = Position(int(row[1]), int(row[0]))
+        # Read before any write: a transaction that has its own txid holds the safe horizon back.
+        events, reached = read_batch(s, pos, limit=self.batch, types=self.types)
+        if reached <= pos:
+            return pos, None, 0, False
+        post = self.handle(s, [ev for _, ev in events]) if events else None
+        moved = cast(CursorResult[Any], s.execute(update(ConsumerPositionRow)
+                          .where(ConsumerPositionRow.consumer == self.name,
+                                 ConsumerPositionRow.position == pos.id,
+                                 func.coalesce(ConsumerPositionRow.txid, 0) == pos.txid)
+                          .values(position=reached.id, txid=reached.txid, updated_at=time.time(),
+                                  holder=self.rt.node_id)
+                          .execution_options(synchronize_session=False)))
+        if moved.rowcount != 1:
+            raise PositionMoved(f"moved from {pos} by another process")
+        return reached, post, len(events), len(events) >= self.batch
+
+    async def run_once(self) -> int:
+        """One round: how many events were handled (0 when not the holder or nothing new)."""
+        if not await self._hold():
+            return 0
+        try:
+            pos, post, handled, self._more = await self.rt.transact(self._round)
+        except PositionMoved as exc:
+            log.info("consumer round given up", consumer=self.name, why=str(exc))
+            return 0
+        self.position = pos
+        if post is not None:
+            try:
+                await post()
+            except Exception:
+                # The effect committed; what runs after it is best effort by contract.
+                log.exception("a consumer's post-commit step failed", consumer=self.name)
+        return handled
+
+    _more = False
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("a consumer round failed; retrying", consumer=self.name)
+                self._more = False
+            if self._more:
+                continue  # a full batch: more is waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.every)
