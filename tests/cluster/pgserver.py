@@ -213,6 +213,28 @@ class PrivatePg:
                 raise PgServerError(f"postgres processes {[v for v in victims if _alive(v)]} outlived SIGKILL")
             time.sleep(0.02)
 
+    def pause(self) -> None:
+        """SIGSTOP the postmaster and its children: a database that hangs (a frozen host, a
+        partition that drops packets) rather than refusing. resume() lets it go on."""
+        pid = self.postmaster_pid()
+        if pid is None or not _alive(pid):
+            raise PgServerError("postgres is not running")
+        os.kill(pid, signal.SIGSTOP)
+        for child in _descendants(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        for victim in [pid, *_descendants(pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        if self._proc is not None:  # runuser stopped itself with its child (see kill9)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGCONT)
+
     def restart(self) -> None:
         """Start again on the same data dir and port (after kill9: crash recovery first)."""
         if self.running:

@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from opsroom.store.engine import make_engine
+from opsroom.store.engine import CONNECT_TIMEOUT_S, PING_TIMEOUT_S, make_engine
 from opsroom.store.health import health_of
 from opsroom.web.outage import StoreOutage
 from tests.cluster.pgserver import PrivatePg
@@ -280,6 +280,32 @@ async def test_a_connection_that_outlived_a_short_outage_does_not_trip_the_flag(
     finally:
         if not private_pg.running:
             await asyncio.to_thread(private_pg.restart)
+        await engine.dispose()
+
+
+async def test_a_hung_database_is_noticed_in_seconds_not_never(private_pg: PrivatePg) -> None:
+    # SIGSTOPped, the database answers nothing and refuses nothing (a frozen host, a partition):
+    # the pooled connection's pre-ping and the new connection both time out, and the flag trips.
+    url = private_pg.create_database(f"hung_{uuid.uuid4().hex[:8]}")
+    engine = make_engine(url)
+    health = health_of(engine)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        await asyncio.to_thread(private_pg.pause)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        took = time.monotonic() - start
+        assert took < PING_TIMEOUT_S + CONNECT_TIMEOUT_S + 1.0, f"{took:.1f} s to notice a hung database"
+        assert not health.up
+        await asyncio.to_thread(private_pg.resume)
+        async with asyncio.timeout(5):
+            while not health.up:
+                await asyncio.sleep(0.05)
+    finally:
+        await asyncio.to_thread(private_pg.resume)
         await engine.dispose()
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import await_only
 
 from opsroom.store import health as store_health
 
@@ -16,6 +18,10 @@ from opsroom.store import health as store_health
 # database) fails at once either way; these bound the cases that would otherwise hang.
 CONNECT_TIMEOUT_S = 2.0  # a loopback connect takes milliseconds; 2 s leaves room on a loaded host
 POOL_TIMEOUT_S = 5.0
+# The pre-ping of a pooled connection has no timeout of its own: against a database that hangs
+# (a frozen host, packets dropped) a request waited for ever. Bounded, a silent connection is
+# dropped and replaced, and the replacement's connect timeout trips the store's health flag.
+PING_TIMEOUT_S = 1.0  # a ping that times out costs a reconnect, not an outage
 
 
 def normalize_url(url: str) -> str:
@@ -47,7 +53,29 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args,
                                  **kwargs)
     _watch_health(engine)
+    _bound_ping(engine)
     return engine
+
+
+def _bound_ping(engine: AsyncEngine) -> None:
+    dialect = engine.sync_engine.dialect
+    unbounded = dialect.do_ping
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        ping = getattr(dbapi_connection, "_async_ping", None)  # SQLAlchemy's asyncpg adapter
+        if ping is None:
+            return unbounded(dbapi_connection)
+        try:
+            await_only(asyncio.wait_for(ping(), PING_TIMEOUT_S))
+        except TimeoutError:
+            # Closed, it reads as a disconnect: the pool invalidates it and connects anew.
+            dbapi_connection._connection.terminate()
+            raise dialect.loaded_dbapi.InterfaceError("connection is closed: no answer to the pre-ping") from None
+        except Exception as error:
+            dbapi_connection._handle_exception(error)  # the adapter's own translation to DBAPI errors
+        return True
+
+    dialect.do_ping = do_ping  # type: ignore[method-assign]
 
 
 def _watch_health(engine: AsyncEngine) -> None:
