@@ -9,6 +9,7 @@ the durable log (eventlog/log.py; None until then).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import time
@@ -20,10 +21,13 @@ from typing import Any, ClassVar
 _ids = itertools.count(1)
 
 
-def uuid7() -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits (Python 3.11 has none)."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+def uuid7(*, at: float | None = None, key: str | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits (Python 3.11 has none).
+
+    With `at` and `key` it is the same every time for the same pair (its "random" bits are a hash
+    of `key`): an event that two code paths build from one row (ExecutionStarted) has one uid."""
+    ms = time.time_ns() // 1_000_000 if at is None else int(at * 1000)
+    rand = int.from_bytes(os.urandom(10) if key is None else hashlib.sha256(key.encode()).digest()[:10], "big")
     value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 \
         | rand & 0x3FFF_FFFF_FFFF_FFFF
     h = f"{value:032x}"
@@ -34,7 +38,7 @@ def uuid7() -> str:
 class Event:
     type: ClassVar[str] = "event"
     id: int = field(default_factory=lambda: next(_ids))
-    uid: str = field(default_factory=uuid7)
+    uid: str = field(default_factory=lambda: uuid7())
     at: float = field(default_factory=time.time)
     source: str = "opsroom"
     correlation_id: str | None = None

@@ -17,6 +17,7 @@ from opsroom.catalog.catalog import Catalog
 from opsroom.domain.approval import DEFAULT_EXPIRY_S, Verdict, binding_hash, may_vote, reason_problem
 from opsroom.domain.execution import advance, can_transition
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
+from opsroom.eventlog import log as eventlog
 from opsroom.events import ApprovalDecided, ApprovalRequested, ExecutionFinished
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
@@ -78,8 +79,8 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
     if not approve and not reason:
         raise Invalid("a deny needs a reason", hint=f"write `deny {approval_id} <why>`")
     try:
-        row, execution, verdict = await _decide(rt, actor=actor, approval_id=approval_id, approve=approve,
-                                                reason=reason)
+        row, decided, verdict = await _decide(rt, actor=actor, approval_id=approval_id, approve=approve,
+                                              reason=reason)
     except IntegrityError:
         # Only a second vote of one person racing their first gets here now that the request
         # row is locked; answered like any decision that came too late.
@@ -91,21 +92,20 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
         if "own request" in verdict.reason or "needs role" in verdict.reason:
             raise PermissionDenied(f"you cannot {verb} request #{approval_id}: {verdict.reason}")
         raise Conflict(f"request #{approval_id} cannot be decided: {verdict.reason}")
-    rt.bus.publish(ApprovalDecided(
-        approval_id=row.id, execution_id=row.execution_id, runbook=execution.runbook if execution else "",
-        decision=row.status, decided_by=actor.name, reason=reason,
-        correlation_id=execution.correlation_id if execution else None, source=f"approval:{row.id}",
-        room=execution.room if execution else None))
+    if decided is not None:  # made with every decision taken
+        rt.bus.publish(decided)
     if approve and rt.executor is not None:
         rt.executor.start(row.execution_id)
     return row
 
 
 async def _decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
-                  reason: str | None) -> tuple[ApprovalRow, ExecutionRow | None, Verdict]:
-    """One decision in one transaction; the verdict says whether it was taken."""
+                  reason: str | None) -> tuple[ApprovalRow, ApprovalDecided | None, Verdict]:
+    """One decision in one transaction; the verdict says whether it was taken, and its event is
+    in the event log with it."""
     verb = "approve" if approve else "deny"
     now = time.time()
+    decided: ApprovalDecided | None = None
     async with rt.write() as s:
         # FOR UPDATE: two approvers deciding at once on PostgreSQL queue here, so the second
         # sees the first's decision and is refused (409) instead of deciding it again.
@@ -144,11 +144,17 @@ async def _decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
                     execution.finished_at = now
             # The vote's unique key is checked here, inside the error handling of the caller.
             await s.flush()
+            decided = ApprovalDecided(
+                approval_id=row.id, execution_id=row.execution_id, runbook=execution.runbook if execution else "",
+                decision=row.status, decided_by=actor.name, reason=reason,
+                correlation_id=execution.correlation_id if execution else None, source=f"approval:{row.id}",
+                room=execution.room if execution else None)
+            eventlog.stage(s, decided, origin=rt.node_id)
         await audit.append(s, actor=actor, action=f"approval.{verb}", target=f"approval:{approval_id}",
                            outcome="refused" if not verdict.allowed else ("approved" if approve else "denied"),
                            details={"reason": verdict.reason if not verdict.allowed else reason,
                                     "execution": row.execution_id, "requester": row.requester})
-    return row, execution, verdict
+    return row, decided, verdict
 
 
 async def start_problem_in(s: AsyncSession, *, catalog: Catalog, execution: ExecutionRow) -> str | None:
@@ -256,10 +262,12 @@ async def expire_due(rt: Runtime) -> list[ApprovalRow]:
                 execution.status, execution.finished_at = advance(execution.status, "expired"), now
             await audit.append(s, actor=SYSTEM, action="approval.expire", target=f"approval:{row.id}",
                                outcome="expired")
-            expired.append((row, execution))
-    for row, execution in expired:
-        rt.bus.publish(ApprovalDecided(approval_id=row.id, execution_id=row.execution_id,
-                                       runbook=execution.runbook if execution else "", decision="expired",
-                                       decided_by=None, source=f"approval:{row.id}",
-                                       room=execution.room if execution else None))
+            ev = ApprovalDecided(approval_id=row.id, execution_id=row.execution_id,
+                                 runbook=execution.runbook if execution else "", decision="expired",
+                                 decided_by=None, source=f"approval:{row.id}",
+                                 room=execution.room if execution else None)
+            eventlog.stage(s, ev, origin=rt.node_id)
+            expired.append((row, ev))
+    for _, ev in expired:
+        rt.bus.publish(ev)
     return [r for r, _ in expired]

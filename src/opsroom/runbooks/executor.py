@@ -21,7 +21,7 @@ from opsroom import plugins
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, Step
 from opsroom.errors import OpsroomError
-from opsroom.events import ExecutionFinished, ExecutionOutput, ExecutionStarted
+from opsroom.events import ExecutionFinished, ExecutionOutput
 from opsroom.runbooks import processes
 from opsroom.runbooks import service as store
 from opsroom.runbooks.models import ExecutionRow
@@ -125,10 +125,7 @@ class Executor:
             self._cancelled_by.pop(execution_id, None)
             return
         runbook = self._runbooks[row.id] = rt.catalog.runbooks[row.runbook]
-        rt.bus.publish(ExecutionStarted(
-            execution_id=row.id, runbook=row.runbook, summary=row.summary, environment=row.environment,
-            triggered_by=row.requested_by, door=row.door, rule=row.rule, correlation_id=row.correlation_id,
-            source=f"execution:{row.id}", room=row.room))
+        rt.bus.publish(store.started_event(row))  # in the event log already, with the running row
         out = self._live[row.id] = _Output(self, row.id, row.runbook, row.room)
         # Messages and summaries see the stored, masked parameters; only steps see the secrets.
         shown = {"params": row.params, "execution": {"id": row.id}, "runbook": row.runbook,
@@ -171,19 +168,21 @@ class Executor:
         if recording is not None:
             await asyncio.gather(recording, return_exceptions=True)
         announce = True
+        finished = ExecutionFinished(  # in the event log with the finished row, published after it
+            execution_id=row.id, runbook=row.runbook, summary=row.summary, status=status, duration_s=duration,
+            message=message, rule=row.rule, error=error, correlation_id=row.correlation_id,
+            source=f"execution:{row.id}", room=row.room)
         if row.id in self._on_workers:
             self._on_workers.discard(row.id)
             announce = await store.finish_if_running(rt, row.id, status=status, output=out.text, error=error,
-                                                     message=message)
+                                                     message=message, event=finished)
         else:
-            await store.mark_finished(rt, row.id, status=status, output=out.text, error=error, message=message)
+            await store.mark_finished(rt, row.id, status=status, output=out.text, error=error, message=message,
+                                      event=finished)
         self._live.pop(row.id, None)  # after the stored output: a reader sees one or the other
         if not announce:  # already ended (and announced) by the server that recovered it
             return
-        rt.bus.publish(ExecutionFinished(
-            execution_id=row.id, runbook=row.runbook, summary=row.summary, status=status, duration_s=duration,
-            message=message, rule=row.rule, error=error, correlation_id=row.correlation_id,
-            source=f"execution:{row.id}", room=row.room))
+        rt.bus.publish(finished)
 
     async def _steps(self, runbook: Runbook, ctx: dict[str, Any], out: _Output, execution_id: int) -> None:
         """The steps, in a task of their own: what a cancel stops."""

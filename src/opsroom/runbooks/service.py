@@ -26,7 +26,8 @@ from opsroom.cluster.membership import DEAD_AFTER_S
 from opsroom.cluster.models import NodeRow
 from opsroom.domain.execution import ACTIVE, advance, can_transition
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
-from opsroom.events import ApprovalDecided, ApprovalRequested, ExecutionFinished
+from opsroom.eventlog import log as eventlog
+from opsroom.events import ApprovalDecided, ApprovalRequested, Event, ExecutionFinished, ExecutionStarted, uuid7
 from opsroom.runbooks import params as runbook_params
 from opsroom.runbooks import processes
 from opsroom.runbooks.models import ExecutionRow
@@ -181,8 +182,12 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
             row = s.get_one(ExecutionRow, eid)
             event = approvals.open_in(s, actor=actor, execution=row, roles=roles, protected=protected,
                                       approvers=approvers)
+            eventlog.append(s, event, origin=rt.node_id)
             return row, event
-        return ExecutionRow(id=eid, **values), None
+        made = ExecutionRow(id=eid, **values)
+        if run_now:  # inserted running: its start is in the log with it (the executor publishes it)
+            eventlog.append(s, started_event(made), origin=rt.node_id)
+        return made, None
 
     try:
         # transact: one hop to SQLite's writer thread for the whole transaction.
@@ -222,6 +227,16 @@ def secret_params(rt: Runtime, row: ExecutionRow) -> dict[str, Any]:
     return values
 
 
+def started_event(row: ExecutionRow) -> ExecutionStarted:
+    """An execution's start, the same (uid included) wherever it is built from its running row: the
+    copy in the event log and the one the executor publishes."""
+    at = row.started_at or row.created_at
+    return ExecutionStarted(
+        execution_id=row.id, runbook=row.runbook, summary=row.summary, environment=row.environment,
+        triggered_by=row.requested_by, door=row.door, rule=row.rule, correlation_id=row.correlation_id,
+        source=f"execution:{row.id}", room=row.room, at=at, uid=uuid7(at=at, key=f"execution:{row.id}:started"))
+
+
 async def start_approved(rt: Runtime, *, execution_id: int) -> None:
     if rt.executor is not None:
         rt.executor.start(execution_id)
@@ -236,19 +251,25 @@ async def mark_running(rt: Runtime, execution_id: int) -> ExecutionRow | None:
         problem = await approvals.start_problem_in(s, catalog=rt.catalog, execution=row)
         if problem is None:
             row.status, row.started_at, row.owner = "running", time.time(), rt.node_id
+            eventlog.stage(s, started_event(row), origin=rt.node_id)
             return row
         refused = await approvals.refuse_start_in(s, execution=row, problem=problem)
+        if refused is not None:
+            eventlog.stage(s, refused, origin=rt.node_id)
     if refused is not None:
         rt.bus.publish(refused)
     return None
 
 
 async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: str, error: str | None,
-                        message: str) -> None:
+                        message: str, event: ExecutionFinished | None = None) -> None:
+    """The end of a run; `event` (published by the caller after) goes to the event log with it."""
     def body(s: Session) -> None:
         row = s.get(ExecutionRow, execution_id)
         if row is None:
             return
+        if event is not None:
+            eventlog.append(s, event, origin=rt.node_id)
         row.status = advance(row.status, status)
         row.finished_at, row.output, row.error = time.time(), output, error
         actor = Actor(row.requested_by, row.door, correlation_id=row.correlation_id)  # type: ignore[arg-type]
@@ -285,6 +306,7 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
                                     f"your roles: {', '.join(sorted(actor.roles)) or 'none'}")
     now = time.time()
     closed: ApprovalRow | None = None
+    ended: list[Event] = []  # in the event log with the change, published after it
     async with rt.write() as s:
         row = await s.get(ExecutionRow, execution_id)
         verdict = "missing" if row is None else "finished" if row.status not in ACTIVE else \
@@ -303,6 +325,18 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
             await audit.append(s, actor=actor, action="execution.cancel", target=target,
                                outcome="cancelled" if verdict != "running" else "stopping",
                                details={"runbook": row.runbook, "was": verdict, "room": room})
+        if row is not None and verdict in ("pending", "awaiting_approval"):
+            if closed is not None:  # its Approve/Deny buttons go away in every room, as for a decided one
+                ended.append(ApprovalDecided(
+                    approval_id=closed.id, execution_id=row.id, runbook=row.runbook, decision="cancelled",
+                    decided_by=actor.name, reason=closed.reason, correlation_id=row.correlation_id,
+                    source=f"approval:{closed.id}", room=row.room))
+            ended.append(ExecutionFinished(
+                execution_id=row.id, runbook=row.runbook, summary=row.summary, status="cancelled", duration_s=0.0,
+                message=f"execution #{row.id} ({row.summary}) cancelled by {actor.name} before it started",
+                rule=row.rule, error=row.error, correlation_id=row.correlation_id, source=target, room=row.room))
+            for ev in ended:
+                eventlog.stage(s, ev, origin=rt.node_id)
     if row is None:
         raise NotFound(f"there is no execution #{execution_id}", hint="list them with `executions`")
     if verdict == "finished":
@@ -313,15 +347,8 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
         raise PermissionDenied(f"{actor.name} may not cancel execution #{execution_id}: {row.requested_by} asked "
                                "for it", hint="its requester, an approver or an admin may cancel it")
     if verdict != "running":
-        if closed is not None:  # its Approve/Deny buttons go away in every room, as for a decided one
-            rt.bus.publish(ApprovalDecided(
-                approval_id=closed.id, execution_id=row.id, runbook=row.runbook, decision="cancelled",
-                decided_by=actor.name, reason=closed.reason, correlation_id=row.correlation_id,
-                source=f"approval:{closed.id}", room=row.room))
-        rt.bus.publish(ExecutionFinished(
-            execution_id=row.id, runbook=row.runbook, summary=row.summary, status="cancelled", duration_s=0.0,
-            message=f"execution #{row.id} ({row.summary}) cancelled by {actor.name} before it started",
-            rule=row.rule, error=row.error, correlation_id=row.correlation_id, source=target, room=row.room))
+        for ev in ended:
+            rt.bus.publish(ev)
         return row
     stopped = rt.executor is not None and await rt.executor.cancel(execution_id, by=actor.name)
     async with rt.read() as s:
@@ -454,6 +481,7 @@ async def recover_interrupted(rt: Runtime) -> list[ExecutionRow]:
             ExecutionRow.owner != rt.node_id).distinct())).scalars().all()
     dead = await _dead_owners(rt, {o for o in candidates if o})
     found: list[ExecutionRow] = []
+    announced: list[ExecutionFinished] = []
     async with rt.write() as s:
         rows = (await s.execute(select(ExecutionRow, ApprovalRow.decided_at)
                                 .outerjoin(ApprovalRow, ApprovalRow.id == ExecutionRow.approval_id)
@@ -479,13 +507,16 @@ async def recover_interrupted(rt: Runtime) -> list[ExecutionRow]:
                                outcome="interrupted", details={"runbook": row.runbook, "owner": row.owner,
                                                                "pgid": row.pgid, "killed": killed})
             found.append(row)
-    for row in found:
-        rt.bus.publish(ExecutionFinished(
-            execution_id=row.id, runbook=row.runbook, summary=row.summary, status="interrupted", duration_s=0.0,
-            message=f"execution #{row.id} ({row.summary}) was interrupted: opsroom stopped "
-                    f"{'while it ran' if row.started_at else 'before it started'}. "
-                    "It was not re-run; check the system and run it again if needed.",
-            rule=row.rule, error=row.error, correlation_id=row.correlation_id, source="recovery", room=row.room))
+            ev = ExecutionFinished(
+                execution_id=row.id, runbook=row.runbook, summary=row.summary, status="interrupted", duration_s=0.0,
+                message=f"execution #{row.id} ({row.summary}) was interrupted: opsroom stopped "
+                        f"{'while it ran' if row.started_at else 'before it started'}. "
+                        "It was not re-run; check the system and run it again if needed.",
+                rule=row.rule, error=row.error, correlation_id=row.correlation_id, source="recovery", room=row.room)
+            eventlog.stage(s, ev, origin=rt.node_id)
+            announced.append(ev)
+    for ev in announced:
+        rt.bus.publish(ev)
     return found
 
 
@@ -504,7 +535,7 @@ async def list_runbooks(rt: Runtime, *, actor: Actor) -> list[Runbook]:
 # Added by the workers helper; the rest of this module is the lead's.
 
 async def finish_if_running(rt: Runtime, execution_id: int, *, status: str, output: str, error: str | None,
-                            message: str) -> bool:
+                            message: str, event: ExecutionFinished | None = None) -> bool:
     """mark_finished, only while the execution is still running: False when another server (a
     recovery of a dead node) already ended it, and then its end must not be announced a second time.
 
@@ -522,6 +553,8 @@ async def finish_if_running(rt: Runtime, execution_id: int, *, status: str, outp
         actor = Actor(row.requested_by, row.door, correlation_id=row.correlation_id)  # type: ignore[arg-type]
         audit.append_in(s, actor=actor, action="execution.finish", target=f"execution:{row.id}",
                         outcome=status, details={"runbook": row.runbook, "message": message})
+        if event is not None:
+            eventlog.append(s, event, origin=rt.node_id)
         return True
 
     return await rt.transact(body)
