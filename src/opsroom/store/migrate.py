@@ -46,7 +46,15 @@ MIGRATE_LOCK_KEY = 0x0B5_A1E3
 # An expand migration under running servers waits this long for a table lock, then fails
 # (and is retried by the operator) instead of queueing every server's queries behind it.
 ONLINE_LOCK_TIMEOUT = "5s"
-LIVE_NODE_S = 15.0  # a cluster node whose heartbeat is younger than this counts as serving
+LIVE_NODE_S = 15.0  # a node heartbeating within this counts as serving (the cluster says dead after 3 s)
+# Live by the store's clock, as the cluster counts heartbeats: a migrating host whose clock runs
+# ahead must not take live servers for dead ones. [SQLite, PostgreSQL]
+LIVE_NODES = (
+    text("SELECT kind, node_id, version FROM cluster_nodes WHERE stopped_at IS NULL "
+         "AND heartbeat_at >= (julianday('now') - 2440587.5) * 86400.0 - :window"),
+    text("SELECT kind, node_id, version FROM cluster_nodes WHERE stopped_at IS NULL "
+         "AND heartbeat_at >= extract(epoch from clock_timestamp()) - :window"),
+)
 
 schema_compat = Table(
     "schema_compat", Base.metadata,
@@ -241,9 +249,7 @@ def _live_nodes(sync_conn: Connection) -> list[str]:
     """Cluster nodes (servers, workers) whose heartbeat is fresh, as 'kind node_id (version)'."""
     if not inspect(sync_conn).has_table("cluster_nodes"):
         return []
-    rows = sync_conn.execute(text(
-        "SELECT kind, node_id, version FROM cluster_nodes WHERE stopped_at IS NULL AND heartbeat_at >= :t"),
-        {"t": time.time() - LIVE_NODE_S})
+    rows = sync_conn.execute(LIVE_NODES[sync_conn.dialect.name == "postgresql"], {"window": LIVE_NODE_S})
     return [f"{r.kind} {r.node_id} ({r.version})" for r in rows]
 
 
