@@ -16,6 +16,7 @@ record still in PostgreSQL's shared memory would die with it).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -131,6 +132,9 @@ class PrivatePg:
         if why:
             raise PgServerError(why)
         self.root = Path(tempfile.mkdtemp(prefix="opsroom-pg-"))
+        # Also at interpreter exit: a run that ends without the fixture's teardown (Ctrl-C twice,
+        # sys.exit in a plugin) leaves no postmaster behind. (A SIGKILLed pytest still does.)
+        atexit.register(self.stop)
         try:
             user = pwd.getpwnam(OS_USER)
             os.chown(self.root, user.pw_uid, user.pw_gid)
@@ -261,6 +265,7 @@ class PrivatePg:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+        atexit.unregister(self.stop)
 
 
 @contextlib.contextmanager
