@@ -4,6 +4,18 @@ Everything said in a room passes one ordered queue, so the room reads in the ord
 happened (problem before recovery, request before approval). Each stored line then goes to
 every binding of the room through that adapter's own send queue: a person's line to every
 binding but the one it came from, the bot's to all. The hub never waits for a platform.
+
+In a cluster (docs/cluster.md, "Rooms and chat connections"):
+- Announcements are made by the announcer (chat/announcer.py), a log consumer that one server
+  runs, never from this server's bus: two servers would both announce, and a crash between a
+  change's commit and its announcement would lose it. For an event this server made, the queue
+  keeps its place (`_Pending`): what follows it waits, up to ANNOUNCE_WAIT_S, for its
+  announcement to come back (from the local announcer or another server's), so the order holds.
+- Messages another server stored reach this server's web rooms and the platform connections it
+  holds through the relay (a RoomMessagePosted of foreign origin); its own are fanned out as
+  they are stored. Each message is fanned out once per server, by the server that stored it or
+  by the relay, never both.
+- Each platform connection is held by one server (chat/ownership.py); the web room runs on all.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import contextlib
 import dataclasses
 import time
 from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -23,20 +36,40 @@ from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit.refusals import AUDITED_PER_MINUTE, RefusalAudit
 from opsroom.chat import accounts, commands
-from opsroom.chat.announce import ANNOUNCED, render
+from opsroom.chat.announce import render
+from opsroom.chat.announcer import ANNOUNCED_TYPES, Announcer, announced_uid, extra_of
 from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Message, Outgoing, Person
+from opsroom.chat.ownership import ChatOwnership, Fenced
+from opsroom.chat.safe import neutralise
 from opsroom.chat.sendqueue import SendQueue
 from opsroom.errors import OpsroomError
-from opsroom.events import AccessChanged, ApprovalRequested, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
+from opsroom.eventlog.relay import is_foreign
+from opsroom.events import AccessChanged, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
 from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
 
 log = structlog.get_logger(__name__)
-_Item = tuple[Message | None, "asyncio.Future[Message] | None"]  # None: flushed()'s marker
+ANNOUNCE_WAIT_S = 2.0  # how long the room waits for the announcement of an event made here
+REMEMBERED_EVENTS = 1000  # recent announced events, for the buttons and mentions of their messages
 SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
 ACTOR_CACHE_S = 5.0  # the CLI's role edits apply at the next start; its disables send AccessChanged
 REFUSALS_AUDITED = AUDITED_PER_MINUTE  # per platform and minute; more are counted into one record
+
+
+@dataclass
+class _Pending:
+    """The announcement of an event this server made, awaited in the room's queue in its place."""
+
+    uid: str
+    expected: int  # one message per room the event is announced in
+    got: list[Message] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# A message to store (id None) or already stored (fan out only), a pending announcement, or
+# None: flushed()'s marker.
+_Item = tuple[Message | _Pending | None, "asyncio.Future[Message] | None"]
 
 
 class RoomHub:
@@ -52,13 +85,30 @@ class RoomHub:
         self._refusals = RefusalAudit(rt, action="chat.refused")
         self._actors: dict[str, tuple[float, Actor | OpsroomError]] = {}
         self._access_epoch = 0  # platform -> [window start, seen, unaudited]
+        self.running: set[str] = set()  # adapters started (the platforms this server holds, the web room)
+        self.ownership: ChatOwnership | None = None  # PostgreSQL: which platforms this server holds
+        self.announcer: Announcer | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._events: OrderedDict[str, Event] = OrderedDict()  # uid -> announced event seen here
+        self._announced: OrderedDict[str, None] = OrderedDict()  # uids whose announcement came already
 
     def add_adapter(self, adapter: ChatAdapter, name: str | None = None) -> None:
         adapter.name = name or adapter.name or adapter.platform
         if adapter.name in self.adapters:
             raise ValueError(f"two chat adapters are named {adapter.name!r}")
         self.adapters[adapter.name] = adapter
-        self.queues[adapter.name] = SendQueue(adapter)
+        self.queues[adapter.name] = self._queue_for(adapter)
+
+    def _queue_for(self, adapter: ChatAdapter) -> SendQueue:
+        return SendQueue(adapter if adapter.implicit else Fenced(adapter, self.holds))
+
+    def holds(self, name: str) -> bool:
+        """Whether this server speaks for adapter `name` now: the web room always; a platform
+        while this server holds its connection (always without a cluster)."""
+        adapter = self.adapters.get(name)
+        if adapter is None:
+            return False
+        return adapter.implicit or self.ownership is None or self.ownership.holds(name)
 
     def channels(self, room: str) -> list[tuple[str, str]]:
         """(adapter name, channel) of every binding of a room that has an adapter here."""
@@ -70,31 +120,72 @@ class RoomHub:
                 out.append((name, channel.strip()))
         return out
 
-    async def start(self) -> None:
+    async def start(self, *, announce: bool = True) -> None:
+        """Start the room: its queue, the announcer (unless `announce` is off) and the adapters:
+        the web room here always, each platform where its connection is held."""
         for room in self.rt.catalog.rooms:
             for name, channel in self.channels(room):
                 self.routes[(name, channel)] = room
         self.rt.bus.subscribe(AccessChanged, self._access_changed)
-        for event_type in ANNOUNCED:
-            self.rt.bus.subscribe(event_type, self._on_event)
+        # A listener, called in publish itself: the place kept for an announcement is taken
+        # before anything the publisher does next can reach the queue.
+        self.rt.bus.add_listener(self._on_event)
         self.rt.bus.subscribe(ExecutionOutput, self._on_output)
+        self.rt.bus.subscribe(RoomMessagePosted, self._on_posted)
         self._worker = asyncio.get_running_loop().create_task(self._drain())
+        if announce:
+            self.announcer = Announcer(self.rt, self)
+            await self.announcer.start()
+        if self.rt.engine.dialect.name == "postgresql":
+            self.ownership = ChatOwnership(self.rt, self)
         for name, adapter in self.adapters.items():
             self.queues[name].start()
-            bound = sorted(channel for (n, channel) in self.routes if n == name)
-            try:
-                await adapter.start(self, bound)
-            except Exception:
-                # One platform that cannot start (a bad token) must not keep the others or the
-                # web room from running: it is logged, and its queue holds what it misses.
-                log.exception("chat adapter failed to start", platform=name)
+            if adapter.implicit or self.ownership is None:
+                await self.start_adapter(name)
+        if self.ownership is not None:
+            await self.ownership.start()  # starts the platforms whose connection it takes
+
+    async def start_adapter(self, name: str) -> None:
+        if name in self.running:
+            return
+        self.running.add(name)
+        bound = sorted(channel for (n, channel) in self.routes if n == name)
+        try:
+            await self.adapters[name].start(self, bound)
+        except Exception:
+            # One platform that cannot start (a bad token) must not keep the others or the
+            # web room from running: it is logged, and its queue holds what it misses.
+            log.exception("chat adapter failed to start", platform=name)
+
+    async def stop_adapter(self, name: str) -> None:
+        """Disconnect a platform whose connection this server no longer holds, at once: what its
+        queue still held is dropped (the new holder speaks from now on)."""
+        if name not in self.running:
+            return
+        self.running.discard(name)
+        old = self.queues[name]
+        self.queues[name] = self._queue_for(self.adapters[name])
+        self.queues[name].start()
+        await old.stop()
+        try:
+            async with asyncio.timeout(5):
+                await self.adapters[name].stop()
+        except Exception:
+            log.warning("stopping a chat adapter failed", platform=name, exc_info=True)
 
     async def stop(self) -> None:
+        self.rt.bus.remove_listener(self._on_event)
+        if self.announcer is not None:
+            await self.announcer.stop()
         for name, adapter in self.adapters.items():
-            await self.queues[name].drained(timeout=2.0)
-            with contextlib.suppress(Exception):
-                await adapter.stop()
+            if name in self.running:
+                await self.queues[name].drained(timeout=2.0)
+                with contextlib.suppress(Exception):
+                    await adapter.stop()
             await self.queues[name].stop()
+        self.running.clear()
+        if self.ownership is not None:
+            await self.ownership.stop()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -123,7 +214,15 @@ class RoomHub:
         user = await links.linked_user(self.rt, platform=adapter.name, account_id=author.platform_id)
         return dataclasses.replace(author, user=user)
 
+    def _lost(self, adapter: ChatAdapter) -> bool:
+        """Still connected, no longer held (paused past its lease): what it hears, the new holder
+        hears too and answers. A webhook delivery to a server that holds no connection for it
+        (it is not running here) is still taken: the platform sent it to this server alone."""
+        return adapter.name in self.running and not self.holds(adapter.name)
+
     async def message(self, adapter: ChatAdapter, incoming: Incoming) -> None:
+        if self._lost(adapter):
+            return  # a connection this server lost: the holder answers it
         if incoming.author.is_bot or not self._first_time(adapter, incoming.delivery_id):
             return  # never answer a bot, ourselves included; a redelivery is answered once
         room = self.routes.get((adapter.name, incoming.channel))
@@ -144,7 +243,7 @@ class RoomHub:
 
     async def presence(self, adapter: ChatAdapter, channel: str, person: Person, joined: bool) -> None:
         room = self.routes.get((adapter.name, channel))
-        if room is not None and not person.is_bot:
+        if room is not None and not person.is_bot and not self._lost(adapter):
             await self.on_presence(room, await self._person(adapter, person), joined)
 
     async def click(self, adapter: ChatAdapter, click: Click) -> None:
@@ -278,20 +377,56 @@ class RoomHub:
         self._queue.put_nowait((None, fut))
         await fut
 
-    async def _on_event(self, ev: Event) -> None:
+    def _on_event(self, ev: Event) -> None:
+        """An announced event on this server's bus. Logged ones are the announcer's (one server
+        announces each); made here, the queue keeps a place for its announcement. One that was
+        never logged (published on the bus alone) is announced here, as before the log."""
+        if ev.type not in ANNOUNCED_TYPES:
+            return
+        _remember(self._events, ev.uid, ev, REMEMBERED_EVENTS)
+        if is_foreign(self.rt, ev):
+            return
         note = render(self.rt, ev)
         if note is None:
             return
-        extra: dict[str, object] = {"event": ev.type, "correlation_id": ev.correlation_id or ""}
-        if isinstance(ev, ApprovalRequested):
-            extra["approval_id"] = ev.approval_id
-            extra["approvers"] = list(ev.approvers)
-        execution_id = getattr(ev, "execution_id", None)
-        if isinstance(execution_id, int):
-            extra["execution_id"] = execution_id
-        for room in note.rooms:
-            if room in self.rt.catalog.rooms:
-                self.post_nowait(Message(room=room, text=note.text, kind=note.kind, extra=extra))
+        rooms_here = [room for room in dict.fromkeys(note.rooms) if room in self.rt.catalog.rooms]
+        if ev.origin is None:
+            for room in rooms_here:
+                self.post_nowait(Message(room=room, text=note.text, kind=note.kind, extra=extra_of(ev)))
+        elif rooms_here and ev.uid not in self._announced:
+            pending = self._pending[ev.uid] = _Pending(ev.uid, len(rooms_here))
+            self._queue.put_nowait((pending, None))
+
+    def announced(self, uid: str, msgs: list[Message]) -> None:
+        """Messages of an announcement, stored already (by this server's announcer, or relayed
+        from the one that stored them): in the place kept for them, else at the queue's end."""
+        _remember(self._announced, uid, None, REMEMBERED_EVENTS)
+        pending = self._pending.get(uid)
+        if pending is not None:
+            pending.got.extend(msgs)
+            if len(pending.got) >= pending.expected:
+                pending.done.set()
+            return
+        for msg in msgs:
+            self._queue.put_nowait((msg, None))
+
+    async def _on_posted(self, ev: RoomMessagePosted) -> None:
+        """A message another server stored: to this server's web rooms and held connections."""
+        if not is_foreign(self.rt, ev):
+            return  # stored here: fanned out as it was stored
+        if ev.room not in self.rt.catalog.rooms:
+            log.warning("a relayed room message names no room of this catalog; dropped",
+                        room=neutralise(ev.room)[:64], uid=ev.uid, origin=ev.origin)
+            return
+        msg = _relayed(ev)
+        uid = announced_uid(ev.source)
+        if uid is None:
+            self._queue.put_nowait((msg, None))
+            return
+        seen = self._events.get(uid)
+        if seen is not None:
+            msg = dataclasses.replace(msg, extra={**extra_of(seen), **msg.extra})
+        self.announced(uid, [msg])
 
     async def _on_output(self, ev: ExecutionOutput) -> None:
         # Through the same queue as messages, so output never shows before "approved by".
@@ -306,8 +441,14 @@ class RoomHub:
                 if fut is not None and not fut.done():
                     fut.set_result(Message(room="", text=""))
                 continue
+            if isinstance(msg, _Pending):
+                await self._awaited(msg)
+                continue
             try:
-                stored = await self._stream(msg) if msg.kind == "output" else await self._store(msg)
+                if msg.id is not None:
+                    stored = msg  # stored by the announcer or by another server
+                else:
+                    stored = await self._stream(msg) if msg.kind == "output" else await self._store(msg)
                 await self._fan_out(stored)
                 if fut is not None and not fut.done():
                     fut.set_result(stored)
@@ -315,6 +456,20 @@ class RoomHub:
                 log.exception("posting to room failed", room=msg.room)
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
+
+    async def _awaited(self, pending: _Pending) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ANNOUNCE_WAIT_S):
+                await pending.done.wait()
+        # From now on a late message of this announcement goes to the queue's end.
+        self._pending.pop(pending.uid, None)
+        if not pending.done.is_set():
+            log.info("an announcement is late; the room goes on without waiting", uid=pending.uid)
+        for msg in pending.got:
+            try:
+                await self._fan_out(msg)
+            except Exception:
+                log.exception("posting to room failed", room=msg.room)
 
     async def _stream(self, msg: Message) -> Message:
         """Output is live-only: shown to those watching, not stored as room history."""
@@ -324,6 +479,8 @@ class RoomHub:
         mentions = await self._mentions(msg)
         for name, channel in self.channels(msg.room):
             adapter = self.adapters[name]
+            if not self.holds(name):
+                continue  # the server holding that connection sends it (from the log)
             if msg.kind == "person" and msg.origin == _binding(adapter, channel) and not adapter.mirrors:
                 continue  # never echoed back to where it was said
             if msg.kind == "output" and not adapter.streams:
@@ -372,15 +529,37 @@ class RoomHub:
         # Everything said in a room (people, replies, announcements) is masked once, by
         # store_message: what is stored, published to sockets and sent to every adapter is the
         # one text it returns.
-        msg_id, at, text = await rooms.store_message(self.rt, room=msg.room, author=author or "?",
-                                                     kind=msg.kind, text=msg.text, reply_to=msg.reply_to)
-        self.rt.bus.publish(RoomMessagePosted(room=msg.room, message_id=msg_id, author=author or "?",
-                                              text=text, kind=msg.kind, reply_to=msg.reply_to))
-        return dataclasses.replace(msg, text=text, id=msg_id, extra={**msg.extra, "at": at, "author": author})
+        # A person's line names where it was said, so no server sends it back there.
+        source = f"said:{msg.origin}" if msg.kind == "person" and msg.origin is not None else "opsroom"
+        ev = await rooms.post_message(self.rt, room=msg.room, author=author or "?", kind=msg.kind, text=msg.text,
+                                      reply_to=msg.reply_to, source=source)
+        self.rt.bus.publish(ev)
+        return dataclasses.replace(msg, text=ev.text, id=ev.message_id,
+                                   extra={**msg.extra, "at": ev.at, "author": author})
 
 
 def _binding(adapter: ChatAdapter, channel: str) -> Binding:
     return Binding(adapter.name, channel)
+
+
+def _relayed(ev: RoomMessagePosted) -> Message:
+    """A message another server stored, as this hub fans it out. Its text is the stored one
+    (masked there); each adapter still renders it for its platform (chat/safe.py) as any line."""
+    origin = None
+    if ev.kind == "person" and ev.source.startswith("said:"):
+        with contextlib.suppress(ValueError):
+            origin = Binding.parse(ev.source.removeprefix("said:"))
+    author = Person(platform_id="", display_name=ev.author) if ev.kind == "person" else None
+    kind = ev.kind if ev.kind in ("person", "bot", "notice") else "notice"
+    return Message(room=ev.room, text=ev.text, author=author, id=ev.message_id, kind=kind, reply_to=ev.reply_to,
+                   origin=origin, extra={"at": ev.at, "author": ev.author})
+
+
+def _remember(seen: OrderedDict[str, Any], key: str, value: Any, most: int) -> None:
+    seen[key] = value
+    seen.move_to_end(key)
+    if len(seen) > most:
+        seen.popitem(last=False)
 
 
 def _float(value: object) -> float | None:

@@ -15,6 +15,8 @@ from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit import service as audit
 from opsroom.errors import NotFound
+from opsroom.eventlog import log as eventlog
+from opsroom.events import RoomMessagePosted
 from opsroom.rooms.models import RoomMessageRow
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
@@ -151,24 +153,41 @@ def storable(text: str) -> str:
     return _UNSTORABLE.sub("\ufffd", text)
 
 
-async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text: str,
-                        reply_to: int | None) -> tuple[int, float, str]:
-    """Keep what was said (people and bot): the room's history and the incident's raw timeline.
+def add_message(s: Session, rt: Runtime, *, room: str, author: str, kind: str, text: str, reply_to: int | None,
+                source: str = "opsroom", correlation_id: str | None = None) -> RoomMessagePosted:
+    """Keep what was said (people and bot) in the caller's transaction: the room's history, the
+    incident's raw timeline, and its RoomMessagePosted in the event log, which commit together
+    (the announcer stores an announcement in the transaction that moves its log position; other
+    servers fan the message out to their web rooms and platform connections from the log).
 
-    Returns (id, time, the text as stored): masked, storable and bounded here, once, so that what
-    the hub then publishes to sockets and adapters is exactly what every viewer reads later.
+    The text is masked, storable and bounded here, once, so what the hub then publishes to
+    sockets and adapters is exactly what every viewer reads later. The event is returned with
+    its origin set; the caller publishes it on the local bus after the commit.
     """
     at = time.time()
     text = storable(mask(text))[:8000]
     values = {"room": room, "at": at, "author": author, "kind": kind, "text": text, "reply_to": reply_to}
+    # Prebuilt Core insert: every announcement and chat line passes here, often while a
+    # recovery is being dispatched, and the unit of work would cost several times the SQL.
+    msg_id = int(s.connection().execute(_ADD_MESSAGE, values).inserted_primary_key[0])  # type: ignore[index]
+    ev = RoomMessagePosted(room=room, message_id=msg_id, author=author, text=text, kind=kind, reply_to=reply_to,
+                           at=at, source=source, correlation_id=correlation_id)
+    eventlog.append(s, ev, origin=rt.node_id)
+    return ev
 
-    def body(s: Session) -> tuple[int, float, str]:
-        # Prebuilt Core insert: every announcement and chat line passes here, often while a
-        # recovery is being dispatched, and the unit of work would cost several times the SQL.
-        result = s.connection().execute(_ADD_MESSAGE, values)
-        return result.inserted_primary_key[0], at, text  # type: ignore[index]
 
-    return await rt.transact(body)
+async def post_message(rt: Runtime, *, room: str, author: str, kind: str, text: str, reply_to: int | None,
+                       source: str = "opsroom") -> RoomMessagePosted:
+    """add_message in a transaction of its own (a person's line, the bot's reply)."""
+    return await rt.transact(lambda s: add_message(s, rt, room=room, author=author, kind=kind, text=text,
+                                                   reply_to=reply_to, source=source))
+
+
+async def store_message(rt: Runtime, *, room: str, author: str, kind: str, text: str,
+                        reply_to: int | None) -> tuple[int, float, str]:
+    """post_message, answered as (id, time, the text as stored)."""
+    ev = await post_message(rt, room=room, author=author, kind=kind, text=text, reply_to=reply_to)
+    return ev.message_id, ev.at, ev.text
 
 
 async def history_of(rt: Runtime, *, room: str, limit: int = 50, after: int | None = None) -> list[RoomMessageRow]:

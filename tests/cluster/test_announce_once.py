@@ -1,0 +1,147 @@
+"""Announcements are made once, by the log consumer `announcer` (issue 14, acceptance 4).
+
+In-process on SQLite: a logged event is announced once, in order with what follows it in the
+room, with its buttons' request and its mentions; one published on the bus alone (never logged)
+is still announced here. Across processes on one PostgreSQL: server A freezes after a change's
+commit and before its announcement (the event log's test hook) and is killed with SIGKILL; B
+announces it, once, in its API and on a web client of B; after A restarts it is still once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+
+from opsroom.chat.base import Message
+from opsroom.chat.fake import FakeAdapter
+from opsroom.eventlog import log as eventlog
+from opsroom.events import ApprovalRequested, CheckFlapping
+from opsroom.rooms.service import history_of
+from opsroom.runtime import Runtime
+from tests.e2e.harness import Demo, cli, start_server
+from tests.factories import small_catalog
+
+
+def _request(approval_id: int) -> ApprovalRequested:
+    return ApprovalRequested(approval_id=approval_id, execution_id=approval_id, runbook="deploy",
+                             summary=f"deploy #{approval_id}", environment="prod", protected=True,
+                             roles=["approver"], requester="you", approvers=["boss"], expires_at=time.time() + 600,
+                             room="ops")
+
+
+async def _settle(rt: Runtime) -> None:
+    assert rt.rooms is not None and rt.rooms.announcer is not None
+    await rt.bus.drain()
+    await rt.rooms.announcer.consumer.caught_up(timeout=10)
+    await rt.rooms.flushed()
+
+
+async def test_a_logged_event_is_announced_once_with_its_request(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    ev = _request(41)
+    await eventlog.emit(rt, ev)
+    await _settle(rt)
+    got = [o for o in fake.sent if "Request #41" in o.text]
+    assert len(got) == 1, [o.text for o in fake.sent]
+    assert got[0].approval_id == 41 and got[0].message_id is not None
+    stored = [m for m in await history_of(rt, room="ops") if "Request #41" in m.text]
+    assert [m.id for m in stored] == [got[0].message_id]
+    # The next round reads nothing new: the position moved with the message.
+    assert rt.rooms is not None and rt.rooms.announcer is not None
+    assert await rt.rooms.announcer.consumer.run_once() == 0
+
+
+async def test_the_room_keeps_the_order_of_what_happened(running: tuple[Runtime, FakeAdapter]) -> None:
+    """A line posted right after an event made here follows its announcement, though the
+    announcement takes a detour through the log."""
+    rt, fake = running
+    assert rt.rooms is not None
+    await eventlog.emit(rt, CheckFlapping(check="c1", system=None, environment="test", flapping=True,
+                                          change_ratio=0.5))
+    rt.rooms.post_nowait(Message(room="ops", text="after the flap", kind="notice"))
+    await _settle(rt)
+    texts = [o.text for o in fake.sent]
+    flap = next(i for i, t in enumerate(texts) if "is flapping" in t)
+    assert texts.index("after the flap") > flap
+    ids = [o.message_id for o in fake.sent if o.message_id is not None]
+    assert ids == sorted(ids), "fanned out in another order than stored"
+
+
+async def test_an_event_never_logged_is_still_announced_here(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    rt.bus.publish(_request(42))
+    await _settle(rt)
+    assert sum("Request #42" in o.text for o in fake.sent) == 1
+
+
+async def test_a_burst_is_announced_once_each_in_log_order(running: tuple[Runtime, FakeAdapter]) -> None:
+    rt, fake = running
+    for n in range(100, 130):
+        await eventlog.emit(rt, _request(n))
+    await _settle(rt)
+    asked = [int(o.text.split("Request #")[1].rstrip(".")) for o in fake.sent if "Request #" in o.text]
+    assert asked == list(range(100, 130))
+    await asyncio.sleep(0.3)  # another round or two of the consumer: nothing again
+    assert len([o for o in fake.sent if "Request #" in o.text]) == 30
+
+
+# --- two servers on one PostgreSQL, real processes ---------------------------------------------
+
+PW = {"you": "you-cluster-pw-1", "boss": "boss-cluster-pw-1"}
+HANG_ENV = "OPSROOM_TEST_HANG_BEFORE_PUBLISH"  # the event log's hook (bus.py): freeze after the commit
+
+
+def _cluster_catalog(tmp: Path) -> Path:
+    return small_catalog(tmp, users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
+                                     {"name": "boss", "roles": ["approver"],
+                                      "password_env": "OPSROOM_TEST_PW_BOSS"}])
+
+
+def _env(url: str) -> dict[str, str]:
+    return {"OPSROOM_DATABASE_URL": url, "OPSROOM_TEST_PW_YOU": PW["you"], "OPSROOM_TEST_PW_BOSS": PW["boss"]}
+
+
+def _serve(tmp: Path, name: str, catalog: Path, env: dict[str, str]) -> Demo:
+    return start_server(tmp, ["serve", "--catalog", str(catalog)], data=tmp / name, env_extra=env)
+
+
+def _token(server: Demo, catalog: Path, user: str) -> str:
+    made = cli("token", "create", user, "--data", str(server.data), "--catalog", str(catalog), env=server.env)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+def _said(base: str, token: str, needle: str) -> list[dict[str, Any]]:
+    got = httpx.get(f"{base}/api/v1/rooms/ops/messages", params={"limit": 500}, timeout=10,
+                    headers={"Authorization": f"Bearer {token}"})
+    assert got.status_code == 200, got.text
+    return [m for m in got.json() if needle in m["text"]]
+
+
+def _sql(url: str, query: str) -> list[Any]:
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            return list(await conn.fetch(query))
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the caller's loop is running
+        return pool.submit(asyncio.run, go()).result()
+
+
+async def _until(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = await asyncio.to_thread(predicate)
+        if got:
+            return got
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s")
