@@ -114,27 +114,20 @@ class StepRunner:
         if task["environment"] != self.environment:
             raise Refused(f"a task for environment {task['environment']!r} reached the worker of "
                           f"{self.environment!r}: not run")
-        async with self.rt.read() as s:
-            row = await s.get(WorkerStepRow, task["step_id"])
-        if (row is None or not hmac.compare_digest(row.token, task["token"])
-                or (row.execution_id, row.step, row.environment) != (task["execution_id"], task["index"],
-                                                                     self.environment)):
-            raise Refused(f"no step #{task['step_id']} was queued for environment {self.environment} with "
-                          "this token: a forged or stale message, not run")
-        if row.status != "queued":
-            return await self._already_taken(row)
-        async with self.rt.read() as s:
-            execution = await s.get(ExecutionRow, row.execution_id)
-        problem = self._problem(row, execution)
-        if problem is not None:
-            await end_step(self.rt, step_id=row.id, status="failed", error=problem, only_from=("queued",))
-            log.warning("step not run", step_id=row.id, reason=problem)
-            return "refused"
-        assert execution is not None
-        if not await self._claim(row):
+        claimed = await self._claim(task, received=time.time())
+        if claimed is None:  # not queued with these names and this token: find out why
             async with self.rt.read() as s:
-                again = await s.get_one(WorkerStepRow, row.id)
-            return await self._already_taken(again)
+                row = await s.get(WorkerStepRow, task["step_id"])
+            if (row is None or not hmac.compare_digest(row.token, task["token"])
+                    or (row.execution_id, row.step, row.environment) != (task["execution_id"], task["index"],
+                                                                         self.environment)):
+                raise Refused(f"no step #{task['step_id']} was queued for environment {self.environment} with "
+                              "this token: a forged or stale message, not run")
+            return await self._already_taken(row)
+        if isinstance(claimed, str):
+            log.warning("step not run", step_id=task["step_id"], reason=claimed)
+            return "refused"
+        row, execution = claimed
         self.running = row.id
         try:
             await self._run(row, execution)
@@ -153,27 +146,44 @@ class StepRunner:
         log.warning("step already taken: not run again", step_id=row.id, status=row.status, worker=row.worker)
         return "duplicate"
 
-    def _problem(self, row: WorkerStepRow, execution: ExecutionRow | None) -> str | None:
+    def _problem(self, index: int, execution: ExecutionRow | None) -> str | None:
         if execution is None or execution.status != "running":
-            return f"execution #{row.execution_id} is not running"
+            return f"execution #{execution.id if execution else '?'} is not running"
         if execution.environment != self.environment:
             return f"execution #{execution.id} acts on environment {execution.environment}, not {self.environment}"
         runbook = self.rt.catalog.runbooks.get(execution.runbook)
         if runbook is None or runbook.content_hash != execution.runbook_hash:
             return (f"the catalog of worker {self.node_id} has {'another version of' if runbook else 'no'} runbook "
                     f"{execution.runbook}: deploy the server's catalog to the worker and restart it")
-        if runbook.target != "local" or not 0 <= row.step < len(runbook.steps) \
-                or runbook.steps[row.step].command is None:
-            return f"step {row.step + 1} of runbook {runbook.name} is not a command step this worker can run"
+        if runbook.target != "local" or not 0 <= index < len(runbook.steps) or runbook.steps[index].command is None:
+            return f"step {index + 1} of runbook {runbook.name} is not a command step this worker can run"
         return None
 
-    async def _claim(self, row: WorkerStepRow) -> bool:
-        def body(s: Session) -> bool:
-            done = s.execute(update(WorkerStepRow).where(
-                WorkerStepRow.id == row.id, WorkerStepRow.token == row.token, WorkerStepRow.status == "queued",
-                WorkerStepRow.environment == self.environment).values(
-                status="running", worker=self.node_id, started_at=time.time()))
-            return bool(done.rowcount)  # type: ignore[attr-defined]
+    async def _claim(self, task: dict[str, Any], *, received: float) -> tuple[WorkerStepRow, ExecutionRow] | str | None:
+        """Claim the step and read its execution in one transaction (the path to the spawn).
+
+        None: nothing was queued under these names and token (or it is taken already); a str: it
+        was, but cannot run here (the step is failed with that reason); else the step and execution.
+        The claim is a conditional UPDATE: of two workers handed the same task, one claims it.
+        `started_at` is when this worker took the task off the queue.
+        """
+        def body(s: Session) -> tuple[WorkerStepRow, ExecutionRow] | str | None:
+            mine = (WorkerStepRow.id == task["step_id"], WorkerStepRow.token == task["token"])
+            claimed = s.execute(update(WorkerStepRow).where(
+                *mine, WorkerStepRow.status == "queued", WorkerStepRow.environment == self.environment,
+                WorkerStepRow.execution_id == task["execution_id"], WorkerStepRow.step == task["index"])
+                .values(status="running", worker=self.node_id, started_at=received)
+                .returning(WorkerStepRow)).scalar_one_or_none()
+            if claimed is None:
+                return None
+            execution = s.get(ExecutionRow, task["execution_id"])
+            problem = self._problem(task["index"], execution)
+            if problem is not None:
+                s.execute(update(WorkerStepRow).where(*mine).values(status="failed", error=problem,
+                                                                     finished_at=time.time()))
+                return problem
+            assert execution is not None
+            return claimed, execution
 
         return await self.rt.transact(body)
 
