@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from opsroom.access.identity import Actor, alert_source_actor
 from opsroom.alerts.base import AlertIn
-from opsroom.alerts.book import AlertBook, Known, known_from_row
+from opsroom.alerts.book import AlertBook, Known, Silence, known_from_row
 from opsroom.alerts.models import AlertRow
 from opsroom.audit import service as audit
 from opsroom.audit.refusals import RefusalAudit
 from opsroom.errors import NotFound, Unauthenticated
+from opsroom.eventlog import log as eventlog
 from opsroom.events import AlertAcknowledged, AlertFired, AlertResolved, AlertsNoticed, Event
 from opsroom.runtime import Runtime
 
@@ -87,12 +88,21 @@ async def receive(rt: Runtime, *, source: str, headers: Mapping[str, str], body:
         raise
     alerts = kind.parse(body)
     placed = [(a, b.place(source, a)) for a in alerts]
+    silences = list(b.silences.values())  # read here: the body runs on the store's writer thread
+
+    def record(s: Session) -> tuple[list[Change], list[Event]]:
+        changes = _store(s, b, source, placed, now)
+        events = _events(source, changes, silences, now)
+        eventlog.append_many(s, events, origin=rt.node_id)  # in the event log with the change
+        return changes, events
+
     async with b.lock(source):
-        changes = await rt.transact(lambda s: _store(s, b, source, placed, now))
+        changes, events = await rt.transact(record)
         for change in changes:
             if change.known is not None:
                 b.remember(change.known)
-    _publish(rt, b, source, changes)
+    for ev in events:
+        rt.bus.publish(ev)
     counts: dict[str, int] = {}
     for change in changes:
         counts[change.kind] = counts.get(change.kind, 0) + 1
@@ -175,15 +185,15 @@ def _brief(a: Known) -> dict[str, Any]:
             "since": a.starts_at, "ends_at": a.ends_at, "source": a.source}
 
 
-def _publish(rt: Runtime, b: AlertBook, source: str, changes: list[Change]) -> None:
-    now = time.time()
+def _events(source: str, changes: list[Change], silences: list[Silence], now: float) -> list[Event]:
+    """The events of one delivery's changes: each alert's, then one notice per system."""
     notices: dict[str | None, AlertsNoticed] = {}
     events: list[Event] = []
     for change in changes:
         a = change.known
         if a is None or change.kind not in ("fired", "resolved"):
             continue
-        silenced = b.silenced(a, now) is not None
+        silenced = any(s.covers(a, now) for s in silences)
         correlation = f"alert:{source}:{a.fingerprint}:{a.starts_at:.3f}"
         if change.kind == "fired":
             events.append(AlertFired(
@@ -204,8 +214,7 @@ def _publish(rt: Runtime, b: AlertBook, source: str, changes: list[Change]) -> N
             notice = notices[a.system] = AlertsNoticed(system=a.system, environment=a.environment,
                                                        correlation_id=correlation, source=f"alert:{source}")
         (notice.fired if change.kind == "fired" else notice.resolved).append(_brief(a))
-    for ev in [*events, *notices.values()]:
-        rt.bus.publish(ev)
+    return [*events, *notices.values()]
 
 
 # --- reading and acknowledging -------------------------------------------------
@@ -252,21 +261,24 @@ async def acknowledge(rt: Runtime, *, actor: Actor, alert_id: int, room: str | N
     b = book(rt)
     now = time.time()
 
-    def body(session: Session) -> Known:
+    def body(session: Session) -> tuple[Known, AlertAcknowledged | None]:
         row = session.get(AlertRow, alert_id)
         if row is None:
             raise NotFound(f"there is no alert #{alert_id}", hint="`alerts` lists the firing ones")
         if row.acked_by is not None:
-            return known_from_row(row)
+            return known_from_row(row), None
         row.acked_by, row.acked_at = actor.name, now
         audit.append_in(session, actor=actor, action="alert.ack", target=f"alert:{alert_id}",
                         details={"name": row.name, "status": row.status})
-        return known_from_row(row)
+        ev = AlertAcknowledged(alert_id=alert_id, name=row.name, by=actor.name, system=row.system, room=room,
+                               correlation_id=f"alert:{row.source}:{row.fingerprint}")
+        eventlog.append(session, ev, origin=rt.node_id)  # the first acknowledgement, with its row
+        return known_from_row(row), ev
 
-    known = await rt.transact(body)
+    known, acked = await rt.transact(body)
     was = b.firing.get(alert_id)
     if was is not None and was.acked_by is None:
         was.acked_by = known.acked_by
-        rt.bus.publish(AlertAcknowledged(alert_id=alert_id, name=known.name, by=actor.name, system=known.system,
-                                         room=room, correlation_id=f"alert:{known.source}:{known.fingerprint}"))
+    if acked is not None:
+        rt.bus.publish(acked)
     return b.view(known, now)

@@ -20,6 +20,7 @@ from opsroom.alerts.models import SilenceRow
 from opsroom.alerts.service import book
 from opsroom.audit import service as audit
 from opsroom.errors import Invalid, NotFound, OpsroomError
+from opsroom.eventlog import log as eventlog
 from opsroom.events import SilenceChanged
 from opsroom.runtime import Runtime
 
@@ -127,20 +128,25 @@ async def create(rt: Runtime, *, actor: Actor, what: str, duration_s: float, rea
     pushed, failed = await _push(rt, b, silence, actor)
     if pushed:
         silence.remote = pushed
-        await rt.transact(lambda s: _set_remote(s, silence.id, pushed))
     if failed:
         log.warning("silence not pushed to every sender", silence=silence.id, failed=failed)
-    rt.bus.publish(SilenceChanged(
+    ev = SilenceChanged(
         silence_id=silence.id, what=silence.what, by=actor.name, active=True, ends_at=silence.ends_at,
         reason=reason, system=system or (rt.catalog.services[service].system if service else None),
-        pushed=[f"{p['source']}: {p['id']}" for p in pushed], failed=failed, room=room))
+        pushed=[f"{p['source']}: {p['id']}" for p in pushed], failed=failed, room=room)
+    # The event says where the silence was pushed: it is logged with that outcome, in one transaction.
+    await rt.transact(lambda s: _set_remote(s, silence.id, pushed, ev, rt.node_id))
+    rt.bus.publish(ev)
     return _view(silence) | {"failed": failed}
 
 
-def _set_remote(session: Session, silence_id: int, remote: list[dict[str, Any]]) -> None:
-    row = session.get(SilenceRow, silence_id)
-    if row is not None:
-        row.remote = remote
+def _set_remote(session: Session, silence_id: int, remote: list[dict[str, Any]], ev: SilenceChanged,
+                origin: str) -> None:
+    if remote:
+        row = session.get(SilenceRow, silence_id)
+        if row is not None:
+            row.remote = remote
+    eventlog.append(session, ev, origin=origin)
 
 
 async def remove(rt: Runtime, *, actor: Actor, silence_id: int, room: str | None = None) -> dict[str, Any]:
@@ -161,11 +167,12 @@ async def remove(rt: Runtime, *, actor: Actor, silence_id: int, room: str | None
     row = await rt.transact(store)
     silence = b.silences.pop(silence_id, None) or silence_from_row(row)
     failed = await _expire_remote(row.remote or [])
-    rt.bus.publish(SilenceChanged(
+    ev = SilenceChanged(
         silence_id=silence_id, what=silence.what, by=actor.name, active=False, ends_at=now, reason=row.reason,
         system=row.system or (rt.catalog.services[row.service].system if row.service in rt.catalog.services
                               else None),
-        pushed=[f"{r['source']}: {r['id']}" for r in row.remote or []], failed=failed, room=room))
+        pushed=[f"{r['source']}: {r['id']}" for r in row.remote or []], failed=failed, room=room)
+    await eventlog.emit(rt, ev)  # with the outcome at the senders, as for a new silence
     return _view(silence) | {"ends_at": now, "failed": failed}
 
 
