@@ -23,7 +23,7 @@ from opsroom.checks.probes import ProbeContext, ProbeResult, get_probe
 from opsroom.checks.results import ResultWriter
 from opsroom.checks.scheduler import Scheduler
 from opsroom.domain.check_state import CheckStatus, apply, initial
-from opsroom.events import CheckFlapping, CheckStateChanged, SystemHealthChanged
+from opsroom.events import CheckFlapping, CheckStateChanged, Event, SystemHealthChanged
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
 
@@ -219,11 +219,11 @@ class Monitor:
         env = cat.check_environment(name)
         correlation = f"check:{name}:{tr.status.since:.3f}"
         if tr.flapping_changed:
-            self.rt.bus.publish(CheckFlapping(check=name, system=system, environment=env,
+            self._publish(name, CheckFlapping(check=name, system=system, environment=env,
                                               flapping=tr.status.flapping, change_ratio=tr.status.change_ratio,
                                               correlation_id=correlation, source=f"check:{name}"))
         if tr.changed or tr.attempt_advanced:
-            self.rt.bus.publish(CheckStateChanged(
+            self._publish(name, CheckStateChanged(
                 check=name, service=check.service, system=system, environment=env,
                 old_state=tr.old_state, new_state=tr.status.state, state_type=tr.status.state_type,
                 attempt=tr.status.attempt, max_attempts=check.max_attempts, output=output,
@@ -235,6 +235,12 @@ class Monitor:
         settled = tr.flapping_changed and not tr.status.flapping
         if (tr.changed or settled) and system is not None:
             self._update_system(system, correlation)
+
+    def _publish(self, check: str | None, ev: Event) -> None:
+        """On the bus at once (the rules' fast path); to the event log with the check's state row."""
+        self.rt.bus.publish(ev)
+        if self.results is not None:
+            self.results.log(ev, check=check)
 
     # --- derived health -------------------------------------------------
 
@@ -267,7 +273,7 @@ class Monitor:
         self.system_healthy[system] = healthy
         cat = self.rt.catalog
         sysobj = cat.systems[system]
-        self.rt.bus.publish(SystemHealthChanged(
+        self._publish(None, SystemHealthChanged(
             system=system, title=sysobj.display, environment=sysobj.environment,
             protected=cat.is_protected(sysobj.environment), healthy=healthy, failing=failing,
             correlation_id=correlation, source=f"system:{system}"))

@@ -8,6 +8,10 @@ thread stored ~150 results/s at that load and let the scheduler fall seconds beh
 Results waiting for the store are bounded; past the bound the oldest are dropped
 and counted, never the check states (one row per check, always the latest), so a
 slow disk costs history, not memory or correctness.
+
+The monitor's events (a state change, flapping, a system's health) are published on the bus at
+once (the rules' fast path) and handed here too: each is written to the event log in the
+transaction that stores its check's state row, so the log never says what the store does not.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Integer, bindparam, delete, func, insert, select
@@ -28,6 +32,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from opsroom.checks.models import CheckResultRow, CheckStateRow
+from opsroom.eventlog import log as eventlog
+from opsroom.events import Event
 from opsroom.runtime import Begin, Runtime
 
 log = structlog.get_logger(__name__)
@@ -62,6 +68,7 @@ _PRUNE = delete(CheckResultRow).where(
     CheckResultRow.id.in_(select(_RANKED.c.id).where(_RANKED.c.rank > bindparam("b_keep", type_=Integer))))
 
 StateOf = Callable[[str], dict[str, Any]]
+T = TypeVar("T")
 
 
 class ResultWriter:
@@ -74,6 +81,9 @@ class ResultWriter:
         self.state_of = state_of  # a check's current persisted fields, read when its chunk is written
         self.pending: deque[dict[str, Any]] = deque()
         self.dirty: set[str] = set()
+        # (check whose state row goes with it, or None; the event), in the order they happened.
+        self.events: deque[tuple[str | None, Event]] = deque()
+        self.events_dropped = 0
         self.dropped = 0  # results never stored because the store fell max_pending behind
         self.stored = 0
         self._counts: dict[str, int] = {}  # results per check in the store, for pruning (writer only)
@@ -116,6 +126,18 @@ class ResultWriter:
                 log.warning("the store is behind: oldest check results dropped", dropped_total=self.dropped,
                             pending=len(self.pending))
 
+    def log(self, ev: Event, *, check: str | None = None) -> None:
+        """Write `ev` to the event log with the next state rows (`check`'s among them)."""
+        self.events.append((check, ev))
+        if len(self.events) > self.max_pending:
+            # Only while the store has been away for a long time: memory stays bounded.
+            self.events.popleft()
+            self.events_dropped += 1
+            now = time.monotonic()
+            if now - self._warned_at > 60:
+                self._warned_at = now
+                log.warning("the store is behind: oldest check events not logged", dropped_total=self.events_dropped)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -141,7 +163,7 @@ class ResultWriter:
 
     async def flush(self) -> None:
         """Store everything pending (tests, shutdown); a chunk that fails is put back."""
-        while self.pending or self.dirty or self._drain is not None:
+        while self.pending or self.dirty or self.events or self._drain is not None:
             await self._drain_once()
 
     async def _drain_once(self) -> None:
@@ -150,7 +172,7 @@ class ResultWriter:
             # A drain a cancelled flush left running: wait for it, whatever its outcome.
             await asyncio.wait([self._drain])
             return
-        if not self.pending and not self.dirty:
+        if not self.pending and not self.dirty and not self.events:
             return
         # Shielded: a drain that started finishes even if this flush is cancelled, and what it
         # took is either stored or put back (no loss, no duplicates).
@@ -174,9 +196,17 @@ class ResultWriter:
         taken: list[tuple[list[dict[str, Any]], list[str]]] = []
         added: Counter[str] = Counter()
         pruned: set[str] = set()
+        events = _take(self.events, len(self.events))
+        with_events = list(dict.fromkeys(c for c, _ in events if c is not None))
         try:
             with begin() as s:
                 conn = s.connection()
+                if events:
+                    # Their checks' state rows first, then the events: one transaction.
+                    for name in with_events:
+                        self.dirty.discard(name)
+                    _write(conn, [], [{"check": n, **self.state_of(n)} for n in with_events])
+                    eventlog.append_many(s, [ev for _, ev in events], origin=self.rt.node_id)
                 while not taken or not yield_now():
                     results = _take(self.pending, WRITE_CHUNK)
                     names = [self.dirty.pop() for _ in range(min(WRITE_CHUNK, len(self.dirty)))]
@@ -196,6 +226,8 @@ class ResultWriter:
             for results, names in reversed(taken):
                 self.pending.extendleft(reversed(results))
                 self.dirty.update(names)
+            self.events.extendleft(reversed(events))
+            self.dirty.update(with_events)
             raise
         self.stored += sum(len(results) for results, _ in taken)
         for name, k in added.items():
@@ -226,9 +258,9 @@ def _sqlite_add_results(rows: int) -> str:
     return f"INSERT INTO {CheckResultRow.__tablename__} ({names}) VALUES {values}"  # noqa: S608
 
 
-def _take(items: deque[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+def _take(items: deque[T], n: int) -> list[T]:
     """Up to n from the head; the loop may trim the head meanwhile (the backlog bound), so no len()."""
-    out: list[dict[str, Any]] = []
+    out: list[T] = []
     with contextlib.suppress(IndexError):
         for _ in range(n):
             out.append(items.popleft())
