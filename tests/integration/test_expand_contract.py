@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from opsroom import server
+from opsroom import __version__, server
 from opsroom.access import service as access
 from opsroom.audit import service as audit
 from opsroom.config import Settings
@@ -37,6 +37,8 @@ from tests.factories import SYSTEM
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 NEXT, NEXT_CONTRACT = str(FIXTURES / "migrations_next"), str(FIXTURES / "migrations_next_contract")
+THEN_CONTRACT = str(FIXTURES / "migrations_then_contract")  # after NEXT
+AFTER_CONTRACT = str(FIXTURES / "migrations_after_contract")  # after NEXT_CONTRACT
 SHIPPED_HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
@@ -162,17 +164,17 @@ async def test_an_unrecorded_or_diverging_newer_store_is_refused(engine: AsyncEn
         await plan(engine)
 
 
-async def _heartbeat(engine: AsyncEngine, node: str, at: float) -> None:
+async def _heartbeat(engine: AsyncEngine, node: str, at: float, version: str = "0.0.9") -> None:
     async with engine.begin() as conn:  # another server of the cluster, heartbeating at `at`
         await conn.execute(text(
             "INSERT INTO cluster_nodes (node_id, kind, host, pid, version, started_at, heartbeat_at, info) "
-            "VALUES (:n, 'server', 'b', 1, '0.1.0', :t, :t, '{}')"), {"n": node, "t": at})
+            "VALUES (:n, 'server', 'b', 1, :v, :t, :t, '{}')"), {"n": node, "t": at, "v": version})
 
 
 async def test_expand_is_applied_under_a_running_server_and_contract_is_not(engine: AsyncEngine,
                                                                             version: Version) -> None:
     await upgrade(engine)
-    # A running server: SQLite's holds the store's lease; PostgreSQL's heartbeat in the store.
+    # A running server of the older version: SQLite's holds the store's lease; PostgreSQL's heartbeats.
     held = lease_for(engine, on_lost=lambda _holder: None)
     await held.acquire()
     await _heartbeat(engine, "srv-a", time.time())
@@ -182,9 +184,9 @@ async def test_expand_is_applied_under_a_running_server_and_contract_is_not(engi
             await upgrade_unless_served(engine)
         assert "needs a contract migration" in busy.value.message and "next_contract" in busy.value.message
         assert busy.value.hint and "upgrade every server to this version first" in busy.value.hint
+        assert await upgrade(engine) == []  # a newer server starting beside it: the contract one waits
         assert await _one(engine, "SELECT version_num FROM alembic_version") == SHIPPED_HEAD  # untouched
-        with pytest.raises(StoreBusy):
-            await upgrade(engine, only_expand=True)
+        assert "catalog_hash" in await _columns(engine, "executions")
         version.next(NEXT)
         assert await upgrade_unless_served(engine) == ["next_expand"]  # the rolling upgrade
     finally:
@@ -192,13 +194,40 @@ async def test_expand_is_applied_under_a_running_server_and_contract_is_not(engi
     assert await _one(engine, "SELECT version_num FROM alembic_version") == "next_expand"
 
 
-async def test_a_contract_migration_waits_for_the_cluster_nodes_to_go(engine: AsyncEngine, version: Version) -> None:
+async def test_a_contract_migration_waits_for_the_nodes_of_other_versions(engine: AsyncEngine,
+                                                                          version: Version) -> None:
     await upgrade(engine)
     await _heartbeat(engine, "srv-b", time.time())
     await _heartbeat(engine, "srv-c", time.time() - 3600)  # long dead: not counted
+    await _heartbeat(engine, "srv-d", time.time(), version=__version__)  # upgraded already: not in the way
     version.next(NEXT_CONTRACT)
-    with pytest.raises(StoreBusy, match=r"1 cluster node\(s\) run on it: server srv-b"):
-        await upgrade(engine)
+    with pytest.raises(StoreBusy, match=r"1 cluster node\(s\) of another version run on it: server srv-b"):
+        await upgrade(engine, defer=False)
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE cluster_nodes SET heartbeat_at = heartbeat_at - 3600"))
-    assert await upgrade(engine) == ["next_contract"]  # the node is gone: contract now
+        await conn.execute(text("UPDATE cluster_nodes SET heartbeat_at = heartbeat_at - 3600 WHERE node_id = 'srv-b'"))
+    assert await upgrade(engine, defer=False) == ["next_contract"]  # only this version runs now
+
+
+async def test_the_expand_migrations_before_a_contract_one_are_applied_under_older_servers(
+        engine: AsyncEngine, version: Version, monkeypatch: pytest.MonkeyPatch) -> None:
+    await upgrade(engine)
+    await _heartbeat(engine, "srv-b", time.time())
+    monkeypatch.setattr(migrate, "EXTRA_VERSION_LOCATIONS", [NEXT, THEN_CONTRACT])
+    with pytest.raises(StoreBusy) as busy:
+        await upgrade_unless_served(engine)
+    assert busy.value.message.startswith("expand migrations next_expand applied; the store needs a contract")
+    assert await _one(engine, "SELECT version_num FROM alembic_version") == "next_expand"  # committed
+    assert await upgrade(engine) == []  # a server of this version starts: then_contract waits
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE cluster_nodes SET stopped_at = heartbeat_at"))
+    assert await upgrade(engine) == ["then_contract"]
+
+
+async def test_an_expand_migration_after_a_waiting_contract_one_is_refused(engine: AsyncEngine,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    await upgrade(engine)
+    await _heartbeat(engine, "srv-b", time.time())
+    monkeypatch.setattr(migrate, "EXTRA_VERSION_LOCATIONS", [NEXT_CONTRACT, AFTER_CONTRACT])
+    with pytest.raises(StoreBusy, match="an expand migration of this version follows it"):
+        await upgrade(engine)  # even for a server starting: it would run without what it needs
+    assert await _one(engine, "SELECT version_num FROM alembic_version") == SHIPPED_HEAD

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -37,6 +38,7 @@ from opsroom.store.base import Base
 from opsroom.store.engine import normalize_url
 from opsroom.store.lease import LeaseHeld, lease_for
 
+log = structlog.get_logger(__name__)
 HERE = Path(__file__).parent
 EXPAND, CONTRACT = "expand", "contract"
 # Extra version directories (a test's "next version" of opsroom); the shipped ones always come first.
@@ -207,56 +209,87 @@ async def current_revision(engine: AsyncEngine) -> str | None:
     return heads[0] if heads else None
 
 
-async def upgrade(engine: AsyncEngine, *, only_expand: bool | None = None) -> list[str]:
-    """Bring the schema to head on an existing engine's connection; the revisions applied.
-    SchemaAhead if a newer opsroom migrated it beyond what this one serves; a store a newer one
-    only expanded is served as it is. `only_expand` (servers run on the store) refuses contract
-    migrations with StoreBusy; None decides by the cluster's live nodes (a server starting on a
-    store other servers run on must not contract the schema under them)."""
+@dataclass(frozen=True)
+class Upgraded:
+    """What `upgrade` did: the revisions applied, and the contract ones left waiting for `who`."""
 
-    def _run(sync_conn: Connection) -> list[str]:
+    applied: tuple[str, ...]
+    waiting: tuple[Script, ...] = ()
+    who: str = ""
+
+
+async def upgrade(engine: AsyncEngine, *, served: str | None = None, defer: bool = True) -> list[str]:
+    """Bring the schema to head on an existing engine's connection; the revisions applied.
+
+    SchemaAhead if a newer opsroom migrated it beyond what this one serves; a store a newer one
+    only expanded is served as it is. While servers of another version run on the store (live
+    cluster nodes, or `served`: who holds SQLite's lease), only the expand migrations before
+    the first contract one are applied, under a short lock timeout; the contract ones wait
+    until those servers are gone. `defer` (a server starting in a rolling upgrade) logs that
+    they wait; otherwise StoreBusy says so, after the expand ones were committed. StoreBusy
+    too when an expand migration follows a waiting contract one: this code needs it, and it
+    cannot be applied before the contract one.
+    """
+
+    def _run(sync_conn: Connection) -> Upgraded:
         cfg = _config(engine, sync_conn)
         _serialise(sync_conn)
         todo = _plan(cfg, sync_conn)  # planned under the lock: another migrator may just have finished
         if todo.ahead:
-            return []
-        nodes = _live_nodes(sync_conn) if todo.pending and only_expand is not False else []
-        if todo.contract and (only_expand or nodes):
-            raise _busy(todo.contract, f"{len(nodes)} cluster node(s) run on it: {', '.join(nodes[:5])}"
-                        if nodes else "servers run on it")
-        if todo.pending and (only_expand or nodes) and sync_conn.dialect.name == "postgresql":
+            return Upgraded(())
+        nodes = _live_nodes(sync_conn) if todo.pending else []
+        others = [label for label, version in nodes if version != __version__]
+        who = served or (f"{len(others)} cluster node(s) of another version run on it: {', '.join(others[:5])}"
+                         if others else "")
+        pending: list[Script] = list(todo.pending)
+        waiting: tuple[Script, ...] = ()
+        if who and todo.contract:
+            first = next(i for i, s in enumerate(pending) if kind_of(s) == CONTRACT)
+            pending, waiting = pending[:first], tuple(pending[first:])
+            if any(kind_of(s) == EXPAND for s in waiting):
+                raise _busy(todo.contract, who, why="an expand migration of this version follows it")
+        if pending and (who or nodes) and sync_conn.dialect.name == "postgresql":
             sync_conn.execute(text(f"SET LOCAL lock_timeout = '{ONLINE_LOCK_TIMEOUT}'"))
-        if todo.pending:
-            command.upgrade(cfg, "head")
+        if pending:
+            command.upgrade(cfg, pending[-1].revision)
         _record(sync_conn, ScriptDirectory.from_config(cfg))
-        return [s.revision for s in todo.pending]
+        return Upgraded(tuple(s.revision for s in pending), waiting, who)
 
     async with engine.begin() as conn:
-        return await conn.run_sync(_run)
+        done = await conn.run_sync(_run)
+    if done.waiting:
+        if not defer:
+            raise _busy(done.waiting, done.who, applied=done.applied)
+        log.warning("contract migrations wait until no server of another version runs on the store",
+                    waiting=[s.revision for s in done.waiting], because=done.who, applied=list(done.applied))
+    return list(done.applied)
 
 
-def _busy(contract: Iterable[Script], who: str) -> StoreBusy:
+def _busy(contract: Iterable[Script], who: str, *, why: str = "", applied: Sequence[str] = ()) -> StoreBusy:
     names = ", ".join(f"{s.revision} ({(s.doc or '').splitlines()[0] if s.doc else 'no description'})"
                       for s in contract)
+    done = f"expand migrations {', '.join(applied)} applied; " if applied else ""
     return StoreBusy(
-        f"the store needs a contract migration for opsroom {__version__} ({names}), and {who}",
+        f"{done}the store needs a contract migration for opsroom {__version__} ({names}), and {who}"
+        + (f"; {why}" if why else ""),
         hint="a contract migration changes what older servers rely on: upgrade every server to this version "
-             "first (expand migrations run under them), stop the servers of older versions, then run "
-             "`opsroom migrate`; or run the command with the opsroom that server runs")
+             "first (expand migrations run under them), then run `opsroom migrate` again; or run the command "
+             "with the opsroom that server runs")
 
 
-def _live_nodes(sync_conn: Connection) -> list[str]:
-    """Cluster nodes (servers, workers) whose heartbeat is fresh, as 'kind node_id (version)'."""
+def _live_nodes(sync_conn: Connection) -> list[tuple[str, str]]:
+    """Cluster nodes (servers, workers) whose heartbeat is fresh: ('kind node_id (version)', version)."""
     if not inspect(sync_conn).has_table("cluster_nodes"):
         return []
     rows = sync_conn.execute(LIVE_NODES[sync_conn.dialect.name == "postgresql"], {"window": LIVE_NODE_S})
-    return [f"{r.kind} {r.node_id} ({r.version})" for r in rows]
+    return [(f"{r.kind} {r.node_id} ({r.version})", str(r.version)) for r in rows]
 
 
 async def upgrade_unless_served(engine: AsyncEngine) -> list[str]:
     """Migrate for a CLI command, which may run beside servers. A store no server runs on is
-    migrated whole; under running servers only expand migrations are applied (the rolling
-    upgrade: the older servers never see the additions) and a contract one is refused."""
+    migrated whole; under servers of another version only expand migrations are applied (the
+    rolling upgrade: the older servers never see the additions), and a contract one is
+    refused with StoreBusy (the expand ones before it are applied all the same)."""
     todo = await plan(engine)
     if not todo.pending:
         return []
@@ -264,10 +297,8 @@ async def upgrade_unless_served(engine: AsyncEngine) -> list[str]:
     try:
         await held.acquire()
     except LeaseHeld as exc:
-        if todo.contract:
-            raise _busy(todo.contract, str(exc)) from None
-        return await upgrade(engine, only_expand=True)
+        return await upgrade(engine, served=str(exc), defer=False)  # its version is unknown: take it as older
     try:
-        return await upgrade(engine)  # contract refused all the same if cluster nodes beside it are live
+        return await upgrade(engine, defer=False)
     finally:
         await held.release()
