@@ -285,7 +285,7 @@ async def unlink(rt: Runtime, *, actor: Actor, platform: str, account_id: str, u
         await s.delete(found[0])
         await audit.append(s, actor=actor, action="chat.unlink", target=f"user:{owner}",
                            details={"platform": platform, "account": account_id})
-        # Through the outbox: a server drops its cached link at once when the CLI removed it.
+        # Through the event log: a server drops its cached link at once when the CLI removed it.
         event = access_changed(rt, s, user_id=found[0].user_id, user=str(owner), reason="chat_unlinked")
     _forget(rt)
     rt.bus.publish(event)
