@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
@@ -26,6 +26,9 @@ from opsroom.domain.check_state import CheckStatus, apply, initial
 from opsroom.events import CheckFlapping, CheckStateChanged, Event, SystemHealthChanged
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
+
+if TYPE_CHECKING:
+    from opsroom.cluster.health import SharedHealth
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +58,8 @@ class Monitor:
         # Shared: whether this server may run a check now (its shard's lease is held and not past
         # its local expiry: a server paused past its lease must not run a check its successor runs).
         self.holds: Callable[[str], bool] | None = None
+        # Shared: a system's health is judged in the store, across servers (cluster/health.py).
+        self.shared_health: SharedHealth | None = None
         self.results = ResultWriter(rt, self._state_fields) if persist else None
         self._inflight: dict[str, list[asyncio.Future[ProbeResult]]] = {}
         self.checks_run = 0
@@ -263,6 +268,9 @@ class Monitor:
         return out
 
     def _update_system(self, system: str, correlation: str) -> None:
+        if self.shared_health is not None:
+            self.shared_health.changed(system, correlation)
+            return
         healthy = self._compute_health(system)
         if self.system_healthy.get(system, True) == healthy:
             return

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String
+from sqlalchemy import JSON, Boolean, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from opsroom.store.base import Base
@@ -37,3 +37,13 @@ class LeaseRow(Base):
     expires_at: Mapped[float] = mapped_column(Float)
     epoch: Mapped[int] = mapped_column(Integer)
     taken_at: Mapped[float] = mapped_column(Float)
+
+
+class SystemHealthRow(Base):
+    """A system's health as last announced, for the whole cluster: a system's checks run on several
+    servers, and the one whose change flips this row (compare and set) announces it, once."""
+
+    __tablename__ = "system_health"
+    system: Mapped[str] = mapped_column(String(64), primary_key=True)
+    healthy: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[float] = mapped_column(Float)

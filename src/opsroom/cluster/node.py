@@ -13,6 +13,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from opsroom.cluster.health import SharedHealth
 from opsroom.cluster.membership import Membership
 from opsroom.cluster.shards import Shards
 from opsroom.runtime import Runtime
@@ -47,7 +48,10 @@ async def join(rt: Runtime) -> None:
 
 async def share_checks(rt: Runtime, *, schedule: bool) -> None:
     """Take this server's shards of checks (a scheduling server on PostgreSQL)."""
-    if rt.membership is None or rt.monitor is None or not schedule:
+    if rt.membership is None or rt.monitor is None:
+        return
+    rt.monitor.shared_health = SharedHealth(rt, rt.monitor)
+    if not schedule:
         return
     s = rt.settings
     shards = Shards(rt, rt.membership, rt.monitor, count=s.cluster_shards, ttl=s.cluster_dead_after,
@@ -61,6 +65,8 @@ async def stop_sharing(rt: Runtime) -> None:
     shards, rt.shards = rt.shards, None
     if shards is not None:
         await shards.stop()
+    if rt.monitor is not None and rt.monitor.shared_health is not None:
+        await rt.monitor.shared_health.drain()
 
 
 async def leave(rt: Runtime) -> None:

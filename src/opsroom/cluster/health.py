@@ -1,0 +1,113 @@
+"""A system's health when its checks run on several servers: judged in the store, announced once.
+
+One server knows at once only the checks it runs. Judged from its own memory, a system whose
+checks are spread over two servers would be announced unhealthy by both (each sees its own check
+fail and thinks the system was healthy), and "healthy again" by the first whose check recovers
+while the other's still fails. So on PostgreSQL a change is judged in one transaction that
+locks the system's `system_health` row (servers judging the same system take turns), writes
+this server's states of the system's checks, reads every check's state from `check_states`, and
+flips the row only if the health changed: the server whose transaction flips it announces it.
+Judging runs off the check's path, at most one at a time per system (changes meanwhile are
+judged once more after it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from opsroom.checks.models import CheckStateRow
+from opsroom.checks.results import _SAVE_STATES
+from opsroom.cluster.models import SystemHealthRow
+from opsroom.events import SystemHealthChanged
+from opsroom.runtime import Runtime
+
+if TYPE_CHECKING:
+    from opsroom.checks.monitor import Monitor
+
+log = structlog.get_logger(__name__)
+
+
+class SharedHealth:
+    def __init__(self, rt: Runtime, monitor: Monitor) -> None:
+        self.rt, self.monitor = rt, monitor
+        self._busy: dict[str, str | None] = {}  # system -> correlation of a change that came meanwhile
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.judged = 0
+
+    def changed(self, system: str, correlation: str) -> None:
+        """A check of `system` changed here: judge the system's health (soon, off this path)."""
+        if system in self._busy:
+            self._busy[system] = correlation
+            return
+        self._busy[system] = None
+        task = asyncio.get_running_loop().create_task(self._judge_until_settled(system, correlation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the judgements under way (tests, stop)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _judge_until_settled(self, system: str, correlation: str) -> None:
+        try:
+            while True:
+                try:
+                    await self._judge(system, correlation)
+                except Exception:
+                    log.exception("judging a system's health failed", system=system)
+                again = self._busy.get(system)
+                if again is None:
+                    return
+                self._busy[system] = None
+                correlation = again
+        finally:
+            self._busy.pop(system, None)
+
+    async def _judge(self, system: str, correlation: str) -> None:
+        mon, cat = self.monitor, self.rt.catalog
+        if system not in cat.systems:
+            return
+        checks = list(cat.checks_of_system(system))
+        # This server's own checks of the system, as it knows them now (the writer stores them
+        # within half a second; the judgement must not read an older row of them).
+        mine = [{"check": c, **mon._state_fields(c)} for c in checks
+                if c in mon.status and (mon.holds is None or mon.holds(c))]
+
+        def body(s: Session) -> tuple[bool, list[dict[str, Any]] | None]:
+            now = time.time()
+            s.execute(pg_insert(SystemHealthRow).values(system=system, healthy=True, changed_at=now)
+                      .on_conflict_do_nothing(index_elements=[SystemHealthRow.system]))
+            was = bool(s.execute(select(SystemHealthRow.healthy).where(SystemHealthRow.system == system)
+                                 .with_for_update()).scalar_one())
+            if mine:
+                s.execute(_SAVE_STATES["postgresql"], mine)
+            rows = s.execute(select(CheckStateRow).where(CheckStateRow.check.in_(checks))).scalars().all()
+            failing = [{"check": r.check, "service": cat.checks[r.check].service, "state": r.state, "since": r.since,
+                        "down": bool(r.down), "output": r.last_output or "", "flapping": bool(r.flapping)}
+                       for r in rows if r.state != "OK" and r.state_type == "hard" and r.check in cat.checks]
+            healthy = not failing
+            # A flapping check holds back notices, as on one server (checks/monitor.py).
+            if healthy == was or (failing and all(f["flapping"] for f in failing)):
+                return was, None
+            s.execute(update(SystemHealthRow).where(SystemHealthRow.system == system)
+                      .values(healthy=healthy, changed_at=now))
+            return healthy, sorted(failing, key=lambda f: f["check"])
+
+        healthy, failing = await self.rt.transact(body)
+        self.judged += 1
+        mon.system_healthy[system] = healthy
+        if failing is None:
+            return
+        sysobj = cat.systems[system]
+        self.rt.bus.publish(SystemHealthChanged(
+            system=system, title=sysobj.display, environment=sysobj.environment,
+            protected=cat.is_protected(sysobj.environment), healthy=healthy, failing=failing,
+            correlation_id=correlation, source=f"system:{system}"))
