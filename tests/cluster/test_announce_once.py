@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,7 @@ from opsroom.eventlog import log as eventlog
 from opsroom.events import ApprovalRequested, CheckFlapping
 from opsroom.rooms.service import history_of
 from opsroom.runtime import Runtime
-from tests.e2e.harness import Demo, cli, start_server
+from tests.e2e.harness import Demo, RoomClient, cli, login, start_server
 from tests.factories import small_catalog
 
 
@@ -79,6 +81,21 @@ async def test_an_event_never_logged_is_still_announced_here(running: tuple[Runt
     rt.bus.publish(_request(42))
     await _settle(rt)
     assert sum("Request #42" in o.text for o in fake.sent) == 1
+
+
+async def test_an_event_published_before_it_is_logged_is_announced_once(
+        running: tuple[Runtime, FakeAdapter]) -> None:
+    """The monitor publishes at once (for the rules) and its results writer logs the event a
+    moment later with the check's state row: one announcement, by the announcer."""
+    rt, fake = running
+    ev = _request(43)
+    rt.bus.publish(ev)
+    await asyncio.sleep(0.4)
+    await rt.transact(lambda s: eventlog.append(s, ev, origin=rt.node_id))
+    await _settle(rt)
+    await asyncio.sleep(0.5)
+    assert sum("Request #43" in o.text for o in fake.sent) == 1
+    assert sum("Request #43" in m.text for m in await history_of(rt, room="ops")) == 1
 
 
 async def test_a_burst_is_announced_once_each_in_log_order(running: tuple[Runtime, FakeAdapter]) -> None:
@@ -145,3 +162,57 @@ async def _until(what: str, predicate: Callable[[], Any], timeout: float) -> Any
             return got
         await asyncio.sleep(0.2)
     raise AssertionError(f"{what}: not within {timeout} s")
+
+
+async def test_killed_between_commit_and_announcement_it_is_announced_once(tmp_path: Path,
+                                                                          pg_own_url: str) -> None:
+    catalog = _cluster_catalog(tmp_path)
+    env = _env(pg_own_url)
+    # A first: it runs the announcer (its lease), and freezes after committing a request.
+    a = _serve(tmp_path, "a", catalog, {**env, HANG_ENV: "approval.requested"})
+    b = _serve(tmp_path, "b", catalog, env)
+    a2: Demo | None = None
+    watcher: RoomClient | None = None
+    try:
+        you, boss = _token(a, catalog, "you"), _token(a, catalog, "boss")
+        holder = _sql(pg_own_url, "SELECT holder FROM cluster_leases WHERE name = 'consumer:announcer'")
+        assert holder and f":{a.proc.pid}:" in holder[0][0], holder
+        watcher = await RoomClient.open(b.base, await login(b.base, "boss", PW["boss"]), "boss")
+        await watcher.wait_for(lambda f: f["type"] == "approvals", 10)  # the socket is live
+
+        def ask() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # A freezes before answering
+                httpx.post(f"{a.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"}, timeout=3,
+                           headers={"Authorization": f"Bearer {you}"})
+
+        asking = asyncio.get_running_loop().run_in_executor(None, ask)
+        logged = await _until("the request committed on A", lambda: _sql(
+            pg_own_url, "SELECT payload->>'approval_id' FROM event_log WHERE type = 'approval.requested'"), 15)
+        needle = f"Request #{logged[0][0]}."
+        assert "test hook: frozen" in (await _until("A frozen", lambda: "frozen" in a.output() and a.output(), 10))
+        a.stop(signal.SIGKILL)
+        await asking
+        killed_at = time.monotonic()
+        frame = await watcher.wait_for(lambda f: f["type"] == "message" and needle in f["text"], 40)
+        took = time.monotonic() - killed_at
+        assert "needs approval" in frame["text"]
+        assert len(_said(b.base, boss, needle)) == 1
+        # A comes back (without the hook): still once, in the store and on B's socket.
+        a2 = _serve(tmp_path, "a", catalog, env)
+        await asyncio.sleep(2)
+        assert len(_said(a2.base, boss, needle)) == 1
+        # B stops: A takes the announcer over from B's stored position, and says nothing again.
+        b.stop()
+        await _until("A runs the announcer", lambda: _sql(
+            pg_own_url, "SELECT 1 FROM cluster_leases WHERE name = 'consumer:announcer' "
+                        f"AND holder LIKE '%:{a2.proc.pid}:%'"), 20)
+        await asyncio.sleep(1)
+        assert len(_said(a2.base, boss, needle)) == 1
+        assert sum(1 for f in watcher.messages if needle in f["text"]) == 1
+        print(f"announced by B {took:.1f} s after A was killed")
+    finally:
+        if watcher is not None:
+            await watcher.close()
+        for server in (a, b, a2):
+            if server is not None:
+                server.stop()

@@ -11,6 +11,7 @@ In a cluster (docs/cluster.md, "Rooms and chat connections"):
   change's commit and its announcement would lose it. For an event this server made, the queue
   keeps its place (`_Pending`): what follows it waits, up to ANNOUNCE_WAIT_S, for its
   announcement to come back (from the local announcer or another server's), so the order holds.
+  An event still not in the log by then (a producer that only publishes) is announced here.
 - Messages another server stored reach this server's web rooms and the platform connections it
   holds through the relay (a RoomMessagePosted of foreign origin); its own are fanned out as
   they are stored. Each message is fanned out once per server, by the server that stored it or
@@ -36,11 +37,10 @@ from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit.refusals import AUDITED_PER_MINUTE, RefusalAudit
 from opsroom.chat import accounts, commands
-from opsroom.chat.announce import render
+from opsroom.chat.announce import one_line, render
 from opsroom.chat.announcer import ANNOUNCED_TYPES, Announcer, announced_uid, extra_of
 from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Message, Outgoing, Person
 from opsroom.chat.ownership import ChatOwnership, Fenced
-from opsroom.chat.safe import neutralise
 from opsroom.chat.sendqueue import SendQueue
 from opsroom.errors import OpsroomError
 from opsroom.eventlog.relay import is_foreign
@@ -61,7 +61,7 @@ REFUSALS_AUDITED = AUDITED_PER_MINUTE  # per platform and minute; more are count
 class _Pending:
     """The announcement of an event this server made, awaited in the room's queue in its place."""
 
-    uid: str
+    event: Event
     expected: int  # one message per room the event is announced in
     got: list[Message] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -91,6 +91,9 @@ class RoomHub:
         self._pending: dict[str, _Pending] = {}
         self._events: OrderedDict[str, Event] = OrderedDict()  # uid -> announced event seen here
         self._announced: OrderedDict[str, None] = OrderedDict()  # uids whose announcement came already
+        # Announced by this hub, not the announcer (never logged in time): if it is logged after
+        # all, this server's announcer skips it.
+        self.announced_here: OrderedDict[str, None] = OrderedDict()
 
     def add_adapter(self, adapter: ChatAdapter, name: str | None = None) -> None:
         adapter.name = name or adapter.name or adapter.platform
@@ -378,9 +381,10 @@ class RoomHub:
         await fut
 
     def _on_event(self, ev: Event) -> None:
-        """An announced event on this server's bus. Logged ones are the announcer's (one server
-        announces each); made here, the queue keeps a place for its announcement. One that was
-        never logged (published on the bus alone) is announced here, as before the log."""
+        """An announced event on this server's bus: the announcer's to announce (one server
+        announces each). Made here, the queue keeps a place for its announcement, whether it is
+        logged already or is yet to be (the monitor publishes first, its results writer logs it
+        with the check's state row)."""
         if ev.type not in ANNOUNCED_TYPES:
             return
         _remember(self._events, ev.uid, ev, REMEMBERED_EVENTS)
@@ -390,11 +394,8 @@ class RoomHub:
         if note is None:
             return
         rooms_here = [room for room in dict.fromkeys(note.rooms) if room in self.rt.catalog.rooms]
-        if ev.origin is None:
-            for room in rooms_here:
-                self.post_nowait(Message(room=room, text=note.text, kind=note.kind, extra=extra_of(ev)))
-        elif rooms_here and ev.uid not in self._announced:
-            pending = self._pending[ev.uid] = _Pending(ev.uid, len(rooms_here))
+        if rooms_here and ev.uid not in self._announced:
+            pending = self._pending[ev.uid] = _Pending(ev, len(rooms_here))
             self._queue.put_nowait((pending, None))
 
     def announced(self, uid: str, msgs: list[Message]) -> None:
@@ -416,7 +417,7 @@ class RoomHub:
             return  # stored here: fanned out as it was stored
         if ev.room not in self.rt.catalog.rooms:
             log.warning("a relayed room message names no room of this catalog; dropped",
-                        room=neutralise(ev.room)[:64], uid=ev.uid, origin=ev.origin)
+                        room=one_line(ev.room[:64]), uid=ev.uid, origin=one_line(str(ev.origin)[:96]))
             return
         msg = _relayed(ev)
         uid = announced_uid(ev.source)
@@ -458,18 +459,38 @@ class RoomHub:
                     fut.set_exception(exc)
 
     async def _awaited(self, pending: _Pending) -> None:
+        ev = pending.event
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ANNOUNCE_WAIT_S):
                 await pending.done.wait()
         # From now on a late message of this announcement goes to the queue's end.
-        self._pending.pop(pending.uid, None)
+        self._pending.pop(ev.uid, None)
+        if not pending.done.is_set() and not pending.got and ev.origin is None:
+            # Still not in the event log: a producer that only publishes on the bus. Announced
+            # here, as before the log (its announcement is not kept through a crash).
+            log.info("an announced event was never written to the event log; announced here",
+                     type=ev.type, uid=ev.uid)
+            _remember(self._announced, ev.uid, None, REMEMBERED_EVENTS)
+            _remember(self.announced_here, ev.uid, None, REMEMBERED_EVENTS)
+            await self._announce_here(ev)
+            return
         if not pending.done.is_set():
-            log.info("an announcement is late; the room goes on without waiting", uid=pending.uid)
+            log.info("an announcement is late; the room goes on without waiting", uid=ev.uid)
         for msg in pending.got:
             try:
                 await self._fan_out(msg)
             except Exception:
                 log.exception("posting to room failed", room=msg.room)
+
+    async def _announce_here(self, ev: Event) -> None:
+        note = render(self.rt, ev)
+        for room in dict.fromkeys(note.rooms if note is not None else ()):
+            if note is not None and room in self.rt.catalog.rooms:
+                try:
+                    await self._fan_out(await self._store(Message(room=room, text=note.text, kind=note.kind,
+                                                                  extra=extra_of(ev))))
+                except Exception:
+                    log.exception("posting to room failed", room=room)
 
     async def _stream(self, msg: Message) -> Message:
         """Output is live-only: shown to those watching, not stored as room history."""
@@ -543,15 +564,17 @@ def _binding(adapter: ChatAdapter, channel: str) -> Binding:
 
 
 def _relayed(ev: RoomMessagePosted) -> Message:
-    """A message another server stored, as this hub fans it out. Its text is the stored one
-    (masked there); each adapter still renders it for its platform (chat/safe.py) as any line."""
+    """A message another server stored, as this hub fans it out. The log is an input like any
+    other (a forged or newer row): its text is masked and bounded again as store_message does,
+    and each adapter renders it for its platform (chat/safe.py) as any line."""
     origin = None
     if ev.kind == "person" and ev.source.startswith("said:"):
         with contextlib.suppress(ValueError):
             origin = Binding.parse(ev.source.removeprefix("said:"))
     author = Person(platform_id="", display_name=ev.author) if ev.kind == "person" else None
     kind = ev.kind if ev.kind in ("person", "bot", "notice") else "notice"
-    return Message(room=ev.room, text=ev.text, author=author, id=ev.message_id, kind=kind, reply_to=ev.reply_to,
+    text = rooms.storable(mask(ev.text))[:8000]
+    return Message(room=ev.room, text=text, author=author, id=ev.message_id, kind=kind, reply_to=ev.reply_to,
                    origin=origin, extra={"at": ev.at, "author": ev.author})
 
 
