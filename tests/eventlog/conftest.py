@@ -31,7 +31,7 @@ def pg_log_url(pg_own_url: str) -> str:
     return pg_own_url
 
 
-async def _runtimes(url: str, tmp_path: Path) -> AsyncIterator[MakeRt]:
+async def runtimes(url: str, tmp_path: Path) -> AsyncIterator[MakeRt]:
     made: list[Runtime] = []
     engine = make_engine(url)
     await upgrade(engine)
@@ -56,11 +56,11 @@ async def _runtimes(url: str, tmp_path: Path) -> AsyncIterator[MakeRt]:
 @pytest.fixture
 async def make_rt(log_url: str, tmp_path: Path) -> AsyncIterator[MakeRt]:
     """Runtimes (one per server) on a fresh migrated store of each kind, with a test_effects table."""
-    async for make in _runtimes(log_url, tmp_path):
+    async for make in runtimes(log_url, tmp_path):
         yield make
 
 
 @pytest.fixture
 async def make_pg_rt(pg_log_url: str, tmp_path: Path) -> AsyncIterator[MakeRt]:
-    async for make in _runtimes(pg_log_url, tmp_path):
+    async for make in runtimes(pg_log_url, tmp_path):
         yield make
