@@ -281,3 +281,33 @@ async def test_a_long_transaction_in_another_database_does_not_hold_the_log(make
         await tx.rollback()
     finally:
         await elsewhere.close()
+
+
+async def test_an_event_whose_handler_keeps_failing_is_passed_not_blocking(make_rt: MakeRt) -> None:
+    """A bug in a handler for one event must not stop every later event: after three failed
+    rounds the consumer takes single steps, undoes that event's effects alone and passes it."""
+    rt = await make_rt()
+    poison = said(13)
+
+    def handle(s: Session, events: list[Event]) -> PostCommit | None:
+        for ev in events:
+            s.execute(text("INSERT INTO test_effects (uid, consumer) VALUES (:u, 'c')"), {"u": ev.uid})
+            if ev.uid == poison.uid:
+                raise KeyError("a field this handler did not expect")
+        return None
+
+    consumer = Consumer(rt, name="fragile", handle=handle, singleton=False)
+    await consumer.ensure_position()
+    for ev in (said(1), poison, said(2)):
+        await emit(rt, ev)
+    for _ in range(3):
+        with pytest.raises(KeyError):
+            await consumer.run_once()
+    assert await effects(rt) == []
+    while await consumer.run_once():
+        pass
+    got = await effects(rt)
+    assert len(got) == 2 and poison.uid not in got, "the failing event's effects were kept or others lost"
+    assert consumer.skipped == [poison.uid]
+    await emit(rt, said(3))
+    assert await consumer.run_once() == 1 and len(await effects(rt)) == 3

@@ -7,6 +7,11 @@ or on the server that takes over) does the batch again; after the commit the bat
 read again. What must not be in the transaction (publishing on the bus, sending to a chat
 platform) is returned by `handle` as a post-commit callable and runs after the commit.
 
+A handler that fails on one event must not stop the consumer for good (every later announcement
+would wait behind it). A failure of the store is retried as long as it lasts; any other error
+three rounds in a row puts the consumer in single steps: one event per round, its handler inside
+a savepoint, and an event whose handler still fails is logged with its uid and passed.
+
 The position moves with a conditional UPDATE (from the position this round read), so two
 processes that both believe they hold a consumer cannot both apply one batch: the second
 round's UPDATE finds the position moved and rolls its effects back. `singleton` consumers also
@@ -23,7 +28,7 @@ from typing import Any, cast
 
 import structlog
 from sqlalchemy import CursorResult, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from opsroom.cluster.leases import Leases
@@ -38,11 +43,17 @@ PostCommit = Callable[[], Awaitable[None]]
 Handle = Callable[[Session, list[Event]], PostCommit | None]
 
 LEASE_TTL_S = 15.0  # a dead holder's consumers move to another server after this long
+SINGLE_STEPS_AFTER = 3  # failed rounds in a row (not the store's failures) before single steps
 MAX_NAME = 64  # consumer_positions.consumer
 
 
 class PositionMoved(Exception):
     """Another process moved this consumer's position during the round: its batch is theirs."""
+
+
+def store_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the store's (unreachable, restarting, busy): worth retrying as it is."""
+    return isinstance(exc, DBAPIError | ConnectionError | TimeoutError | OSError)
 
 
 class Consumer:
@@ -61,6 +72,9 @@ class Consumer:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failed_rounds = 0
+        self._single_left = 0  # single steps still to take before whole batches again
+        self.skipped: list[str] = []  # uids passed because their handler kept failing (last 100)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -155,16 +169,21 @@ class Consumer:
         return self.holding
 
     def _round(self, s: Session) -> tuple[Position, PostCommit | None, int, bool]:
+        single = self._failed_rounds >= SINGLE_STEPS_AFTER
         row = s.execute(select(ConsumerPositionRow.position, func.coalesce(ConsumerPositionRow.txid, 0))
                         .where(ConsumerPositionRow.consumer == self.name)).first()
         if row is None:
             raise PositionMoved("the stored position is gone")
         pos = Position(int(row[1]), int(row[0]))
         # Read before any write: a transaction that has its own txid holds the safe horizon back.
-        events, reached = read_batch(s, pos, limit=self.batch, types=self.types)
+        events, reached = read_batch(s, pos, limit=1 if single else self.batch, types=self.types)
         if reached <= pos:
             return pos, None, 0, False
-        post = self.handle(s, [ev for _, ev in events]) if events else None
+        post = None
+        if events and single:
+            post = self._single_step(s, events[0][1])
+        elif events:
+            post = self.handle(s, [ev for _, ev in events])
         moved = cast(CursorResult[Any], s.execute(update(ConsumerPositionRow)
                           .where(ConsumerPositionRow.consumer == self.name,
                                  ConsumerPositionRow.position == pos.id,
@@ -174,7 +193,19 @@ class Consumer:
                           .execution_options(synchronize_session=False)))
         if moved.rowcount != 1:
             raise PositionMoved(f"moved from {pos} by another process")
-        return reached, post, len(events), len(events) >= self.batch
+        return reached, post, len(events), len(events) >= (1 if single else self.batch)
+
+    def _single_step(self, s: Session, ev: Event) -> PostCommit | None:
+        try:
+            with s.begin_nested():  # its effects are undone alone; the position still moves
+                return self.handle(s, [ev])
+        except Exception as exc:
+            if store_failure(exc):
+                raise
+            log.exception("an event its consumer cannot handle was passed", consumer=self.name, uid=ev.uid,
+                          type=ev.type)
+            self.skipped = [*self.skipped[-99:], ev.uid]
+            return None
 
     async def run_once(self) -> int:
         """One round: how many events were handled (0 when not the holder or nothing new)."""
@@ -185,6 +216,18 @@ class Consumer:
         except PositionMoved as exc:
             log.info("consumer round given up", consumer=self.name, why=str(exc))
             return 0
+        except Exception as exc:
+            if not store_failure(exc):
+                self._failed_rounds += 1
+                if self._failed_rounds == SINGLE_STEPS_AFTER:
+                    self._single_left = self.batch  # the batch that failed, one event at a time
+            raise
+        if handled and self._failed_rounds >= SINGLE_STEPS_AFTER:
+            self._single_left -= handled
+            if self._single_left <= 0:
+                self._failed_rounds = 0
+        elif handled:
+            self._failed_rounds = 0
         self.position = pos
         if post is not None:
             try:
