@@ -46,7 +46,7 @@ def next_server(tmp: Path, env: dict[str, str]) -> Demo:
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **env},
                             start_new_session=True)
     server = Demo(data, port, proc, env, log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a loaded machine starts a server in 5-20 s
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"N+1 exited with {proc.returncode}:\n{server.output()}"
         try:
@@ -56,7 +56,7 @@ def next_server(tmp: Path, env: dict[str, str]) -> Demo:
             pass
         time.sleep(0.1)
     server.stop()
-    raise AssertionError(f"N+1 did not answer within 30 s:\n{server.output()}")
+    raise AssertionError(f"N+1 did not answer within 60 s:\n{server.output()}")
 
 
 def sql(url: str, query: str, *args: Any) -> Any:
@@ -89,13 +89,13 @@ def test_a_server_of_version_n_keeps_serving_across_the_expand_migration_of_n_pl
 
         # N keeps serving: its API answers, its audited runs go on, its checks run and are stored.
         audited = "SELECT count(*) FROM audit_records WHERE action = 'runbook.run'"
-        results, runs, records = _results(pg_own_url), len(load.runs), sql(pg_own_url, audited)
-        load.until(runs + 15)
-        deadline = time.monotonic() + 20
+        results, records = _results(pg_own_url), sql(pg_own_url, audited)
+        load.until(len(load.runs) + 15)  # asked after `records` was read (one may have been under way)
+        deadline = time.monotonic() + 60
         while _results(pg_own_url) < results + 6:  # three checks a second
             assert time.monotonic() < deadline, "N stopped storing check results after the migration"
             time.sleep(0.2)
-        assert sql(pg_own_url, audited) >= records + 10  # 15 runs asked since, a few counted already
+        assert sql(pg_own_url, audited) >= records + 14
 
         # N+1's code works on the store beside N: users, tokens, its new parts.
         added = next_cli("user", "add", "newbie", "--role", "viewer", env=env)
@@ -119,7 +119,7 @@ def test_a_server_of_version_n_keeps_serving_across_the_expand_migration_of_n_pl
         # N+1 serves beside N on the same store: both answer, and work goes to both.
         beside = next_server(tmp_path, env)
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{beside.port}/api/v1", timeout=10,
+            with httpx.Client(base_url=f"http://127.0.0.1:{beside.port}/api/v1", timeout=30,
                               headers={"Authorization": f"Bearer {load.token}"}) as api:
                 ran = api.post("/runbooks/count/run", json={"params": {"n": "7"}})
                 assert ran.status_code == 202, ran.text
@@ -128,7 +128,7 @@ def test_a_server_of_version_n_keeps_serving_across_the_expand_migration_of_n_pl
             runs = len(load.runs)
             load.until(runs + 10)  # N still takes its requests with N+1 beside it
             results = _results(pg_own_url)
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while _results(pg_own_url) < results + 6:
                 assert time.monotonic() < deadline, "no check results with N and N+1 serving"
                 time.sleep(0.2)
