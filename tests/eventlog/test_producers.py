@@ -252,3 +252,34 @@ async def test_check_events_go_with_the_state_row(rt: Runtime, failer: CommitFai
     [changed] = await logged(rt, "check.state_changed")
     assert changed.payload["new_state"] == "CRITICAL" and changed.correlation_id.startswith("check:svc-cmd:")
     assert changed.uid == [ev for ev in rt.bus.history if ev.type == "check.state_changed"][-1].uid
+
+
+async def test_rules_leave_another_servers_check_changes_to_it(tmp_path: Path) -> None:
+    """The relay puts other servers' events on this bus; a rule fires once, where its check runs."""
+    from opsroom.events import CheckStateChanged
+
+    rules = [{"name": "recover-svc", "when": {"check": "svc-cmd", "state": "CRITICAL", "state_type": "hard"},
+              "then": {"runbook": "count", "params": {"n": "1"}},
+              "policy": {"approval": "none", "max_runs": 100, "window": "1h", "cooldown": "1ms", "verify": None,
+                         "escalate": False}}]
+    settings = Settings(data=tmp_path / "data", catalog=small_catalog(tmp_path, rules=rules))
+    rt = await server.open_runtime(settings)
+    await server.start(rt, adapters=[FakeAdapter()], schedule=False, passwords=PASSWORDS)
+    try:
+        def changed(origin: str | None) -> CheckStateChanged:
+            ev = CheckStateChanged(check="svc-cmd", service="svc", system="sys", environment="test", old_state="OK",
+                                   new_state="CRITICAL", state_type="hard", attempt=1, max_attempts=1,
+                                   output="CRITICAL", since=time.time())
+            ev.origin = origin
+            return ev
+
+        rt.bus.publish(changed("otherhost:1:abc"))  # as the relay publishes it
+        await rt.bus.drain()
+        async with rt.read() as s:
+            assert (await s.execute(select(ExecutionRow.id))).first() is None, "a relayed change fired a rule here"
+        rt.bus.publish(changed(None))  # this server's own monitor
+        await rt.bus.drain()
+        async with rt.read() as s:
+            assert len((await s.execute(select(ExecutionRow.id))).all()) == 1
+    finally:
+        await server.stop(rt)

@@ -27,6 +27,7 @@ from opsroom.automation.templates import evaluate, render
 from opsroom.catalog.schema import Policy, Rule
 from opsroom.cluster.clock import db_now
 from opsroom.errors import OpsroomError
+from opsroom.eventlog.relay import is_foreign
 from opsroom.events import (
     AlertFired,
     ApprovalDecided,
@@ -215,7 +216,8 @@ class RulesEngine:
             self.pending_verify.pop(ev.execution_id, None)
 
     async def on_state_changed(self, ev: CheckStateChanged) -> None:
-        if self.suspended is not None:
+        # A change another server made reaches this bus through the relay: its server's rules act on it.
+        if self.suspended is not None or is_foreign(self.rt, ev):
             return
         for rule in self.rt.catalog.rules.values():
             if rule.enabled and rule.when.alert is None:
@@ -223,7 +225,7 @@ class RulesEngine:
 
     async def on_alert_fired(self, ev: AlertFired) -> None:
         """A new alert (never a repeat: the alerts service publishes one event per occurrence)."""
-        if self.suspended is not None or ev.silenced:
+        if self.suspended is not None or ev.silenced or is_foreign(self.rt, ev):
             return
         for rule in self.rt.catalog.rules.values():
             if rule.enabled and rule.when.alert is not None:
@@ -248,7 +250,7 @@ class RulesEngine:
         the rule would never see the problem it exists for.
         """
         monitor = self.rt.monitor
-        if ev.flapping or monitor is None or ev.check not in self.rt.catalog.checks:
+        if ev.flapping or monitor is None or ev.check not in self.rt.catalog.checks or is_foreign(self.rt, ev):
             return
         st = monitor.status.get(ev.check)
         if st is None or st.flapping or st.state == "OK" or st.state_type != "hard":
