@@ -80,7 +80,7 @@ class Announcer:
     def _handle(self, s: Session, events: list[Event]) -> PostCommit | None:
         done: list[tuple[str, list[Message], list[RoomMessagePosted]]] = []
         for ev in events:
-            if ev.uid in self.hub.announced_here:
+            if ev.uid in self.hub.arrivals.announced_here:
                 continue
             try:
                 note = render(self.rt, ev)

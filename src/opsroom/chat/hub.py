@@ -9,7 +9,7 @@ In a cluster (docs/cluster.md, "Rooms and chat connections"):
 - Announcements are made by the announcer (chat/announcer.py), a log consumer that one server
   runs, never from this server's bus: two servers would both announce, and a crash between a
   change's commit and its announcement would lose it. For an event this server made, the queue
-  keeps its place (`_Pending`): what follows it waits, up to ANNOUNCE_WAIT_S, for its
+  keeps its place (chat/arrivals.py): what follows it waits, up to 2 s, for its
   announcement to come back (from the local announcer or another server's), so the order holds.
   An event still not in the log by then (a producer that only publishes) is announced here.
 - Messages another server stored reach this server's web rooms and the platform connections it
@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -37,40 +36,27 @@ from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit.refusals import AUDITED_PER_MINUTE, RefusalAudit
 from opsroom.chat import accounts, commands
-from opsroom.chat.announce import one_line, render
-from opsroom.chat.announcer import ANNOUNCED_TYPES, Announcer, announced_uid, extra_of
+from opsroom.chat.announce import render
+from opsroom.chat.announcer import Announcer, extra_of
+from opsroom.chat.arrivals import Arrivals, Pending
 from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Message, Outgoing, Person
 from opsroom.chat.ownership import ChatOwnership, Fenced
 from opsroom.chat.sendqueue import SendQueue
 from opsroom.errors import OpsroomError
-from opsroom.eventlog.relay import is_foreign
 from opsroom.events import AccessChanged, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
 from opsroom.rooms import service as rooms
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
 
 log = structlog.get_logger(__name__)
-ANNOUNCE_WAIT_S = 2.0  # how long the room waits for the announcement of an event made here
-UNLOGGED_WAIT_S = 1.0  # ... and for it to be in the event log at all (results are logged every 0.5 s)
-REMEMBERED_EVENTS = 1000  # recent announced events, for the buttons and mentions of their messages
 SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
 ACTOR_CACHE_S = 5.0  # the CLI's role edits apply at the next start; its disables send AccessChanged
 REFUSALS_AUDITED = AUDITED_PER_MINUTE  # per platform and minute; more are counted into one record
 
 
-@dataclass
-class _Pending:
-    """The announcement of an event this server made, awaited in the room's queue in its place."""
-
-    event: Event
-    expected: int  # one message per room the event is announced in
-    got: list[Message] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-# A message to store (id None) or already stored (fan out only), a pending announcement, or
-# None: flushed()'s marker.
-_Item = tuple[Message | _Pending | None, "asyncio.Future[Message] | None"]
+# A message to store (id None) or already stored (fan out only), the place kept for an
+# announcement, or None: flushed()'s marker.
+_Item = tuple[Message | Pending | None, "asyncio.Future[Message] | None"]
 
 
 class RoomHub:
@@ -89,12 +75,7 @@ class RoomHub:
         self.running: set[str] = set()  # adapters started (the platforms this server holds, the web room)
         self.ownership: ChatOwnership | None = None  # PostgreSQL: which platforms this server holds
         self.announcer: Announcer | None = None
-        self._pending: dict[str, _Pending] = {}
-        self._events: OrderedDict[str, Event] = OrderedDict()  # uid -> announced event seen here
-        self._announced: OrderedDict[str, None] = OrderedDict()  # uids whose announcement came already
-        # Announced by this hub, not the announcer (never logged in time): if it is logged after
-        # all, this server's announcer skips it.
-        self.announced_here: OrderedDict[str, None] = OrderedDict()
+        self.arrivals = Arrivals(rt)
 
     def add_adapter(self, adapter: ChatAdapter, name: str | None = None) -> None:
         adapter.name = name or adapter.name or adapter.platform
@@ -383,52 +364,27 @@ class RoomHub:
 
     def _on_event(self, ev: Event) -> None:
         """An announced event on this server's bus: the announcer's to announce (one server
-        announces each). Made here, the queue keeps a place for its announcement, whether it is
-        logged already or is yet to be (the monitor publishes first, its results writer logs it
-        with the check's state row)."""
-        if ev.type not in ANNOUNCED_TYPES:
-            return
-        _remember(self._events, ev.uid, ev, REMEMBERED_EVENTS)
-        if is_foreign(self.rt, ev):
-            return
-        note = render(self.rt, ev)
-        if note is None:
-            return
-        rooms_here = [room for room in dict.fromkeys(note.rooms) if room in self.rt.catalog.rooms]
-        if rooms_here and ev.uid not in self._announced:
-            pending = self._pending[ev.uid] = _Pending(ev, len(rooms_here))
+        announces each); made here, the queue keeps its announcement's place."""
+        pending = self.arrivals.place_for(ev)
+        if pending is not None:
             self._queue.put_nowait((pending, None))
 
     def announced(self, uid: str, msgs: list[Message]) -> None:
         """Messages of an announcement, stored already (by this server's announcer, or relayed
         from the one that stored them): in the place kept for them, else at the queue's end."""
-        _remember(self._announced, uid, None, REMEMBERED_EVENTS)
-        pending = self._pending.get(uid)
-        if pending is not None:
-            pending.got.extend(msgs)
-            if len(pending.got) >= pending.expected:
-                pending.done.set()
-            return
-        for msg in msgs:
+        for msg in self.arrivals.arrived(uid, msgs):
             self._queue.put_nowait((msg, None))
 
     async def _on_posted(self, ev: RoomMessagePosted) -> None:
         """A message another server stored: to this server's web rooms and held connections."""
-        if not is_foreign(self.rt, ev):
-            return  # stored here: fanned out as it was stored
-        if ev.room not in self.rt.catalog.rooms:
-            log.warning("a relayed room message names no room of this catalog; dropped",
-                        room=one_line(ev.room[:64]), uid=ev.uid, origin=one_line(str(ev.origin)[:96]))
+        got = self.arrivals.from_log(ev)
+        if got is None:
             return
-        msg = _relayed(ev)
-        uid = announced_uid(ev.source)
+        uid, msg = got
         if uid is None:
             self._queue.put_nowait((msg, None))
-            return
-        seen = self._events.get(uid)
-        if seen is not None:
-            msg = dataclasses.replace(msg, extra={**extra_of(seen), **msg.extra})
-        self.announced(uid, [msg])
+        else:
+            self.announced(uid, [msg])
 
     async def _on_output(self, ev: ExecutionOutput) -> None:
         # Through the same queue as messages, so output never shows before "approved by".
@@ -443,7 +399,7 @@ class RoomHub:
                 if fut is not None and not fut.done():
                     fut.set_result(Message(room="", text=""))
                 continue
-            if isinstance(msg, _Pending):
+            if isinstance(msg, Pending):
                 await self._awaited(msg)
                 continue
             try:
@@ -459,32 +415,14 @@ class RoomHub:
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
 
-    async def _awaited(self, pending: _Pending) -> None:
-        ev = pending.event
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while not pending.done.is_set():
-            waited = loop.time() - began
-            # Not logged yet: the monitor's results writer logs within a flush; a producer that
-            # only publishes never does, and the room must not wait for it long.
-            if waited >= ANNOUNCE_WAIT_S or (ev.origin is None and waited >= UNLOGGED_WAIT_S):
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pending.done.wait(), 0.05)
-        # From now on a late message of this announcement goes to the queue's end.
-        self._pending.pop(ev.uid, None)
-        if not pending.done.is_set() and not pending.got and ev.origin is None:
-            # Still not in the event log: a producer that only publishes on the bus. Announced
-            # here, as before the log (its announcement is not kept through a crash).
-            log.info("an announced event was never written to the event log; announced here",
-                     type=ev.type, uid=ev.uid)
-            _remember(self._announced, ev.uid, None, REMEMBERED_EVENTS)
-            _remember(self.announced_here, ev.uid, None, REMEMBERED_EVENTS)
-            await self._announce_here(ev)
+    async def _awaited(self, pending: Pending) -> None:
+        msgs = await self.arrivals.wait(pending)
+        if msgs is None:
+            # Never in the event log: a producer that only publishes on the bus. Announced here,
+            # as before the log (its announcement is not kept through a crash).
+            await self._announce_here(pending.event)
             return
-        if not pending.done.is_set():
-            log.info("an announcement is late; the room goes on without waiting", uid=ev.uid)
-        for msg in pending.got:
+        for msg in msgs:
             try:
                 await self._fan_out(msg)
             except Exception:
@@ -569,28 +507,6 @@ class RoomHub:
 
 def _binding(adapter: ChatAdapter, channel: str) -> Binding:
     return Binding(adapter.name, channel)
-
-
-def _relayed(ev: RoomMessagePosted) -> Message:
-    """A message another server stored, as this hub fans it out. The log is an input like any
-    other (a forged or newer row): its text is masked and bounded again as store_message does,
-    and each adapter renders it for its platform (chat/safe.py) as any line."""
-    origin = None
-    if ev.kind == "person" and ev.source.startswith("said:"):
-        with contextlib.suppress(ValueError):
-            origin = Binding.parse(ev.source.removeprefix("said:"))
-    author = Person(platform_id="", display_name=ev.author) if ev.kind == "person" else None
-    kind = ev.kind if ev.kind in ("person", "bot", "notice") else "notice"
-    text = rooms.storable(mask(ev.text))[:8000]
-    return Message(room=ev.room, text=text, author=author, id=ev.message_id, kind=kind, reply_to=ev.reply_to,
-                   origin=origin, extra={"at": ev.at, "author": ev.author})
-
-
-def _remember(seen: OrderedDict[str, Any], key: str, value: Any, most: int) -> None:
-    seen[key] = value
-    seen.move_to_end(key)
-    if len(seen) > most:
-        seen.popitem(last=False)
 
 
 def _float(value: object) -> float | None:
