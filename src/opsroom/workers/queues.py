@@ -19,7 +19,7 @@ from celery import Celery  # type: ignore[import-untyped]
 from kombu.entity import Exchange, Queue
 
 TASK = "opsroom.run_step"
-ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENVIRONMENT = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 def queue_name(environment: str) -> str:
