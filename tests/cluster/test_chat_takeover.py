@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tests.chat.drivers.irc import BOT_NICK, IrcDriver
 from tests.cluster.test_announce_once import PW, _env, _said, _serve, _sql, _token, _until
-from tests.e2e.harness import Demo
+from tests.e2e.harness import Demo, RoomClient, login
 from tests.factories import small_catalog
 
 TAKEOVER_S = 10.0
@@ -49,6 +51,10 @@ def bot_joins(driver: IrcDriver) -> int:
     return sum(1 for nick, cmd, _ in driver.clients["alice"].lines if cmd == "JOIN" and nick.startswith(BOT_NICK))
 
 
+def _is_message(text: str, frame: dict[str, Any]) -> bool:
+    return bool(frame["type"] == "message" and frame["text"] == text)
+
+
 def heard(driver: IrcDriver, needle: str) -> list[str]:
     return [t for t in driver.received() if needle in t]
 
@@ -63,6 +69,7 @@ async def test_the_holders_death_hands_the_connection_over(tmp_path: Path, pg_ow
     driver = IrcDriver()
     await driver.start(tmp_path / "platform")
     servers: list[Demo] = []
+    clients: list[RoomClient] = []
     try:
         catalog = irc_catalog(tmp_path, driver)
         env = _env(pg_own_url)
@@ -73,7 +80,9 @@ async def test_the_holders_death_hands_the_connection_over(tmp_path: Path, pg_ow
         servers.append(b)
         assert holder_pid(pg_own_url) == a.proc.pid
         you = _token(a, catalog, "you")
-        assert len(PW) == 2
+        web_b = await RoomClient.open(b.base, await login(b.base, "boss", PW["boss"]), "boss")
+        clients.append(web_b)
+        await web_b.wait_for(lambda f: f["type"] == "approvals", 10)  # the socket is live
 
         # Both up: a line said on B reaches IRC once (A sends it, from the log) ...
         say(b, you, "from-b-before")
@@ -82,6 +91,12 @@ async def test_the_holders_death_hands_the_connection_over(tmp_path: Path, pg_ow
         await driver.say("alice", "from-irc-before")
         await _until("the IRC line in B's room", lambda: _said(b.base, you, "from-irc-before"), 10)
         assert len(_said(b.base, you, "from-irc-before")) == 1
+        # A web client of B got both once: B's own line as B stored it, A's from the log.
+        for needle in ("from-b-before", "from-irc-before"):
+            await web_b.wait_for(partial(_is_message, needle), 10)
+        await asyncio.sleep(1)
+        assert [f["text"] for f in web_b.messages if f["text"] in ("from-b-before", "from-irc-before")] == \
+            ["from-b-before", "from-irc-before"], web_b.messages
         assert bot_joins(driver) == 1, "B connected while A held the connection"
 
         a.stop(signal.SIGKILL)
@@ -102,6 +117,8 @@ async def test_the_holders_death_hands_the_connection_over(tmp_path: Path, pg_ow
         await asyncio.sleep(1.5)
         assert len(driver.received()[mark:]) == 1, driver.received()[mark:]
     finally:
+        for client in clients:
+            await client.close()
         for server in servers:
             server.stop()
         await driver.stop()

@@ -177,7 +177,10 @@ class RoomHub:
                 await self._worker
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        return {name: {**dataclasses.asdict(q.stats), "queued": len(q), "connected": self.adapters[name].is_connected()}
+        """Per adapter: its send queue's figures, whether it is connected, and whether this server
+        holds its connection (a platform another server holds is not connected here, rightly)."""
+        return {name: {**dataclasses.asdict(q.stats), "queued": len(q), "connected": self.adapters[name].is_connected(),
+                       "held": self.holds(name)}
                 for name, q in self.queues.items()}
 
     # --- what adapters hand in (AdapterSink) ------------------------------
