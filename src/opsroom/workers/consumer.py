@@ -108,7 +108,7 @@ class Worker:
 
     def stop(self) -> None:
         async def close() -> None:
-            if self.membership is not None:
+            if self.membership is not None and self.membership.beats:  # it has a row to mark stopped
                 await self.membership.stop()
             if self.rt is not None:
                 await self.rt.close()
@@ -124,7 +124,16 @@ def serve(settings: Settings, catalog: Catalog, *, environment: str, broker: str
     """Consume `opsroom.<environment>` until stopped (SIGTERM/SIGINT: the running step ends first)."""
     preflight(broker, environment)
     worker = Worker(settings, catalog, environment=environment)
-    worker.start()
+    try:
+        worker.start()
+    except Exception as exc:
+        worker.stop()
+        from opsroom.store.lease import refusal
+
+        reason = refusal(exc)
+        message, _, hint = (reason or f"cannot use the store: {type(exc).__name__}").partition("\n  hint: ")
+        raise WorkerError(message, hint or "check OPSROOM_DATABASE_URL, and that `opsroom migrate` ran on that store",
+                          1) from None
     try:
         app = queues.make_app(broker, environments=[environment])
 
