@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from sqlalchemy import BigInteger, func, insert, literal_column, select, text, tuple_
+from sqlalchemy import BigInteger, Table, func, insert, literal_column, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,10 @@ _RUNNING = text("SELECT backend_xid::text::bigint FROM pg_stat_activity"
                 " WHERE datname = current_database() AND backend_xid IS NOT NULL")
 _XID32 = 1 << 32
 _CORRELATION_MAX = 64  # the column's width; the payload keeps the whole id
+# Prebuilt Core inserts: the unit of work's bulk path cost three times the SQL on the dispatch path.
+_TABLE = cast(Table, EventRow.__table__)
+_INSERT = insert(_TABLE)
+_INSERT_PG = insert(_TABLE).values(txid=_TXID)
 
 
 @dataclass(frozen=True, order=True)
@@ -78,10 +82,8 @@ def append_many(s: Session, events: Iterable[Event], *, origin: str) -> None:
     rows = [_values(ev, origin) for ev in events]
     if not rows:
         return
-    stmt = insert(EventRow)
-    if _pg(s):
-        stmt = stmt.values(txid=_TXID)
-    s.execute(stmt, rows)
+    conn = s.connection()
+    conn.execute(_INSERT_PG if conn.dialect.name == "postgresql" else _INSERT, rows)
 
 
 def append(s: Session, ev: Event, *, origin: str) -> None:
