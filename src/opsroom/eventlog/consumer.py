@@ -43,6 +43,7 @@ PostCommit = Callable[[], Awaitable[None]]
 Handle = Callable[[Session, list[Event]], PostCommit | None]
 
 LEASE_TTL_S = 15.0  # a dead holder's consumers move to another server after this long
+STANDBY_TRY_S = 1.0  # how often a server that does not hold a consumer's lease tries to take it
 SINGLE_STEPS_AFTER = 3  # failed rounds in a row (not the store's failures) before single steps
 MAX_NAME = 64  # consumer_positions.consumer
 
@@ -95,6 +96,7 @@ class Consumer:
             self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._renew_at = 0.0
         if self.singleton and self._pg and self.holding:
             self.holding = False
             with contextlib.suppress(Exception):
@@ -156,12 +158,12 @@ class Consumer:
         if not (self.singleton and self._pg):
             return True
         now = time.monotonic()
-        if self.holding and now < self._renew_at:
-            return True
+        if now < self._renew_at:
+            return self.holding  # held: renewed a while ago; not held: tried a moment ago
         epoch = await self._leases.take(self.lease_name, ttl=LEASE_TTL_S)
         was, self.holding = self.holding, epoch is not None
+        self._renew_at = now + (LEASE_TTL_S / 3 if self.holding else STANDBY_TRY_S)
         if self.holding:
-            self._renew_at = now + LEASE_TTL_S / 3
             if not was:
                 log.info("consumer taken", consumer=self.name, epoch=epoch)
         elif was:
