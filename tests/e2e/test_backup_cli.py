@@ -91,6 +91,7 @@ def _count(db: Path, sql: str) -> int:
         return int(conn.execute(sql).fetchone()[0])
 
 
+@pytest.mark.timeout(300)  # a server and six CLI processes on a shared machine
 def test_a_backup_of_a_live_sqlite_store_restores_and_verifies(tmp_path: Path) -> None:
     backups = tmp_path / "backups"
     backups.mkdir(mode=0o700)
@@ -117,6 +118,7 @@ def _pg(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.timeout(300)
 def test_pg_dump_of_a_live_postgresql_store_restores_into_a_new_database_and_verifies(
         tmp_path: Path, pg_own_url: str) -> None:
     env = {"OPSROOM_DATABASE_URL": pg_own_url}

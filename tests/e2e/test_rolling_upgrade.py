@@ -74,6 +74,7 @@ def _results(url: str) -> int:
     return int(sql(url, "SELECT count(*) FROM check_results"))
 
 
+@pytest.mark.timeout(400)  # three servers and a dozen CLI processes in turn: ~85 s alone, 2-3x at load 11
 def test_a_server_of_version_n_keeps_serving_across_the_expand_migration_of_n_plus_1(
         tmp_path: Path, pg_own_url: str) -> None:
     env = {"OPSROOM_DATABASE_URL": pg_own_url}
