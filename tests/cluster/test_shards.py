@@ -88,7 +88,7 @@ def test_aligned_slots_never_before_not_before() -> None:
 # --- real servers on PostgreSQL ------------------------------------------
 
 INTERVAL = 1.0
-HEARTBEAT, DEAD_AFTER = 0.2, 0.6
+HEARTBEAT, DEAD_AFTER = 0.25, 1.0
 
 
 def _catalog(tmp: Path, n: int) -> Path:

@@ -47,7 +47,7 @@ async def _settle(rts: list[Runtime]) -> None:
 
 async def test_a_system_split_over_two_servers_is_announced_once(tmp_path: Path, pg_own_url: str) -> None:
     settings = Settings(data=tmp_path / "data", catalog=_catalog(tmp_path), database_url=pg_own_url,
-                        cluster_heartbeat=0.2, cluster_dead_after=0.6, cluster_shards=16)
+                        cluster_heartbeat=0.25, cluster_dead_after=1.0, cluster_shards=16)
     rts: list[Runtime] = []
     try:
         for _ in range(2):
@@ -68,6 +68,9 @@ async def test_a_system_split_over_two_servers_is_announced_once(tmp_path: Path,
         b.monitor.record(on_b, ProbeResult("CRITICAL", "down"))
         await _settle(rts)
         assert _announced(rts) == [False], "unhealthy announced by both servers"
+        # The other server's status view shows the check it does not run (read from the store).
+        await _until(lambda: b.monitor is not None and on_a in b.monitor.status
+                     and b.monitor.status[on_a].state == "CRITICAL", timeout=8)
         # The first check recovers while the other still fails: not healthy yet.
         a.monitor.record(on_a, ProbeResult("OK", "up"))
         await _settle(rts)
@@ -83,7 +86,7 @@ async def test_a_system_split_over_two_servers_is_announced_once(tmp_path: Path,
 
 async def test_both_recovering_at_once_announce_healthy_exactly_once(tmp_path: Path, pg_own_url: str) -> None:
     settings = Settings(data=tmp_path / "data", catalog=_catalog(tmp_path), database_url=pg_own_url,
-                        cluster_heartbeat=0.2, cluster_dead_after=0.6, cluster_shards=16)
+                        cluster_heartbeat=0.25, cluster_dead_after=1.0, cluster_shards=16)
     rts: list[Runtime] = []
     try:
         for _ in range(2):

@@ -76,7 +76,8 @@ class Monitor:
         for system in self.rt.catalog.systems:
             self.system_healthy[system] = self._compute_health(system)
 
-    def _restore(self, row: CheckStateRow) -> None:
+    def _restore(self, row: Any) -> None:
+        """A check's status from its check_states row (an ORM row or a Core row of its columns)."""
         if row.check not in self.rt.catalog.checks:
             return
         self.status[row.check] = CheckStatus(
@@ -182,8 +183,12 @@ class Monitor:
         self._inflight[name] = waiters = []
         try:
             check = self.rt.catalog.checks[name]
+            # A result is dated when its probe started: the interval it ran in, whatever the probe's
+            # latency or a pause of this process before it was recorded (cluster/shards.py hands a
+            # check over by intervals of its start).
+            started = time.time()
             result = await get_probe(check.type).run(check, self.ctx)
-            self.record(name, result)
+            self.record(name, result, now=started)
         except BaseException as exc:
             for w in waiters:
                 if not w.done():

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from opsroom.checks.models import CheckStateRow
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from opsroom.checks.monitor import Monitor
 
 log = structlog.get_logger(__name__)
+JUDGE_GAP_S = 0.2
 
 
 class SharedHealth:
@@ -40,9 +42,20 @@ class SharedHealth:
         self._busy: dict[str, str | None] = {}  # system -> correlation of a change that came meanwhile
         self._tasks: set[asyncio.Task[None]] = set()
         self.judged = 0
+        self._bad: dict[str, bool] = {}  # check -> in a hard problem as of its last change here
 
     def changed(self, system: str, correlation: str) -> None:
-        """A check of `system` changed here: judge the system's health (soon, off this path)."""
+        """A check of `system` changed here: judge the system's health (soon, off this path) if the
+        check went into or out of a hard problem, the only changes that can flip it."""
+        check = correlation.split(":", 2)[1] if correlation.startswith("check:") else None
+        if check is not None:
+            st = self.monitor.status.get(check)
+            bad = st is not None and st.state != "OK" and st.state_type == "hard"
+            # Unknown here before (a restart, a shard taken over): judged. Still bad and no longer
+            # flapping: judged too (a notice flapping held back, or a change between problems).
+            if self._bad.get(check) == bad and not (bad and st is not None and not st.flapping):
+                return
+            self._bad[check] = bad
         if system in self._busy:
             self._busy[system] = correlation
             return
@@ -68,8 +81,24 @@ class SharedHealth:
                     return
                 self._busy[system] = None
                 correlation = again
+                await asyncio.sleep(JUDGE_GAP_S)  # a storm of changes is judged a few times, not per change
         finally:
             self._busy.pop(system, None)
+
+    async def _save(self, states: list[dict[str, Any]]) -> None:
+        """Store this server's states of a system's checks; the result writer may be storing some of
+        the same rows in another order (a deadlock PostgreSQL breaks): tried again then."""
+        def body(s: Session) -> None:
+            s.execute(_SAVE_STATES["postgresql"], states)
+
+        for attempt in range(5):
+            try:
+                await self.rt.transact(body)
+                return
+            except DBAPIError as exc:
+                if "deadlock" not in str(exc).lower() or attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
 
     async def _judge(self, system: str, correlation: str) -> None:
         mon, cat = self.monitor, self.rt.catalog
@@ -78,8 +107,17 @@ class SharedHealth:
         checks = list(cat.checks_of_system(system))
         # This server's own checks of the system, as it knows them now (the writer stores them
         # within half a second; the judgement must not read an older row of them).
-        mine = [{"check": c, **mon._state_fields(c)} for c in checks
-                if c in mon.status and (mon.holds is None or mon.holds(c))]
+        # Only those the result writer has not stored yet (after its drain under way, if any).
+        results = mon.results
+        if results is not None and results._drain is not None:
+            await asyncio.wait([results._drain])
+        unstored = results.dirty if results is not None else set(checks)
+        mine = [{"check": c, **mon._state_fields(c)} for c in sorted(checks)
+                if c in unstored and c in mon.status and (mon.holds is None or mon.holds(c))]
+        if mine:
+            # Committed before the judgement reads: of two servers judging at once, the one that
+            # reads second (they take turns on the system's row) then sees both servers' states.
+            await self._save(mine)
 
         def body(s: Session) -> tuple[bool, list[dict[str, Any]] | None]:
             now = time.time()
@@ -87,12 +125,12 @@ class SharedHealth:
                       .on_conflict_do_nothing(index_elements=[SystemHealthRow.system]))
             was = bool(s.execute(select(SystemHealthRow.healthy).where(SystemHealthRow.system == system)
                                  .with_for_update()).scalar_one())
-            if mine:
-                s.execute(_SAVE_STATES["postgresql"], mine)
-            rows = s.execute(select(CheckStateRow).where(CheckStateRow.check.in_(checks))).scalars().all()
+            t = CheckStateRow.__table__.c
+            rows = s.execute(select(t.check, t.state, t.since, t.down, t.last_output, t.flapping).where(
+                t.check.in_(checks), t.state != "OK", t.state_type == "hard")).all()
             failing = [{"check": r.check, "service": cat.checks[r.check].service, "state": r.state, "since": r.since,
                         "down": bool(r.down), "output": r.last_output or "", "flapping": bool(r.flapping)}
-                       for r in rows if r.state != "OK" and r.state_type == "hard" and r.check in cat.checks]
+                       for r in rows if r.check in cat.checks]
             healthy = not failing
             # A flapping check holds back notices, as on one server (checks/monitor.py).
             if healthy == was or (failing and all(f["flapping"] for f in failing)):

@@ -37,11 +37,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from opsroom.checks.models import CheckStateRow
 from opsroom.checks.monitor import Monitor
 from opsroom.cluster.clock import db_now
 from opsroom.cluster.leases import Holding, Leases
 from opsroom.cluster.membership import Membership
-from opsroom.cluster.models import LeaseRow
+from opsroom.cluster.models import LeaseRow, SystemHealthRow
 from opsroom.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,9 @@ log = structlog.get_logger(__name__)
 PREFIX = "shard:"
 WANT = "want:shard:"
 RELEASE_WAIT_S = 5.0  # a shard given back waits this long at most for its checks' runs to end
+# The states of checks other servers run are read from the store this often, so status views on
+# every server (API, web, chat) show them; a state change reaches check_states within 0.5 s.
+OTHERS_EVERY_S = 5.0
 
 
 def shard_of(name: str, count: int) -> int:
@@ -96,6 +100,7 @@ class Shards:
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()  # one pass at a time (the loop, a catalog reload, stop)
         self.passes = 0
+        self._others_at = 0.0
         self.taken = self.lost = self.released = 0  # shards, since start (metrics, tests)
 
     # --- what a check belongs to ---------------------------------------
@@ -221,6 +226,32 @@ class Shards:
                 await self._take(take)
             want -= set(self.held)
             await self._want(want)
+        if time.monotonic() - self._others_at >= OTHERS_EVERY_S:
+            self._others_at = time.monotonic()
+            await self._read_others()
+
+    async def _read_others(self) -> None:
+        """Refresh the monitor's view of the checks other servers run (state, soft/hard, output)."""
+        table = CheckStateRow.__table__
+        async with self.rt.read() as s:
+            rows = (await s.execute(select(table))).all()
+        mon = self.monitor
+        for row in rows:
+            if self._shard.get(row.check) in self.held:
+                continue  # this server's own (held, even if its lease lapsed here a moment)
+            st = mon.status.get(row.check)
+            # Plain column tuples, and a status rebuilt only for a row that changed: 20,000 ORM
+            # objects every few seconds would stall the event loop the checks run on.
+            if (st is not None and st.state == row.state and st.state_type == row.state_type
+                    and st.attempt == row.attempt and st.since == row.since and st.flapping == row.flapping):
+                continue
+            if not self.holds(row.check):
+                mon._restore(row)
+        health = SystemHealthRow.__table__
+        async with self.rt.read() as s:
+            for system, healthy in (await s.execute(select(health.c.system, health.c.healthy))).all():
+                if system in mon.system_healthy:
+                    mon.system_healthy[system] = bool(healthy)
 
     async def _db_now(self) -> float:
         def body(s: Session) -> float:
@@ -298,7 +329,10 @@ class Shards:
         deadline = time.monotonic() + RELEASE_WAIT_S
         while self.monitor.scheduler.busy(checks) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        await self.monitor.flush()
+        try:
+            await self.monitor.flush()
+        except Exception as exc:  # the writer keeps them and tries again; the shard goes back anyway
+            log.warning("storing results before giving shards back failed", error=type(exc).__name__)
         names = [f"{PREFIX}{n}" for n in shards]
         me = self.me
 
