@@ -122,6 +122,9 @@ def _backup(source: Path, dest: Path, force: bool) -> Copied:
             dst = sqlite3.connect(tmp)
             try:
                 src.backup(dst)  # pages=-1: one step, one snapshot (module docstring)
+                # A file of its own: readable with no -wal/-shm beside it (read-only media, a
+                # copy opened elsewhere); a restored store is put back in WAL by the server.
+                dst.execute("PRAGMA journal_mode=DELETE")
             finally:
                 dst.close()
             revision, records = _check(tmp, what=f"the copy of {source}")
