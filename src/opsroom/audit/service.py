@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -99,7 +99,18 @@ async def verify(rt: Runtime) -> VerifyResult:
     requested: set[int] = set()  # executions whose request is in the log
     added: set[str] = set()  # users whose creation is in the log
     async with rt.read() as session:
-        result = await session.stream_scalars(select(AuditRecordRow).order_by(AuditRecordRow.seq))
+        # Read in an order that stays consistent while servers write (on PostgreSQL each statement
+        # sees its own snapshot): users and executions first, then the head, then the records up
+        # to that head only. A user or execution read was added in the transaction that also
+        # appended its record and moved the head, so the head read after it covers that record;
+        # records appended after the head was read are not judged this time.
+        users = list((await session.execute(select(UserRow.name).order_by(UserRow.id))).scalars())
+        executions = list((await session.execute(select(ExecutionRow.id).order_by(ExecutionRow.id))).scalars())
+        head = (await session.execute(select(AuditHeadRow).where(AuditHeadRow.id == 1))).scalar_one_or_none()
+        records = select(AuditRecordRow).order_by(AuditRecordRow.seq)
+        if head is not None:
+            records = records.where(AuditRecordRow.seq <= head.seq)
+        result = await session.stream_scalars(records)
         async for row in result:
             count += 1
             if row.seq != expected_seq:
@@ -117,9 +128,9 @@ async def verify(rt: Runtime) -> VerifyResult:
                     row.details.get("created") or row.details.get("renamed_from"))):
                 added.add(row.target.removeprefix("user:"))
             prev, expected_seq = row.hash, expected_seq + 1
-        head = (await session.execute(select(AuditHeadRow).where(AuditHeadRow.id == 1))).scalar_one_or_none()
-        users = list((await session.execute(select(UserRow.name).order_by(UserRow.id))).scalars())
-        executions = list((await session.execute(select(ExecutionRow.id).order_by(ExecutionRow.id))).scalars())
+        if head is not None and await _past_head(session, head):
+            return VerifyResult(False, count, head.seq + 1,
+                                "records exist past the head row: it was moved back over them (head mismatch)")
     if count and head is None:
         return VerifyResult(False, count, expected_seq,
                             "the head row is missing while records exist (records after the last one may "
@@ -160,6 +171,17 @@ async def list_records(rt: Runtime, *, actor: Actor, limit: int = 100, action: s
         rows = list((await session.execute(stmt)).scalars())
     await append_alone(rt, actor=actor, action="audit.list", target="audit", details={"count": len(rows)})
     return rows
+
+
+async def _past_head(session: AsyncSession, head: AuditHeadRow) -> bool:
+    """Records after the head read at the start, with the head unchanged since: the head was moved
+    back. A head that moved meanwhile means a writer appended them (judged next time)."""
+    seq, digest = head.seq, head.hash
+    beyond = (await session.execute(select(func.min(AuditRecordRow.seq)).where(AuditRecordRow.seq > seq))).scalar()
+    if beyond is None:
+        return False
+    now = (await session.execute(select(AuditHeadRow.seq, AuditHeadRow.hash).where(AuditHeadRow.id == 1))).first()
+    return now is not None and (now[0], now[1]) == (seq, digest)
 
 
 async def verify_as(rt: Runtime, *, actor: Actor) -> VerifyResult:
