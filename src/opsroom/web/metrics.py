@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from opsroom.checks.results import ResultWriter
 from opsroom.checks.scheduler import Scheduler
 from opsroom.cluster.node import ClusterCollector
+from opsroom.eventlog.relay import is_foreign
 from opsroom.events import ExecutionFinished, RuleHeld, RuleTriggered
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
@@ -125,7 +126,11 @@ def _result_store_metrics(results: ResultWriter) -> Iterator[Metric]:
 
 
 class Metrics:
+    """Per node: counts what this server did, never what the relay brought from another one
+    (summed over the nodes, each execution and rule firing is counted once)."""
+
     def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
         self.registry = CollectorRegistry()
         self.registry.register(_MonitorCollector(rt))
         self.registry.register(ClusterCollector(rt))
@@ -139,13 +144,19 @@ class Metrics:
         rt.bus.subscribe(RuleHeld, self._held)
 
     async def _finished(self, ev: ExecutionFinished) -> None:
+        if is_foreign(self.rt, ev):
+            return
         self.executions.labels(ev.runbook, ev.status).inc()
         self.duration.labels(ev.runbook).observe(ev.duration_s)
 
     async def _triggered(self, ev: RuleTriggered) -> None:
+        if is_foreign(self.rt, ev):
+            return
         self.rule_runs.labels(ev.rule, "triggered").inc()
 
     async def _held(self, ev: RuleHeld) -> None:
+        if is_foreign(self.rt, ev):
+            return
         self.rule_runs.labels(ev.rule, "held").inc()
 
 
