@@ -5,6 +5,7 @@ room, with its buttons' request and its mentions; one published on the bus alone
 is still announced here. Across processes on one PostgreSQL: server A freezes after a change's
 commit and before its announcement (the event log's test hook) and is killed with SIGKILL; B
 announces it, once, in its API and on a web client of B; after A restarts it is still once.
+Alone on SQLite, the same freeze and kill: the server announces it once after its restart.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -214,5 +216,39 @@ async def test_killed_between_commit_and_announcement_it_is_announced_once(tmp_p
         if watcher is not None:
             await watcher.close()
         for server in (a, b, a2):
+            if server is not None:
+                server.stop()
+
+
+async def test_killed_alone_it_announces_once_after_its_restart(tmp_path: Path) -> None:
+    """One server on SQLite, frozen after the commit and killed: the announcer resumes from its
+    stored position when the server is back, and announces the request once."""
+    catalog = _cluster_catalog(tmp_path)
+    env = {"OPSROOM_TEST_PW_YOU": PW["you"], "OPSROOM_TEST_PW_BOSS": PW["boss"]}
+    a = _serve(tmp_path, "a", catalog, {**env, HANG_ENV: "approval.requested"})
+    a2: Demo | None = None
+    try:
+        you = _token(a, catalog, "you")
+
+        def ask() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"{a.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"}, timeout=3,
+                           headers={"Authorization": f"Bearer {you}"})
+
+        asking = asyncio.get_running_loop().run_in_executor(None, ask)
+        await _until("A frozen after the commit", lambda: "frozen" in a.output(), 15)
+        a.stop(signal.SIGKILL)
+        await asking
+        with sqlite3.connect(a.data / "opsroom.db") as db:
+            (approval,) = db.execute("SELECT json_extract(payload, '$.approval_id') FROM event_log "
+                                     "WHERE type = 'approval.requested'").fetchone()
+            assert not db.execute("SELECT 1 FROM room_messages WHERE text LIKE '%needs approval%'").fetchall()
+        needle = f"Request #{approval}."
+        a2 = _serve(tmp_path, "a", catalog, env)
+        await _until("announced after the restart", lambda: _said(a2.base, you, needle), 10)
+        await asyncio.sleep(1.5)
+        assert len(_said(a2.base, you, needle)) == 1
+    finally:
+        for server in (a, a2):
             if server is not None:
                 server.stop()
