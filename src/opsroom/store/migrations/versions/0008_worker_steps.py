@@ -16,6 +16,7 @@ revision = '0008'
 down_revision = '0007'
 branch_labels = None
 depends_on = None
+compat = "expand"  # new tables: an older opsroom keeps serving (store/migrate.py)
 
 
 def upgrade() -> None:
