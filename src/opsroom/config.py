@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     cluster_shards: int = Field(default=64, ge=1, le=4096)
     cluster_heartbeat: float = Field(default=1.0, gt=0, le=60)
     cluster_dead_after: float = Field(default=3.0, gt=0, le=600)
+    # The event log (docs/events.md) keeps this long what every consumer has read: the incident
+    # timeline and audit correlation read it.
+    event_log_keep_days: float = Field(default=30.0, gt=0)
 
     def broker_for(self, environment: str) -> str | None:
         """The broker whose queue `opsroom.<environment>` carries that environment's steps, if any."""

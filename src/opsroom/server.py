@@ -7,6 +7,7 @@ import contextlib
 import gc
 import signal
 import threading
+import time
 
 import structlog
 
@@ -24,6 +25,7 @@ from opsroom.checks.monitor import Monitor
 from opsroom.cluster import node as cluster_node
 from opsroom.config import Settings
 from opsroom.errors import OpsroomError
+from opsroom.eventlog import retention
 from opsroom.eventlog.relay import Relay
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.executor import Executor
@@ -113,11 +115,13 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
 
 
 HOUSEKEEPING_EVERY_S = 5.0  # expired approvals and dead servers' executions are swept this often
+PRUNE_EVERY_S = 3600.0  # the event log is pruned this often (the first time an hour after start)
 
 
 async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
     # Stopped by the event between passes, not cancelled: a cancel landing inside a transaction
     # cancels its rollback too, and the pool then logs a traceback for the abandoned connection.
+    next_prune = time.monotonic() + PRUNE_EVERY_S
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), HOUSEKEEPING_EVERY_S)
@@ -131,6 +135,12 @@ async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
             await runbooks.recover_interrupted(rt)
         except Exception:
             log.exception("closing executions of dead servers failed")
+        if time.monotonic() >= next_prune:
+            next_prune = time.monotonic() + PRUNE_EVERY_S
+            try:
+                await retention.prune(rt, keep_s=rt.settings.event_log_keep_days * 86400)
+            except Exception:
+                log.exception("pruning the event log failed")
 
 
 def _reload_on_hangup(rt: Runtime) -> None:
