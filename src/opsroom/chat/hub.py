@@ -105,9 +105,9 @@ class RoomHub:
                 out.append((name, channel.strip()))
         return out
 
-    async def start(self, *, announce: bool = True) -> None:
-        """Start the room: its queue, the announcer (unless `announce` is off) and the adapters:
-        the web room here always, each platform where its connection is held."""
+    async def start(self) -> None:
+        """Start the room: its queue, the announcer and the adapters: the web room here always,
+        each platform where its connection is held."""
         for room in self.rt.catalog.rooms:
             for name, channel in self.channels(room):
                 self.routes[(name, channel)] = room
@@ -118,9 +118,8 @@ class RoomHub:
         self.rt.bus.subscribe(ExecutionOutput, self._on_output)
         self.rt.bus.subscribe(RoomMessagePosted, self._on_posted)
         self._worker = asyncio.get_running_loop().create_task(self._drain())
-        if announce:
-            self.announcer = Announcer(self.rt, self)
-            await self.announcer.start()
+        self.announcer = Announcer(self.rt, self)
+        await self.announcer.start()
         if self.rt.engine.dialect.name == "postgresql":
             self.ownership = ChatOwnership(self.rt, self)
         for name, adapter in self.adapters.items():
