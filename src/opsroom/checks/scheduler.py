@@ -260,6 +260,9 @@ class Scheduler:
                 # The world moved while we waited: re-read the head before using the slot.
                 continue
             heapq.heappop(self._heap)
+            if self._wall is not None and now - due >= entry.interval:
+                # Aligned and a whole interval behind: this run belongs to the latest slot begun.
+                due += math.floor((now - due) / entry.interval) * entry.interval
             entry.due = self._next_due(entry, due, now)
             heapq.heappush(self._heap, (entry.due, next(self._seq), name, generation))
             if name in self._running:
@@ -310,7 +313,14 @@ class Scheduler:
 
     async def _run(self, name: str, due: float) -> None:
         try:
-            self._lags.append(max(0.0, self._clock() - due))
+            late = self._clock() - due
+            entry = self._entries.get(name)
+            if self._wall is not None and entry is not None and late >= entry.interval:
+                # Aligned: a run that waited a whole interval for a worker would start in its next
+                # slot's interval, which that slot runs in; once per interval, so not this one.
+                self.skipped_late += 1
+                return
+            self._lags.append(max(0.0, late))
             await self._run_check(name)
         except asyncio.CancelledError:
             raise
