@@ -1,7 +1,7 @@
 """Issue 14, acceptance 1 and the checks half of 2: real `opsroom serve` processes on one PostgreSQL.
 
-1. Three servers, 2,000 checks every 2 s for 30 s: from check_results, every check ran once in each
-   of its intervals, never twice in one.
+1. Three servers and two workers (`opsroom worker`, RabbitMQ), 2,000 checks every 2 s for 30 s:
+   from check_results, every check ran once in each of its intervals, never twice in one.
 2. kill -9 one server: each of its checks runs again on the others within two intervals of the
    last result the dead server stored for it, and never twice in one interval across the handover.
 """
@@ -15,6 +15,7 @@ import pytest
 
 from opsroom.cluster.shards import shard_of
 from tests.cluster.procs import Cluster, kill9, pg_database, start_cluster, violations
+from tests.workers.harness import Site, amqp_url, rabbit_vhost
 
 INTERVAL = 2.0
 CHECKS = 2000
@@ -42,13 +43,37 @@ def db() -> object:
 def test_three_servers_run_each_check_once_per_interval(tmp_path: Path, db: str) -> None:
     cluster = start_cluster(tmp_path, db, servers=3, checks=CHECKS, interval=INTERVAL)
     try:
+        with rabbit_vhost() as vhost:
+            site = Site(root=tmp_path, database_url=db, brokers={"test": amqp_url(vhost), "prod": amqp_url(vhost)})
+            try:
+                for name in ("w1", "w2"):
+                    site.start_worker("test", name=name)
+                _run_checks(cluster, site)
+            finally:
+                site.stop_workers()
+    finally:
+        cluster.stop()
+
+
+def _live_workers(cluster: Cluster) -> int:
+    return int(cluster.query("SELECT count(*) FROM cluster_nodes WHERE kind = 'worker' AND stopped_at IS NULL "
+                             "AND heartbeat_at >= extract(epoch from clock_timestamp()) - 3")[0][0])
+
+
+def _run_checks(cluster: Cluster, site: Site) -> None:
+    try:
         _settled(cluster)
+        deadline = time.monotonic() + 30
+        while _live_workers(cluster) < 2:
+            assert time.monotonic() < deadline, site.log("w1") + site.log("w2")
+            time.sleep(0.2)
         start = time.time()
         time.sleep(30)
         end = time.time()
         time.sleep(1.5)  # the last results reach the store (stored every 0.5 s)
         rows = cluster.results(since=start - INTERVAL)
         held = [len(cluster.shards_of(s)) for s in cluster.servers]
+        assert _live_workers(cluster) == 2, "a worker stopped heartbeating during the run"
     finally:
         cluster.stop()
     twice, missed, examples = violations(rows, CHECK_NAMES, INTERVAL, start, end)
