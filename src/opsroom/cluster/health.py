@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from opsroom.checks.models import CheckStateRow
 from opsroom.checks.results import _SAVE_STATES
 from opsroom.cluster.models import SystemHealthRow
+from opsroom.eventlog.log import append
 from opsroom.events import SystemHealthChanged
 from opsroom.runtime import Runtime
 
@@ -119,7 +120,7 @@ class SharedHealth:
             # reads second (they take turns on the system's row) then sees both servers' states.
             await self._save(mine)
 
-        def body(s: Session) -> tuple[bool, list[dict[str, Any]] | None]:
+        def body(s: Session) -> tuple[bool, SystemHealthChanged | None]:
             now = time.time()
             s.execute(pg_insert(SystemHealthRow).values(system=system, healthy=True, changed_at=now)
                       .on_conflict_do_nothing(index_elements=[SystemHealthRow.system]))
@@ -137,15 +138,19 @@ class SharedHealth:
                 return was, None
             s.execute(update(SystemHealthRow).where(SystemHealthRow.system == system)
                       .values(healthy=healthy, changed_at=now))
-            return healthy, sorted(failing, key=lambda f: f["check"])
+            failing = sorted(failing, key=lambda f: f["check"])
+            sysobj = cat.systems[system]
+            event = SystemHealthChanged(
+                system=system, title=sysobj.display, environment=sysobj.environment,
+                protected=cat.is_protected(sysobj.environment), healthy=healthy, failing=failing,
+                correlation_id=correlation, source=f"system:{system}")
+            # In the transaction that flips the row: the announcer reads it from the log, once,
+            # even if this server dies right after the commit.
+            append(s, event, origin=self.rt.node_id)
+            return healthy, event
 
-        healthy, failing = await self.rt.transact(body)
+        healthy, event = await self.rt.transact(body)
         self.judged += 1
         mon.system_healthy[system] = healthy
-        if failing is None:
-            return
-        sysobj = cat.systems[system]
-        self.rt.bus.publish(SystemHealthChanged(
-            system=system, title=sysobj.display, environment=sysobj.environment,
-            protected=cat.is_protected(sysobj.environment), healthy=healthy, failing=failing,
-            correlation_id=correlation, source=f"system:{system}"))
+        if event is not None:
+            self.rt.bus.publish(event)
