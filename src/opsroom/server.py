@@ -227,6 +227,8 @@ async def stop(rt: Runtime) -> None:
     if rt.executor is not None:
         await rt.executor.close()
     await rt.bus.drain()
+    if rt.rules is not None:
+        await rt.rules.drain()
     if rt.rooms is not None:
         await asyncio.sleep(0)  # let queued room posts reach the store
         await rt.rooms.stop()

@@ -175,7 +175,8 @@ async def test_a_flood_of_one_rule_takes_one_connection_per_server(pg_own_url: s
         event.remove(pool, "checkin", checkin)
         assert len(await executions(rts[1], "mass")) == 3
         assert await outcomes(rts[1], "mass") == {"triggered": 3, "held": 57}
-        assert most[0] == 1, f"{most[0]} connections of one server waited on one rule"
+        # One for the rule's claims, one for logging its notices (triggered, held) in batches.
+        assert most[0] <= 2, f"{most[0]} connections of one server were taken by one rule's flood"
 
 
 HOLD_LOCK = """

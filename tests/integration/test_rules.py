@@ -299,3 +299,22 @@ async def test_denied_rule_request_is_forgotten_and_refused_duplicates_do_not_co
         await approvals_service.decide(rt, actor=boss, approval_id=approval_id, approve=False, reason="not now")
         await _settle(rt)
         assert engine.pending_verify == {}
+
+
+async def test_a_rules_notices_are_in_the_event_log_with_their_published_ids(tmp_path: Path) -> None:
+    """Triggered and held notices reach the log (the cluster's announcer reads them from there, and
+    a server that dies after publishing one does not lose it), with the uid the bus copy carries."""
+    from sqlalchemy import select
+
+    from opsroom.eventlog.models import EventRow
+
+    rule = _rule(policy={"cooldown": "10m", "max_runs": 10})
+    async with _boot(tmp_path, _catalog(tmp_path, [rule])) as (rt, _fake):
+        await _feed(rt, ["CRITICAL", "OK", "CRITICAL"])
+        [triggered], [held] = _events(rt, RuleTriggered), _events(rt, RuleHeld)
+        async with rt.read() as s:
+            logged = {r.uid: r for r in (await s.execute(select(EventRow).where(
+                EventRow.type.in_(["rule.triggered", "rule.held"])))).scalars()}
+        assert set(logged) == {triggered.uid, held.uid}
+        assert logged[held.uid].payload["reason"].startswith("cooldown")
+        assert logged[triggered.uid].origin == rt.node_id

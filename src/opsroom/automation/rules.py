@@ -9,6 +9,7 @@ from a hard CRITICAL to the spawned process gains two statements, not a transact
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,12 +28,14 @@ from opsroom.automation.templates import evaluate, render
 from opsroom.catalog.schema import Policy, Rule
 from opsroom.cluster.clock import db_now
 from opsroom.errors import OpsroomError
+from opsroom.eventlog.log import append_many
 from opsroom.eventlog.relay import is_foreign
 from opsroom.events import (
     AlertFired,
     ApprovalDecided,
     CheckFlapping,
     CheckStateChanged,
+    Event,
     ExecutionFinished,
     RuleEscalated,
     RuleHeld,
@@ -189,6 +192,8 @@ class RulesEngine:
         self.rt = rt
         self.pending_verify: dict[int, tuple[Rule, Trigger]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._notices: list[Event] = []  # published, waiting to be logged (_say)
+        self._logging: asyncio.Task[None] | None = None
         # A rule's triggers on this server queue here, not on its row lock in the store: a mass
         # outage (hundreds of checks failing at once under one rule) then holds one pooled
         # connection per rule while the rest wait, instead of every connection of the pool.
@@ -240,7 +245,7 @@ class RulesEngine:
         except OpsroomError as exc:
             trig = trig or trigger()
             log.warning("rule could not run", rule=rule.name, error=str(exc))
-            self.rt.bus.publish(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
+            self._say(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
                                               reason=str(exc), correlation_id=trig.correlation_id))
 
     async def on_flapping(self, ev: CheckFlapping) -> None:
@@ -271,10 +276,10 @@ class RulesEngine:
         return None
 
     def _hold(self, rule: Rule, trig: Trigger, held: str, needs_human: bool) -> None:
-        self.rt.bus.publish(RuleHeld(rule=rule.name, check=trig.subject, reason=held,
+        self._say(RuleHeld(rule=rule.name, check=trig.subject, reason=held,
                                      correlation_id=trig.correlation_id))
         if rule.policy.escalate and needs_human:
-            self.rt.bus.publish(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
+            self._say(RuleEscalated(rule=rule.name, check=trig.subject, system=trig.system,
                                               reason=f"not retrying: {held}", correlation_id=trig.correlation_id))
 
     async def _fire(self, rule: Rule, trig: Trigger) -> None:
@@ -300,7 +305,7 @@ class RulesEngine:
             self._hold(rule, trig, *claim.held)  # its rule_runs row is stored already
             return
         self.pending_verify[execution.id] = (rule, trig)
-        self.rt.bus.publish(RuleTriggered(
+        self._say(RuleTriggered(
             rule=rule.name, runbook=rule.then.runbook, summary=execution.summary, check=trig.subject,
             system=trig.system, execution_id=execution.id, needs_approval=execution.status == "awaiting_approval",
             correlation_id=trig.correlation_id, source=f"rule:{rule.name}", room=execution.room))
@@ -309,6 +314,33 @@ class RulesEngine:
         # A hold for a flapping check (no budget involved): a prebuilt Core insert in one writer hop.
         values = {"rule": rule, "check": check, "at": time.time(), "execution_id": execution_id, "outcome": outcome}
         self._spawn(self.rt.transact(lambda s: s.connection().execute(_ADD_RULE_RUN, values)))
+
+    def _say(self, ev: Event) -> None:
+        """A rule's notice (triggered, held, escalated): published here at once, so the room keeps
+        its place in order, then logged off the dispatch path. The cluster's announcer announces it
+        from the log, once (as the monitor's events); if the store cannot take it, this server's
+        hub announces what was never logged. One task logs the notices waiting, in one transaction,
+        so a flood of holds takes one connection, not one each."""
+        self.rt.bus.publish(ev)
+        self._notices.append(ev)
+        if self._logging is None or self._logging.done():
+            self._logging = asyncio.get_running_loop().create_task(self._log_notices())
+            self._tasks.add(self._logging)
+            self._logging.add_done_callback(self._tasks.discard)
+
+    async def _log_notices(self) -> None:
+        node = self.rt.node_id
+        while self._notices:
+            batch, self._notices = self._notices, []
+            try:
+                await self.rt.transact(functools.partial(append_many, events=batch, origin=node))
+            except Exception as exc:
+                log.warning("rule notices could not be logged", count=len(batch), error=type(exc).__name__)
+
+    async def drain(self) -> None:
+        """Wait for the bookkeeping under way (logged notices, holds) before the store closes."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -322,7 +354,7 @@ class RulesEngine:
         rule, trigger = pending
         if ev.status != "succeeded":
             if rule.policy.escalate:
-                self.rt.bus.publish(RuleEscalated(
+                self._say(RuleEscalated(
                     rule=rule.name, check=trigger.subject, system=trigger.system,
                     reason=f"recovery runbook {ev.runbook} {ev.status} (execution #{ev.execution_id})",
                     correlation_id=trigger.correlation_id))
@@ -338,7 +370,7 @@ class RulesEngine:
             ok, what = await self._verify(check or "", verify.deadline), check or ""
             failed = f"{what} is not OK {verify.deadline:g}s after the recovery runbook ran"
         if not ok and rule.policy.escalate:
-            self.rt.bus.publish(RuleEscalated(rule=rule.name, check=what, system=trigger.system, reason=failed,
+            self._say(RuleEscalated(rule=rule.name, check=what, system=trigger.system, reason=failed,
                                               correlation_id=trigger.correlation_id))
 
     async def _verify_alert(self, alert_id: int, deadline_s: float) -> bool:
