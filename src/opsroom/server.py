@@ -33,6 +33,7 @@ from opsroom.runtime import Runtime
 from opsroom.store.lease import lease_for
 from opsroom.store.lease import refusal as lease_refusal
 from opsroom.store.migrate import upgrade, upgrade_unless_served
+from opsroom.ticks import ticks
 
 log = structlog.get_logger(__name__)
 
@@ -119,13 +120,8 @@ PRUNE_EVERY_S = 3600.0  # the event log is pruned this often (the first time an 
 
 
 async def _housekeeping(rt: Runtime, stopping: asyncio.Event) -> None:
-    # Stopped by the event between passes, not cancelled: a cancel landing inside a transaction
-    # cancels its rollback too, and the pool then logs a traceback for the abandoned connection.
     next_prune = time.monotonic() + PRUNE_EVERY_S
-    while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), HOUSEKEEPING_EVERY_S)
-            return
+    async for _ in ticks(stopping, HOUSEKEEPING_EVERY_S):
         try:
             await approvals.expire_due(rt)
         except Exception:

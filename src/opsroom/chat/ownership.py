@@ -27,6 +27,7 @@ import structlog
 from opsroom.chat.base import AdapterSink, ChatAdapter, DeliveryFailed, Outgoing, Person
 from opsroom.cluster.leases import Leases
 from opsroom.runtime import Runtime
+from opsroom.ticks import ticks
 
 if TYPE_CHECKING:
     from opsroom.chat.hub import RoomHub
@@ -82,11 +83,7 @@ class ChatOwnership:
                 await self.leases.release([lease_name(n) for n in held])
 
     async def _loop(self) -> None:
-        # Stopped by the event between passes, never cancelled inside a transaction.
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.every)
-                return
+        async for _ in ticks(self._stopping, self.every):
             try:
                 await self.run_once()
             except Exception as exc:  # the store away: what can no longer be renewed in time is let go

@@ -28,6 +28,7 @@ from opsroom import __version__
 from opsroom.cluster.clock import db_now
 from opsroom.cluster.models import NodeRow
 from opsroom.runtime import Runtime
+from opsroom.ticks import ticks
 
 log = structlog.get_logger(__name__)
 
@@ -84,10 +85,7 @@ class Membership:
             log.warning("could not mark this node stopped; the others will see its heartbeat age out")
 
     async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.every)
-                return
+        async for _ in ticks(self._stopping, self.every):
             try:
                 await self.beat()
             except Exception as exc:  # the store is away: the next beat tries again

@@ -44,6 +44,7 @@ from opsroom.cluster.leases import Holding, Leases
 from opsroom.cluster.membership import Membership
 from opsroom.cluster.models import LeaseRow, SystemHealthRow
 from opsroom.runtime import Runtime
+from opsroom.ticks import ticks
 
 log = structlog.get_logger(__name__)
 
@@ -153,10 +154,7 @@ class Shards:
             self.wants.clear()
 
     async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.every)
-                return
+        async for _ in ticks(self._stopping, self.every):
             try:
                 await self.rebalance()
             except Exception as exc:  # the store is away: renewals fail, shards lapse, checks stop

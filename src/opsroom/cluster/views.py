@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from opsroom.cluster import service
+from opsroom.cluster.schemas import ClusterOut
 from opsroom.web.deps import ApiActor, RuntimeDep
 
 router = APIRouter(tags=["cluster"])
 
 
-@router.get("/cluster")
-async def cluster_status(rt: RuntimeDep, actor: ApiActor) -> dict[str, Any]:
+@router.get("/cluster", response_model=ClusterOut)
+async def cluster_status(rt: RuntimeDep, actor: ApiActor) -> ClusterOut:
     """Every server and worker: heartbeat age, the shards and leases it holds, checks scheduled, lag."""
-    return await service.cluster_status(rt, actor=actor)
+    return ClusterOut.model_validate(await service.cluster_status(rt, actor=actor))
