@@ -211,9 +211,22 @@ class Consumer:
             self.skipped = [*self.skipped[-99:], ev.uid]
             return None
 
+    async def _anything_new(self) -> bool:
+        """Whether the log holds something after the position this process last knew, by a read:
+        a round that finds nothing must not take the store's write lock (on SQLite the one writer
+        that a recovery's run request waits for), five times a second per consumer."""
+        pos = self.position
+        if pos is None or self._failed_rounds:
+            return True
+        async with self.rt.read() as s:
+            _, reached = await s.run_sync(lambda sync: read_batch(sync, pos, limit=1, types=self.types))
+        return reached > pos
+
     async def run_once(self) -> int:
         """One round: how many events were handled (0 when not the holder or nothing new)."""
         if not await self._hold():
+            return 0
+        if not await self._anything_new():
             return 0
         try:
             pos, post, handled, self._more = await self.rt.transact(self._round)
