@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from opsroom import server
@@ -51,8 +53,10 @@ async def _settle(rts: list[Runtime]) -> None:
             await rt.monitor.shared_health.drain()
 
 
-async def test_a_system_split_over_two_servers_is_announced_once(tmp_path: Path, pg_own_url: str) -> None:
-    settings = Settings(data=tmp_path / "data", catalog=_catalog(tmp_path), database_url=pg_own_url,
+@asynccontextmanager
+async def _two_servers(tmp_path: Path, url: str) -> AsyncIterator[list[Runtime]]:
+    """Two servers on one PostgreSQL sharing the system's checks, each keeping its event history."""
+    settings = Settings(data=tmp_path / "data", catalog=_catalog(tmp_path), database_url=url,
                         cluster_heartbeat=0.25, cluster_dead_after=1.0, cluster_shards=16)
     rts: list[Runtime] = []
     try:
@@ -61,6 +65,14 @@ async def test_a_system_split_over_two_servers_is_announced_once(tmp_path: Path,
             await server.start(rt, schedule=True, passwords=PASSWORDS)
             rt.bus.keep_history = True
             rts.append(rt)
+        yield rts
+    finally:
+        for rt in rts:
+            await server.stop(rt)
+
+
+async def test_a_system_split_over_two_servers_is_announced_once(tmp_path: Path, pg_own_url: str) -> None:
+    async with _two_servers(tmp_path, pg_own_url) as rts:
         a, b = rts
         assert a.shards is not None and b.shards is not None
         await _until(lambda: len(a.shards.held) + len(b.shards.held) == 16  # type: ignore[union-attr]
@@ -85,21 +97,10 @@ async def test_a_system_split_over_two_servers_is_announced_once(tmp_path: Path,
         await _settle(rts)
         assert _announced(rts) == [False, True], _history(rts)
         assert a.monitor.system_healthy["sys"] is True or b.monitor.system_healthy["sys"] is True
-    finally:
-        for rt in rts:
-            await server.stop(rt)
 
 
 async def test_both_recovering_at_once_announce_healthy_exactly_once(tmp_path: Path, pg_own_url: str) -> None:
-    settings = Settings(data=tmp_path / "data", catalog=_catalog(tmp_path), database_url=pg_own_url,
-                        cluster_heartbeat=0.25, cluster_dead_after=1.0, cluster_shards=16)
-    rts: list[Runtime] = []
-    try:
-        for _ in range(2):
-            rt = await server.open_runtime(settings)
-            await server.start(rt, schedule=True, passwords=PASSWORDS)
-            rt.bus.keep_history = True
-            rts.append(rt)
+    async with _two_servers(tmp_path, pg_own_url) as rts:
         a, b = rts
         assert a.shards is not None and b.shards is not None and a.monitor and b.monitor
         await _until(lambda: bool(a.shards.held and b.shards.held  # type: ignore[union-attr]
@@ -118,6 +119,3 @@ async def test_both_recovering_at_once_announce_healthy_exactly_once(tmp_path: P
                 b.monitor.record(c, ProbeResult("OK", "up"))
             await _settle(rts)
         assert _announced(rts) == [False, True] * 5, _announced(rts)
-    finally:
-        for rt in rts:
-            await server.stop(rt)

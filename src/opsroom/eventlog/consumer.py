@@ -36,6 +36,7 @@ from opsroom.eventlog.log import Position, newest, newest_in, read_batch
 from opsroom.eventlog.models import ConsumerPositionRow
 from opsroom.events import Event
 from opsroom.runtime import Runtime
+from opsroom.ticks import rounds
 
 log = structlog.get_logger(__name__)
 
@@ -257,14 +258,11 @@ class Consumer:
     _more = False
 
     async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("a consumer round failed; retrying", consumer=self.name)
-                self._more = False
-            if self._more:
-                continue  # a full batch: more is waiting
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.every)
+        await rounds(self._round_more, stopping=self._stopping, wake=self._wake, every=self.every,
+                     failed="a consumer round failed; retrying", consumer=self.name)
+
+    async def _round_more(self) -> bool:
+        """One round; whether a full batch came (more is waiting)."""
+        self._more = False
+        await self.run_once()
+        return self._more

@@ -20,6 +20,7 @@ import structlog
 from opsroom.eventlog.log import Position, newest, read_batch
 from opsroom.events import Event
 from opsroom.runtime import Runtime
+from opsroom.ticks import rounds
 
 log = structlog.get_logger(__name__)
 
@@ -77,14 +78,10 @@ class Relay:
     _more = False
 
     async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                await self.relay_once()
-            except Exception:
-                log.exception("relaying events from the log failed; will retry")
-                self._more = False
-            if self._more:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.every)
+        await rounds(self._round_more, stopping=self._stopping, wake=self._wake, every=self.every,
+                     failed="relaying events from the log failed; will retry")
+
+    async def _round_more(self) -> bool:
+        self._more = False
+        await self.relay_once()
+        return self._more
