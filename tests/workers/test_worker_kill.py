@@ -77,7 +77,11 @@ async def test_a_worker_killed_mid_step_leaves_its_execution_interrupted_once_an
 
             await _until(started_again, 30, "the second run to start")
             await runbooks.cancel_execution(rt, actor=ADMIN, execution_id=again.id)
-            assert (await execution(rt, again.id)).status == "cancelled"
+
+            async def cancelled() -> bool:  # the worker reads the cancel flag on its next poll
+                return (await execution(rt, again.id)).status == "cancelled"
+
+            await _until(cancelled, 30, "the second run to be cancelled")
             assert len(finished_events(rt, row.id)) == 1
         finally:
             with contextlib.suppress(Exception):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 JUDGE_GAP_S = 0.2
+JUDGE_TRIES = 8  # ~15 s of backoff before a judgement is given up (the next change judges again)
 
 
 class SharedHealth:
@@ -73,10 +74,16 @@ class SharedHealth:
     async def _judge_until_settled(self, system: str, correlation: str) -> None:
         try:
             while True:
-                try:
-                    await self._judge(system, correlation)
-                except Exception:
-                    log.exception("judging a system's health failed", system=system)
+                for attempt in range(JUDGE_TRIES):
+                    try:
+                        await self._judge(system, correlation)
+                        break
+                    except Exception:
+                        # Judged again, not dropped: a judgement lost to a busy or restarting store
+                        # left the system's row (and its notice) wrong until its next change.
+                        log.exception("judging a system's health failed; trying again", system=system,
+                                      attempt=attempt + 1)
+                        await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
                 again = self._busy.get(system)
                 if again is None:
                     return
