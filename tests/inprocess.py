@@ -37,8 +37,13 @@ async def settle(rt: Runtime) -> None:
         await rt.bus.drain()
         pending = [*rt.executor.tasks.values(), *rules._tasks]
         if not pending:
-            return
+            break
         await asyncio.gather(*pending, return_exceptions=True)
+    # Announcements are made by the log's consumer after the change commits: wait until it has read
+    # everything logged so far, and for what its rounds published.
+    if rt.rooms is not None and rt.rooms.announcer is not None:
+        await rt.rooms.announcer.consumer.caught_up(timeout=10)
+        await rt.bus.drain()
 
 
 async def said(rt: Runtime, fake: FakeAdapter, since: int = 0) -> list[str]:
