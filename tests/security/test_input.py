@@ -84,6 +84,27 @@ async def test_a_chunked_body_is_counted_and_refused_at_the_limit(demo: Demo) ->
     assert b"too large" in got
 
 
+async def test_an_endless_body_is_not_read_forever(demo: Demo) -> None:
+    # Resource exhaustion: after the refusal the server drops what still comes for a bounded time
+    # and amount (so a well-behaved client reads its 413), then closes on a client that never stops.
+    from opsroom.web.security import LINGER_BYTES, LINGER_S
+    _reader, writer = await asyncio.open_connection("127.0.0.1", demo.port)
+    writer.write(b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    sent, started = 0, asyncio.get_running_loop().time()
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(LINGER_S + 15):
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+    took = asyncio.get_running_loop().time() - started
+    writer.close()
+    assert took < LINGER_S + 10, took
+    # What the server took in: the limit, the lingering allowance, and the sockets' buffers.
+    assert sent < LIMIT + LINGER_BYTES + 16 * 1024 * 1024, sent
+
+
 def test_a_body_within_the_limit_still_works(demo: Demo) -> None:
     resp = httpx.post(f"{demo.base}/api/v1/approvals/1/decision", json={"decision": "deny", "reason": "x" * 1000})
     assert resp.status_code == 401  # reached the route: refused for who, not for size

@@ -31,6 +31,15 @@ def _pid(data: Path, name: str) -> int | None:
     return pid
 
 
+def _reaped(pid: int) -> bool:
+    """True once `pid`, a child of this process (the demo started it), has exited and been reaped:
+    until then it is a zombie that `kill(pid, 0)` still finds, and stop() would wait it out."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return False  # not ours: its own parent (or init) reaps it
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -72,7 +81,7 @@ def stop(data: Path, name: str) -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     for _ in range(100):
-        if _pid(data, name) is None:
+        if _reaped(pid) or _pid(data, name) is None:
             break
         time.sleep(0.05)
     else:

@@ -7,6 +7,7 @@ before anything parses it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -78,6 +79,38 @@ def _json_answer(status: int, body: dict[str, Any]) -> list[Message]:
             {"type": "http.response.body", "body": data}]
 
 
+# After a refusal mid-body, what is still read (and dropped) before the connection closes.
+LINGER_S = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
+
+
+async def _refuse_and_linger(status: int, body: dict[str, Any], receive: Receive, send: Send) -> None:
+    """Answer at once, then read and drop what the client is still sending (bounded) before closing.
+
+    Closing a socket that holds unread data makes the kernel send a reset, and a client still
+    writing its body then loses the answer it had not read yet: it sees "connection reset", never
+    the 413. So the whole answer goes out first (its Content-Length tells the client it is
+    complete), the rest of the body is read for at most LINGER_S seconds or LINGER_BYTES bytes
+    (nginx's lingering close), and only then does the response end and the connection close.
+    """
+    start, answer = _json_answer(status, body)
+    await send(start)
+    await send({**answer, "more_body": True})
+    dropped = 0
+    try:
+        async with asyncio.timeout(LINGER_S):
+            while dropped <= LINGER_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        pass  # a client that keeps sending gets the reset after all: the answer went out first
+    await send({"type": "http.response.body", "body": b""})
+
+
 def lone_surrogate(value: Any, where: str = "body") -> str | None:
     """Where a decoded JSON value holds half of a UTF-16 pair (`"\\ud800"`): no store or encoder
     can write that as text, so it is refused at the door instead of failing deep inside."""
@@ -121,10 +154,13 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         too_big = {"detail": f"request body too large: the limit is {self.limit} bytes",
                    "code": "too_large", "hint": "send less; big inputs belong in files the runbook reads"}
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            for m in _json_answer(413 if declared.isdigit() else 400, too_big if declared.isdigit() else
-                                  {"detail": "bad Content-Length header", "code": "invalid"}):
+        if declared is not None and not declared.isdigit():
+            for m in _json_answer(400, {"detail": "bad Content-Length header", "code": "invalid"}):
                 await send(m)
+            return
+        if declared is not None and int(declared) > self.limit:
+            # Refused before a byte of it is kept; what the client sends anyway is dropped.
+            await _refuse_and_linger(413, too_big, receive, send)
             return
         if scope["method"] in ("GET", "HEAD", "OPTIONS") and b"transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body to hold (nothing here reads one)
@@ -138,8 +174,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                for m in _json_answer(413, too_big):
-                    await send(m)
+                await _refuse_and_linger(413, too_big, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
