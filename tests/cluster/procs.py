@@ -51,13 +51,14 @@ def pg_database(prefix: str = "opsroom_cluster") -> Iterator[str]:
         _run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def catalog(tmp: Path, *, checks: int, interval: float) -> Path:
+def catalog(tmp: Path, *, checks: int, interval: float, **extra: Any) -> Path:
     """`checks` tcp checks of a port nothing listens on: each run is one refused connect in-process
-    (no process forked), so 2,000 checks every 2 s cost the servers little on 2 cores."""
+    (no process forked), so 2,000 checks every 2 s cost the servers little on 2 cores. `extra`
+    goes to the catalog as it is (chat platforms and the rooms bound to them)."""
     closed = free_port()
     rows = [{"name": f"c{i:05d}", "type": "tcp", "service": "svc", "host": "127.0.0.1", "port": closed,
              "interval": f"{interval}s", "timeout": "1s"} for i in range(checks)]
-    return small_catalog(tmp, checks=rows)
+    return small_catalog(tmp, checks=rows, **extra)
 
 
 @dataclass
@@ -66,6 +67,23 @@ class Cluster:
     catalog: Path
     servers: list[Demo]
     env: dict[str, str]
+    tmp: Path | None = None
+
+    def spawn(self) -> Demo:
+        """Start one more server (a data dir of its own) and add it to `servers`."""
+        assert self.tmp is not None
+        n = len(list(self.tmp.glob("data*")))
+        server = start_server(self.tmp, ["serve", "--catalog", str(self.catalog)], data=self.tmp / f"data{n}",
+                              env_extra=self.env)
+        self.servers.append(server)
+        return server
+
+    def chat_holder(self, platform: str) -> Demo | None:
+        """The server whose process holds the lease of `platform`'s chat connection now."""
+        rows = self.query("SELECT holder FROM cluster_leases WHERE name = $1 AND holder IS NOT NULL "
+                          "AND expires_at >= extract(epoch from clock_timestamp())", f"chat:{platform}")
+        pids = {int(r[0].split(":")[1]) for r in rows}
+        return next((s for s in self.servers if s.proc.pid in pids), None)
 
     def query(self, sql: str, *args: Any) -> list[Any]:
         async def go() -> list[Any]:
@@ -97,19 +115,19 @@ class Cluster:
 
 
 def start_cluster(tmp: Path, url: str, *, servers: int, checks: int, interval: float,
-                  heartbeat: float | None = None, dead_after: float | None = None) -> Cluster:
+                  heartbeat: float | None = None, dead_after: float | None = None,
+                  catalog_extra: dict[str, Any] | None = None) -> Cluster:
     """Start `servers` processes one after another (the first migrates the store)."""
-    cat = catalog(tmp, checks=checks, interval=interval)
+    cat = catalog(tmp, checks=checks, interval=interval, **(catalog_extra or {}))
     env = {"OPSROOM_DATABASE_URL": url, "OPSROOM_CHECK_RESULT_OK_INTERVAL": "0", "OPSROOM_LOG_LEVEL": "warning"}
     if heartbeat is not None:
         env["OPSROOM_CLUSTER_HEARTBEAT"] = str(heartbeat)
     if dead_after is not None:
         env["OPSROOM_CLUSTER_DEAD_AFTER"] = str(dead_after)
-    cluster = Cluster(url, cat, [], env)
+    cluster = Cluster(url, cat, [], env, tmp)
     try:
-        for i in range(servers):
-            cluster.servers.append(start_server(tmp, ["serve", "--catalog", str(cat)], data=tmp / f"data{i}",
-                                                env_extra=env))
+        for _ in range(servers):
+            cluster.spawn()
     except BaseException:
         cluster.stop()
         raise
