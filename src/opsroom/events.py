@@ -155,6 +155,48 @@ class ExecutionFinished(Event):
 
 
 @dataclass(kw_only=True)
+class ExecutionReady(Event):
+    """Execution N may start now, on this server: bus only, never in the log (the row is the record).
+
+    Published after the commit that made it so: a run request_run stored running and owned by
+    this server (`claimed`: the row's columns, so the executor starts it without reading it
+    again), or an approved one (the executor moves it to running). The executor listens; where
+    none runs, the row stays as it is and recovery closes it (runbooks/service.py).
+    """
+
+    type: ClassVar[str] = "execution.ready"
+    execution_id: int
+    claimed: dict[str, Any] | None = None
+
+
+@dataclass(kw_only=True)
+class ExecutionCancelRequested(Event):
+    """Someone asked to stop a running execution: logged with the audit record of the request, so
+    the server running it (`owner`) stops its steps wherever the request was made; its end then
+    comes as an ExecutionFinished."""
+
+    type: ClassVar[str] = "execution.cancel_requested"
+    execution_id: int
+    runbook: str
+    by: str
+    owner: str | None = None
+    room: str | None = None
+
+
+@dataclass(kw_only=True)
+class CatalogReloaded(Event):
+    """This server runs a new catalog (bus only: each server reloads its own). Published right
+    after the swap, before any await, so engines that listen follow it in the same step of the
+    event loop; `changed`: the kinds (checks, rooms, ...) with anything added, removed or changed."""
+
+    type: ClassVar[str] = "catalog.reloaded"
+    old_hash: str
+    new_hash: str
+    by: str
+    changed: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
 class RuleTriggered(Event):
     type: ClassVar[str] = "rule.triggered"
     rule: str

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from opsroom.bus import Bus
 from opsroom.catalog.catalog import Catalog
 from opsroom.config import Settings
+from opsroom.rooms.live import LiveRooms
 from opsroom.store.engine import is_sqlite, make_engine, make_sessionmaker, make_sqlite_writer, make_sync_sessionmaker
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ class Runtime:
         self._writer_sessions = make_sync_sessionmaker(self._writer) if self._writer is not None else None
         self._writer_thread = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsroom-writer")
                                if self._writer is not None else None)
-        # The engines a server starts (server.start); a CLI process has none of them.
+        # The engines a server starts (server.start); a CLI process has none of them. Services
+        # never call them: they publish events the engines listen to (docs/architecture.md).
         self.monitor: Monitor | None = None
         self.executor: Executor | None = None
         self.rooms: RoomHub | None = None
@@ -91,6 +93,11 @@ class Runtime:
         self.lease: ServerLease | None = None  # one server per SQLite store
         self.membership: Membership | None = None  # this node's heartbeat in the cluster
         self.shards: Shards | None = None  # the shards of checks this server runs (PostgreSQL)
+        # Whether an executor here starts the runs it is told are ready (ExecutionReady): a run
+        # that needs no approval is then stored running, owned by this server.
+        self.runs_here = False
+        # The rooms as the hub runs them here, for services to read (rooms/live.py).
+        self.live_rooms = LiveRooms()
         # The server's own tasks: stopped by their event between passes, never cancelled mid-write.
         self.housekeeping: asyncio.Task[None] | None = None
         self.housekeeping_stop: asyncio.Event | None = None

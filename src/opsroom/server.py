@@ -87,6 +87,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
         rt.rooms.add_adapter(adapter)
     await rt.rooms.start()
     rt.executor = Executor(rt)
+    rt.executor.attach()  # runs what the services say is ready (ExecutionReady), stops what they cancel
     rules = RulesEngine(rt)
     await rules.load()
     rules.attach()

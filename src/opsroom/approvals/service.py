@@ -18,7 +18,7 @@ from opsroom.domain.approval import DEFAULT_EXPIRY_S, Verdict, binding_hash, may
 from opsroom.domain.execution import advance, can_transition
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
 from opsroom.eventlog import log as eventlog
-from opsroom.events import ApprovalDecided, ApprovalRequested, ExecutionFinished
+from opsroom.events import ApprovalDecided, ApprovalRequested, ExecutionFinished, ExecutionReady
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 
@@ -94,8 +94,9 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
         raise Conflict(f"request #{approval_id} cannot be decided: {verdict.reason}")
     if decided is not None:  # made with every decision taken
         rt.bus.publish(decided)
-    if approve and rt.executor is not None:
-        rt.executor.start(row.execution_id)
+    if approve:  # this server's executor moves it to running (and checks the binding again) and runs it
+        rt.bus.publish(ExecutionReady(execution_id=row.execution_id, source=f"approval:{row.id}",
+                                      correlation_id=decided.correlation_id if decided is not None else None))
     return row
 
 

@@ -21,7 +21,7 @@ from opsroom import plugins
 from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, Step
 from opsroom.errors import OpsroomError
-from opsroom.events import ExecutionFinished, ExecutionOutput
+from opsroom.events import Event, ExecutionCancelRequested, ExecutionFinished, ExecutionOutput, ExecutionReady
 from opsroom.runbooks import processes
 from opsroom.runbooks import service as store
 from opsroom.runbooks.models import ExecutionRow
@@ -74,6 +74,22 @@ class Executor:
         self._dispatch: Dispatcher | None = None
         self._on_workers: set[int] = set()
 
+    def attach(self) -> None:
+        """Start the runs the services say are ready and stop those they say to cancel (events)."""
+        self.rt.bus.add_listener(self._on_event)
+        self.rt.runs_here = True
+
+    def _on_event(self, ev: Event) -> None:
+        """A listener, called in publish itself: the run's task exists once its publisher's call
+        returns (a caller may wait for it), and a dispatch takes no extra turn of the loop.
+        Only the Runtime's executor acts: a second one on the same bus would run each run twice."""
+        if self.rt.executor is not self:
+            return
+        if isinstance(ev, ExecutionReady):
+            self.start(ev.execution_id, claimed=ExecutionRow(**ev.claimed) if ev.claimed is not None else None)
+        elif isinstance(ev, ExecutionCancelRequested):
+            self.cancel(ev.execution_id, by=ev.by)  # relayed from another server too: the run may be ours
+
     def start(self, execution_id: int, *, claimed: ExecutionRow | None = None) -> asyncio.Task[None]:
         """Run an execution; `claimed` is a row this process already stored as running."""
         task = asyncio.get_running_loop().create_task(self._run(execution_id, claimed))
@@ -81,19 +97,17 @@ class Executor:
         task.add_done_callback(lambda _t: self.tasks.pop(execution_id, None))
         return task
 
-    async def cancel(self, execution_id: int, *, by: str) -> bool:
-        """Stop a run of this process and wait for its end; False when it is not running here (any more)."""
-        task = self.tasks.get(execution_id)
-        if task is None:
+    def cancel(self, execution_id: int, *, by: str) -> bool:
+        """Stop a run of this process; False when it is not running here, or its steps are over (it
+        finishes as it is). Its end (ExecutionFinished) follows the SIGTERM, grace and SIGKILL."""
+        if execution_id not in self.tasks:
             return False  # not run by this process
         body = self._bodies.get(execution_id)
-        stopping = body is None or not body.done()  # else its steps are over: it finishes as it is
+        stopping = body is None or not body.done()
         if stopping and execution_id not in self._cancelled_by:  # a second cancel would cut the grace short
             self._cancelled_by[execution_id] = by
             if body is not None:
                 body.cancel()
-        # Bounded: SIGTERM, the grace period, SIGKILL, then the final write (its status for the caller).
-        await asyncio.wait({task}, timeout=CANCEL_GRACE_S + 15)
         return stopping
 
     def live_output(self, execution_id: int) -> tuple[str, int] | None:
@@ -108,6 +122,8 @@ class Executor:
             await asyncio.shield(task)
 
     async def close(self) -> None:
+        self.rt.bus.remove_listener(self._on_event)
+        self.rt.runs_here = False
         for task in list(self.tasks.values()):
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)

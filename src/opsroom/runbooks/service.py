@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
@@ -27,7 +29,16 @@ from opsroom.cluster.models import NodeRow
 from opsroom.domain.execution import ACTIVE, advance, can_transition
 from opsroom.errors import Conflict, Invalid, NotFound, PermissionDenied
 from opsroom.eventlog import log as eventlog
-from opsroom.events import ApprovalDecided, ApprovalRequested, Event, ExecutionFinished, ExecutionStarted, uuid7
+from opsroom.events import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Event,
+    ExecutionCancelRequested,
+    ExecutionFinished,
+    ExecutionReady,
+    ExecutionStarted,
+    uuid7,
+)
 from opsroom.runbooks import params as runbook_params
 from opsroom.runbooks import processes
 from opsroom.runbooks.models import ExecutionRow
@@ -147,7 +158,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     room = room if room in rt.catalog.rooms else _home_room(rt, rb, clean)
     # A run that needs nobody's approval is inserted already running when this process
     # will run it: one transaction less between a hard CRITICAL and the spawned process.
-    run_now = not roles and rt.executor is not None
+    run_now = not roles and rt.runs_here
     status = "awaiting_approval" if roles else "running" if run_now else "pending"
     approvers = await access.holders_of(rt, roles=roles) if roles else []
 
@@ -204,8 +215,9 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
         raise RuleHeldError(f"rule {rule} held: {held[0]}", hint="the rule runs again when its policy allows")
     if event is not None:
         rt.bus.publish(event)
-    elif rt.executor is not None:
-        rt.executor.start(row.id, claimed=row)
+    elif run_now:  # the executor starts it from the row as stored, without reading it again
+        rt.bus.publish(ExecutionReady(execution_id=row.id, claimed={"id": row.id, **values},
+                                      source=f"execution:{row.id}", correlation_id=row.correlation_id))
     return row
 
 
@@ -235,11 +247,6 @@ def started_event(row: ExecutionRow) -> ExecutionStarted:
         execution_id=row.id, runbook=row.runbook, summary=row.summary, environment=row.environment,
         triggered_by=row.requested_by, door=row.door, rule=row.rule, correlation_id=row.correlation_id,
         source=f"execution:{row.id}", room=row.room, at=at, uid=uuid7(at=at, key=f"execution:{row.id}:started"))
-
-
-async def start_approved(rt: Runtime, *, execution_id: int) -> None:
-    if rt.executor is not None:
-        rt.executor.start(execution_id)
 
 
 async def mark_running(rt: Runtime, execution_id: int) -> ExecutionRow | None:
@@ -291,8 +298,42 @@ def may_cancel(actor: Actor, row: ExecutionRow) -> bool:
     return (actor.can("runbook.run") or actor.can("approval.decide")) and _may_cancel(actor, row)
 
 
+# How long a cancel waits for a running execution's end: the executor's SIGTERM grace
+# (runbooks/executor.py CANCEL_GRACE_S, 5 s), its SIGKILL and final write, bounded.
+CANCEL_WAIT_S = 20.0
+
+
+@contextlib.contextmanager
+def _end_of(rt: Runtime, execution_id: int) -> Iterator[asyncio.Event]:
+    """Set once this server's bus carries the execution's ExecutionFinished (its own executor's, or
+    relayed from the server running it). Listening starts here, so an end published after it,
+    even one racing the cancel's own transaction, is not missed."""
+    ended = asyncio.Event()
+
+    def heard(ev: Event) -> None:
+        if isinstance(ev, ExecutionFinished) and ev.execution_id == execution_id:
+            ended.set()
+
+    rt.bus.add_listener(heard)
+    try:
+        yield ended
+    finally:
+        rt.bus.remove_listener(heard)
+
+
 async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room: str | None = None) -> ExecutionRow:
-    """Stop a run: a waiting one is closed (with its request), a running one's process group killed."""
+    """Stop a run: a waiting one is closed (with its request), a running one's process group killed.
+
+    For a running one the request is recorded (audit record and ExecutionCancelRequested, in one
+    transaction) and published; the server running it stops its steps (runbooks/executor.py)
+    and this call waits, bounded, for its end, so the answer says what happened.
+    """
+    with _end_of(rt, execution_id) as end_heard:
+        return await _cancel(rt, actor=actor, execution_id=execution_id, room=room, end_heard=end_heard)
+
+
+async def _cancel(rt: Runtime, *, actor: Actor, execution_id: int, room: str | None,
+                  end_heard: asyncio.Event) -> ExecutionRow:
     target = f"execution:{execution_id}"
 
     async def refuse(reason: str) -> None:
@@ -325,6 +366,10 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
             await audit.append(s, actor=actor, action="execution.cancel", target=target,
                                outcome="cancelled" if verdict != "running" else "stopping",
                                details={"runbook": row.runbook, "was": verdict, "room": room})
+        if row is not None and verdict == "running":
+            asked = ExecutionCancelRequested(execution_id=row.id, runbook=row.runbook, by=actor.name, owner=row.owner,
+                                             correlation_id=row.correlation_id, source=target, room=row.room)
+            eventlog.stage(s, asked, origin=rt.node_id)
         if row is not None and verdict in ("pending", "awaiting_approval"):
             if closed is not None:  # its Approve/Deny buttons go away in every room, as for a decided one
                 ended.append(ApprovalDecided(
@@ -350,16 +395,16 @@ async def cancel_execution(rt: Runtime, *, actor: Actor, execution_id: int, room
         for ev in ended:
             rt.bus.publish(ev)
         return row
-    stopped = rt.executor is not None and await rt.executor.cancel(execution_id, by=actor.name)
+    rt.bus.publish(asked)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(end_heard.wait(), CANCEL_WAIT_S)
     async with rt.read() as s:
         row = await s.get_one(ExecutionRow, execution_id)
-    if row.status == "cancelled" or (stopped and row.status in ACTIVE):
+    if row.status == "cancelled" or row.status in ACTIVE:  # still active: its server is stopping it
         return row
-    if row.status not in ACTIVE:  # its steps ended before the cancel reached them
-        raise Conflict(f"execution #{execution_id} finished ({row.status.replace('_', ' ')}) before it could be "
-                       "cancelled", hint=f"see it with `execution {execution_id}`")
-    raise Conflict(f"execution #{execution_id} runs on another opsroom server ({row.owner})",
-                   hint="cancel it through that server's room, API or CLI")
+    # Its steps ended before the cancel reached them.
+    raise Conflict(f"execution #{execution_id} finished ({row.status.replace('_', ' ')}) before it could be "
+                   "cancelled", hint=f"see it with `execution {execution_id}`")
 
 
 async def record_process(rt: Runtime, execution_id: int, *, pgid: int, started: str | None) -> None:
