@@ -29,6 +29,7 @@ from opsroom.catalog.catalog import Catalog, Location
 from opsroom.catalog.errors import CatalogError, Problem
 from opsroom.catalog.loader import load_catalog
 from opsroom.errors import Conflict, Invalid, OpsroomError, PermissionDenied
+from opsroom.events import CatalogReloaded
 from opsroom.runbooks import service as execution_service
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
@@ -252,7 +253,9 @@ async def _reload(rt: Runtime, *, actor: Actor, path: Path) -> Reloaded:
     if rt.monitor is not None:
         checks = changes.get("checks", Change())
         rt.monitor.catalog_changed(old, touched=[*checks.added, *checks.removed, *checks.changed])
-    _follow_rooms(rt)
+    # Listeners follow in publish itself (the rooms' routes: chat/hub.py), still with no await.
+    rt.bus.publish(CatalogReloaded(old_hash=old_hash, new_hash=new_hash, by=actor.name, changed=sorted(changes),
+                                   source="catalog"))
     _follow_alert_sources(rt)
     _settle_memory()
     notes = _notes(rt, old, changes)
@@ -284,14 +287,6 @@ def _settle_memory() -> None:
     gc.freeze()
 
 
-def _follow_rooms(rt: Runtime) -> None:
-    """Rooms and bindings as the new catalog says: a line from a newly bound channel reaches its room."""
-    hub = rt.rooms
-    if hub is None:
-        return
-    hub.routes = {(name, channel): room for room in rt.catalog.rooms for name, channel in hub.channels(room)}
-
-
 def _follow_alert_sources(rt: Runtime) -> None:
     book = rt.alerts
     if book is None:
@@ -307,11 +302,11 @@ def _notes(rt: Runtime, old: Catalog, changes: dict[str, Change]) -> list[str]:
         names = ", ".join([*platforms.added, *platforms.removed, *platforms.changed])
         notes.append(f"chat platforms changed ({names}): their connections are made at start; "
                      "restart the server to apply them")
-    hub = rt.rooms
-    if hub is not None and "rooms" in changes:
+    platforms_here = rt.live_rooms.platforms
+    if platforms_here and "rooms" in changes:
         bound = {(r.name, b) for r in rt.catalog.rooms.values() for b in r.bind}
         bound -= {(r.name, b) for r in old.rooms.values() for b in r.bind}
-        joining = {n for n, a in hub.adapters.items() if not a.implicit}  # the web room needs no join
+        joining = {p.name for p in platforms_here.values() if not p.implicit}  # the web room needs no join
         added = {p for _, b in bound if (p := b.partition(":")[0]) in joining}
         if added:
             notes.append(f"rooms bound to new channels on {', '.join(sorted(added))}: lines from them reach "

@@ -36,9 +36,8 @@ def _words(text: str) -> list[str]:
 
 def _trusted(rt: Runtime, platform: str) -> bool:
     """Whether the platform's own login is an opsroom login (the web room): nothing to link there."""
-    hub = rt.rooms
-    adapter = hub.adapters.get(platform) if hub is not None else None
-    return adapter is not None and adapter.trusted_identity
+    known = rt.live_rooms.platforms.get(platform)
+    return known is not None and known.trusted_identity
 
 
 async def handle(rt: Runtime, *, platform: str, person: Person, text: str) -> str | None:

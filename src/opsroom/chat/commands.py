@@ -24,6 +24,7 @@ from opsroom.chat.phrases import rephrase
 from opsroom.chat.words import split_words
 from opsroom.checks import service as checks
 from opsroom.errors import Invalid, NotFound, OpsroomError
+from opsroom.rooms import service as rooms
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.params import usage
 from opsroom.runtime import Runtime
@@ -256,8 +257,7 @@ async def _help(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) 
 
 
 async def _who(rt: Runtime, actor: Actor, room: str | None, a: dict[str, str]) -> Reply:
-    hub = rt.rooms
-    people = await hub.present(room) if hub is not None and room else []
+    people = await rooms.present(rt, room=room) if room else []
     if not people:
         return "nobody else is here"
     return "here: " + ", ".join(f"{p['name']} ({', '.join(p['roles']) or 'no roles'})" for p in people)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -43,8 +43,9 @@ from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Me
 from opsroom.chat.ownership import ChatOwnership, Fenced
 from opsroom.chat.sendqueue import SendQueue
 from opsroom.errors import OpsroomError
-from opsroom.events import AccessChanged, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
+from opsroom.events import AccessChanged, CatalogReloaded, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
 from opsroom.rooms import service as rooms
+from opsroom.rooms.live import Platform
 from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
 
@@ -64,7 +65,8 @@ class RoomHub:
         self.rt = rt
         self.adapters: dict[str, ChatAdapter] = {}
         self.queues: dict[str, SendQueue] = {}
-        self.people: dict[str, dict[str, Person]] = defaultdict(dict)
+        # Who is present where: kept in the Runtime's read model, which services read (`who`).
+        self.people = rt.live_rooms.people
         self.routes: dict[tuple[str, str], str] = {}  # (adapter name, channel) -> room
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -83,6 +85,11 @@ class RoomHub:
             raise ValueError(f"two chat adapters are named {adapter.name!r}")
         self.adapters[adapter.name] = adapter
         self.queues[adapter.name] = self._queue_for(adapter)
+        live = self.rt.live_rooms
+        live.platforms[adapter.name] = Platform(adapter.name, adapter.implicit, adapter.trusted_identity)
+        said = getattr(adapter, "said", None)
+        if adapter.name == "web" and said is not None:
+            live.web = said  # rooms.service.say hands the web room's lines in here
 
     def _queue_for(self, adapter: ChatAdapter) -> SendQueue:
         return SendQueue(adapter if adapter.implicit else Fenced(adapter, self.holds))
@@ -105,12 +112,14 @@ class RoomHub:
                 out.append((name, channel.strip()))
         return out
 
+    def _follow_catalog(self) -> None:
+        """Routes as the running catalog binds its rooms: a line from a newly bound channel reaches its room."""
+        self.routes = {(name, channel): room for room in self.rt.catalog.rooms for name, channel in self.channels(room)}
+
     async def start(self) -> None:
         """Start the room: its queue, the announcer and the adapters: the web room here always,
         each platform where its connection is held."""
-        for room in self.rt.catalog.rooms:
-            for name, channel in self.channels(room):
-                self.routes[(name, channel)] = room
+        self._follow_catalog()
         self.rt.bus.subscribe(AccessChanged, self._access_changed)
         # A listener, called in publish itself: the place kept for an announcement is taken
         # before anything the publisher does next can reach the queue.
@@ -159,6 +168,7 @@ class RoomHub:
 
     async def stop(self) -> None:
         self.rt.bus.remove_listener(self._on_event)
+        self.rt.live_rooms.web = None
         if self.announcer is not None:
             await self.announcer.stop()
         for name, adapter in self.adapters.items():
@@ -338,16 +348,6 @@ class RoomHub:
         verb = "joined" if joined else "left"
         await self.post(Message(room=room, text=f"{person.display_name} {verb} the room", kind="notice"))
 
-    async def present(self, room: str) -> list[dict[str, Any]]:
-        out = []
-        for key, person in sorted(self.people[room].items()):
-            roles: list[str] = []
-            if person.user:
-                with contextlib.suppress(OpsroomError):
-                    roles = sorted((await access.actor_by_name(self.rt, name=person.user, door="chat")).roles)
-            out.append({"name": person.display_name or key, "roles": roles})
-        return out
-
     # --- outbound -------------------------------------------------------
 
     async def post(self, msg: Message) -> Message:
@@ -366,7 +366,11 @@ class RoomHub:
 
     def _on_event(self, ev: Event) -> None:
         """An announced event on this server's bus: the announcer's to announce (one server
-        announces each); made here, the queue keeps its announcement's place."""
+        announces each); made here, the queue keeps its announcement's place. A reload's routes
+        follow in the publish itself, in the step of the loop that swapped the catalog."""
+        if isinstance(ev, CatalogReloaded):
+            self._follow_catalog()
+            return
         pending = self.arrivals.place_for(ev)
         if pending is not None:
             self._queue.put_nowait((pending, None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import time
@@ -11,10 +12,11 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from opsroom.access import service as access
 from opsroom.access.identity import Actor
 from opsroom.approvals import service as approvals
 from opsroom.audit import service as audit
-from opsroom.errors import NotFound
+from opsroom.errors import NotFound, OpsroomError
 from opsroom.eventlog import log as eventlog
 from opsroom.events import RoomMessagePosted
 from opsroom.rooms.models import RoomMessageRow
@@ -78,7 +80,6 @@ async def open_room(rt: Runtime, *, actor: Actor, room: str, limit: int = 50) ->
     """History, open requests and the room's environment marking; opening a room is a view."""
     actor.require("status.read", what="open rooms")
     _room(rt, room)
-    assert rt.rooms is not None
     history = await history_of(rt, room=room, limit=limit)
     cat = rt.catalog
     envs = _environments(rt, room)
@@ -137,11 +138,23 @@ async def say(rt: Runtime, *, actor: Actor, room: str, text: str) -> None:
     what joining it needs; what the line asks for (a command) is checked again as it is handled."""
     actor.require("status.read", what="speak in rooms")
     _room(rt, room)
-    assert rt.rooms is not None
-    web = rt.rooms.adapters.get("web")
-    if web is None or not hasattr(web, "said"):
+    said = rt.live_rooms.web
+    if said is None:
         raise NotFound("the web room is not running in this server", hint="start it with `opsroom serve`")
-    await web.said(room, actor, text)
+    await said(room, actor, text)
+
+
+async def present(rt: Runtime, *, room: str) -> list[dict[str, Any]]:
+    """Who is in a room now (the chat platforms and web sockets of this server), with their roles.
+    Part of the room's view, as `who` shows it: not audited on its own."""
+    out = []
+    for key, person in sorted(rt.live_rooms.people[room].items()):
+        roles: list[str] = []
+        if person.user:
+            with contextlib.suppress(OpsroomError):
+                roles = sorted((await access.actor_by_name(rt, name=person.user, door="chat")).roles)
+        out.append({"name": person.display_name or key, "roles": roles})
+    return out
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
