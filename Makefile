@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench system-deps synapse venv clean
+.PHONY: demo test lint bench system-deps synapse oidc-provider venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,11 +41,16 @@ lint: $(STAMP)
 synapse:
 	@bash scripts/install-synapse >/dev/null
 
+# oidc-provider (the real OpenID Connect provider of the single sign-on tests) from npm, run with
+# the machine's Node.js, into the same cache outside the checkout.
+oidc-provider:
+	@bash scripts/install-oidc-provider >/dev/null
+
 # Four workers on two cores: most tests wait on servers, browsers and subprocesses, not on the CPU
 # (2,339 tests: 14 min 40 s on 4 workers on a loaded machine). A file stays on one worker, so its
 # module fixtures (one server per file) are started once. TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 4
-test: $(STAMP) system-deps synapse lint
+test: $(STAMP) system-deps synapse oidc-provider lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)

@@ -9,15 +9,18 @@ passwords only from `opsroom user passwd`, a `password_env` variable, or the dem
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OPSROOM_", extra="ignore")
+    # hide_input_in_errors: a refused setting's message must not echo the others (a client secret).
+    model_config = SettingsConfigDict(env_prefix="OPSROOM_", extra="ignore", hide_input_in_errors=True)
 
     data: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("opsroom")))
     database_url: str | None = None
@@ -53,6 +56,28 @@ class Settings(BaseSettings):
     # The event log (docs/events.md) keeps this long what every consumer has read: the incident
     # timeline and audit correlation read it.
     event_log_keep_days: float = Field(default=30.0, gt=0)
+    # Single sign-on with OpenID Connect (docs/access.md): all unset, the login page has no SSO
+    # button. The client secret is a SecretStr: printed as ********** in any repr or log line.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_provider_name: str = Field(default="single sign-on", max_length=64)
+    oidc_scopes: str = "openid profile email"
+    oidc_groups_claim: str = "groups"
+    oidc_name_claim: str = "preferred_username"
+    # IdP group -> opsroom roles, as JSON: {"ops-approvers": ["approver"], "ops": ["operator"]}.
+    oidc_roles: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _oidc_complete_and_safe(self) -> Settings:
+        problem = oidc_problem(self)
+        if problem:
+            raise ValueError(f"single sign-on refused: {problem}")
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return self.oidc_issuer is not None
 
     def broker_for(self, environment: str) -> str | None:
         """The broker whose queue `opsroom.<environment>` carries that environment's steps, if any."""
@@ -67,3 +92,43 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data / 'opsroom.db'}"
+
+
+def loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def oidc_problem(s: Settings) -> str | None:
+    """Why the OIDC settings are unsafe or incomplete (refused at start, never at the first login)."""
+    given = [n for n in ("oidc_issuer", "oidc_client_id", "oidc_client_secret") if getattr(s, n)]
+    if not given and not s.oidc_roles:
+        return None
+    if s.oidc_issuer is None:
+        named = ", ".join("OPSROOM_" + n.upper() for n in given) or "OPSROOM_OIDC_ROLES"
+        return f"OPSROOM_OIDC_ISSUER is not set (given: {named})"
+    url = urlsplit(s.oidc_issuer)
+    if url.scheme not in ("https", "http") or not url.hostname:
+        return f"OPSROOM_OIDC_ISSUER {s.oidc_issuer!r} is not an https URL"
+    # Discovery, keys and the code exchange travel to the issuer: over plain http anyone on the path
+    # could swap the signing keys and sign in as anyone. Only loopback (a provider on this host) may.
+    if url.scheme == "http" and not loopback_host(url.hostname):
+        return f"OPSROOM_OIDC_ISSUER {s.oidc_issuer!r} uses http: use https (plain http only on loopback)"
+    if url.query or url.fragment or url.username or url.password:
+        return "OPSROOM_OIDC_ISSUER must be the issuer URL alone (no query, fragment or credentials)"
+    if not s.oidc_client_id:
+        return "OPSROOM_OIDC_CLIENT_ID is not set"
+    if s.oidc_client_secret is None or not s.oidc_client_secret.get_secret_value():
+        return "OPSROOM_OIDC_CLIENT_SECRET is not set (opsroom is a confidential client)"
+    if "openid" not in s.oidc_scopes.split():
+        return f"OPSROOM_OIDC_SCOPES {s.oidc_scopes!r} lacks `openid`"
+    if not s.oidc_roles:
+        return ("OPSROOM_OIDC_ROLES maps no group to a role: nobody could sign in "
+                '(e.g. OPSROOM_OIDC_ROLES=\'{"ops-approvers": ["approver"]}\')')
+    if not s.oidc_groups_claim or not s.oidc_name_claim:
+        return "OPSROOM_OIDC_GROUPS_CLAIM and OPSROOM_OIDC_NAME_CLAIM must name claims"
+    return None

@@ -69,3 +69,18 @@ class LinkCodeRow(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
     expires_at: Mapped[float] = mapped_column(Float)
     used_at: Mapped[float | None] = mapped_column(Float)
+
+
+class OidcIdentityRow(Base):
+    """The IdP account (issuer + `sub`, never its changeable user name) a single sign-on user is."""
+
+    __tablename__ = "oidc_identities"
+    # One IdP account is one user; a user is one IdP account (a second `sub` cannot take it over).
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_oidc_identities_issuer_subject"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)  # as of the last sign-in (for audit questions)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    last_login_at: Mapped[float | None] = mapped_column(Float)

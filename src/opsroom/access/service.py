@@ -310,14 +310,21 @@ async def login(rt: Runtime, *, name: str, password: str, door: Door = "web",
                                  outcome="denied", details={"address": address})
         raise Unauthenticated("wrong user name or password")
     throttle.succeeded(row.name, address)
-    session_token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     actor = actor_for(rt, row, door)
     async with rt.write() as s:
-        s.add(WebSessionRow(user_id=row.id, token_hash=token_hash(session_token), csrf_token=csrf,
-                            expires_at=time.time() + rt.settings.session_hours * 3600))
+        session_token, csrf = start_session(rt, s, user_id=row.id)
         await audit.append(s, actor=actor, action="login", target=f"user:{row.name}",
                            details={"address": address})
     return LoginResult(actor, session_token, csrf)
+
+
+def start_session(rt: Runtime, s: AsyncSession, *, user_id: int) -> tuple[str, str]:
+    """A new web session (token, csrf token) in the caller's transaction, beside its login's audit
+    record: every way in (password, single sign-on) gets a fresh token, so none can be fixated."""
+    session_token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    s.add(WebSessionRow(user_id=user_id, token_hash=token_hash(session_token), csrf_token=csrf,
+                        expires_at=time.time() + rt.settings.session_hours * 3600))
+    return session_token, csrf
 
 
 async def session_actor(rt: Runtime, *, session_token: str, door: Door) -> tuple[Actor, str]:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from opsroom.access import links
+from opsroom.access import links, oidc
 from opsroom.access import service as access
 from opsroom.access.identity import Actor
 from opsroom.errors import NotFound, OpsroomError, TooManyAttempts, Unauthenticated
@@ -31,6 +31,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "ui" / "templates"))
 STATIC = Path(__file__).parent / "ui" / "static"
 LOGIN_CSRF = "opsroom_login_csrf"
+OIDC_PENDING = "opsroom_oidc"  # the signed sign-in in progress (access/oidc.py), sent to /login/oidc only
 
 
 def _safe_next(target: str | None) -> str:
@@ -47,9 +48,10 @@ def _login_url(next_path: str, error: str | None = None) -> str:
     return "/login?" + urlencode(query)
 
 
-def _cookie(response: Response, request: Request, name: str, value: str, max_age: int | None = None) -> None:
+def _cookie(response: Response, request: Request, name: str, value: str, max_age: int | None = None,
+            path: str = "/") -> None:
     response.set_cookie(name, value, httponly=True, samesite="lax", max_age=max_age,
-                        secure=secure_cookie(request.app.state.rt.settings, request.url.scheme), path="/")
+                        secure=secure_cookie(request.app.state.rt.settings, request.url.scheme), path=path)
 
 
 def page_error(request: Request, status: int, title: str, message: str, hint: str | None = None) -> Response:
@@ -60,8 +62,11 @@ def page_error(request: Request, status: int, title: str, message: str, hint: st
 @router.get("/login")
 async def login_form(request: Request, next: str | None = None, error: str | None = None) -> Response:
     token = secrets.token_urlsafe(24)
+    settings = request.app.state.rt.settings
+    sso = settings.oidc_provider_name if oidc.enabled(settings) else None
     resp = templates.TemplateResponse(request, "login.html", {"csrf": token, "next": _safe_next(next),
-                                                               "error": error, "demo": request.app.state.demo})
+                                                               "error": error, "demo": request.app.state.demo,
+                                                               "sso": sso})
     _cookie(resp, request, LOGIN_CSRF, token, 3600)
     return resp
 
@@ -83,6 +88,42 @@ async def login(request: Request, rt: RuntimeDep, username: Annotated[str, Form(
     resp = RedirectResponse(_safe_next(next), status_code=303)
     _cookie(resp, request, SESSION_COOKIE, result.session_token, int(rt.settings.session_hours * 3600))
     resp.delete_cookie(LOGIN_CSRF, path="/")
+    return resp
+
+
+@router.get("/login/oidc")
+async def login_oidc(request: Request, rt: RuntimeDep, next: str | None = None) -> Response:
+    """Off to the single sign-on provider, carrying state, nonce and PKCE verifier in a signed cookie."""
+    if not oidc.enabled(rt.settings):
+        return page_error(request, 404, "no single sign-on", "Single sign-on is not configured on this server.",
+                          hint="log in with your user name and password")
+    target = _safe_next(next)
+    try:
+        url, pending = await oidc.begin(rt, next_path=target)
+    except OpsroomError as exc:
+        return RedirectResponse(_login_url(target, exc.message + (f" ({exc.hint})" if exc.hint else "")),
+                                status_code=303)
+    resp = RedirectResponse(url, status_code=303)
+    _cookie(resp, request, OIDC_PENDING, pending, oidc.PENDING_TTL_S, path="/login/oidc")
+    return resp
+
+
+@router.get("/login/oidc/callback")
+async def login_oidc_callback(request: Request, rt: RuntimeDep) -> Response:
+    """The provider's redirect back: every refusal ends on the login page with its reason."""
+    if not oidc.enabled(rt.settings):
+        return page_error(request, 404, "no single sign-on", "Single sign-on is not configured on this server.")
+    params = {k: v[:4096] for k, v in request.query_params.items()}
+    try:
+        result, target = await oidc.finish(rt, cookie=request.cookies.get(OIDC_PENDING), params=params,
+                                           address=request.client.host if request.client else None)
+    except OpsroomError as exc:
+        resp = RedirectResponse(_login_url("/", exc.message + (f" ({exc.hint})" if exc.hint else "")),
+                                status_code=303)
+    else:
+        resp = RedirectResponse(_safe_next(target), status_code=303)
+        _cookie(resp, request, SESSION_COOKIE, result.session_token, int(rt.settings.session_hours * 3600))
+    resp.delete_cookie(OIDC_PENDING, path="/login/oidc")  # one sign-in, one callback
     return resp
 
 
