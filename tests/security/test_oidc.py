@@ -170,6 +170,24 @@ async def test_roles_follow_the_groups_at_every_sign_in_and_open_doors_are_told(
     assert (await _denied(rt))[-1]["reason"] == "no_role"
 
 
+async def test_once_the_catalog_names_an_sso_user_the_catalog_decides_the_roles(
+        sso: tuple[Runtime, httpx.AsyncClient], tmp_path: Path) -> None:
+    """Privilege escalation through the IdP: a person the reviewed catalog names as a viewer does
+    not become an approver because a group at the IdP says so."""
+    from opsroom.access.reconcile import reconcile_users
+    from opsroom.catalog.loader import load_catalog
+
+    rt, browser = sso
+    await _sign_in(browser, "pat")
+    users = [{"name": "boss", "roles": ["approver"]}, {"name": "pat", "roles": ["viewer"]}]
+    rt.catalog = load_catalog(small_catalog(tmp_path / "reviewed", users=users))
+    assert (await reconcile_users(rt)).adopted == ["pat"]
+    browser.cookies.clear()
+    assert (await _sign_in(browser, "pat")).headers["location"] == "/"
+    actor, _ = await access.session_actor(rt, session_token=browser.cookies[SESSION_COOKIE], door="web")
+    assert actor.roles == {"viewer"} and not actor.can("approval.decide")
+
+
 async def test_a_disabled_user_cannot_sign_in_through_the_idp(sso: tuple[Runtime, httpx.AsyncClient]) -> None:
     """Bypass of an admin's disable: the IdP still knows the person, opsroom does not let them in."""
     rt, browser = sso
@@ -183,7 +201,8 @@ async def test_a_disabled_user_cannot_sign_in_through_the_idp(sso: tuple[Runtime
 async def test_someone_in_no_mapped_group_gets_no_account(sso: tuple[Runtime, httpx.AsyncClient]) -> None:
     """Default deny: being known to the company IdP is not being an opsroom user."""
     rt, browser = sso
-    assert "no group that has a role" in _refusal(await _sign_in(browser, "nogroup"))
+    message = _refusal(await _sign_in(browser, "nogroup"))
+    assert "no group that has a role" in message and "OPSROOM_OIDC_ROLES maps" in message
     assert await _user(rt, "nogroup") is None
     assert (await _denied(rt))[-1] == {**(await _denied(rt))[-1], "reason": "no_role", "groups": ["staff"]}
 

@@ -394,6 +394,13 @@ async def _finish(rt: Runtime, *, cookie: str | None, params: Mapping[str, str],
     return result, str(pending.get("next") or "/")
 
 
+def _no_role_hint(settings: Settings, groups: list[str]) -> str:
+    if groups:
+        return "ask an admin to add you to a group that OPSROOM_OIDC_ROLES maps to a role"
+    return (f"the provider sent no `{settings.oidc_groups_claim}` claim: an admin may need to add the scope "
+            "that carries it to OPSROOM_OIDC_SCOPES, or set OPSROOM_OIDC_GROUPS_CLAIM")
+
+
 async def _sign_in(rt: Runtime, *, sub: str, name: str, display: str | None, groups: list[str],
                    address: str | None) -> LoginResult:
     settings = rt.settings
@@ -425,7 +432,7 @@ async def _sign_in(rt: Runtime, *, sub: str, name: str, display: str | None, gro
                 adopted = True
             if not roles:
                 raise SsoRefused("you are in no group that has a role in opsroom", reason="no_role", subject=sub,
-                                 name=name, groups=groups, hint="ask an admin to add you to a mapped group")
+                                 name=name, groups=groups, hint=_no_role_hint(settings, groups))
             if row is None:
                 row = UserRow(name=name, roles=roles, display_name=display[:128] if display else None,
                               password_hash=None, source="oidc")
@@ -437,6 +444,10 @@ async def _sign_in(rt: Runtime, *, sub: str, name: str, display: str | None, gro
         if row.disabled:
             raise SsoRefused("this opsroom account is disabled", reason="disabled", subject=sub, name=row.name,
                              groups=groups, hint="ask an admin to enable it")
+        if row.source != "oidc":
+            # The catalog named this person since (reconcile adopted the user): the reviewed catalog
+            # decides their roles, the IdP only who they are.
+            roles = list(row.roles)
         old = list(row.roles)
         ident.groups, ident.last_login_at = groups, time.time()
         if old != roles and not created:
@@ -449,7 +460,7 @@ async def _sign_in(rt: Runtime, *, sub: str, name: str, display: str | None, gro
             # Out of every mapped group: the roles are gone (above) and so are the open sessions.
             await s.execute(delete(WebSessionRow).where(WebSessionRow.user_id == row.id))
             refused = SsoRefused("you are in no group that has a role in opsroom", reason="no_role", subject=sub,
-                                 name=row.name, groups=groups, hint="ask an admin to add you to a mapped group")
+                                 name=row.name, groups=groups, hint=_no_role_hint(settings, groups))
         else:
             actor = actor_for(rt, row, "web")
             session_token, csrf = start_session(rt, s, user_id=row.id)
