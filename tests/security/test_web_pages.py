@@ -25,6 +25,8 @@ Q = quote(PROBE, safe="")
 # Every GET route outside the JSON API, with the URLs that exercise it (probe in path and query).
 PAGES: dict[str, list[str]] = {
     "/login": ["/login", f"/login?next={Q}&error={Q}", f"/login?next=/rooms/{Q}"],
+    "/login/oidc": ["/login/oidc", f"/login/oidc?next={Q}"],
+    "/login/oidc/callback": ["/login/oidc/callback", f"/login/oidc/callback?state={Q}&code={Q}&error={Q}"],
     "/": ["/", f"/?q={Q}"],
     "/rooms/{room}": ["/rooms/ops", f"/rooms/{Q}", f"/rooms/ops?x={Q}"],
     "/me/links": ["/me/links", f"/me/links?x={Q}"],
