@@ -21,7 +21,7 @@ venv: $(STAMP)
 # prometheus-alertmanager as the real sender of alerts and receiver of silences, openssh-server
 # as the real remote host of ssh runbooks and checks, monitoring-plugins as real Nagios plugins,
 # curl because the tutorial (docs/tutorial.md, run by tests/e2e/test_tutorial.py) uses it.
-DEBS := chromium ngircd prosody prometheus-alertmanager openssh-server openssh-client monitoring-plugins curl
+DEBS := chromium ngircd prosody prometheus-alertmanager openssh-server openssh-client monitoring-plugins curl aide
 system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     oidc_name_claim: str = "preferred_username"
     # IdP group -> opsroom roles, as JSON: {"ops-approvers": ["approver"], "ops": ["operator"]}.
     oidc_roles: dict[str, list[str]] = Field(default_factory=dict)
+    # File integrity (docs/integrity.md): the catalog and its runbooks' scripts are always watched;
+    # these paths too (JSON list: OPSROOM_INTEGRITY_PATHS='["/etc/opsroom", "/opt/ops/bin"]').
+    integrity_paths: list[Path] = Field(default_factory=list)
+    # The full rescan that catches what inotify dropped (queue overflow, network filesystems).
+    integrity_scan_minutes: float = Field(default=15.0, gt=0, le=1440)
+    integrity_watch: bool = True  # false: rescans only (no inotify watches)
+    # Files are hashed up to this many bytes (a larger one: its head, plus size, mtime and ctime).
+    integrity_max_hash_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)
+    # Text files up to this size are kept with the baseline, so a change comes with a diff.
+    integrity_max_diff_bytes: int = Field(default=256 * 1024, ge=0, le=16 * 1024 * 1024)
+    integrity_max_files: int = Field(default=20_000, ge=1)  # per watched tree
 
     @model_validator(mode="after")
     def _oidc_complete_and_safe(self) -> Settings:

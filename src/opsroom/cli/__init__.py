@@ -18,6 +18,7 @@ import typer
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
 from opsroom.cli import admin, backup, remote, runs
 from opsroom.cli import cluster as _cluster  # noqa: F401  (registers `opsroom cluster`)
+from opsroom.cli import integrity as _integrity  # noqa: F401  (registers `opsroom integrity`)
 from opsroom.cli import worker as _worker  # noqa: F401  (registers `opsroom worker`)
 from opsroom.cli.client import NOT_OK, USAGE, ClientError
 from opsroom.cli.common import (

@@ -1,0 +1,93 @@
+"""`opsroom integrity status | scan | accept [PATH...]`: local admin commands on the server host.
+
+The watched files are this host's, so these run here (not over the API), open the store as the
+other admin commands do and act as `local:<login>` through the service layer, which checks the
+permission and audits. What they record (a change, an acceptance) the running server sees at its
+next run request: the baseline and the open changes live in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from opsroom.cli.admin import store
+from opsroom.cli.common import CatalogOpt, DataOpt, app, local_admin, run
+from opsroom.cli.output import when
+from opsroom.cli.terminal import write
+
+integrity_app = typer.Typer(no_args_is_help=True, help="File integrity monitoring (local admin, on the server host).")
+app.add_typer(integrity_app, name="integrity")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+def _json(value: Any) -> None:
+    write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
+
+
+@integrity_app.command("status")
+def status(data: DataOpt = None, catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """The baseline, every change not accepted yet, and the runbooks it quarantines (exit 1 if any)."""
+    from opsroom.integrity import service
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await service.status(rt, actor=local_admin())
+
+    st = run(body)
+    if as_json:
+        _json(st.model_dump(mode="json"))
+    else:
+        head = "baseline OK" if st.baseline_ok else "baseline NOT TRUSTED (signature fails or missing)"
+        write(f"{head}: site {st.site}, generation {st.generation}, {st.files} files, "
+              f"accepted {when(st.updated_at)} by {st.updated_by or '-'}")
+        for c in st.changes:
+            write(f"  {c.path}: {', '.join(c.kinds)} (since {when(c.first_at)})")
+        if not st.changes:
+            write("  no unaccepted changes")
+        if st.quarantined:
+            write(f"quarantined: {', '.join(st.quarantined)}")
+    if st.changes or not st.baseline_ok:
+        raise typer.Exit(1)
+
+
+@integrity_app.command("scan")
+def scan(data: DataOpt = None, catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """Rescan every watched file now; new changes are recorded and announced (exit 1 if any)."""
+    from opsroom.integrity import service
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await service.scan(rt, actor=local_admin())
+
+    done = run(body)
+    if as_json:
+        _json(done.model_dump(mode="json"))
+    else:
+        what = "baseline made" if done.created else f"{done.new_changes} new change(s)"
+        write(f"scanned {done.files} files in {done.seconds:.2f} s: {what}"
+              + (f"; quarantined: {', '.join(done.quarantined)}" if done.quarantined else ""))
+        for problem in done.problems:
+            write(f"  not scanned: {problem}", stream=sys.stderr)
+    if done.new_changes or not done.baseline_ok:
+        raise typer.Exit(1)
+
+
+@integrity_app.command("accept")
+def accept(paths: Annotated[list[str] | None, typer.Argument(help="files or directories; none: everything")] = None,
+           data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Make the files as they are now the baseline (all, or PATH...): lifts their quarantine. Audited."""
+    from opsroom.integrity import service
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await service.accept(rt, actor=local_admin(), paths=paths or None)
+
+    done = run(body)
+    write(f"accepted {done.files} file(s) as baseline generation {done.generation} of {done.site}")
+    for path in done.cleared:
+        write(f"  cleared: {path}")
