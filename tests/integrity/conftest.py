@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,15 +72,22 @@ async def runtime_for(tree: Tree, **settings: object) -> Runtime:
     return Runtime(settings=s, catalog=load_catalog(tree.catalog), engine=engine)
 
 
-@pytest.fixture
-async def rt(tree: Tree) -> AsyncIterator[Runtime]:
-    runtime = await runtime_for(tree)
+@contextlib.asynccontextmanager
+async def opened(tree: Tree, **settings: object) -> AsyncIterator[Runtime]:
+    """A runtime on a fresh SQLite store whose bus keeps what it published."""
+    runtime = await runtime_for(tree, **settings)
     runtime.bus.keep_history = True
     try:
         yield runtime
     finally:
         await runtime.bus.drain()
         await runtime.close()
+
+
+@pytest.fixture
+async def rt(tree: Tree) -> AsyncIterator[Runtime]:
+    async with opened(tree) as runtime:
+        yield runtime
 
 
 def changes(rt: Runtime) -> list[IntegrityChanged]:

@@ -35,13 +35,14 @@ def _unsafe(ch: str) -> bool:
     return unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn")
 
 
-def escape(text: str, *, diff_line: bool = False) -> str:
-    """`text` on one line: control, format, surrogate and separator characters as escapes; in a
-    path a backslash is doubled too (so `a\\nb` and a name with a newline never look alike)."""
-    if text.isprintable() and (diff_line or "\\" not in text):
+def escape(text: str, *, shown_before: bool = False) -> str:
+    """`text` on one line: control, format, surrogate and separator characters as escapes; a
+    backslash is doubled too (so `a\\nb` and a name with a newline never look alike), unless the
+    text was escaped before (a path in an event, a diff line) and must not be escaped twice."""
+    if text.isprintable() and (shown_before or "\\" not in text):
         return text
-    return "".join(_escape_char(c) if (_unsafe(c) and not (diff_line and c == "\t"))
-                   or (c == "\\" and not diff_line) else c for c in text)
+    return "".join(_escape_char(c) if (_unsafe(c) and not (shown_before and c == "\t"))
+                   or (c == "\\" and not shown_before) else c for c in text)
 
 
 def shown(path: str) -> str:
@@ -60,7 +61,7 @@ def diff(old: str, new: str, *, path: str) -> str:
         if len(out) >= MAX_DIFF_LINES or size > MAX_DIFF_CHARS:
             out.append("… (diff cut short)")
             break
-        line = escape(line[:400], diff_line=True) + ("…" if len(line) > 400 else "")
+        line = escape(line[:400], shown_before=True) + ("…" if len(line) > 400 else "")
         out.append(line)
         size += len(line) + 1
     return mask("\n".join(out))
@@ -69,17 +70,21 @@ def diff(old: str, new: str, *, path: str) -> str:
 def _change_line(change: dict[str, object]) -> str:
     kinds = change.get("kinds") or []
     what = ", ".join(str(k) for k in kinds) if isinstance(kinds, list) else str(kinds)
-    line = f"{escape(str(change.get('path', '?')))}: {what}"
+    line = f"{escape(str(change.get('path', '?')), shown_before=True)}: {escape(what)}"
     new = change.get("new")
     if isinstance(new, dict) and new.get("target") is not None and "symlink" in what:
-        line += f" (now -> {escape(str(new['target']))})"
+        line += f" (now -> {escape(str(new['target']), shown_before=True)})"
     return line
 
 
 def announcement(ev: IntegrityChanged, *, tag: str = "") -> str:
     """The room message: what changed, what is quarantined, how to accept (diffs follow, indented)."""
     if not ev.baseline_ok:
-        head = f"{tag}INTEGRITY ALARM on {escape(ev.site)}: the stored baseline's signature does not verify"
+        new = ev.changes[0].get("new") if ev.changes else None
+        reason = str(new.get("baseline")) if isinstance(new, dict) else ""
+        why = {"missing": "the stored baseline is gone", "rolled back": "the stored baseline was rolled back"}.get(
+            reason, "the stored baseline's signature does not verify")
+        head = f"{tag}INTEGRITY ALARM on {escape(ev.site)}: {why}"
     else:
         n = len(ev.changes) + ev.more
         head = f"{tag}file integrity: {n} unaccepted change{'s' if n != 1 else ''} on {escape(ev.site)}"

@@ -173,13 +173,31 @@ def _load(s: Session, key: bytes, site: str) -> tuple[Baseline | None, bool]:
         return None, False  # signed but unreadable: only a key holder could make it so; still an alarm
 
 
-def _ever_accepted(s: Session, site: str) -> bool:
-    """Whether the audit log says this site had a baseline: one that is gone was deleted, and a
-    new one must not be made silently from files an intruder may already have changed."""
-    found = s.execute(select(AuditRecordRow.seq).where(
+def _audited_generation(s: Session, site: str) -> int | None:
+    """The baseline generation the audit log last recorded for this site (None: never made). The
+    log is hash-chained, so a baseline row that is gone (to be remade from files already changed)
+    or rolled back to an older signed generation (to bring back a superseded script) shows here."""
+    found = s.execute(select(AuditRecordRow.details).where(
         AuditRecordRow.action.in_(("integrity.baseline", "integrity.accept")),
-        AuditRecordRow.target == f"integrity:{site}"[:255]).limit(1)).first()
-    return found is not None
+        AuditRecordRow.target == f"integrity:{site}"[:255]).order_by(AuditRecordRow.seq.desc()).limit(1)).first()
+    if found is None:
+        return None
+    generation = found[0].get("generation") if isinstance(found[0], dict) else None
+    return generation if isinstance(generation, int) else 0
+
+
+def _trusted(s: Session, key: bytes, site: str) -> tuple[Baseline | None, str | None]:
+    """(baseline, why it cannot be trusted): `signature`, `missing` (made once, gone now) or
+    `rolled back`; (None, None) before the first baseline."""
+    base, ok = _load(s, key, site)
+    if not ok:
+        return None, "signature"
+    audited = _audited_generation(s, site)
+    if base is None:
+        return None, "missing" if audited is not None else None
+    if audited is not None and base.generation < audited:
+        return None, "rolled back"
+    return base, None
 
 
 def _texts(rt: Runtime, entries: dict[str, Entry], paths: set[str], old: dict[str, str]) -> dict[str, str]:
@@ -228,17 +246,16 @@ async def scan_now(rt: Runtime, *, found_by: str, paths: set[str] | None = None,
     uid = uuid7()  # the event's, also kept on each change row it reports
 
     def body(s: Session) -> tuple[ScanResult, IntegrityChanged | None]:
-        base, ok = _load(s, key, sc.site)
-        if base is None and ok and not _ever_accepted(s, sc.site):
+        base, problem = _trusted(s, key, sc.site)
+        if base is None and problem is None:
             texts = _texts(rt, seen.entries, set(seen.entries), {})
             _store(s, key, site=sc.site, generation=1, entries=seen.entries, texts=texts, by=SYSTEM.name)
             audit.append_in(s, actor=SYSTEM, action="integrity.baseline", target=f"integrity:{sc.site}"[:255],
-                            details={"files": len(seen.entries), "found_by": found_by})
+                            details={"files": len(seen.entries), "found_by": found_by, "generation": 1})
             return ScanResult(site=sc.site, files=len(seen.entries), new_changes=0, created=True,
                               problems=seen.problems), None
-        if base is None:  # a failed signature, or a baseline deleted after it was made
-            why = "signature" if not ok else "missing"
-            new = {"baseline": why}
+        if base is None:  # a failed signature, or a baseline deleted or rolled back after it was made
+            new = {"baseline": problem}
             row = _open_row(s, sc.site, BASELINE_PATH)
             if row is not None and row.new == new:
                 return ScanResult(site=sc.site, files=len(seen.entries), new_changes=0, baseline_ok=False,
@@ -338,14 +355,14 @@ async def accept(rt: Runtime, *, actor: Actor, paths: list[str] | None = None) -
     seen = await asyncio.to_thread(observe, rt, sc, None)
 
     def body(s: Session) -> AcceptResult:
-        base, ok = _load(s, key, sc.site)
+        base, problem = _trusted(s, key, sc.site)
         open_rows = list(s.execute(select(IntegrityChangeRow).where(IntegrityChangeRow.site == sc.site)).scalars())
-        if base is None and wanted is not None and (not ok or _ever_accepted(s, sc.site)):
-            raise Invalid("the stored baseline cannot be trusted (its signature fails or it was deleted): "
+        if problem is not None and wanted is not None:
+            raise Invalid(f"the stored baseline cannot be trusted ({problem}): "
                           "only a whole new baseline can replace it",
                           hint="review every watched file, then run `opsroom integrity accept` with no path")
         entries = dict(base.entries) if base is not None else {}
-        generation = (base.generation if base is not None else 0) + 1
+        generation = max(base.generation if base is not None else 0, _audited_generation(s, sc.site) or 0) + 1
         if wanted is None:
             chosen = {p for p in entries if sc.covers(p)} | set(seen.entries)
         else:
@@ -396,14 +413,15 @@ async def status(rt: Runtime, *, actor: Actor) -> Status:
     sc = scope(rt)
     key = await asyncio.to_thread(signed.signing_key, rt.settings.data)
     async with rt.read() as s:
-        base, ok = await s.run_sync(lambda sync: _load(sync, key, sc.site))
+        base, problem = await s.run_sync(lambda sync: _trusted(sync, key, sc.site))
         row = await s.get(IntegrityBaselineRow, sc.site)
     rows = await open_changes(rt, site=sc.site)
     everything = any(r.path_key == _key(BASELINE_PATH) for r in rows)
     changed = {r.path_key for r in rows}
     raw = {p for files in sc.runbooks.values() for p in files if _key(p) in changed}
     await audit.append_alone(rt, actor=actor, action="integrity.status", target=f"integrity:{sc.site}"[:255])
-    return Status(site=sc.site, baseline_ok=ok and row is not None, generation=row.generation if row else 0,
+    return Status(site=sc.site, baseline_ok=problem is None and row is not None,
+                  generation=row.generation if row else 0,
                   files=len(base.entries) if base else 0, updated_at=row.updated_at if row else None,
                   updated_by=row.updated_by if row else None, trees=[shown(t) for t in sc.trees],
                   files_watched=[shown(f) for f in sc.files],
