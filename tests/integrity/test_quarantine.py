@@ -100,3 +100,14 @@ async def test_quarantine_and_accept_on_postgresql(store_rt: Runtime, tmp_path: 
     assert await service.refusal(store_rt, runbook="restart-prod") is not None
     await service.accept(store_rt, actor=ADMIN, paths=[str(tree.scripts)])
     assert await service.refusal(store_rt, runbook="restart-prod") is None
+
+
+async def test_a_change_not_yet_heard_of_refuses_too(tree: Tree, rt: Runtime) -> None:
+    """No watcher, no rescan since the change: the refusal's own lstat against the baseline sees it
+    (a run asked for a millisecond after the write, before inotify's event arrives)."""
+    await service.scan_now(rt, found_by="start")
+    assert await service.refusal(rt, runbook="linked-prod") is None
+    (tree.scripts / "real.sh").chmod(0o700)
+    why = await service.refusal(rt, runbook="linked-prod")
+    assert why is not None and "real.sh" in why and "a moment ago" in why
+    assert await service.refusal(rt, runbook="restart-prod") is None

@@ -15,8 +15,6 @@ import asyncio
 import contextlib
 import os
 import time
-import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +23,7 @@ from watchdog.events import EventsLostEvent, FileClosedNoWriteEvent, FileOpenedE
 from watchdog.observers import Observer
 
 from opsroom.events import CatalogReloaded, Event
-from opsroom.integrity import service
+from opsroom.integrity import live, service
 from opsroom.integrity.scope import Scope
 
 if TYPE_CHECKING:
@@ -37,7 +35,6 @@ log = structlog.get_logger(__name__)
 
 GATHER_S = 0.05  # events within this long after the first are judged in one batch
 _IGNORED = (FileOpenedEvent, FileClosedNoWriteEvent)  # reads (ours too: hashing opens the file)
-_running: weakref.WeakKeyDictionary[Runtime, Monitor] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -196,14 +193,14 @@ async def start(rt: Runtime) -> Handle:
     monitor.last_scan_at = time.time()
     rt.bus.subscribe(CatalogReloaded, monitor.catalog_reloaded)
     monitor.task = asyncio.get_running_loop().create_task(monitor.run(), name="integrity")
-    _running[rt] = monitor
+    live.register(rt, monitor)
     return Handle(monitor)
 
 
 async def stop(handle: Handle) -> None:
     monitor = handle.monitor
     monitor.stopping.set()
-    _running.pop(monitor.rt, None)
+    live.unregister(monitor.rt)
     await asyncio.to_thread(monitor.unwatch)
     if monitor.task is not None:
         try:
@@ -214,27 +211,17 @@ async def stop(handle: Handle) -> None:
                 await monitor.task
 
 
-def running(rt: Runtime) -> Monitor | None:
-    return _running.get(rt)
-
-
-def unrecorded(rt: Runtime, files: Iterable[str]) -> str | None:
-    """A file of `files` that inotify named and this server has not judged yet (or, after an
-    overflow, any of them): a run must not slip in between a change and its record."""
-    monitor = _running.get(rt)
-    if monitor is None:
-        return None
-    for f in files:
-        parent = os.path.dirname(f)
-        if monitor.rescan_due or f in monitor.pending or f in monitor.judging or parent in monitor.pending:
-            return f
-    return None
+async def stop_for(rt: Runtime) -> None:
+    """Stop the engine start(rt) began, if any (the Runtime holds no field for it)."""
+    monitor = live.engine(rt)
+    if isinstance(monitor, Monitor):
+        await stop(Handle(monitor))
 
 
 def describe(rt: Runtime) -> dict[str, Any]:
     """What this server's engine is doing (for status): watching, overflows, last rescan."""
-    monitor = _running.get(rt)
-    if monitor is None:
+    monitor = live.engine(rt)
+    if not isinstance(monitor, Monitor):
         return {"running": False}
     return {"running": True, "watching": monitor.watching, "overflows": monitor.overflows,
             "last_scan_at": monitor.last_scan_at, "pending": len(monitor.pending)}

@@ -13,7 +13,9 @@ import asyncio
 import hashlib
 import json
 import os
+import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from opsroom.errors import Invalid, NotFound
 from opsroom.eventlog import log as eventlog
 from opsroom.events import uuid7
 from opsroom.integrity import baseline as signed
+from opsroom.integrity import live
 from opsroom.integrity.baseline import Baseline
 from opsroom.integrity.events import IntegrityChanged
 from opsroom.integrity.models import IntegrityBaselineRow, IntegrityChangeRow
@@ -430,10 +433,52 @@ async def status(rt: Runtime, *, actor: Actor) -> Status:
                   quarantined=quarantined_by(rt.catalog, sc, raw, everything=everything))
 
 
+_checked: dict[str, tuple[int, str, Baseline]] = {}  # site -> the verified baseline last read
+
+
+async def _current(rt: Runtime, site: str) -> tuple[Baseline | None, bool]:
+    """The site's baseline, verified once per generation (a run request must not re-read and
+    re-verify thousands of entries); (None, False) when its signature fails."""
+    async with rt.read() as s:
+        head = (await s.execute(select(IntegrityBaselineRow.generation, IntegrityBaselineRow.signature)
+                                .where(IntegrityBaselineRow.site == site))).first()
+        if head is None:
+            return None, True
+        known = _checked.get(site)
+        if known is not None and (known[0], known[1]) == (head[0], head[1]):
+            return known[2], True
+        key = await asyncio.to_thread(signed.signing_key, rt.settings.data)
+        base, ok = await s.run_sync(lambda sync: _load(sync, key, site))
+    if base is not None:
+        _checked[site] = (head[0], head[1], base)
+    return base, ok
+
+
+def _moved(base: Baseline, files: Iterable[str]) -> str | None:
+    """A file that is not as the baseline has it right now, by lstat alone (no hashing): any write,
+    chmod, chown or rename moves its ctime or inode. Catches a change inotify has not delivered yet."""
+    for f in sorted(files):
+        e = base.entries.get(f)
+        try:
+            st = os.lstat(f)
+        except OSError:
+            if e is not None:
+                return f
+            continue
+        if e is None or e.inode != st.st_ino or e.mode != stat.S_IMODE(st.st_mode) or e.uid != st.st_uid \
+                or e.gid != st.st_gid or (e.type != "dir" and (e.ctime_ns, e.size) != (st.st_ctime_ns, st.st_size)):
+            return f
+    return None
+
+
 async def refusal(rt: Runtime, *, runbook: str, environment: str | None = None) -> str | None:
     """Why `runbook` must not run now (None when it may): a file it depends on changed and the
     change is not accepted, on a protected environment. `environment`: the run's own, when the
-    caller knows it (else the runbook counts as protected when any of its runs could be)."""
+    caller knows it (else the runbook counts as protected when any of its runs could be).
+
+    Three looks, cheapest first: the recorded changes (any host), what inotify named and is
+    being judged here, and an lstat of the runbook's files against the baseline (a change made
+    a millisecond ago, before its inotify event arrived)."""
     rb = rt.catalog.runbooks.get(runbook)
     if rb is None:
         return None  # not ours to judge: the caller says it does not exist
@@ -446,18 +491,23 @@ async def refusal(rt: Runtime, *, runbook: str, environment: str | None = None) 
     keys[_key(BASELINE_PATH)] = BASELINE_PATH
     async with rt.read() as s:
         rows = list((await s.execute(select(IntegrityChangeRow.path_key, IntegrityChangeRow.kinds,
-                                            IntegrityChangeRow.site)
+                                            IntegrityChangeRow.site, IntegrityChangeRow.new)
                                      .where(IntegrityChangeRow.path_key.in_(sorted(keys))))).all())
-    for path_key, kinds, site in rows:
+    quarantined = f"runbook {escape(runbook)} is quarantined: "
+    accept = "an admin reviews the change and runs `opsroom integrity accept` on that host"
+    for path_key, kinds, site, new in sorted(rows, key=lambda r: keys[r[0]]):
         path = keys[path_key]
-        what = "its baseline's signature does not verify" if path == BASELINE_PATH else \
-            f"{shown(path)} changed ({', '.join(kinds)})"
-        return (f"runbook {escape(runbook)} is quarantined: {what} on {escape(site)} and nobody accepted it; "
-                "an admin reviews the change and runs `opsroom integrity accept` on that host")
-    from opsroom.integrity.monitor import unrecorded
-
-    late = unrecorded(rt, files)
+        if path == BASELINE_PATH:
+            why = new.get("baseline") if isinstance(new, dict) else None
+            return (f"{quarantined}the file baseline of {escape(site)} cannot be trusted ({escape(str(why))}); "
+                    "an admin reviews every watched file and runs `opsroom integrity accept` on that host")
+        return f"{quarantined}{shown(path)} changed ({', '.join(kinds)}) on {escape(site)}; {accept}"
+    late = live.unrecorded(rt, files)
+    if late is None and files:
+        base, ok = await _current(rt, sc.site)
+        if not ok:
+            return f"{quarantined}the file baseline of {escape(sc.site)} does not verify; {accept}"
+        late = _moved(base, files) if base is not None else None
     if late:
-        return (f"runbook {escape(runbook)} is quarantined: {shown(late)} changed a moment ago and is being "
-                "checked; ask again in a few seconds")
+        return f"{quarantined}{shown(late)} changed a moment ago and is being checked; ask again in a few seconds"
     return None
