@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -19,10 +21,26 @@ from opsroom.cli.common import CatalogOpt, DataOpt, app, local_admin, run
 from opsroom.cli.output import when
 from opsroom.cli.terminal import write
 
+if TYPE_CHECKING:
+    from opsroom.access.identity import Actor
+    from opsroom.runtime import Runtime
+
+T = TypeVar("T")
+
 integrity_app = typer.Typer(no_args_is_help=True, help="File integrity monitoring (local admin, on the server host).")
 app.add_typer(integrity_app, name="integrity")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+def _as_local_admin(catalog: Path | None, data: Path | None, call: Callable[[Runtime, Actor], Awaitable[T]]) -> T:
+    """Run a service call on the store of this host's server, as `local:<login>`."""
+
+    async def body() -> T:
+        async with store(catalog, data) as rt:
+            return await call(rt, local_admin())
+
+    return run(body)
 
 
 def _json(value: Any) -> None:
@@ -34,11 +52,7 @@ def status(data: DataOpt = None, catalog: CatalogOpt = None, as_json: JsonOpt = 
     """The baseline, every change not accepted yet, and the runbooks it quarantines (exit 1 if any)."""
     from opsroom.integrity import service
 
-    async def body() -> Any:
-        async with store(catalog, data) as rt:
-            return await service.status(rt, actor=local_admin())
-
-    st = run(body)
+    st = _as_local_admin(catalog, data, lambda rt, actor: service.status(rt, actor=actor))
     if as_json:
         _json(st.model_dump(mode="json"))
     else:
@@ -60,11 +74,7 @@ def scan(data: DataOpt = None, catalog: CatalogOpt = None, as_json: JsonOpt = Fa
     """Rescan every watched file now; new changes are recorded and announced (exit 1 if any)."""
     from opsroom.integrity import service
 
-    async def body() -> Any:
-        async with store(catalog, data) as rt:
-            return await service.scan(rt, actor=local_admin())
-
-    done = run(body)
+    done = _as_local_admin(catalog, data, lambda rt, actor: service.scan(rt, actor=actor))
     if as_json:
         _json(done.model_dump(mode="json"))
     else:
@@ -83,11 +93,7 @@ def accept(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
     """Make the files as they are now the baseline (all, or PATH...): lifts their quarantine. Audited."""
     from opsroom.integrity import service
 
-    async def body() -> Any:
-        async with store(catalog, data) as rt:
-            return await service.accept(rt, actor=local_admin(), paths=paths or None)
-
-    done = run(body)
+    done = _as_local_admin(catalog, data, lambda rt, actor: service.accept(rt, actor=actor, paths=paths or None))
     write(f"accepted {done.files} file(s) as baseline generation {done.generation} of {done.site}")
     for path in done.cleared:
         write(f"  cleared: {path}")

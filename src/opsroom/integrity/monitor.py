@@ -59,11 +59,14 @@ class Monitor:
         """watchdog's callback (its thread): hand the paths to the loop, never block."""
         if isinstance(event, _IGNORED) or self.loop is None:
             return
-        if isinstance(event, EventsLostEvent):
-            self.loop.call_soon_threadsafe(self.overflowed)
-            return
-        paths = [event.src_path, getattr(event, "dest_path", "")]
-        self.loop.call_soon_threadsafe(self.heard, [os.fsdecode(p) for p in paths if p])
+        paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        try:
+            if isinstance(event, EventsLostEvent):
+                self.loop.call_soon_threadsafe(self.overflowed)
+            else:
+                self.loop.call_soon_threadsafe(self.heard, paths)
+        except RuntimeError:  # the loop closed under a stopping server: nothing left to tell
+            pass
 
     def heard(self, paths: list[str]) -> None:
         for p in paths:
@@ -109,6 +112,7 @@ class Monitor:
 
     async def run(self) -> None:
         every = self.rt.settings.integrity_scan_minutes * 60
+        failures = 0
         while not self.stopping.is_set():
             waited = self.last_scan_at + every - time.time()
             if waited > 0 and not self.rescan_due:
@@ -118,9 +122,13 @@ class Monitor:
                 return
             try:
                 await self.pass_once()
-            except Exception:  # one bad pass must not end the watch: the next one tries again
-                log.exception("file integrity pass failed")
-                await asyncio.sleep(1.0)
+                failures = 0
+            except Exception:  # one bad pass must not end the watch: a full rescan tries again
+                failures += 1
+                self.rescan_due = True  # what the failed pass held is judged by the rescan
+                log.exception("file integrity pass failed", failures=failures)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=min(60.0, 2.0 ** failures))
 
     async def _woken(self) -> None:
         stop = asyncio.ensure_future(self.stopping.wait())

@@ -12,6 +12,7 @@ file it points to (what actually runs).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
@@ -30,11 +31,15 @@ class Scope:
     files: tuple[str, ...]  # single files watched (their directory is watched for swaps)
     runbooks: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
+    root: str = ""  # the catalog's path: with the host, names the baseline
+
     @property
     def site(self) -> str:
-        """Whose files these are: this host (a cluster's servers each keep their own baseline, and
-        the admin CLI on a host reaches the baseline of the server beside it)."""
-        return socket.gethostname()[:128]
+        """Whose baseline this is: this host and this catalog. A cluster's servers each keep their
+        own; two servers of one store on one host with different catalogs do not take each
+        other's files for added ones; the admin CLI given the server's --catalog finds its baseline."""
+        digest = hashlib.sha256(self.root.encode(errors="surrogateescape")).hexdigest()[:8]
+        return f"{socket.gethostname()[:100]}:{digest}"
 
     def covers(self, path: str) -> bool:
         return path in self.files or any(path == t or path.startswith(t.rstrip("/") + "/") for t in self.trees)
@@ -105,4 +110,5 @@ def scope_of(settings: Settings, catalog: Catalog) -> Scope:
         p = absolute(Path(extra))
         (trees if os.path.isdir(p) and not os.path.islink(p) else files).add(p)
     files = {f for f in files if not any(f == t or f.startswith(t.rstrip("/") + "/") for t in trees)}
-    return Scope(trees=tuple(sorted(trees)), files=tuple(sorted(files)), runbooks=runbooks)
+    return Scope(trees=tuple(sorted(trees)), files=tuple(sorted(files)), runbooks=runbooks,
+                 root=os.path.realpath(root) if root else "")

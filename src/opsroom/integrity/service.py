@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opsroom.access.identity import SYSTEM, Actor
@@ -35,7 +36,7 @@ from opsroom.integrity import live
 from opsroom.integrity.baseline import Baseline
 from opsroom.integrity.events import IntegrityChanged
 from opsroom.integrity.models import IntegrityBaselineRow, IntegrityChangeRow
-from opsroom.integrity.render import diff, escape, shown
+from opsroom.integrity.render import SHOWN_CHANGES, diff, escape, shown
 from opsroom.integrity.schemas import AcceptResult, ChangeOut, ScanResult, Status
 from opsroom.integrity.scope import Scope, scope_of
 from opsroom.integrity.snapshot import Entry, TooMany, absolute, differences, entry, read_text, walk
@@ -286,7 +287,7 @@ async def scan_now(rt: Runtime, *, found_by: str, paths: set[str] | None = None,
             if row is not None and row.new == facts and row.kinds == kinds:
                 continue  # already recorded and announced as it is now
             text = None
-            if "content" in kinds and now is not None:
+            if "content" in kinds and now is not None and sum(1 for c in changes if c["diff"]) < SHOWN_CHANGES:
                 before = base.text_of(p)
                 after = read_text(p, max_bytes=rt.settings.integrity_max_diff_bytes, expect=now)
                 if before is not None and after is not None:
@@ -304,7 +305,10 @@ async def scan_now(rt: Runtime, *, found_by: str, paths: set[str] | None = None,
         return ScanResult(site=sc.site, files=len(seen.entries), new_changes=len(changes),
                           quarantined=ev.quarantined, problems=seen.problems), ev
 
-    result, ev = await rt.transact(body)
+    try:
+        result, ev = await rt.transact(body)
+    except IntegrityError:  # another server of this site made the baseline or the row first
+        result, ev = await rt.transact(body)
     if ev is not None:
         rt.bus.publish(ev)
     result.seconds = round(time.time() - started, 3)

@@ -9,6 +9,7 @@ a user, so it stays in the entry: an edit that was reverted still leaves it move
 
 from __future__ import annotations
 
+import functools
 import grp
 import hashlib
 import os
@@ -67,6 +68,7 @@ def _type(mode: int) -> str:
     return "other"
 
 
+@functools.lru_cache(maxsize=1024)  # a rescan of 20,000 files must not ask NSS 40,000 times
 def _user(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -74,6 +76,7 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
+@functools.lru_cache(maxsize=1024)
 def _group(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
