@@ -425,6 +425,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 PHASES: list[tuple[float, float, float]] = []  # (record -> queued, queued -> taken, taken -> spawned)
+SPAWNED: dict[int, tuple[float, float]] = {}  # step id -> (t0, spawned_at), for the instrumented pass
 
 
 async def _one_worker_dispatch(rt: Runtime, timeout: float = 10.0) -> float:
@@ -448,11 +449,13 @@ async def _one_worker_dispatch(rt: Runtime, timeout: float = 10.0) -> float:
     spawned = None
     for _ in range(200):  # the worker stores the spawn after it, off the path
         async with rt.read() as s:
-            row = (await s.execute(select(WorkerStepRow.queued_at, WorkerStepRow.started_at, WorkerStepRow.spawned_at)
+            row = (await s.execute(select(WorkerStepRow.queued_at, WorkerStepRow.started_at, WorkerStepRow.spawned_at,
+                                          WorkerStepRow.id)
                                    .where(WorkerStepRow.execution_id == eid))).one_or_none()
         spawned = row[2] if row is not None else None
         if row is not None and spawned is not None:
             PHASES.append((row[0] - t0, row[1] - row[0], spawned - row[1]))
+            SPAWNED[row[3]] = (t0, spawned)
             break
         await asyncio.sleep(0.01)
     if spawned is None:
@@ -506,11 +509,7 @@ async def worker_bench(args: argparse.Namespace) -> dict[str, Any]:
             env = {k: v for k, v in os.environ.items() if not k.startswith("OPSROOM_")}
             env.update(OPSROOM_DATABASE_URL=db_url, OPSROOM_CATALOG=str(tmp / "catalog"),
                        OPSROOM_DATA=str(tmp / "worker"), OPSROOM_BROKER_URL=broker, OPSROOM_LOG_LEVEL="warning")
-            log = open(tmp / "worker.log", "wb")
-            worker = subprocess.Popen([str(Path(sys.executable).with_name("opsroom")), "worker", "--environment",
-                                       "bench"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()
-            await _wait_for_worker(rt, worker, tmp / "worker.log")
+            worker = await _start_worker(rt, env, tmp / "worker.log")
             for _ in range(args.warmup):
                 await _one_worker_dispatch(rt)
             ops: list[float] = []
@@ -525,26 +524,27 @@ async def worker_bench(args: argparse.Namespace) -> dict[str, Any]:
                 info(f"block {b + 1}/{blocks}: worker p50 {percentile(block, 50) * 1000:.2f} ms "
                      f"p99 {percentile(block, 99) * 1000:.2f} ms; load {loadavg()[0]}")
                 ops.extend(block)
+            phases: dict[str, float] = {}
+            if args.phases:
+                _stop_worker(worker)
+                worker = await _start_worker(rt, env, tmp / "worker-traced.log", trace=tmp / "trace.jsonl")
+                phases = await _worker_phases_run(rt, args, tmp / "trace.jsonl")
         finally:
             await server.stop(rt)
             await rt.close()
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, 15)
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, 9)
-                worker.wait(timeout=5)
+        if worker is not None:
+            _stop_worker(worker)
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
         await pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         shutil.rmtree(tmp, ignore_errors=True)
 
-    phases = PHASES[-len(ops):]
+    split = PHASES[:len(ops) + args.warmup][-len(ops):]
+    info("measured pass, from the step's row (queued_at, started_at, spawned_at):")
     for i, label in enumerate(("record -> step queued (rule, request_run, executor)",
                                "queued -> taken by the worker (row, publish, broker)",
                                "taken -> spawned (claim in the store, argv, exec)")):
-        vals = [p[i] for p in phases]
+        vals = [p[i] for p in split]
         info(f"  {label:52s} p50 {percentile(vals, 50) * 1000:7.2f} ms  p90 {percentile(vals, 90) * 1000:7.2f} ms")
     p50, p99 = percentile(ops, 50) * 1000, percentile(ops, 99) * 1000
     info(f"argv: [{TRUE!r}] on an opsroom worker over RabbitMQ  iterations: {len(ops)} (+{args.warmup} warm-up)  "
@@ -562,10 +562,59 @@ async def worker_bench(args: argparse.Namespace) -> dict[str, Any]:
         "p90_ms": r(percentile(ops, 90) * 1000),
         "max_ms": r(max(ops) * 1000),
         "iterations": len(ops),
+        "phases_p50_ms": {k: r(v) for k, v in phases.items()},
         "targets_met": ok99,
         "cores": os.cpu_count(),
         "loadavg": loadavg(),
     }
+
+
+async def _start_worker(rt: Runtime, env: dict[str, str], log_path: Path, trace: Path | None = None) -> Any:
+    """One `opsroom worker --environment bench` process, heartbeating and subscribed; with `trace`,
+    the instrumented one of the phases pass (bench/_worker_phases.py)."""
+    import subprocess
+
+    argv = ["worker", "--environment", "bench"]
+    if trace is None:
+        cmd = [str(Path(sys.executable).with_name("opsroom")), *argv]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--traced-worker", str(trace), *argv]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    await _wait_for_worker(rt, proc, log_path)
+    return proc
+
+
+def _stop_worker(proc: Any) -> None:
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=5)
+
+
+async def _worker_phases_run(rt: Runtime, args: argparse.Namespace, trace: Path) -> dict[str, float]:
+    import _worker_phases
+
+    tr = _worker_phases.ServerTrace()
+    tr.install()
+    SPAWNED.clear()
+    try:
+        for _ in range(args.phases):
+            tr.cur = {}
+            await _one_worker_dispatch(rt)
+            await asyncio.sleep(args.gap)
+    finally:
+        tr.undo()
+    t0s = {step_id: (t0, at) for step_id, (t0, at) in SPAWNED.items()}
+    for step_id, (t0, _at) in t0s.items():
+        tr.rows.get(step_id, {}).setdefault("t0", t0)
+    return _worker_phases.report(tr.rows, trace, t0s, tr.slices)
 
 
 async def _wait_for_worker(rt: Runtime, proc: Any, log: Path) -> None:
@@ -587,6 +636,11 @@ async def _wait_for_worker(rt: Runtime, proc: Any, log: Path) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--traced-worker"]:  # the phases pass's worker process (bench/_worker_phases.py)
+        import _worker_phases
+
+        _worker_phases.traced_worker_main(sys.argv[2], sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 iterations (< 60 s)")
     parser.add_argument("-n", type=int, default=None, help="iterations (default 1000, --quick 100)")

@@ -96,6 +96,7 @@ class Worker:
         killed = await self.runner.kill_orphans()
         if killed:
             log.warning("killed process groups left by dead workers of this host", count=killed)
+        await self.runner.open()
 
     def _info(self) -> dict[str, Any]:
         return {"queue": queues.queue_name(self.environment),
@@ -110,6 +111,8 @@ class Worker:
         async def close() -> None:
             if self.membership is not None and self.membership.beats:  # it has a row to mark stopped
                 await self.membership.stop()
+            if self.runner is not None:
+                await self.runner.close()
             if self.rt is not None:
                 await self.rt.close()
 

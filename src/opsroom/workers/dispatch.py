@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import structlog
 from celery import Celery  # type: ignore[import-untyped]
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from opsroom.cluster.membership import Membership
 from opsroom.runtime import Runtime
-from opsroom.workers import queues
+from opsroom.workers import queues, statements
 from opsroom.workers.models import WorkerOutputRow, WorkerStepRow
 
 log = structlog.get_logger(__name__)
@@ -32,6 +32,10 @@ WAITING_NOTE_S = 5.0  # a step still queued after this gets a line saying so in 
 FINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
 
 _ADD_STEP = insert(WorkerStepRow)
+_ADD_STEP_RETURNING = insert(WorkerStepRow).returning(WorkerStepRow.id)
+_FIND_STEP = select(WorkerStepRow.id).where(WorkerStepRow.execution_id == bindparam("execution_id"),
+                                            WorkerStepRow.step == bindparam("step"),
+                                            WorkerStepRow.token == bindparam("token"))
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Dispatcher:
         self.rt = rt
         self._apps: dict[str, Celery] = {}
         self._membership: Membership | None = None
+        self._kept = statements.KeptConnection(rt) if statements.usable(rt) else None
 
     def _app(self, broker: str) -> Celery:
         app = self._apps.get(broker)
@@ -59,6 +64,8 @@ class Dispatcher:
         for app in self._apps.values():
             await asyncio.to_thread(app.close)
         self._apps.clear()
+        if self._kept is not None:
+            await self._kept.close()
 
     async def run_step(self, *, execution_id: int, index: int, environment: str, broker: str,
                        write: Callable[[str], None], graceful: Callable[[], bool], grace_s: float) -> StepResult:
@@ -74,7 +81,13 @@ class Dispatcher:
         def add(s: Session) -> int:
             return int(s.connection().execute(_ADD_STEP, values).inserted_primary_key[0])  # type: ignore[index]
 
-        step_id = await self.rt.transact(add)
+        if self._kept is not None:  # one round trip (workers/statements.py); its token finds it after a retry
+            row = await self._kept.run(_ADD_STEP_RETURNING, values, recover=(_FIND_STEP, values))
+            if row is None:
+                raise RuntimeError(f"step {index + 1} of execution #{execution_id} could not be queued")
+            step_id = int(row[0])
+        else:
+            step_id = await self.rt.transact(add)
         kwargs = queues.task_kwargs(step_id=step_id, token=token, execution_id=execution_id, index=index,
                                     environment=environment)
         try:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from opsroom.automation.templates import render
@@ -28,6 +28,7 @@ from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
 from opsroom.secrets import masking
+from opsroom.workers import statements
 from opsroom.workers.dispatch import end_step, interrupted_message
 from opsroom.workers.models import WorkerOutputRow, WorkerStepRow
 
@@ -37,6 +38,29 @@ MAX_OUTPUT = 64_000  # characters stored per step, as the executor keeps per exe
 FLUSH_S = 0.1
 WATCH_S = 0.2  # how often a running step's cancel flag and execution status are read
 _KEYS = {"step_id": int, "token": str, "execution_id": int, "index": int, "environment": str}
+# What a step needs of its execution (not its output, which grows with every step before it).
+_EXECUTION = (ExecutionRow.id, ExecutionRow.status, ExecutionRow.environment, ExecutionRow.runbook,
+              ExecutionRow.runbook_hash, ExecutionRow.params, ExecutionRow.secret_params)
+_STEP = (WorkerStepRow.id, WorkerStepRow.step, WorkerStepRow.execution_id)
+# The claim, built once (its parameters p_*): a conditional UPDATE, so of two workers handed the
+# same task one claims it. On PostgreSQL it reads the execution in the same statement, in the
+# snapshot the UPDATE ran in; on SQLite, the same transaction reads it after.
+_CLAIM = (update(WorkerStepRow).where(
+    WorkerStepRow.id == bindparam("p_step"), WorkerStepRow.token == bindparam("p_token"),
+    WorkerStepRow.status == "queued", WorkerStepRow.environment == bindparam("p_environment"),
+    WorkerStepRow.execution_id == bindparam("p_execution"), WorkerStepRow.step == bindparam("p_index"))
+    .values(status="running", worker=bindparam("p_worker"), started_at=bindparam("p_received"))
+    .returning(*_STEP))
+_CLAIMED = _CLAIM.cte("claimed")
+_CLAIM_WITH_EXECUTION = (select(_CLAIMED.c.id, _CLAIMED.c.step, _CLAIMED.c.execution_id, *_EXECUTION)
+                         .select_from(_CLAIMED).outerjoin(ExecutionRow, ExecutionRow.id == _CLAIMED.c.execution_id))
+_EXECUTION_OF = select(*_EXECUTION).where(ExecutionRow.id == bindparam("p_execution"))
+# A first attempt whose answer was lost (statements.py): this worker's mark, with the time it took the task.
+_MINE_WITH_EXECUTION = (select(*_STEP, *_EXECUTION)
+                        .outerjoin(ExecutionRow, ExecutionRow.id == WorkerStepRow.execution_id)
+                        .where(WorkerStepRow.id == bindparam("p_step"), WorkerStepRow.status == "running",
+                               WorkerStepRow.worker == bindparam("p_worker"),
+                               WorkerStepRow.started_at == bindparam("p_received")))
 
 
 class Refused(Exception):
@@ -100,6 +124,8 @@ class StepRunner:
         self.node_id = rt.node_id
         self.running: int | None = None  # the step id being run, for the heartbeat's info
         self._home = processes.home_dir(rt.settings.data)
+        # On PostgreSQL the claim is one statement on a connection kept for it (workers/statements.py).
+        self._kept = statements.KeptConnection(rt) if statements.usable(rt) else None
 
     async def handle(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Run one task; the outcome word (ran, refused, duplicate, interrupted) for logs and tests."""
@@ -160,32 +186,53 @@ class StepRunner:
         return None
 
     async def _claim(self, task: dict[str, Any], *, received: float) -> tuple[WorkerStepRow, ExecutionRow] | str | None:
-        """Claim the step and read its execution in one transaction (the path to the spawn).
+        """Claim the step and read its execution (the path to the spawn).
 
         None: nothing was queued under these names and token (or it is taken already); a str: it
         was, but cannot run here (the step is failed with that reason); else the step and execution.
         The claim is a conditional UPDATE: of two workers handed the same task, one claims it.
         `started_at` is when this worker took the task off the queue.
         """
-        def body(s: Session) -> tuple[WorkerStepRow, ExecutionRow] | str | None:
-            mine = (WorkerStepRow.id == task["step_id"], WorkerStepRow.token == task["token"])
-            claimed = s.execute(update(WorkerStepRow).where(
-                *mine, WorkerStepRow.status == "queued", WorkerStepRow.environment == self.environment,
-                WorkerStepRow.execution_id == task["execution_id"], WorkerStepRow.step == task["index"])
-                .values(status="running", worker=self.node_id, started_at=received)
-                .returning(WorkerStepRow)).scalar_one_or_none()
-            if claimed is None:
-                return None
-            execution = s.get(ExecutionRow, task["execution_id"])
-            problem = self._problem(task["index"], execution)
-            if problem is not None:
-                s.execute(update(WorkerStepRow).where(*mine).values(status="failed", error=problem,
-                                                                     finished_at=time.time()))
-                return problem
-            assert execution is not None
-            return claimed, execution
+        params = {"p_step": task["step_id"], "p_token": task["token"], "p_environment": self.environment,
+                  "p_execution": task["execution_id"], "p_index": task["index"], "p_worker": self.node_id,
+                  "p_received": received}
+        if self._kept is not None:
+            # PostgreSQL: one statement on the kept connection (workers/statements.py), one round
+            # trip where the pooled transaction took seven (the ping's three, BEGIN, UPDATE, SELECT,
+            # COMMIT). It commits before the spawn, as the transaction did.
+            claimed = await self._kept.run(_CLAIM_WITH_EXECUTION, params, recover=(_MINE_WITH_EXECUTION, params))
+            found = tuple(claimed) if claimed is not None else None
+        else:
+            def body(s: Session) -> tuple[Any, ...] | None:
+                claimed = s.execute(_CLAIM, params).one_or_none()
+                if claimed is None:
+                    return None
+                execution = s.execute(_EXECUTION_OF, params).one_or_none()
+                return (*claimed, *(execution or (None,) * len(_EXECUTION)))
 
-        return await self.rt.transact(body)
+            found = await self.rt.transact(body)
+        if found is None:
+            return None
+        row = WorkerStepRow(id=found[0], step=found[1], execution_id=found[2])
+        execution = (ExecutionRow(**{c.key: v for c, v in zip(_EXECUTION, found[3:], strict=True)})
+                     if found[3] is not None else None)  # a transient row: the columns the step needs
+        problem = self._problem(task["index"], execution)
+        if problem is not None:
+            # Claimed by this worker: failed by it (were it to die first, its step would be
+            # interrupted by the server that follows it, as any step of a dead worker).
+            await end_step(self.rt, step_id=row.id, status="failed", error=problem, only_from=("running",),
+                           worker=self.node_id)
+            return problem
+        assert execution is not None
+        return row, execution
+
+    async def open(self) -> None:
+        if self._kept is not None:
+            await self._kept.open()
+
+    async def close(self) -> None:
+        if self._kept is not None:
+            await self._kept.close()
 
     async def _run(self, row: WorkerStepRow, execution: ExecutionRow) -> None:
         runbook = self.rt.catalog.runbooks[execution.runbook]
