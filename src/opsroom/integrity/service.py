@@ -163,18 +163,33 @@ def quarantined_by(catalog: Catalog, sc: Scope, paths: set[str], *, everything: 
 # --- reading and writing the baseline -------------------------------------------------------
 
 
-def _load(s: Session, key: bytes, site: str) -> tuple[Baseline | None, bool]:
-    """(baseline, signature ok). A row whose signature fails is returned as None, False."""
-    row = s.get(IntegrityBaselineRow, site)
-    if row is None:
+# (site, key fingerprint) -> (generation, signature, the baseline they verified): a watcher's batch
+# and a run request read two short columns, not thousands of entries, while nothing was accepted.
+_verified: dict[tuple[str, bytes], tuple[int, str, Baseline]] = {}
+_T = IntegrityBaselineRow
+
+
+def _load(s: Session, key: bytes, site: str, *, fresh: bool = False) -> tuple[Baseline | None, bool]:
+    """(baseline, signature ok). A row whose signature fails is returned as None, False. `fresh`
+    (full scans, accept, status) verifies the stored row itself: an edit that kept the generation
+    and signature columns must be found, not answered from the copy verified before."""
+    head = s.execute(select(_T.generation, _T.signature).where(_T.site == site)).first()
+    if head is None:
         return None, True
+    cached = (site, hashlib.sha256(key).digest())
+    known = _verified.get(cached)
+    if not fresh and known is not None and (known[0], known[1]) == (head[0], head[1]):
+        return known[2], True
+    row = s.execute(select(_T.generation, _T.signature, _T.entries, _T.texts).where(_T.site == site)).one()
     if not signed.valid(key, site=site, generation=row.generation, entries=row.entries, signature=row.signature):
         return None, False
     try:
         texts = json.loads(row.texts) if row.texts else {}
-        return Baseline(site, row.generation, signed.decode(row.entries), texts), True
+        base = Baseline(site, row.generation, signed.decode(row.entries), texts)
     except (ValueError, TypeError, KeyError):
         return None, False  # signed but unreadable: only a key holder could make it so; still an alarm
+    _verified[cached] = (row.generation, row.signature, base)
+    return base, True
 
 
 def _audited_generation(s: Session, site: str) -> int | None:
@@ -190,10 +205,10 @@ def _audited_generation(s: Session, site: str) -> int | None:
     return generation if isinstance(generation, int) else 0
 
 
-def _trusted(s: Session, key: bytes, site: str) -> tuple[Baseline | None, str | None]:
+def _trusted(s: Session, key: bytes, site: str, *, fresh: bool = True) -> tuple[Baseline | None, str | None]:
     """(baseline, why it cannot be trusted): `signature`, `missing` (made once, gone now) or
     `rolled back`; (None, None) before the first baseline."""
-    base, ok = _load(s, key, site)
+    base, ok = _load(s, key, site, fresh=fresh)
     if not ok:
         return None, "signature"
     audited = _audited_generation(s, site)
@@ -250,7 +265,7 @@ async def scan_now(rt: Runtime, *, found_by: str, paths: set[str] | None = None,
     uid = uuid7()  # the event's, also kept on each change row it reports
 
     def body(s: Session) -> tuple[ScanResult, IntegrityChanged | None]:
-        base, problem = _trusted(s, key, sc.site)
+        base, problem = _trusted(s, key, sc.site, fresh=paths is None)
         if base is None and problem is None:
             texts = _texts(rt, seen.entries, set(seen.entries), {})
             _store(s, key, site=sc.site, generation=1, entries=seen.entries, texts=texts, by=SYSTEM.name)
@@ -437,25 +452,11 @@ async def status(rt: Runtime, *, actor: Actor) -> Status:
                   quarantined=quarantined_by(rt.catalog, sc, raw, everything=everything))
 
 
-_checked: dict[str, tuple[int, str, Baseline]] = {}  # site -> the verified baseline last read
-
-
 async def _current(rt: Runtime, site: str) -> tuple[Baseline | None, bool]:
-    """The site's baseline, verified once per generation (a run request must not re-read and
-    re-verify thousands of entries); (None, False) when its signature fails."""
+    """The site's baseline, verified once per generation; (None, False) when its signature fails."""
+    key = await asyncio.to_thread(signed.signing_key, rt.settings.data)
     async with rt.read() as s:
-        head = (await s.execute(select(IntegrityBaselineRow.generation, IntegrityBaselineRow.signature)
-                                .where(IntegrityBaselineRow.site == site))).first()
-        if head is None:
-            return None, True
-        known = _checked.get(site)
-        if known is not None and (known[0], known[1]) == (head[0], head[1]):
-            return known[2], True
-        key = await asyncio.to_thread(signed.signing_key, rt.settings.data)
-        base, ok = await s.run_sync(lambda sync: _load(sync, key, site))
-    if base is not None:
-        _checked[site] = (head[0], head[1], base)
-    return base, ok
+        return await s.run_sync(lambda sync: _load(sync, key, site))
 
 
 def _moved(base: Baseline, files: Iterable[str]) -> str | None:
