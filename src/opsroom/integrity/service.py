@@ -16,7 +16,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
@@ -36,10 +35,11 @@ from opsroom.integrity import live
 from opsroom.integrity.baseline import Baseline
 from opsroom.integrity.events import IntegrityChanged
 from opsroom.integrity.models import IntegrityBaselineRow, IntegrityChangeRow
+from opsroom.integrity.observe import observe
 from opsroom.integrity.render import SHOWN_CHANGES, diff, escape, shown
 from opsroom.integrity.schemas import AcceptResult, ChangeOut, ScanResult, Status
 from opsroom.integrity.scope import Scope, scope_of
-from opsroom.integrity.snapshot import Entry, TooMany, absolute, differences, entry, read_text, walk
+from opsroom.integrity.snapshot import Entry, absolute, differences, read_text
 
 if TYPE_CHECKING:
     from opsroom.runtime import Runtime
@@ -48,13 +48,6 @@ BASELINE_PATH = ""  # the change row that stands for "the baseline itself failed
 MAX_EVENT_CHANGES = 50  # listed in one event; the rest are counted (`more`) and in the status
 _SHOWN_FIELDS = ("type", "mode", "owner", "group", "uid", "gid", "size", "inode", "nlink", "target", "sha256",
                  "mtime_ns")
-
-
-@dataclass
-class Observed:
-    entries: dict[str, Entry]
-    judged: set[str] | None = None  # the paths a batch judges (None: a full scan judges all)
-    problems: list[str] = field(default_factory=list)  # trees refused (too many files)
 
 
 _scopes: list[tuple[Catalog, list[Any], Scope]] = []
@@ -74,53 +67,6 @@ def scope(rt: Runtime) -> Scope:
 
 def _key(path: str) -> str:
     return hashlib.sha256(os.fsencode(path)).hexdigest()
-
-
-def _below(base: dict[str, Entry], path: str) -> set[str]:
-    prefix = path.rstrip("/") + "/"
-    return {b for b in base if b.startswith(prefix)}
-
-
-def observe(rt: Runtime, sc: Scope, paths: set[str] | None = None,
-            base: dict[str, Entry] | None = None) -> Observed:
-    """The watched files as they are now: all of them, or a watcher's batch of `paths` (a path
-    gone takes what the baseline had below it; a directory new to the baseline is walked whole)."""
-    limit, max_files = rt.settings.integrity_max_hash_bytes, rt.settings.integrity_max_files
-    found: dict[str, Entry] = {}
-    problems: list[str] = []
-    if paths is None:
-        for tree in sc.trees:
-            try:
-                found.update(walk(tree, max_hash_bytes=limit, limit=max_files))
-            except TooMany as exc:
-                problems.append(str(exc))
-        for f in sc.files:
-            got = entry(f, max_hash_bytes=limit)
-            if got is not None:
-                found[f] = got
-        return Observed(found, None, problems)
-    known = base or {}
-    judged: set[str] = set()
-    for p in sorted(paths):
-        if not sc.covers(p):
-            continue
-        judged.add(p)
-        got = entry(p, max_hash_bytes=limit)
-        old = known.get(p)
-        if got is None or got.type != "dir" or old is None or old.type != "dir":
-            judged |= _below(known, p)  # gone, or a directory where there was none (or the reverse)
-        if got is None:
-            continue
-        found[p] = got
-        if got.type == "dir" and (old is None or old.type != "dir") and p not in sc.files:
-            try:
-                inside = walk(p, max_hash_bytes=limit, limit=max_files)
-            except TooMany as exc:
-                problems.append(str(exc))
-                continue
-            found.update(inside)
-            judged |= set(inside)
-    return Observed(found, judged, problems)
 
 
 def _facts(e: Entry | None) -> dict[str, Any] | None:
@@ -260,7 +206,7 @@ async def scan_now(rt: Runtime, *, found_by: str, paths: set[str] | None = None,
         async with rt.read() as rs:
             found, _ok = await rs.run_sync(lambda sync: _load(sync, key, sc.site))
         known = found.entries if found is not None else {}
-    seen = await asyncio.to_thread(observe, rt, sc, paths, known)
+    seen = await asyncio.to_thread(observe, rt.settings, sc, paths, known)
 
     uid = uuid7()  # the event's, also kept on each change row it reports
 
@@ -374,7 +320,7 @@ async def accept(rt: Runtime, *, actor: Actor, paths: list[str] | None = None) -
     sc = scope(rt)
     wanted = [absolute(p) for p in paths] if paths else None
     key = await asyncio.to_thread(signed.signing_key, rt.settings.data)
-    seen = await asyncio.to_thread(observe, rt, sc, None)
+    seen = await asyncio.to_thread(observe, rt.settings, sc, None)
 
     def body(s: Session) -> AcceptResult:
         base, problem = _trusted(s, key, sc.site)
