@@ -181,6 +181,39 @@ async def asyncio_to_thread(fn: object) -> None:
     await asyncio.to_thread(fn)  # type: ignore[arg-type]
 
 
+# --- blinding: flood a tree past the file limit, open a directory to everyone ------------------
+
+
+async def test_blinding_a_tree_flooded_past_the_file_limit_is_itself_a_change(tree: Tree) -> None:
+    """Attack: add more files than the scanner will read, so that the tree is skipped and a change
+    inside it goes unseen (and its files would read as deleted)."""
+    async with opened(tree, integrity_max_files=10) as rt:
+        await service.scan_now(rt, found_by="start")
+        for n in range(20):
+            (tree.catalog / f"flood-{n}.txt").write_text("x\n")
+        (tree.catalog / "catalog.yaml").write_text((tree.catalog / "catalog.yaml").read_text() + "# hidden edit\n")
+        result = await service.scan_now(rt, found_by="scan")
+        (ev,) = changes(rt)
+        assert [(c["path"], c["kinds"]) for c in ev.changes] == [(absolute(tree.catalog), ["unscanned"])]
+        assert "deleted" not in str(ev.changes) and result.problems
+        assert sorted(ev.quarantined) == ["linked-prod", "restart-prod"]  # defined in the flooded tree
+        assert await service.refusal(rt, runbook="restart-prod") is not None
+        with pytest.raises(Invalid):
+            await service.accept(rt, actor=ADMIN)
+
+
+async def test_blinding_a_watched_directory_opened_to_everyone_quarantines_what_is_below(tree: Tree,
+                                                                                        rt: Runtime) -> None:
+    """Attack: make the catalog directory world-writable (anyone may then swap a file in it later)."""
+    await service.scan_now(rt, found_by="start")
+    tree.catalog.chmod(0o777)
+    await service.scan_now(rt, found_by="scan")
+    (change,) = changes(rt)[0].changes
+    assert change["path"] == absolute(tree.catalog) and change["kinds"] == ["permissions"]
+    why = await service.refusal(rt, runbook="restart-prod")
+    assert why is not None and "permissions" in why
+
+
 # --- disclosure: links out of the tree ---------------------------------------------------------
 
 

@@ -13,7 +13,13 @@ from opsroom.integrity.snapshot import Entry, TooMany, entry, walk
 class Observed:
     entries: dict[str, Entry]
     judged: set[str] | None = None  # the paths a batch judges (None: a full scan judges all)
-    problems: list[str] = field(default_factory=list)  # trees refused (too many files)
+    # Trees refused (too many files) -> why. Not judged file by file (their files are not
+    # gone), but each is a change of its own: flooding a tree must not blind the watch.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[str]:
+        return sorted(self.skipped.values())
 
 
 def _below(base: dict[str, Entry], path: str) -> set[str]:
@@ -27,18 +33,18 @@ def observe(settings: Settings, sc: Scope, paths: set[str] | None = None,
     gone takes what the baseline had below it; a directory new to the baseline is walked whole)."""
     limit, max_files = settings.integrity_max_hash_bytes, settings.integrity_max_files
     found: dict[str, Entry] = {}
-    problems: list[str] = []
+    skipped: dict[str, str] = {}
     if paths is None:
         for tree in sc.trees:
             try:
                 found.update(walk(tree, max_hash_bytes=limit, limit=max_files))
             except TooMany as exc:
-                problems.append(str(exc))
+                skipped[tree] = str(exc)
         for f in sc.files:
             got = entry(f, max_hash_bytes=limit)
             if got is not None:
                 found[f] = got
-        return Observed(found, None, problems)
+        return Observed(found, None, skipped)
     known = base or {}
     judged: set[str] = set()
     for p in sorted(paths):
@@ -56,8 +62,8 @@ def observe(settings: Settings, sc: Scope, paths: set[str] | None = None,
             try:
                 inside = walk(p, max_hash_bytes=limit, limit=max_files)
             except TooMany as exc:
-                problems.append(str(exc))
+                skipped[p] = str(exc)
                 continue
             found.update(inside)
             judged |= set(inside)
-    return Observed(found, judged, problems)
+    return Observed(found, judged, skipped)

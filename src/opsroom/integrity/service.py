@@ -39,7 +39,7 @@ from opsroom.integrity.observe import observe
 from opsroom.integrity.render import SHOWN_CHANGES, diff, escape, shown
 from opsroom.integrity.schemas import AcceptResult, ChangeOut, ScanResult, Status
 from opsroom.integrity.scope import Scope, scope_of
-from opsroom.integrity.snapshot import Entry, absolute, differences, read_text
+from opsroom.integrity.snapshot import Entry, absolute, differences, read_text, under
 
 if TYPE_CHECKING:
     from opsroom.runtime import Runtime
@@ -97,11 +97,12 @@ def protected_runbook(catalog: Catalog, rb: Runbook) -> bool:
 
 
 def quarantined_by(catalog: Catalog, sc: Scope, paths: set[str], *, everything: bool = False) -> list[str]:
-    """The runbooks of protected environments whose files are among `paths`."""
+    """The runbooks of protected environments whose files are among `paths` or below one of them
+    (a directory whose owner or permissions changed, a tree too large to scan)."""
     out = []
     for name, files in sorted(sc.runbooks.items()):
         rb = catalog.runbooks.get(name)
-        if rb is not None and protected_runbook(catalog, rb) and (everything or files & paths):
+        if rb is not None and protected_runbook(catalog, rb) and (everything or any(under(f, paths) for f in files)):
             out.append(name)
     return out
 
@@ -236,8 +237,8 @@ async def scan_now(rt: Runtime, *, found_by: str, paths: set[str] | None = None,
         changes: list[dict[str, Any]] = []
         # A full scan judges what this scope covers: a CLI started without the server's
         # OPSROOM_INTEGRITY_PATHS must not call the files it was not told about deleted.
-        judged = seen.judged if seen.judged is not None else {*(p for p in base.entries if sc.covers(p)),
-                                                              *seen.entries}
+        judged = seen.judged if seen.judged is not None else {
+            *(p for p in base.entries if sc.covers(p) and not under(p, seen.skipped)), *seen.entries}
         for p in sorted(judged):
             old, now = base.entries.get(p), seen.entries.get(p)
             kinds = differences(old, now)
@@ -256,6 +257,14 @@ async def scan_now(rt: Runtime, *, found_by: str, paths: set[str] | None = None,
             _upsert(s, sc.site, p, kinds, _facts(old), facts, uid)
             changes.append({"path": shown(p), "raw": p, "kinds": kinds, "old": _facts(old), "new": facts,
                             "diff": text})
+        for tree, problem in sorted(seen.skipped.items()):
+            new = {"problem": problem}
+            row = _open_row(s, sc.site, tree)
+            if row is None or row.new != new:
+                was = _facts(base.entries.get(tree))
+                _upsert(s, sc.site, tree, ["unscanned"], was, new, uid)
+                changes.append({"path": shown(tree), "raw": tree, "kinds": ["unscanned"], "old": was, "new": new,
+                                "diff": None})
         if not changes:
             return ScanResult(site=sc.site, files=len(seen.entries), new_changes=0, problems=seen.problems), None
         touched = {c.pop("raw") for c in changes}
@@ -321,6 +330,10 @@ async def accept(rt: Runtime, *, actor: Actor, paths: list[str] | None = None) -
     wanted = [absolute(p) for p in paths] if paths else None
     key = await asyncio.to_thread(signed.signing_key, rt.settings.data)
     seen = await asyncio.to_thread(observe, rt.settings, sc, None)
+    if seen.skipped:  # accepting without its files would drop them all from the baseline
+        raise Invalid(f"cannot accept while a watched tree is not scanned: {'; '.join(seen.problems)}",
+                      hint="remove the files that flooded it, or raise OPSROOM_INTEGRITY_MAX_FILES on the "
+                           "server and here")
 
     def body(s: Session) -> AcceptResult:
         base, problem = _trusted(s, key, sc.site)
@@ -439,6 +452,11 @@ async def refusal(rt: Runtime, *, runbook: str, environment: str | None = None) 
     sc = scope(rt)
     files = sc.runbooks.get(runbook, frozenset())
     keys = {_key(p): p for p in files}
+    for f in files:  # a change of a directory above a file (its owner, a flood) counts for the file
+        parent = os.path.dirname(f)
+        while parent and parent not in ("/", "."):
+            keys.setdefault(_key(parent), parent)
+            parent = os.path.dirname(parent)
     keys[_key(BASELINE_PATH)] = BASELINE_PATH
     async with rt.read() as s:
         rows = list((await s.execute(select(IntegrityChangeRow.path_key, IntegrityChangeRow.kinds,
