@@ -43,10 +43,11 @@ log = structlog.get_logger(__name__)
 PostCommit = Callable[[], Awaitable[None]]
 Handle = Callable[[Session, list[Event]], PostCommit | None]
 
-# A dead holder's consumers move to another server after this long: as a chat connection's
-# lease (5 s), so a kill -9 delays an announcement by seconds, not a quarter of a minute.
-LEASE_TTL_S = 5.0
-STANDBY_TRY_S = 1.0  # how often a server that does not hold a consumer's lease tries to take it
+# A dead holder's consumers move to another server after the cluster's dead window
+# (`cluster_dead_after`, 3 s), as its chat connections do: an announcement a kill -9 delayed
+# comes with the takeover, not after it. Safe however short: a position moves only by a fenced
+# conditional update, so a holder paused past its lease cannot apply a batch twice.
+STANDBY_TRY_S = 0.5  # how often a server that does not hold a consumer's lease tries to take it
 SINGLE_STEPS_AFTER = 3  # failed rounds in a row (not the store's failures) before single steps
 MAX_NAME = 64  # consumer_positions.consumer
 
@@ -163,9 +164,10 @@ class Consumer:
         now = time.monotonic()
         if now < self._renew_at:
             return self.holding  # held: renewed a while ago; not held: tried a moment ago
-        epoch = await self._leases.take(self.lease_name, ttl=LEASE_TTL_S)
+        ttl = self.rt.settings.cluster_dead_after
+        epoch = await self._leases.take(self.lease_name, ttl=ttl)
         was, self.holding = self.holding, epoch is not None
-        self._renew_at = now + (LEASE_TTL_S / 3 if self.holding else STANDBY_TRY_S)
+        self._renew_at = now + (ttl / 3 if self.holding else STANDBY_TRY_S)
         if self.holding:
             if not was:
                 log.info("consumer taken", consumer=self.name, epoch=epoch)
