@@ -27,6 +27,7 @@ from opsroom.config import Settings
 from opsroom.errors import OpsroomError
 from opsroom.eventlog import retention
 from opsroom.eventlog.relay import Relay
+from opsroom.integrity import monitor as integrity
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.executor import Executor
 from opsroom.runtime import Runtime
@@ -105,6 +106,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     relay = Relay(rt)
     await relay.start()
     rt.outbox = relay
+    await integrity.start(rt)  # baseline scan, then inotify and scheduled rescans
     _reload_on_hangup(rt)
     stopping = rt.housekeeping_stop = asyncio.Event()
     rt.housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt, stopping))
@@ -219,6 +221,7 @@ async def stop(rt: Runtime) -> None:
         except TimeoutError:
             log.warning("housekeeping did not stop within 10 s; cancelled")
     await cluster_node.stop_sharing(rt)
+    await integrity.stop_for(rt)
     if rt.monitor is not None:
         await rt.monitor.stop()
     if rt.executor is not None:

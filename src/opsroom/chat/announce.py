@@ -20,6 +20,8 @@ from opsroom.events import (
     SilenceChanged,
     SystemHealthChanged,
 )
+from opsroom.integrity.events import IntegrityChanged
+from opsroom.integrity.render import announcement as integrity_text
 from opsroom.runtime import Runtime
 
 
@@ -107,6 +109,8 @@ def _alerts_notice(rt: Runtime, ev: AlertsNoticed) -> Announcement:
 
 
 def render(rt: Runtime, ev: Event) -> Announcement | None:
+    if isinstance(ev, IntegrityChanged):  # every room: a changed runbook or config concerns all
+        return Announcement(list(rt.catalog.rooms), integrity_text(ev))
     if isinstance(ev, AlertsNoticed):
         return _alerts_notice(rt, ev)
     if isinstance(ev, AlertAcknowledged):
@@ -179,4 +183,4 @@ def render(rt: Runtime, ev: Event) -> Announcement | None:
 
 ANNOUNCED = (AlertsNoticed, AlertAcknowledged, SilenceChanged,
              SystemHealthChanged, ApprovalRequested, ApprovalDecided, ExecutionStarted, ExecutionFinished,
-             RuleTriggered, RuleEscalated, CheckFlapping)
+             RuleTriggered, RuleEscalated, CheckFlapping, IntegrityChanged)

@@ -35,6 +35,7 @@ def import_models() -> None:
     import opsroom.checks.models
     import opsroom.cluster.models
     import opsroom.eventlog.models
+    import opsroom.integrity.models
     import opsroom.outbox
     import opsroom.rooms.models
     import opsroom.runbooks.models
