@@ -12,7 +12,9 @@ class UserRow(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str | None] = mapped_column(String(128))
     password_hash: Mapped[str | None] = mapped_column(String(255))
-    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)  # unscoped: in every environment
+    # Scoped: [{"role", "environment", "system"?}], each role held there only (docs/access.md).
+    bindings: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list, server_default="[]")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     # 'catalog': reconciled with the catalog's users at every start; 'local': added by `opsroom user add`.
     source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")

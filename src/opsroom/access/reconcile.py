@@ -40,11 +40,17 @@ class ReconcileReport:
     passwords: list[str] = field(default_factory=list)
     no_password: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)  # stored before names were normalised: old -> new
+    bindings: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.roles or self.disabled or self.enabled or self.adopted or self.passwords
-                    or self.renamed)
+        return bool(self.created or self.roles or self.bindings or self.disabled or self.enabled or self.adopted
+                    or self.passwords or self.renamed)
+
+
+def _bindings(user: User) -> list[dict[str, str]]:
+    """The catalog's scoped roles as stored (users.bindings); no `system` key when it names none."""
+    return [b.model_dump(exclude_none=True) for b in user.bindings]
 
 
 def _wanted_password(rt: Runtime, user: User, passwords: dict[str, str]) -> str | None:
@@ -119,21 +125,27 @@ async def reconcile_users(rt: Runtime, *, passwords: dict[str, str] | None = Non
             details: dict[str, Any] = {}
             row = rows.get(name)
             if row is None:
-                row = UserRow(name=name, roles=list(user.roles), display_name=user.display_name,
-                              password_hash=new_hashes.get(name), source="catalog")
+                row = UserRow(name=name, roles=user.unscoped_roles, bindings=_bindings(user),
+                              display_name=user.display_name, password_hash=new_hashes.get(name), source="catalog")
                 s.add(row)
                 await s.flush()
                 report.created.append(name)
-                details = {"created": True, "roles": list(user.roles), "password": name in new_hashes}
+                details = {"created": True, "roles": user.unscoped_roles, "password": name in new_hashes}
+                if row.bindings:
+                    details["bindings"] = row.bindings
             else:
                 if row.source != "catalog":
                     row.source = "catalog"
                     report.adopted.append(name)
                     details["adopted"] = "the catalog names this local user: it now decides its roles"
-                if list(row.roles) != list(user.roles):
-                    report.roles[name] = (list(row.roles), list(user.roles))
-                    details["roles"] = {"old": list(row.roles), "new": list(user.roles)}
-                    row.roles = list(user.roles)
+                if list(row.roles) != user.unscoped_roles or list(row.bindings or []) != _bindings(user):
+                    if list(row.roles) != user.unscoped_roles:
+                        report.roles[name] = (list(row.roles), user.unscoped_roles)
+                        details["roles"] = {"old": list(row.roles), "new": user.unscoped_roles}
+                    if list(row.bindings or []) != _bindings(user):
+                        report.bindings[name] = (list(row.bindings or []), _bindings(user))
+                        details["bindings"] = {"old": list(row.bindings or []), "new": _bindings(user)}
+                    row.roles, row.bindings = user.unscoped_roles, _bindings(user)
                     changes.append(access_changed(rt, s, user_id=row.id, user=row.name, reason="roles"))
                 if user.display_name is not None and row.display_name != user.display_name:
                     details["display_name"] = user.display_name

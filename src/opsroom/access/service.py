@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from opsroom import events
-from opsroom.access.identity import BUILTIN_ROLES, Actor, Door, permissions_for
+from opsroom.access.identity import BUILTIN_ROLES, Actor, Binding, Door, permissions_for
 from opsroom.access.models import ApiTokenRow, UserRow, WebSessionRow
 from opsroom.access.names import normalise_name
 from opsroom.access.secrets import hash_password, new_token, timing_equaliser, token_hash, verify_password
@@ -61,12 +61,13 @@ def login_throttle(rt: Runtime) -> LoginThrottle:
 
 def actor_for(rt: Runtime, row: UserRow, door: Door) -> Actor:
     cat = rt.catalog
-    perms = permissions_for(
-        row.roles,
-        {n: r.permissions for n, r in cat.roles.items()},
-        {n: r.inherits for n, r in cat.roles.items()},
-    )
-    return Actor(row.name, door, frozenset(row.roles), perms, row.id)
+    defined = {n: r.permissions for n, r in cat.roles.items()}
+    inherits = {n: r.inherits for n, r in cat.roles.items()}
+    perms = permissions_for(row.roles, defined, inherits)
+    bindings = tuple(Binding(b["role"], b["environment"], b.get("system"),
+                             permissions_for([b["role"]], defined, inherits))
+                     for b in row.bindings or [] if b.get("role") and b.get("environment"))
+    return Actor(row.name, door, frozenset(row.roles), perms, row.id, bindings=bindings)
 
 
 def known_roles(rt: Runtime) -> set[str]:

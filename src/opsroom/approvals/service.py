@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from opsroom.access import scope
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals.models import ApprovalRow, ApprovalVoteRow
 from opsroom.audit import service as audit
@@ -62,7 +63,7 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
     """Approve or deny. The requester's vote is refused; a deny decides at once."""
     verb = "approve" if approve else "deny"
     target = f"approval:{approval_id}"
-    if not actor.can("approval.decide"):
+    if not actor.can_somewhere("approval.decide"):  # its scope is checked with the request (_decide)
         await audit.append_alone(rt, actor=actor, action=f"approval.{verb}", target=target,
                                  outcome="refused", details={"reason": "missing permission approval.decide"})
         actor.require("approval.decide", what=f"{verb} requests")
@@ -89,7 +90,7 @@ async def decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
                                  details={"reason": verdict.reason})
         raise Conflict(f"request #{approval_id} cannot be decided: {verdict.reason}") from None
     if not verdict.allowed:
-        if "own request" in verdict.reason or "needs role" in verdict.reason:
+        if "own request" in verdict.reason or "needs role" in verdict.reason or "not allowed in" in verdict.reason:
             raise PermissionDenied(f"you cannot {verb} request #{approval_id}: {verdict.reason}")
         raise Conflict(f"request #{approval_id} cannot be decided: {verdict.reason}")
     if decided is not None:  # made with every decision taken
@@ -115,9 +116,15 @@ async def _decide(rt: Runtime, *, actor: Actor, approval_id: int, approve: bool,
         if row is None:
             raise NotFound(f"there is no request #{approval_id}", hint="see open requests with `status`")
         execution = await s.get(ExecutionRow, row.execution_id)
+        # The voter's roles there: unscoped ones and the bindings covering the run's scope only.
+        where = scope.execution_scope(rt.catalog, runbook=execution.runbook, params=execution.params,
+                                      environment=execution.environment) if execution is not None else scope.Scope(None)
         verdict = may_vote(status=row.status, expired=row.expires_at < now, requester_id=row.requester_id,
                            requester=row.requester, voter_id=actor.user_id, voter=actor.name,
-                           voter_roles=actor.roles, roles=row.roles)
+                           voter_roles=actor.roles_in(where.environment, where.system), roles=row.roles)
+        if not actor.can("approval.decide", environment=where.environment, system=where.system):
+            # Said before "needs role": an approver bound to test is told where their role ends.
+            verdict = Verdict(False, f"not allowed in {where.label}: no role grants approval.decide there")
         if verdict.allowed and approve:
             # The catalog may have changed since the request: an approval covers the old version
             # only (a runbook removed since counts as changed). And the execution row must still

@@ -25,7 +25,7 @@ from opsroom.catalog.errors import MAX_PROBLEMS, CatalogError, Problem, did_you_
 from opsroom.catalog.extensions import plugin_settings_problems
 from opsroom.catalog.hosts import check_hosts
 from opsroom.catalog.reading import Doc, KeyPath, Locations, Reader, compose, location
-from opsroom.catalog.schema import CHECK_TYPES, KINDS, Alias, Check, approval_roles
+from opsroom.catalog.schema import CHECK_TYPES, KINDS, Alias, Check, RoleBinding, approval_roles
 from opsroom.catalog.templates import check_templates
 
 BUILTIN_ROLES = ("viewer", "operator", "approver", "admin")
@@ -158,6 +158,8 @@ class _Loader:
         for err in errors:
             if raw.kind == "check" and err["loc"][:1] == (tag,):
                 err["loc"] = err["loc"][1:]  # pydantic puts the union tag first
+            if raw.kind == "user" and err["loc"][:1] == ("roles",) and err["loc"][2:3] in (("role",), ("binding",)):
+                err["loc"] = err["loc"][:2] + err["loc"][3:]  # a role entry's tag (schema.RoleEntry)
             path, message, hint = explain(err, model, raw.kind, CHECK_TYPES)
             full = raw.path + path
             if any(f == raw.doc.file and bad[: len(full)] == full for f, bad in self.reader.unresolved):
@@ -300,7 +302,10 @@ class _Loader:
             self.params(cat, ("alias", alias.pattern, "params"), alias.runbook, alias.params, False)
         for n, user in cat.users.items():
             for i, role in enumerate(user.roles):
-                self.ref(cat, ("user", n, "roles", str(i)), "has", "role", role)
+                if isinstance(role, str):
+                    self.ref(cat, ("user", n, "roles", str(i)), "has", "role", role)
+                else:
+                    self.binding(cat, ("user", n, "roles", str(i)), role)
         for n, role_ in cat.roles.items():
             for i, parent in enumerate(role_.inherits):
                 self.ref(cat, ("role", n, "inherits", str(i)), "inherits", "role", parent)
@@ -314,6 +319,19 @@ class _Loader:
         self.cycles(cat, "role", "inherits", "inherit from", {n: r.inherits for n, r in cat.roles.items()})
         check_hosts(self, cat)  # hosts, jumps, pinned keys, key files; what runbooks and checks name
 
+
+    def binding(self, cat: Catalog, at: tuple[str, ...], b: RoleBinding) -> None:
+        """A scoped role names a known role, environment and (if any) a system of that environment:
+        a binding that matches nothing would silently grant nothing, or look like it covers prod."""
+        self.ref(cat, (*at, "role"), "has", "role", b.role)
+        self.ref(cat, (*at, "environment"), "has a role in", "environment", b.environment)
+        self.ref(cat, (*at, "system"), "has a role in", "system", b.system)
+        system = cat.systems.get(b.system) if b.system else None
+        if system is not None and b.environment in cat.environments and system.environment != b.environment:
+            self.add(cat.locate(*at, "system"),
+                     f"{at[0]} '{at[1]}' has a role in system '{b.system}' of environment '{b.environment}', "
+                     f"but that system is in environment '{system.environment}'",
+                     f"write `environment: {system.environment}`, or name a system of {b.environment}")
 
     def platform_settings(self, cat: Catalog) -> None:
         """Each platform's and alert source's settings checked by its plugin's own Config, at file:line."""

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from opsroom.catalog.durations import Duration
 
@@ -497,9 +497,27 @@ class Role(Obj):
     inherits: list[Name] = []
 
 
+class RoleBinding(Obj):
+    """`{role: operator, environment: test}`: the role in that environment (and system) only."""
+
+    role: Name
+    environment: Name
+    system: Name | None = None
+
+
+def _role_entry(v: Any) -> str:
+    return "binding" if isinstance(v, dict | RoleBinding) else "role"
+
+
+# A plain name is an unscoped role (every environment, as before scopes); a mapping is a
+# RoleBinding. The tags keep pydantic's error paths pointing at the entry (catalog/errors.py).
+RoleEntry = Annotated[Annotated[Name, Tag("role")] | Annotated[RoleBinding, Tag("binding")],
+                      Discriminator(_role_entry)]
+
+
 class User(Obj):
     name: str
-    roles: list[Name] = ["viewer"]
+    roles: list[RoleEntry] = ["viewer"]
     display_name: str | None = None
     password_env: str | None = None  # bootstrap password from this variable, never from the YAML
 
@@ -515,6 +533,14 @@ class User(Obj):
         if normalise_name(v) != v:
             raise ValueError(f"write the user name as {normalise_name(v)!r}: names are stored case-folded")
         return v
+
+    @property
+    def unscoped_roles(self) -> list[str]:
+        return [r for r in self.roles if isinstance(r, str)]
+
+    @property
+    def bindings(self) -> list[RoleBinding]:
+        return [r for r in self.roles if isinstance(r, RoleBinding)]
 
 
 KINDS: dict[str, str] = {

@@ -16,12 +16,14 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from opsroom.access import scope
 from opsroom.access import service as access
 from opsroom.access.identity import SYSTEM, Actor
 from opsroom.approvals import service as approvals
 from opsroom.approvals.models import ApprovalRow
 from opsroom.audit import service as audit
 from opsroom.automation.templates import render
+from opsroom.catalog.catalog import Catalog
 from opsroom.catalog.schema import Runbook, approval_roles
 from opsroom.cluster.clock import db_now
 from opsroom.cluster.membership import DEAD_AFTER_S
@@ -137,12 +139,13 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     what the claim wrote, no execution, RuleHeldError); then as claim(s, execution_id). So a
     rule's budget is decided and spent in one transaction with its run, on every server.
     """
-    if not actor.can("runbook.run"):
+    if not actor.can_somewhere("runbook.run"):
         await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{runbook[:64]}",
                                  outcome="refused", details={"reason": "missing permission runbook.run"})
         actor.require("runbook.run", what="run runbooks")
     rb = get_runbook(rt, runbook)
     clean = runbook_params.validate(rt.catalog, rb, params)
+    await _require_run_scope(rt, actor, rb, clean)
     # From here on every sink masks them; the row keeps them sealed and only their masks in clear.
     secret = {k: v for k, v in clean.items() if rb.parameters[k].secret}
     masking.register(*secret.values())
@@ -287,15 +290,37 @@ async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: 
     await rt.transact(body)
 
 
-def _may_cancel(actor: Actor, row: ExecutionRow) -> bool:
-    """Its requester (the same user, never a same name), an approver, an admin."""
+async def _require_run_scope(rt: Runtime, actor: Actor, rb: Runbook, params: dict[str, Any]) -> None:
+    """runbook.run where the run lands: a role bound to test gives nothing on prod (docs/access.md)."""
+    env = _environment(rt, rb, params)
+    system = scope.run_system(rt.catalog, rb, params)
+    if actor.can("runbook.run", environment=env, system=system):
+        return
+    where = scope.Scope(env, system).label
+    await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{rb.name}", outcome="refused",
+                             details={"reason": f"no role grants runbook.run in {where}", "environment": env})
+    actor.require("runbook.run", what=f"run {rb.name}", environment=env, system=system)
+
+
+def _may_cancel(actor: Actor, row: ExecutionRow, catalog: Catalog | None = None) -> bool:
+    """Its requester (the same user, never a same name), an approver, an admin, in the run's scope."""
+    where = _scope_of(row, catalog)
     own = row.requester_id is not None and row.requester_id == actor.user_id
-    return own or actor.can("approval.decide")
+    may_decide = actor.can("approval.decide", environment=where.environment, system=where.system)
+    may_run = actor.can("runbook.run", environment=where.environment, system=where.system)
+    return (may_run or may_decide) and (own or may_decide)
 
 
-def may_cancel(actor: Actor, row: ExecutionRow) -> bool:
+def _scope_of(row: ExecutionRow, catalog: Catalog | None) -> scope.Scope:
+    # Without the catalog no system is known: a binding to one system then covers nothing (deny).
+    if catalog is None:
+        return scope.Scope(row.environment)
+    return scope.execution_scope(catalog, runbook=row.runbook, params=row.params, environment=row.environment)
+
+
+def may_cancel(actor: Actor, row: ExecutionRow, catalog: Catalog | None = None) -> bool:
     """What cancel_execution allows, for a door to offer (or not) a Cancel button on an active run."""
-    return (actor.can("runbook.run") or actor.can("approval.decide")) and _may_cancel(actor, row)
+    return _may_cancel(actor, row, catalog)
 
 
 # How long a cancel waits for a running execution's end: the executor's SIGTERM grace
@@ -340,7 +365,7 @@ async def _cancel(rt: Runtime, *, actor: Actor, execution_id: int, room: str | N
         await audit.append_alone(rt, actor=actor, action="execution.cancel", target=target, outcome="refused",
                                  details={"reason": reason, "room": room})
 
-    if not (actor.can("runbook.run") or actor.can("approval.decide")):
+    if not (actor.can_somewhere("runbook.run") or actor.can_somewhere("approval.decide")):
         await refuse("missing permission runbook.run or approval.decide")
         raise PermissionDenied(f"{actor.name} may not cancel executions",
                                hint="its requester, an approver or an admin may; "
@@ -351,7 +376,7 @@ async def _cancel(rt: Runtime, *, actor: Actor, execution_id: int, room: str | N
     async with rt.write() as s:
         row = await s.get(ExecutionRow, execution_id)
         verdict = "missing" if row is None else "finished" if row.status not in ACTIVE else \
-            "denied" if not _may_cancel(actor, row) else row.status
+            "denied" if not _may_cancel(actor, row, rt.catalog) else row.status
         if row is not None and verdict in ("pending", "awaiting_approval"):
             # Never started: closed here, in one transaction with its request and the record.
             row.status, row.finished_at = advance(row.status, "cancelled"), now
@@ -415,18 +440,26 @@ async def record_process(rt: Runtime, execution_id: int, *, pgid: int, started: 
     await rt.transact(body)
 
 
-async def _require_read(rt: Runtime, actor: Actor, *, what: str, target: str) -> None:
-    """A refused read is audited too: someone looking where they may not is worth knowing."""
-    if not actor.can("execution.read"):
+async def _require_read(rt: Runtime, actor: Actor, *, what: str, target: str,
+                        where: scope.Scope | None = None) -> None:
+    """A refused read is audited too: someone looking where they may not is worth knowing.
+
+    Without `where` (before the row is read) any role or binding with execution.read passes;
+    with it, only one that covers the execution's scope."""
+    env, system = (where.environment, where.system) if where is not None else (None, None)
+    allowed = actor.can("execution.read", environment=env, system=system) if where is not None \
+        else actor.can_somewhere("execution.read")
+    if not allowed:
+        reason = "missing permission execution.read" + (f" in {where.label}" if where is not None else "")
         await audit.append_alone(rt, actor=actor, action="execution.read", target=target, outcome="refused",
-                                 details={"reason": "missing permission execution.read"})
-        actor.require("execution.read", what=what)
+                                 details={"reason": reason})
+        actor.require("execution.read", what=what, environment=env, system=system)
 
 
 async def list_executions(rt: Runtime, *, actor: Actor, limit: int = 50, status: str | None = None,
                           before: int | None = None) -> list[ExecutionRow]:
     """Newest first; `before`: only those with a smaller id (the API's next page)."""
-    await _require_read(rt, actor, what="list executions", target="executions")
+    await _require_read(rt, actor, what="list executions", target="executions", where=scope.Scope(None))
     # One past the API's largest page (500): the API reads whether another page follows.
     stmt = select(ExecutionRow).order_by(ExecutionRow.id.desc()).limit(min(limit, 501))
     if status:
@@ -445,6 +478,8 @@ async def get_execution(rt: Runtime, *, actor: Actor, execution_id: int) -> Exec
         row = await s.get(ExecutionRow, execution_id)
     if row is None:
         raise NotFound(f"there is no execution #{execution_id}", hint="list them with `executions`")
+    await _require_read(rt, actor, what=f"see execution #{execution_id}", target=f"execution:{execution_id}",
+                        where=_scope_of(row, rt.catalog))
     await audit.append_alone(rt, actor=actor, action="execution.view", target=f"execution:{execution_id}")
     return row
 

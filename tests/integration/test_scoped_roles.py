@@ -1,0 +1,140 @@
+"""Role bindings scoped by environment and system, on a running opsroom with its real store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from opsroom.access import reconcile
+from opsroom.access import service as access
+from opsroom.access.identity import Binding
+from opsroom.access.models import UserRow
+from opsroom.approvals import service as approvals
+from opsroom.audit.models import AuditRecordRow
+from opsroom.catalog.loader import load_catalog
+from opsroom.checks import service as checks
+from opsroom.errors import PermissionDenied
+from opsroom.events import AccessChanged
+from opsroom.runbooks import service as runbooks
+from opsroom.runtime import Runtime
+from tests.inprocess import booted, settle
+from tests.scoped import USERS, scoped_catalog
+
+
+async def _refusals(rt: Runtime, user: str, action: str) -> list[AuditRecordRow]:
+    async with rt.read() as s:
+        rows = (await s.execute(select(AuditRecordRow).where(
+            AuditRecordRow.actor == user, AuditRecordRow.action == action,
+            AuditRecordRow.outcome == "refused"))).scalars()
+        return list(rows)
+
+
+async def test_bindings_are_stored_and_make_the_actor(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        async with rt.read() as s:
+            dev = (await s.execute(select(UserRow).where(UserRow.name == "dev"))).scalar_one()
+        assert dev.roles == ["viewer"] and dev.bindings == [{"role": "operator", "environment": "test"}]
+        actor = await access.actor_by_name(rt, name="sysa", door="api")
+        assert actor.roles == frozenset()
+        assert actor.bindings[0] == Binding("operator", "prod", "sys-a", actor.bindings[0].permissions)
+        assert "runbook.run" in actor.bindings[0].permissions
+        # Default deny: another system, no system, another environment, or a check naming no scope.
+        assert actor.can("runbook.run", environment="prod", system="sys-a")
+        assert not actor.can("runbook.run", environment="prod", system="sys-b")
+        assert not actor.can("runbook.run", environment="prod")
+        assert not actor.can("runbook.run", environment="test", system="sys-a")
+        assert not actor.can("runbook.run")
+        assert actor.can_somewhere("runbook.run") and not actor.can_somewhere("user.manage")
+        assert actor.roles_in("prod", "sys-a") == {"operator", "approver"} and actor.roles_in("test") == set()
+        # An unscoped role still answers for every environment, as before scopes.
+        you = await access.actor_by_name(rt, name="you", door="api")
+        assert you.can("runbook.run") and you.can("runbook.run", environment="prod", system="sys-b")
+
+
+async def test_a_changed_binding_is_reconciled_audited_and_reaches_open_doors(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        heard: list[AccessChanged] = []
+        rt.bus.add_listener(lambda ev: heard.append(ev) if isinstance(ev, AccessChanged) else None)
+        moved = dict(USERS, dev=["viewer", {"role": "operator", "environment": "prod", "system": "sys-b"}])
+        rt.use_catalog(load_catalog(scoped_catalog(tmp_path / "v2", users=moved)))
+        report = await reconcile.reconcile_users(rt)
+        await settle(rt)
+        assert report.bindings == {"dev": ([{"role": "operator", "environment": "test"}],
+                                           [{"role": "operator", "environment": "prod", "system": "sys-b"}])}
+        assert "dev" not in report.roles  # the unscoped roles did not change
+        assert [(e.user, e.reason) for e in heard] == [("dev", "roles")]
+        dev = await access.actor_by_name(rt, name="dev", door="api")
+        assert dev.can("runbook.run", environment="prod", system="sys-b")
+        assert not dev.can("runbook.run", environment="test", system="sys")
+        async with rt.read() as s:
+            rec = (await s.execute(select(AuditRecordRow).where(
+                AuditRecordRow.action == "user.reconcile", AuditRecordRow.target == "user:dev"))).scalars().all()
+        assert rec and rec[-1].details["bindings"]["new"] == [
+            {"role": "operator", "environment": "prod", "system": "sys-b"}]
+
+
+async def test_run_is_allowed_in_the_bound_environment_only(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        dev = await access.actor_by_name(rt, name="dev", door="api")
+        row = await runbooks.request_run(rt, actor=dev, runbook="poke", params={"service": "svc"})
+        assert row.environment == "test" and row.status in ("running", "pending")
+        with pytest.raises(PermissionDenied) as refused:
+            await runbooks.request_run(rt, actor=dev, runbook="poke", params={"service": "svc-a"})
+        assert "in environment prod" in refused.value.message
+        assert "operator on environment test" in str(refused.value.hint)
+        [rec] = await _refusals(rt, "dev", "runbook.run")
+        assert rec.details["reason"] == "no role grants runbook.run in environment prod, system sys-a"
+        # A binding to one system covers that system's services, not its neighbour's.
+        sysa = await access.actor_by_name(rt, name="sysa", door="api")
+        assert (await runbooks.request_run(rt, actor=sysa, runbook="poke", params={"service": "svc-a"})).id
+        with pytest.raises(PermissionDenied):
+            await runbooks.request_run(rt, actor=sysa, runbook="poke", params={"service": "svc-b"})
+
+
+async def test_approve_and_cancel_need_a_binding_covering_the_run(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        you = await access.actor_by_name(rt, name="you", door="api")
+        on_prod = await runbooks.request_run(rt, actor=you, runbook="guarded", params={"service": "svc-b"})
+        assert on_prod.status == "awaiting_approval" and on_prod.approval_id is not None
+        tester = await access.actor_by_name(rt, name="tester", door="chat")  # approver and operator on test
+        with pytest.raises(PermissionDenied, match="not allowed in environment prod"):
+            await approvals.decide(rt, actor=tester, approval_id=on_prod.approval_id, approve=True)
+        with pytest.raises(PermissionDenied):
+            await runbooks.cancel_execution(rt, actor=tester, execution_id=on_prod.id)
+        assert [r.details["reason"] for r in await _refusals(rt, "tester", "approval.approve")] == [
+            "not allowed in environment prod, system sys-b: no role grants approval.decide there"]
+        assert len(await _refusals(rt, "tester", "execution.cancel")) == 1
+        sysa = await access.actor_by_name(rt, name="sysa", door="api")  # approver on prod's other system
+        with pytest.raises(PermissionDenied):
+            await approvals.decide(rt, actor=sysa, approval_id=on_prod.approval_id, approve=True)
+        prodapp = await access.actor_by_name(rt, name="prodapp", door="api")
+        decided = await approvals.decide(rt, actor=prodapp, approval_id=on_prod.approval_id, approve=True)
+        assert decided.status == "approved" and decided.decided_by == "prodapp"
+        # On test, the test-bound approver decides (and may cancel what waits there).
+        on_test = await runbooks.request_run(rt, actor=you, runbook="guarded", params={"service": "svc"})
+        assert on_test.approval_id is not None
+        cancelled = await runbooks.cancel_execution(rt, actor=tester, execution_id=on_test.id)
+        assert cancelled.status == "cancelled"
+        await settle(rt)
+
+
+async def test_check_runs_and_execution_reads_follow_the_scope(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        you = await access.actor_by_name(rt, name="you", door="api")
+        on_prod = await runbooks.request_run(rt, actor=you, runbook="poke", params={"service": "svc-a"})
+        on_test = await runbooks.request_run(rt, actor=you, runbook="poke", params={"service": "svc"})
+        await settle(rt)
+        tester = await access.actor_by_name(rt, name="tester", door="web")
+        assert (await runbooks.get_execution(rt, actor=tester, execution_id=on_test.id)).id == on_test.id
+        with pytest.raises(PermissionDenied, match="in environment prod"):
+            await runbooks.get_execution(rt, actor=tester, execution_id=on_prod.id)
+        assert (await checks.run_check(rt, actor=tester, check="svc-cmd"))["check"] == "svc-cmd"
+        with pytest.raises(PermissionDenied):
+            await checks.run_check(rt, actor=tester, check="svc-a-cmd")
+        assert len(await _refusals(rt, "tester", "execution.read")) == 1
+        assert len(await _refusals(rt, "tester", "check.run")) == 1
+        # dev's unscoped viewer reads prod as before.
+        dev = await access.actor_by_name(rt, name="dev", door="web")
+        assert (await runbooks.get_execution(rt, actor=dev, execution_id=on_prod.id)).id == on_prod.id
