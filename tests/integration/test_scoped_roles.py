@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select
 
+from opsroom.access import explain as explaining
 from opsroom.access import reconcile
 from opsroom.access import service as access
 from opsroom.access.identity import Binding
 from opsroom.access.models import UserRow
+from opsroom.access.schemas import ExplainOut
+from opsroom.access.views import router as access_router
 from opsroom.approvals import service as approvals
 from opsroom.audit.models import AuditRecordRow
 from opsroom.catalog.loader import load_catalog
 from opsroom.checks import service as checks
-from opsroom.errors import PermissionDenied
+from opsroom.errors import Invalid, PermissionDenied
 from opsroom.events import AccessChanged
 from opsroom.runbooks import service as runbooks
 from opsroom.runtime import Runtime
+from opsroom.web import errors
+from tests.factories import token_for
 from tests.inprocess import booted, settle
 from tests.scoped import USERS, scoped_catalog
 
@@ -138,3 +148,83 @@ async def test_check_runs_and_execution_reads_follow_the_scope(tmp_path: Path) -
         # dev's unscoped viewer reads prod as before.
         dev = await access.actor_by_name(rt, name="dev", door="web")
         assert (await runbooks.get_execution(rt, actor=dev, execution_id=on_prod.id)).id == on_prod.id
+
+
+async def test_explain_names_the_deciding_binding_or_why_none_covers(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        admin = await access.actor_by_name(rt, name="admin", door="api")
+        ok = await explaining.explain(rt, actor=admin, user="dev", action="run", target="poke svc")
+        assert ok.allowed and ok.decided_by == "binding operator on environment test"
+        assert (ok.environment, ok.system, ok.permission) == ("test", "sys", "runbook.run")
+        no = await explaining.explain(rt, actor=admin, user="dev", action="run", target="poke service=svc-a")
+        assert not no.allowed and no.decided_by is None
+        assert no.why == ("no role grants runbook.run in environment prod, system sys-a: operator on environment "
+                          "test: bound to environment test, the target is in prod")
+        assert [(g.role, g.environment, g.grants, g.covers) for g in no.grounds] == [
+            ("viewer", None, False, True), ("operator", "test", True, False)]
+        sysa = await explaining.explain(rt, actor=admin, user="sysa", action="run", target="poke svc-b")
+        assert not sysa.allowed and "bound to system sys-a, the target is in system sys-b" in sysa.why
+        you = await explaining.explain(rt, actor=admin, user="you", action="check", target="svc-a-cmd")
+        assert you.allowed and you.decided_by == "unscoped role operator"
+        # Requests and executions: the same answer the services give.
+        requester = await access.actor_by_name(rt, name="you", door="api")
+        row = await runbooks.request_run(rt, actor=requester, runbook="guarded", params={"service": "svc-a"})
+        own = await explaining.explain(rt, actor=admin, user="you", action="approve", target=f"#{row.approval_id}")
+        assert not own.allowed and "no role grants approval.decide" in own.why  # an operator, and its requester
+        sysa_ok = await explaining.explain(rt, actor=admin, user="sysa", action="approve", target=str(row.approval_id))
+        assert sysa_ok.allowed and sysa_ok.decided_by == "binding approver on environment prod, system sys-a"
+        for user, allowed in (("you", True), ("tester", False), ("sysa", True), ("dev", False), ("prodapp", True)):
+            said = await explaining.explain(rt, actor=admin, user=user, action="cancel", target=str(row.id))
+            assert said.allowed is allowed, (user, said.why)
+            assert said.allowed == runbooks.may_cancel(await access.actor_by_name(rt, name=user, door="api"),
+                                                       row, rt.catalog)
+        view = await explaining.explain(rt, actor=admin, user="tester", action="view", target=str(row.id))
+        assert not view.allowed and "bound to environment test, the target is in prod" in view.why
+
+
+async def test_explain_about_someone_else_needs_user_manage_and_is_audited(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        dev = await access.actor_by_name(rt, name="dev", door="api")
+        mine = await explaining.explain(rt, actor=dev, user="dev", action="run", target="poke svc")
+        assert mine.allowed
+        with pytest.raises(PermissionDenied):
+            await explaining.explain(rt, actor=dev, user="boss", action="run", target="poke svc")
+        assert len(await _refusals(rt, "dev", "access.explain")) == 1
+        with pytest.raises(Invalid, match="unknown action"):
+            await explaining.explain(rt, actor=dev, user="dev", action="destroy", target="poke svc")
+        with pytest.raises(Invalid, match="depends on the service"):
+            await explaining.explain(rt, actor=dev, user="dev", action="run", target="poke")
+
+
+async def test_the_cli_and_the_api_give_the_same_answer(tmp_path: Path) -> None:
+    catalog = scoped_catalog(tmp_path)
+    async with booted(tmp_path, catalog) as (rt, _fake):
+        token = await token_for(rt, "dev")
+        app = FastAPI()
+        app.state.rt = rt
+        errors.install(app)
+        app.include_router(access_router, prefix="/api/v1")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            resp = await client.get("/api/v1/access/explain", params={"action": "run", "target": "poke svc-a"},
+                                    headers={"Authorization": f"Bearer {token}"})
+            other = await client.get("/api/v1/access/explain",
+                                     params={"user": "boss", "action": "run", "target": "poke svc-a"},
+                                     headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    api = ExplainOut.model_validate(resp.json())
+    assert not api.allowed and api.user == "dev" and api.environment == "prod"
+    assert other.status_code == 403
+    # The CLI: a local admin on the server host, on the store the server used.
+    done = subprocess.run([sys.executable, "-m", "opsroom", "access", "explain", "dev", "run", "poke", "svc-a",
+                           "--data", str(tmp_path / "data"), "--catalog", str(catalog), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert ExplainOut.model_validate(json.loads(done.stdout)) == api
+    shown = subprocess.run([sys.executable, "-m", "opsroom", "access", "explain", "dev", "run", "poke", "svc",
+                            "--data", str(tmp_path / "data"), "--catalog", str(catalog)],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[:2] == [
+        "ALLOWED: dev run poke service=svc (environment test, system sys)",
+        "  binding operator on environment test grants runbook.run in environment test, system sys"]

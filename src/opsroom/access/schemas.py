@@ -65,3 +65,29 @@ class MeOut(BaseModel):
     name: str
     roles: list[str]
     permissions: list[str] = Field(description="`*`: every permission")
+
+
+class GroundOut(BaseModel):
+    """One of the user's roles or bindings, and what it says about the asked action."""
+
+    role: str
+    environment: str | None  # None: unscoped (every environment)
+    system: str | None
+    grants: bool  # the role holds the permission
+    covers: bool  # its scope covers the target's
+    why: str
+
+
+class ExplainOut(BaseModel):
+    """`opsroom access explain USER ACTION TARGET`: allowed or denied, what decided it and why."""
+
+    user: str
+    action: str
+    target: str
+    permission: str
+    environment: str | None
+    system: str | None
+    allowed: bool
+    decided_by: str | None = Field(description="the role or binding that allows it; None when denied")
+    why: str
+    grounds: list[GroundOut]

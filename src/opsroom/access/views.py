@@ -6,9 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
+from opsroom.access import explain as explaining
 from opsroom.access import links, service
 from opsroom.access.names import normalise_name
-from opsroom.access.schemas import LinkCodeOut, LinkOut, MeOut, TokenCreatedOut, TokenOut, TokenRequest, UserOut
+from opsroom.access.schemas import (
+    ExplainOut,
+    LinkCodeOut,
+    LinkOut,
+    MeOut,
+    TokenCreatedOut,
+    TokenOut,
+    TokenRequest,
+    UserOut,
+)
 from opsroom.web.deps import ApiActor, PathId, RuntimeDep
 
 router = APIRouter(tags=["access"])
@@ -81,3 +91,12 @@ async def my_links(rt: RuntimeDep, actor: ApiActor) -> list[LinkOut]:
 async def unlink(rt: RuntimeDep, actor: ApiActor, platform: Platform, account_id: AccountId) -> Response:
     await links.unlink(rt, actor=actor, platform=platform, account_id=account_id, user=actor.name)
     return Response(status_code=204)
+
+
+@router.get("/access/explain")
+async def explain(rt: RuntimeDep, actor: ApiActor, action: Annotated[str, Query(max_length=32)],
+                  target: Annotated[str, Query(max_length=512)],
+                  user: Annotated[str | None, Query(max_length=256)] = None) -> ExplainOut:
+    """Whether `user` (default: you) may do `action` on `target`, which role or binding decides, and why."""
+    return await explaining.explain(rt, actor=actor, user=user if user is not None else actor.name,
+                                    action=action, target=target)

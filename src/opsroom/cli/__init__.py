@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from opsroom.catalog.nagios_import import DEFAULT_USER1, NagiosImportError, import_nagios
+from opsroom.cli import access as _access  # noqa: F401  (registers `opsroom access`)
 from opsroom.cli import admin, backup, remote, runs
 from opsroom.cli import cluster as _cluster  # noqa: F401  (registers `opsroom cluster`)
 from opsroom.cli import integrity as _integrity  # noqa: F401  (registers `opsroom integrity`)
