@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     # Text files up to this size are kept with the baseline, so a change comes with a diff.
     integrity_max_diff_bytes: int = Field(default=256 * 1024, ge=0, le=16 * 1024 * 1024)
     integrity_max_files: int = Field(default=20_000, ge=1)  # per watched tree
+    # Audit checkpoints (docs/audit.md): signed (log name, size, head) kept off the database, so
+    # a cut tail or a rewritten chain is seen. 0 switches a trigger off; both 0: on demand only.
+    audit_log_name: str = Field(default="opsroom", min_length=1, max_length=128)
+    audit_checkpoint_every: int = Field(default=1000, ge=0)  # records
+    audit_checkpoint_seconds: float = Field(default=300.0, ge=0)
+    audit_checkpoint_dir: Path | None = None  # default DATA/audit-checkpoints; a git work tree: committed
+    audit_syslog: str | None = None  # udp://host:514, tcp://host:514 or /dev/log (RFC 5424)
+    audit_key_file: Path | None = None  # default DATA/audit-signing.key (0600, made on first use)
 
     @model_validator(mode="after")
     def _oidc_complete_and_safe(self) -> Settings:

@@ -120,20 +120,72 @@ def migrate(data: DataOpt = None) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(data: DataOpt = None, catalog: CatalogOpt = None) -> None:
-    """Walk the hash chain; name the first broken record (audited, as `audit.verify`)."""
+def audit_verify(data: DataOpt = None, catalog: CatalogOpt = None,
+                 checkpoints: Annotated[Path | None, typer.Option(
+                     help="directory of signed checkpoints (default: OPSROOM_AUDIT_CHECKPOINT_DIR)")] = None,
+                 public_key: Annotated[Path | None, typer.Option(
+                     help="the public key to check checkpoints with, as `audit public-key` printed it "
+                          "(default: this host's key)")] = None) -> None:
+    """Recompute the hash chain and check every signed checkpoint against it; name the first fault
+    (audited, as `audit.verify`). Exit 0 intact, 1 broken, 2 a bad option."""
+    from opsroom.audit import keys
+    from opsroom.audit import service as audit
+
+    if checkpoints is not None and not checkpoints.is_dir():
+        error(f"--checkpoints {clean(str(checkpoints))}: no such directory")
+        raise typer.Exit(2)
+    try:
+        public = keys.read_public(public_key) if public_key is not None else None
+    except (OSError, keys.KeyRefused) as exc:
+        error(f"--public-key: {clean(str(exc))}")
+        raise typer.Exit(2) from None
+
+    async def body() -> Any:
+        async with store(catalog, data) as rt:
+            return await audit.verify_as(rt, actor=local_admin(), checkpoints=checkpoints, public_key=public)
+
+    result = run(body)
+    if result.ok:
+        covered = (f"{result.checkpoints} signed checkpoints match" if result.checkpoints else
+                   "no checkpoints found: a cut tail or a consistently rewritten chain cannot be seen")
+        write(f"audit OK: {result.records} records, chain intact; {covered}")
+        return
+    where = f"checkpoint {result.bad_checkpoint}" if result.bad_checkpoint else f"record {result.broken_seq}"
+    write(f"audit BROKEN at {clean(where)}: {clean(result.reason or '')}", stream=sys.stderr)
+    raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(data: DataOpt = None, catalog: CatalogOpt = None) -> None:
+    """Sign the log's current size and head now and write it off the database (audited)."""
     from opsroom.audit import service as audit
 
     async def body() -> Any:
         async with store(catalog, data) as rt:
-            return await audit.verify_as(rt, actor=local_admin())
+            return await audit.checkpoint_as(rt, actor=local_admin())
 
-    result = run(body)
-    if result.ok:
-        write(f"audit OK: {result.records} records, chain intact")
-        return
-    write(f"audit BROKEN at record {result.broken_seq}: {result.reason}", stream=sys.stderr)
-    raise typer.Exit(1)
+    done = run(body)
+    also = "".join(f", {what}" for what, sent in (("committed to git", done.git), ("sent to syslog", done.syslog))
+                   if sent)
+    write(f"checkpoint of {done.checkpoint.size} records written to {clean(str(done.path))}{also}")
+    for problem in done.problems:
+        error(clean(problem))
+    if done.problems:
+        raise typer.Exit(1)
+
+
+@audit_app.command("public-key")
+def audit_public_key(data: DataOpt = None) -> None:
+    """Print the checkpoint signing key's public half (PEM), for auditors to verify with elsewhere."""
+    from opsroom.audit import keys
+    from opsroom.audit.checkpointer import signing_key
+
+    settings = settings_for(None, data)
+
+    async def body() -> Any:  # run() turns a refused key file into a message and exit 1
+        return signing_key(settings)
+
+    write(keys.public_pem(run(body).public_key()).rstrip("\n"))
 
 
 @user_app.command("add")
