@@ -32,6 +32,10 @@ host), p99 <= 50 ms:
 
     .venv/bin/python bench/dispatch_overhead.py --worker --quick
 
+In worker mode the instrumented pass (--phases) restarts the worker with timestamps on its
+side too (bench/_worker_phases.py: message received, Celery's task body, the hop to the
+worker's loop, the claim, the exec) and joins them with the server's by the step's id.
+
 After the measured runs, a separate instrumented pass (--phases N, default 50; 0 to
 skip) wraps the service functions on the path with timestamps and reports where the
 dispatch time goes: each hop, waiting for the SQLite write lock, and which other
