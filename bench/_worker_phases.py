@@ -36,18 +36,30 @@ HOPS = [
 ]
 
 
-class ServerTrace:
-    """Stamps on the server's side of the path, keyed by the step's row id (from the task)."""
+class Patches:
+    """Monkeypatches of one instrumented pass, restored by undo() (also the in-process mode's Phases)."""
 
     def __init__(self) -> None:
-        self.cur: dict[str, float] = {}
-        self.rows: dict[int, dict[str, float]] = {}
-        self.slices: list[tuple[float, float, str]] = []  # (start, seconds, what) of the loop's longer steps
         self._undo: list[tuple[Any, str, Any]] = []
 
     def _patch(self, owner: Any, name: str, new: Any) -> None:
         self._undo.append((owner, name, getattr(owner, name)))
         setattr(owner, name, new)
+
+    def undo(self) -> None:
+        for owner, name, old in reversed(self._undo):
+            setattr(owner, name, old)
+        self._undo.clear()
+
+
+class ServerTrace(Patches):
+    """Stamps on the server's side of the path, keyed by the step's row id (from the task)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cur: dict[str, float] = {}
+        self.rows: dict[int, dict[str, float]] = {}
+        self.slices: list[tuple[float, float, str]] = []  # (start, seconds, what) of the loop's longer steps
 
     def install(self) -> None:
         from opsroom.runbooks import service as runbooks_service
@@ -102,11 +114,6 @@ class ServerTrace:
                     tr.slices.append((start, took, _what(handle._callback)))
 
         self._patch(asyncio.events.Handle, "_run", _run)
-
-    def undo(self) -> None:
-        for owner, name, old in reversed(self._undo):
-            setattr(owner, name, old)
-        self._undo.clear()
 
 
 def _what(callback: Any) -> str:

@@ -65,6 +65,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, fmt_ms, info, loadavg, percentile, r
+from _worker_phases import Patches
 from opsroom import server
 from opsroom.automation import rules as rules_mod
 from opsroom.checks.probes import ProbeResult
@@ -207,18 +208,14 @@ async def baseline_run(n: int, warmup: int, gap: float) -> list[float]:
 # --- where the time goes (instrumented pass, not part of the figure) ----------
 
 
-class Phases:
+class Phases(Patches):
     """Monkeypatched timestamps on the dispatch path; restored by undo()."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.cur: dict[str, float] = {}
         self.rows: list[dict[str, float]] = []
         self.locks: list[tuple[str, float, float, float]] = []  # (writer, requested, acquired, released)
-        self._undo: list[tuple[Any, str, Any]] = []
-
-    def _patch(self, owner: Any, name: str, new: Any) -> None:
-        self._undo.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, new)
 
     def install(self) -> None:
         ph = self
@@ -271,11 +268,6 @@ class Phases:
         self._patch(rules_mod, "matches", matches)
         self._patch(runbooks_service, "request_run", request_run)
         self._patch(asyncio, "create_subprocess_exec", create_subprocess_exec)
-
-    def undo(self) -> None:
-        for owner, name, old in reversed(self._undo):
-            setattr(owner, name, old)
-        self._undo.clear()
 
     def report(self) -> dict[str, float]:
         hops = [("record -> rule handler runs", "t0", "rule_handler"),
