@@ -28,6 +28,8 @@ def scoped_catalog(tmp: Path, users: dict[str, list[Any]] | None = None) -> Path
 
     `poke SERVICE` runs at once in the service's environment; `guarded SERVICE` waits for an
     approver there."""
+    # `tag` tells otherwise identical runs apart (one active run per runbook and parameters).
+    params = {"service": {"type": "service"}, "tag": {"type": "string", "required": False, "default": ""}}
     step = [{"command": [sys.executable, "-c", "import sys; print('poked', sys.argv[1])", "{{ params.service }}"]}]
     return small_catalog(
         tmp,
@@ -37,9 +39,8 @@ def scoped_catalog(tmp: Path, users: dict[str, list[Any]] | None = None) -> Path
                   {"name": "svc-b", "system": "sys-b"}],
         checks=[{"name": f"{s}-cmd", "type": "command", "service": s, "interval": "60s", "argv": OK}
                 for s in ("svc", "svc-a", "svc-b")],
-        runbooks=[{"name": "poke", "approval": "none", "parameters": {"service": {"type": "service"}}, "steps": step},
-                  {"name": "guarded", "approval": "role approver", "parameters": {"service": {"type": "service"}},
-                   "steps": step}],
+        runbooks=[{"name": "poke", "approval": "none", "parameters": params, "steps": step},
+                  {"name": "guarded", "approval": "role approver", "parameters": params, "steps": step}],
         aliases=[],
         rooms=[{"name": "ops"}],
         users=[{"name": n, "roles": r} for n, r in (users or USERS).items()],

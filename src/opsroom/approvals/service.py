@@ -239,22 +239,34 @@ async def list_open_viewed(rt: Runtime, *, actor: Actor, action: str, target: st
 
 async def get(rt: Runtime, *, actor: Actor, approval_id: int) -> ApprovalRow:
     target = f"approval:{approval_id}"
-    await _require_read(rt, actor, action="approval.view", target=target)
+    await _require_read(rt, actor, action="approval.view", target=target, where=None)
     async with rt.read() as s:
         row = await s.get(ApprovalRow, approval_id)
+        execution = await s.get(ExecutionRow, row.execution_id) if row is not None else None
     if row is None:
         await audit.append_alone(rt, actor=actor, action="approval.view", target=target, outcome="not_found")
         raise NotFound(f"there is no request #{approval_id}", hint="see open requests with `status`")
+    # Then in its run's scope: a reader bound to test does not read prod's requests.
+    where = scope.execution_scope(rt.catalog, runbook=execution.runbook, params=execution.params,
+                                  environment=execution.environment) if execution is not None else scope.Scope(None)
+    await _require_read(rt, actor, action="approval.view", target=target, where=where)
     await audit.append_alone(rt, actor=actor, action="approval.view", target=target)
     return row
 
 
-async def _require_read(rt: Runtime, actor: Actor, *, action: str, target: str) -> None:
-    """A refused read is recorded too: who looks where they may not is what an audit is for."""
-    if not actor.can("approval.read"):
+async def _require_read(rt: Runtime, actor: Actor, *, action: str, target: str,
+                        where: scope.Scope | None = scope.Scope(None)) -> None:
+    """A refused read is recorded too: who looks where they may not is what an audit is for.
+
+    `where` None: before the request is read, any role or binding with approval.read passes."""
+    allowed = actor.can_somewhere("approval.read") if where is None else \
+        actor.can("approval.read", environment=where.environment, system=where.system)
+    if not allowed:
+        shown = f" in {where.label}" if where is not None and where.environment else ""
         await audit.append_alone(rt, actor=actor, action=action, target=target, outcome="refused",
-                                 details={"reason": "missing permission approval.read"})
-        actor.require("approval.read", what="see approval requests")
+                                 details={"reason": f"missing permission approval.read{shown}"})
+        actor.require("approval.read", what="see approval requests",
+                      environment=where.environment if where else None, system=where.system if where else None)
 
 
 async def expire_due(rt: Runtime) -> list[ApprovalRow]:

@@ -101,7 +101,7 @@ async def approval_views(rt: Runtime, *, actor: Actor,
     views = []
     for r in rows:
         # Shown, not enforced here: decide() refuses regardless of what the page offers.
-        can = actor.can("approval.decide") and r.requester != actor.name
+        can = actor.can_somewhere("approval.decide") and r.requester != actor.name
         view = {"id": r.id, "summary": r.summary, "requester": r.requester, "roles": r.roles,
                 "expires_at": r.expires_at, "can_decide": can}
         if can and sign is not None:

@@ -265,7 +265,7 @@ async def require_decision_token(rt: Runtime, *, actor: Actor, csrf: str, approv
         row = await approvals.get(rt, actor=actor, approval_id=approval_id)
     except OpsroomError:
         return  # not found / may not read: decide() says so in its own words
-    if row.status != "open" or row.requester == actor.name or not actor.can("approval.decide"):
+    if row.status != "open" or row.requester == actor.name or not actor.can_somewhere("approval.decide"):
         return  # decide() refuses these anyway, with the reason that matters to the person
     reason = None
     if not isinstance(token, str) or not token:
