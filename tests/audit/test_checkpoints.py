@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -195,6 +196,12 @@ def test_cli_checkpoint_public_key_and_verify(tmp_path: Path) -> None:
     bad_key = tmp_path / "bad.pub"
     bad_key.write_text("not a key")
     assert cli("audit", "verify", "--public-key", str(bad_key), env=env).returncode == 2
+
+    with sqlite3.connect(tmp_path / "data" / "opsroom.db") as db:
+        db.execute("UPDATE audit_records SET actor = 'mallory' WHERE seq = 1")
+    broken = cli("audit", "verify", env=env)
+    assert broken.returncode == 1 and "audit BROKEN at record 1: content does not match its hash" in broken.stderr, \
+        broken.stdout + broken.stderr
 
     (tmp_path / "data" / keys.KEY_NAME).chmod(0o644)
     refused = cli("audit", "public-key", env=env)

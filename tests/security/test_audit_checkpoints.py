@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opsroom.audit import checkpoints as cps
@@ -134,3 +137,23 @@ async def test_group_readable_key_is_refused_not_used(store_rt: Runtime) -> None
         assert "chmod 600" in str(exc)
     else:
         raise AssertionError("a world-readable key was used")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+async def test_newest_checkpoints_deleted_from_a_git_directory(store_rt: Runtime, tmp_path: Path) -> None:
+    """Class: rollback by deletion. The log is cut back and the newest checkpoint file removed with it,
+    so the directory alone agrees with the shorter log: its git history still names the file."""
+    repo = tmp_path / "checkpoints"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    store_rt.settings.audit_checkpoint_dir = repo
+    await chain_with_checkpoint(store_rt, n=3)
+    new = await chain_with_checkpoint(store_rt, n=3)
+    assert new.git and (await audit.verify(store_rt)).ok
+    before = await rows(store_rt)
+    await sql(store_rt, "DELETE FROM audit_records WHERE seq > 3")
+    await sql(store_rt, "UPDATE audit_head SET seq = 3, hash = :h WHERE id = 1", h=before[2]["hash"])
+    new.path.unlink()
+    result = await audit.verify(store_rt)
+    assert not result.ok and result.bad_checkpoint == new.path.name, result
+    assert "git history and is gone" in (result.reason or "")

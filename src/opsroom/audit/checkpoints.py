@@ -142,9 +142,27 @@ def write_dir(directory: Path, cp: Checkpoint) -> Path:
 
 
 def is_git_work_tree(directory: Path) -> bool:
-    done = subprocess.run(["git", "-C", str(directory), "rev-parse", "--is-inside-work-tree"],
-                          capture_output=True, text=True, timeout=30, check=False)
-    return done.returncode == 0 and done.stdout.strip() == "true"
+    """The directory itself is the top of a git work tree (one inside some other repository, a data
+    dir under a checkout, is not taken for one)."""
+    if not (directory / ".git").exists():
+        return False
+    try:
+        done = subprocess.run(["git", "-C", str(directory), "rev-parse", "--show-toplevel"],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except OSError:  # no git installed: a plain directory
+        return False
+    return done.returncode == 0 and Path(done.stdout.strip()).resolve() == directory.resolve()
+
+
+def git_removed(directory: Path) -> list[str]:
+    """Checkpoint files the git history of `directory` added that are no longer there: the newest
+    ones deleted to roll the log back past them. Empty when it is not a git work tree."""
+    if not is_git_work_tree(directory):
+        return []
+    done = subprocess.run(["git", "-C", str(directory), "log", "--diff-filter=A", "--name-only", "--format=",
+                           "--relative", "--", "."], capture_output=True, text=True, timeout=60, check=False)
+    added = {line.strip() for line in done.stdout.splitlines() if line.strip().endswith(".json")}
+    return sorted(name for name in added if "/" not in name and not (directory / name).exists())
 
 
 _GIT_ENV = {"GIT_AUTHOR_NAME": "opsroom", "GIT_AUTHOR_EMAIL": "opsroom@localhost",

@@ -28,3 +28,5 @@ class VerifyOut(BaseModel):
     records: int
     broken_seq: int | None
     reason: str | None
+    checkpoints: int = 0  # signed checkpoints found off the database and checked against the chain
+    bad_checkpoint: str | None = None  # the checkpoint file at fault, when one is

@@ -111,6 +111,10 @@ def load_checkpoints(directory: Path, *, log: str, public: Ed25519PublicKey | No
     """size -> [(file, signed head)] of every checkpoint in `directory`; CheckpointFault names the
     first one that is malformed, not signed by `public`, or of another log."""
     need: dict[int, list[tuple[str, str]]] = {}
+    removed = cps.git_removed(directory)
+    if removed:
+        raise CheckpointFault(removed[0], "it was committed to the directory's git history and is gone: removed "
+                                          "(the newest checkpoints deleted to roll the log back)")
     for name, cp in cps.load_dir(directory):
         if isinstance(cp, cps.BadCheckpoint):
             raise CheckpointFault(name, f"not a valid checkpoint: {cp}")

@@ -31,4 +31,5 @@ async def list_records(request: Request, response: Response, rt: RuntimeDep, act
 @router.get("/audit/verify")
 async def verify(rt: RuntimeDep, actor: ApiActor) -> VerifyOut:
     result = await service.verify_as(rt, actor=actor)
-    return VerifyOut(ok=result.ok, records=result.records, broken_seq=result.broken_seq, reason=result.reason)
+    return VerifyOut(ok=result.ok, records=result.records, broken_seq=result.broken_seq, reason=result.reason,
+                     checkpoints=result.checkpoints, bad_checkpoint=result.bad_checkpoint)
