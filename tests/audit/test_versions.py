@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,15 @@ async def test_v1_records_still_verify_and_v2_follow_them(store_rt: Runtime) -> 
     # Naming a record v2 does not let an edited v1 record through either.
     await sql(store_rt, "UPDATE audit_records SET v = 2 WHERE seq = 2")
     assert (await audit.verify(store_rt)).broken_seq == 2
+
+
+async def test_details_with_no_json_form_are_recorded_as_text(store_rt: Runtime) -> None:
+    """NaN, infinity, a lone surrogate, a tuple, an int key: the action is recorded (never refused for
+    its details) and the record verifies."""
+    details: dict[Any, Any] = {"nan": float("nan"), "inf": float("-inf"), "odd": "a\ud800b", "t": (1, 2), 7: "k",
+               "big": 2**60}
+    await audit.append_alone(store_rt, actor=SYSTEM, action="odd.details", target="t", details=details)
+    [record] = await rows(store_rt)
+    assert record["details"]["nan"] == "NaN" and record["details"]["inf"] == "-Infinity"
+    assert record["details"]["odd"] == "a?b" and record["details"]["t"] == [1, 2] and record["details"]["7"]
+    assert (await audit.verify(store_rt)).ok

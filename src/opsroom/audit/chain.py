@@ -101,5 +101,8 @@ def v1_hash(*, seq: int, at: float, actor: str, door: str, action: str, target: 
 
 def as_stored(details: dict[str, Any]) -> dict[str, Any]:
     """`details` as the store gives it back (a JSON round trip: tuples become lists, int keys
-    strings), so the hash taken at append time is the one verify recomputes from the row."""
-    return json.loads(json.dumps(details, default=str))  # type: ignore[no-any-return]
+    strings), so the hash taken at append time is the one verify recomputes from the row. What
+    RFC 8785 has no form for becomes text rather than refusing the action being recorded: NaN
+    and infinities their names, a lone surrogate "?"."""
+    text = json.dumps(details, default=str, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8")
+    return json.loads(text, parse_constant=str)  # type: ignore[no-any-return]
