@@ -14,6 +14,7 @@ import structlog
 from opsroom.access.reconcile import reconcile_users
 from opsroom.alerts.book import AlertBook
 from opsroom.approvals import service as approvals
+from opsroom.audit import checkpointer
 from opsroom.automation.rules import RulesEngine
 from opsroom.catalog import service as catalog_service
 from opsroom.catalog.catalog import Catalog
@@ -107,6 +108,7 @@ async def _start_engines(rt: Runtime, *, adapters: list[ChatAdapter] | None, sch
     await relay.start()
     rt.outbox = relay
     await integrity.start(rt)  # baseline scan, then inotify and scheduled rescans
+    checkpointer.start(rt)  # signed audit checkpoints off the database (a refused key file stops here)
     _reload_on_hangup(rt)
     stopping = rt.housekeeping_stop = asyncio.Event()
     rt.housekeeping = asyncio.get_running_loop().create_task(_housekeeping(rt, stopping))
@@ -232,6 +234,7 @@ async def stop(rt: Runtime) -> None:
     if rt.rooms is not None:
         await asyncio.sleep(0)  # let queued room posts reach the store
         await rt.rooms.stop()
+    await checkpointer.stop(rt)  # after the last audited write: the final checkpoint covers it
     lease, rt.lease = rt.lease, None
     if lease is not None:
         await lease.release()

@@ -132,7 +132,7 @@ def test_a_doctored_catalog_copy_does_not_skip_approval(server: Demo, tmp_path: 
         row = db.execute("SELECT runbook_hash, status, door, approval_id FROM executions WHERE id = ?",
                          (execution,)).fetchone()
     assert row[0] == server_hash and row[1] == "awaiting_approval" and row[2] == "api" and row[3] is not None
-    asked_records = [r for r in _audit(server, "runbook.run") if f'"execution": {execution}' in r[4]]
+    asked_records = [r for r in _audit(server, "runbook.run") if json.loads(r[4]).get("execution") == execution]
     assert [(r[0], r[1], r[3]) for r in asked_records] == [("you", "api", "awaiting_approval")]
 
 
