@@ -9,11 +9,18 @@ adapter's own send queue (chat/sendqueue.py), so a slow platform only ever waits
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
+
+# The chat tables join Base.metadata wherever chat is imported (the runtime imports this module,
+# and store/base.py's import_models imports the runtime's modules): Alembic and the models test
+# see them until import_models names opsroom.chat.models itself.
+import opsroom.chat.models  # noqa: F401
 
 Formatting = Literal["plain", "markdown", "mrkdwn", "html", "irc"]
 
@@ -164,8 +171,10 @@ class PlatformConfig(BaseModel):
 class ChatAdapter(ABC):
     """One chat platform. Subclasses set `platform` and `capabilities` and implement the rest.
 
-    The hub calls start() once, deliver() from the adapter's own send queue (one at a time, in
-    order, retried on DeliveryFailed), stream_output() for live runbook output, and stop().
+    The hub calls listen() on every server (what the platform POSTs), start() where this server
+    holds the connection, deliver() from the adapter's own send queue (one at a time, in order,
+    retried on DeliveryFailed), stream_output() for live runbook output, stop() when the
+    connection is lost or the server stops, and close() when it stops.
     The adapter calls the sink for what people say, join and click, and never for its own
     messages or another bot's.
     """
@@ -190,7 +199,18 @@ class ChatAdapter(ABC):
 
     @abstractmethod
     async def stop(self) -> None:
-        """Disconnect; sends not yet delivered may be dropped."""
+        """Disconnect; sends not yet delivered may be dropped. An adapter with an inbound side
+        (listen) keeps it: this server may still be sent what the platform POSTs."""
+
+    async def listen(self, sink: AdapterSink, channels: list[str]) -> None:  # noqa: B027 - optional
+        """The inbound side alone: take what the platform POSTs to routes() (verify it, parse
+        it, hand it to the sink), without connecting or sending. In a cluster every server
+        listens, whichever holds the connection: a load balancer sends the platform's requests to
+        any of them. start() begins with it; close() ends it. Idempotent. The default (no routes,
+        nothing to take): nothing."""
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        """End the inbound side (the server stops); after stop()."""
 
     @abstractmethod
     async def deliver(self, out: Outgoing) -> None:
@@ -215,7 +235,8 @@ class ChatAdapter(ABC):
 
     def routes(self) -> list[Any]:
         """Starlette routes for what the platform POSTs to opsroom (button clicks, webhooks),
-        mounted by the web app at /chat/NAME/. Each handler verifies the platform's signature."""
+        mounted by the web app at /chat/NAME/. Each handler verifies the platform's signature.
+        They answer once listen() ran, on every server, not only the connection's holder."""
         return []
 
     def is_connected(self) -> bool:
@@ -225,3 +246,14 @@ class ChatAdapter(ABC):
     def status(self) -> dict[str, Any]:
         """Figures for /metrics beside the send queue's own."""
         return {}
+
+
+async def ended(*tasks: asyncio.Task[Any] | None, session: Any = None) -> None:
+    """Cancel an adapter's tasks and wait for them, then close its HTTP session (stop, close)."""
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if session is not None:
+        await session.close()

@@ -154,7 +154,7 @@ class Handover:
                     continue
                 if msg.kind == "person" and msg.origin == Binding(name, channel) and not adapter.mirrors:
                     continue  # never echoed back to where it was said
-                outs.append(self.hub._outgoing(msg, adapter, channel, ()))
+                outs.append(self.hub.outgoing(msg, adapter, channel, ()))
         if not outs:
             return 0
         _CAUGHT[adapter] = (time.monotonic() + TWICE_S,

@@ -17,6 +17,10 @@ In a cluster (docs/cluster.md, "Rooms and chat connections"):
   they are stored. Each message is fanned out once per server, by the server that stored it or
   by the relay, never both.
 - Each platform connection is held by one server (chat/ownership.py); the web room runs on all.
+  What a platform POSTs (webhooks, button clicks) is taken by every server: each adapter's
+  inbound side listens everywhere (ChatAdapter.listen), a delivery id is claimed in the store
+  so a retry on another server runs nothing twice, and replies reach the platform through its
+  holder (chat/inbound.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -40,9 +43,11 @@ from opsroom.chat.announce import render
 from opsroom.chat.announcer import Announcer, extra_of
 from opsroom.chat.arrivals import Arrivals, Pending
 from opsroom.chat.base import Binding, ChatAdapter, Click, Incoming, Mention, Message, Outgoing, Person
+from opsroom.chat.inbound import ChatDirectReply, Deliveries
 from opsroom.chat.ownership import ChatOwnership, Fenced
 from opsroom.chat.sendqueue import SendQueue
 from opsroom.errors import OpsroomError
+from opsroom.eventlog import log as eventlog
 from opsroom.events import AccessChanged, CatalogReloaded, Event, ExecutionOutput, RoomMessagePosted, RoomPresence
 from opsroom.rooms import service as rooms
 from opsroom.rooms.live import Platform
@@ -50,7 +55,6 @@ from opsroom.runtime import Runtime
 from opsroom.secrets.masking import mask
 
 log = structlog.get_logger(__name__)
-SEEN_DELIVERIES = 10_000  # platform delivery ids remembered to answer a redelivery once
 ACTOR_CACHE_S = 5.0  # the CLI's role edits apply at the next start; its disables send AccessChanged
 REFUSALS_AUDITED = AUDITED_PER_MINUTE  # per platform and minute; more are counted into one record
 
@@ -70,7 +74,7 @@ class RoomHub:
         self.routes: dict[tuple[str, str], str] = {}  # (adapter name, channel) -> room
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.deliveries = Deliveries(rt)  # a platform's retry, on any server, is handled once
         self._refusals = RefusalAudit(rt, action="chat.refused")
         self._actors: dict[str, tuple[float, Actor | OpsroomError]] = {}
         self._access_epoch = 0  # platform -> [window start, seen, unaudited]
@@ -126,6 +130,7 @@ class RoomHub:
         self.rt.bus.add_listener(self._on_event)
         self.rt.bus.subscribe(ExecutionOutput, self._on_output)
         self.rt.bus.subscribe(RoomMessagePosted, self._on_posted)
+        self.rt.bus.subscribe(ChatDirectReply, self._on_direct)
         self._worker = asyncio.get_running_loop().create_task(self._drain())
         self.announcer = Announcer(self.rt, self)
         await self.announcer.start()
@@ -135,6 +140,8 @@ class RoomHub:
             self.queues[name].start()
             if adapter.implicit or self.ownership is None:
                 await self.start_adapter(name)
+            else:
+                await self._listen(name)  # what the platform POSTs is taken here, holder or not
         if self.ownership is not None:
             await self.ownership.start()  # starts the platforms whose connection it takes
 
@@ -150,9 +157,17 @@ class RoomHub:
             # web room from running: it is logged, and its queue holds what it misses.
             log.exception("chat adapter failed to start", platform=name)
 
+    async def _listen(self, name: str) -> None:
+        bound = sorted(channel for (n, channel) in self.routes if n == name)
+        try:
+            await self.adapters[name].listen(self, bound)
+        except Exception:
+            log.exception("chat adapter failed to listen", platform=name)
+
     async def stop_adapter(self, name: str) -> None:
         """Disconnect a platform whose connection this server no longer holds, at once: what its
-        queue still held is dropped (the new holder speaks from now on)."""
+        queue still held is dropped (the new holder speaks from now on). Its inbound side (what
+        the platform POSTs) keeps listening here."""
         if name not in self.running:
             return
         self.running.discard(name)
@@ -177,6 +192,8 @@ class RoomHub:
                 with contextlib.suppress(Exception):
                     await adapter.stop()
             await self.queues[name].stop()
+            with contextlib.suppress(Exception):
+                await adapter.close()  # its inbound side
         self.running.clear()
         if self.ownership is not None:
             await self.ownership.stop()
@@ -194,16 +211,8 @@ class RoomHub:
 
     # --- what adapters hand in (AdapterSink) ------------------------------
 
-    def _first_time(self, adapter: ChatAdapter, delivery_id: str | None) -> bool:
-        if delivery_id is None:
-            return True
-        key = (adapter.name, delivery_id)
-        if key in self._seen:
-            return False
-        self._seen[key] = None
-        if len(self._seen) > SEEN_DELIVERIES:
-            self._seen.popitem(last=False)
-        return True
+    async def _first_time(self, adapter: ChatAdapter, delivery_id: str | None) -> bool:
+        return delivery_id is None or await self.deliveries.claim(adapter.name, delivery_id)
 
     async def _person(self, adapter: ChatAdapter, author: Person) -> Person:
         if adapter.trusted_identity:
@@ -214,13 +223,14 @@ class RoomHub:
     def _lost(self, adapter: ChatAdapter) -> bool:
         """Still connected, no longer held (paused past its lease): what it hears, the new holder
         hears too and answers. A webhook delivery to a server that holds no connection for it
-        (it is not running here) is still taken: the platform sent it to this server alone."""
+        (it is not running here, only listening) is taken: the platform sent it to this server
+        alone."""
         return adapter.name in self.running and not self.holds(adapter.name)
 
     async def message(self, adapter: ChatAdapter, incoming: Incoming) -> None:
         if self._lost(adapter):
             return  # a connection this server lost: the holder answers it
-        if incoming.author.is_bot or not self._first_time(adapter, incoming.delivery_id):
+        if incoming.author.is_bot or not await self._first_time(adapter, incoming.delivery_id):
             return  # never answer a bot, ourselves included; a redelivery is answered once
         room = self.routes.get((adapter.name, incoming.channel))
         person = await self._person(adapter, incoming.author)
@@ -235,8 +245,20 @@ class RoomHub:
         (`link CODE`, `whoami`, `help`) is handled there, so a code need not be typed in a
         shared channel. Nothing is stored: it belongs to no room."""
         reply = await accounts.handle(self.rt, platform=adapter.name, person=person, text=incoming.text)
-        if reply:
+        if not reply:
+            return
+        if self.holds(adapter.name):
             await self.queues[adapter.name].put(Outgoing(room="", channel=incoming.channel, text=reply))
+        else:  # taken on a server without the connection: its holder sends it, from the log
+            await eventlog.emit(self.rt, ChatDirectReply(platform=adapter.name, channel=incoming.channel,
+                                                         text=mask(reply)))
+
+    async def _on_direct(self, ev: ChatDirectReply) -> None:
+        """A direct reply made on a server without the connection (or here): sent if this server holds it."""
+        adapter = self.adapters.get(ev.platform)
+        if adapter is None or adapter.implicit or not self.holds(ev.platform):
+            return
+        await self.queues[ev.platform].put(Outgoing(room="", channel=ev.channel, text=mask(ev.text)))
 
     async def presence(self, adapter: ChatAdapter, channel: str, person: Person, joined: bool) -> None:
         room = self.routes.get((adapter.name, channel))
@@ -244,7 +266,7 @@ class RoomHub:
             await self.on_presence(room, await self._person(adapter, person), joined)
 
     async def click(self, adapter: ChatAdapter, click: Click) -> None:
-        if click.author.is_bot or not self._first_time(adapter, click.delivery_id):
+        if click.author.is_bot or not await self._first_time(adapter, click.delivery_id):
             return
         room = self.routes.get((adapter.name, click.channel))
         person = await self._person(adapter, click.author)
@@ -458,7 +480,7 @@ class RoomHub:
                 continue  # never echoed back to where it was said
             if msg.kind == "output" and not adapter.streams:
                 continue
-            await self.queues[name].put(self._outgoing(msg, adapter, channel, mentions.get(name, ())))
+            await self.queues[name].put(self.outgoing(msg, adapter, channel, mentions.get(name, ())))
 
     async def _mentions(self, msg: Message) -> dict[str, tuple[Mention, ...]]:
         """An approval request mentions, on each platform, the approvers linked there."""
@@ -477,7 +499,8 @@ class RoomHub:
             out[name] = tuple(Mention(account_id, display) for _user, account_id, display in found)
         return out
 
-    def _outgoing(self, msg: Message, adapter: ChatAdapter, channel: str, mentions: tuple[Mention, ...]) -> Outgoing:
+    def outgoing(self, msg: Message, adapter: ChatAdapter, channel: str, mentions: tuple[Mention, ...]) -> Outgoing:
+        """A stored message as one binding's adapter is handed it (the fan-out, and a takeover's catch-up)."""
         relayed = msg.kind == "person"
         author = msg.author.display_name if relayed and msg.author is not None else None
         if relayed and msg.author is not None and msg.author.user and adapter.implicit:

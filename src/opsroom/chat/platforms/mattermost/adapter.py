@@ -8,7 +8,8 @@ opsroom's /chat/NAME/actions. Mattermost does not sign what it POSTs there, so t
 context carries an HMAC-SHA256 over (approval id, decision, channel) keyed with the
 configured action secret: Mattermost keeps the context server-side (it strips integrations
 from posts sent to clients), so only Mattermost can send a context that verifies, and the
-clicker is the user_id Mattermost itself fills in.
+clicker is the user_id Mattermost itself fills in. Every server of a cluster takes those clicks
+(`listen`); only the holder of `chat:NAME` keeps the socket and posts (`start`).
 
 Written on aiohttp (already a dependency): the Mattermost Python drivers are synchronous
 (requests) or thin wrappers around the same two endpoints.
@@ -17,10 +18,10 @@ Written on aiohttp (already a dependency): the Mattermost Python drivers are syn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +44,7 @@ from opsroom.chat.base import (
     Outgoing,
     Person,
     PlatformConfig,
+    ended,
 )
 from opsroom.chat.safe import render
 from opsroom.runtime import Runtime
@@ -51,6 +53,7 @@ log = structlog.get_logger(__name__)
 
 MAX_ACTION_BODY = 64 * 1024
 AUTH_TIMEOUT_S = 10.0
+RESOLVE_EVERY_S = 30.0  # a server without the connection looks its TEAM/CHANNEL bindings up at most this often
 
 
 class MattermostConfig(PlatformConfig):
@@ -88,25 +91,34 @@ class MattermostAdapter(ChatAdapter):
         self._names: dict[str, Person] = {}
         self.reconnects = 0
         self.last_seq = -1
+        self._resolved_at = -RESOLVE_EVERY_S
 
     # --- lifecycle -------------------------------------------------------
 
-    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+    async def listen(self, sink: AdapterSink, channels: list[str]) -> None:
+        """Button clicks POSTed to /chat/NAME/actions, on any server: the sink, the channels and
+        the REST API for reading (who clicked, which channel a TEAM/CHANNEL is)."""
+        if self._http is not None:
+            return
         self._sink, self._bound = sink, list(channels)
         self._ids = {c: c for c in channels if "/" not in c}
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(), name=f"mattermost:{self.name}")
-        self._worker = loop.create_task(self._work(), name=f"mattermost-in:{self.name}")
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"mattermost-in:{self.name}")
+
+    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+        """The WebSocket and sending, on the server holding the connection."""
+        await self.listen(sink, channels)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mattermost:{self.name}")
 
     async def stop(self) -> None:
         self._connected.clear()
-        for task in (self._task, self._worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        self._task = self._worker = None
+        await ended(self._task)
+        self._task = None
+
+    async def close(self) -> None:
+        await self.stop()
+        await ended(self._worker, session=self._http)
+        self._worker = self._http = None
 
     async def _work(self) -> None:
         while True:
@@ -118,9 +130,6 @@ class MattermostAdapter(ChatAdapter):
                     await self._membership(event)
             except Exception:
                 log.exception("mattermost event handling failed", platform=self.name)
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
     def is_connected(self) -> bool:
         return self._connected.is_set()
@@ -312,6 +321,8 @@ class MattermostAdapter(ChatAdapter):
         except Exception:
             await self._refuse("mattermost action that is not JSON")
             return JSONResponse({"error": "bad request"}, status_code=400)
+        if self._task is None and str(payload.get("channel_id") or "") not in self._ids:
+            await self._resolve_lazily()  # a server without the connection never looked them up
         problem, click = self.verify(payload)
         if click is None or self._sink is None:
             await self._refuse(problem or "mattermost adapter not started")
@@ -322,6 +333,15 @@ class MattermostAdapter(ChatAdapter):
                                            delivery_id=f"click:{payload.get('trigger_id') or ''}:{click[0]}"
                                            if payload.get("trigger_id") else None))
         return JSONResponse({"ephemeral_text": f"{click[2]} sent for request #{click[1]}"})
+
+    async def _resolve_lazily(self) -> None:
+        if time.monotonic() - self._resolved_at < RESOLVE_EVERY_S:
+            return
+        self._resolved_at = time.monotonic()
+        try:
+            await self._resolve_channels()
+        except Exception as exc:
+            log.warning("mattermost: looking up bound channels failed", platform=self.name, error=_describe(exc))
 
     async def _refuse(self, detail: str) -> None:
         if self._sink is not None:

@@ -8,6 +8,9 @@ envelope (Slack refreshes connections every few hours) reconnects at once; a los
 reconnects with backoff. Clicks arrive over the same authenticated socket or, when the app
 uses a request URL for interactivity, as POSTs to /chat/NAME/actions signed with the
 signing secret (v0 HMAC-SHA256, checked in constant time, 5-minute window, no replay).
+Every server of a cluster takes those POSTs (`listen`); only the holder of `chat:NAME` opens
+the socket and posts (`start`). A signed request replayed to another server passes its check
+there, and is dropped by the hub's claim on its delivery id in the store.
 
 The socket loop is written on aiohttp (already a dependency) rather than slack_sdk's Socket
 Mode client: it is ~150 lines, keeps idle memory small and leaves reconnect and
@@ -17,7 +20,6 @@ connected-state under the adapter's control, which the send queue relies on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -45,6 +47,7 @@ from opsroom.chat.base import (
     Outgoing,
     Person,
     PlatformConfig,
+    ended,
 )
 from opsroom.chat.safe import render
 from opsroom.runtime import Runtime
@@ -53,6 +56,7 @@ log = structlog.get_logger(__name__)
 
 SIGNATURE_WINDOW_S = 300  # Slack's own advice: refuse requests older than five minutes
 MAX_ACTION_BODY = 64 * 1024  # a block_actions payload is a few KiB
+RESOLVE_EVERY_S = 30.0  # a server without the connection looks its #name bindings up at most this often
 ACTION_IDS = {"opsroom_approve": "approve", "opsroom_deny": "deny"}
 PERMANENT_ERRORS = {"channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "account_inactive",
                     "token_revoked", "no_permission", "missing_scope", "msg_too_long", "invalid_blocks"}
@@ -98,28 +102,34 @@ class SlackAdapter(ChatAdapter):
         self._names: dict[str, Person] = {}
         self._signatures: OrderedDict[str, float] = OrderedDict()  # seen signed requests: no replay
         self.reconnects = 0
+        self._resolved_at = -RESOLVE_EVERY_S
 
     # --- lifecycle -------------------------------------------------------
 
-    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+    async def listen(self, sink: AdapterSink, channels: list[str]) -> None:
+        """Clicks POSTed to the request URL, on any server: the sink, the channels and the Web
+        API for reading (who clicked, which channel a #name is)."""
+        if self._http is not None:
+            return
         self._sink, self._bound = sink, list(channels)
         self._ids = {c: c for c in channels if not c.startswith("#")}
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(), name=f"slack:{self.name}")
-        self._worker = loop.create_task(self._work(), name=f"slack-in:{self.name}")
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"slack-in:{self.name}")
+
+    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+        """The Socket Mode connection and sending, on the server holding the connection."""
+        await self.listen(sink, channels)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"slack:{self.name}")
 
     async def stop(self) -> None:
         self._connected.clear()
-        for task in (self._task, self._worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        self._task = self._worker = None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await ended(self._task)
+        self._task = None
+
+    async def close(self) -> None:
+        await self.stop()
+        await ended(self._worker, session=self._http)
+        self._worker = self._http = None
 
     def is_connected(self) -> bool:
         return self._connected.is_set()
@@ -202,6 +212,18 @@ class SlackAdapter(ChatAdapter):
             cursor = str((page.get("response_metadata") or {}).get("next_cursor") or "")
             if not cursor:
                 return
+
+    async def _resolved(self, channel_id: str) -> str | None:
+        """A click from a channel not known by id: on a server without the connection its #name
+        bindings were never looked up. Looked up then, at most every RESOLVE_EVERY_S."""
+        if self._task is not None or time.monotonic() - self._resolved_at < RESOLVE_EVERY_S:
+            return None  # the connection's own loop resolves them
+        self._resolved_at = time.monotonic()
+        try:
+            await self._resolve_channels()
+        except Exception as exc:
+            log.warning("slack: looking up bound channels failed", platform=self.name, error=_describe(exc))
+        return self._ids.get(channel_id)
 
     # --- Web API ---------------------------------------------------------
 
@@ -308,7 +330,7 @@ class SlackAdapter(ChatAdapter):
         decision = ACTION_IDS.get(str(action.get("action_id")))
         approval_id, value_decision = _parse_value(str(action.get("value", "")))
         channel_id = str((payload.get("channel") or {}).get("id", ""))
-        bound = self._ids.get(channel_id)
+        bound = self._ids.get(channel_id) or await self._resolved(channel_id)
         user = payload.get("user") or {}
         if decision is None or approval_id is None or value_decision != decision or bound is None or not user.get("id"):
             await self._sink.refused(self, what="button", detail=f"unusable slack click via {via}: "

@@ -6,12 +6,16 @@ Plain aiohttp rather than the Bot Framework SDK (botbuilder-*): the SDK brings i
 server and ~40 MB of dependencies for three HTTP calls, and we need the JWT check on our own
 Starlette route anyway. Teams keeps no connection open: "connected" means the token endpoint
 and the service URL answered last time, and the send queue retries while they do not.
+
+In a cluster every server takes and verifies Activities (`listen`: the channel's keys and the
+inbox); only the holder of `chat:NAME` fetches our token and sends (`start`). A conversation's
+serviceUrl is learned by the server an Activity reached: the holder posts to the configured
+`service_url` until one reaches it (Teams' global default serves every region).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import json
 import re
@@ -37,6 +41,7 @@ from opsroom.chat.base import (
     Outgoing,
     Person,
     PlatformConfig,
+    ended,
 )
 from opsroom.chat.platforms.teams.auth import AuthError, BotToken, ChannelKeys, KeysUnavailable, verify_activity
 from opsroom.chat.safe import render
@@ -93,46 +98,57 @@ class TeamsAdapter(ChatAdapter):
         self._keys: ChannelKeys | None = None
         self._token: BotToken | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the outbound side (start)
+        self._inbound: asyncio.Task[None] | None = None  # the inbound side (listen)
         self._healthy = False
         self._wake = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------
 
-    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+    async def listen(self, sink: AdapterSink, channels: list[str]) -> None:
+        """What Teams POSTs, on any server: the channel's keys to verify it, and the inbox."""
+        if self._session is not None:
+            return
         self._sink, self._channels = sink, set(channels)
         self._session = aiohttp.ClientSession()
         self._keys = ChannelKeys(self._session, self.config.openid_url)
+        self._inbound = asyncio.get_running_loop().create_task(self._handle_inbox(), name=f"{self.name}:inbox")
+
+    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+        """Sending, on the server holding the connection: our token, kept fresh."""
+        await self.listen(sink, channels)
+        assert self._session is not None
         self._token = BotToken(self._session, token_url=self.config.token_url, app_id=self.config.app_id,
                                app_password=self.config.app_password.get_secret_value())
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._keep_connected(), name=f"{self.name}:connect"),
-                       loop.create_task(self._handle_inbox(), name=f"{self.name}:inbox")]
+        self._tasks = [loop.create_task(self._keep_connected(), name=f"{self.name}:connect")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await ended(*self._tasks)
         self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._token = None
+        self._healthy = False
+
+    async def close(self) -> None:
+        await self.stop()
+        await ended(self._inbound, session=self._session)
+        self._inbound = self._session = None
         self._sink = None
 
     async def _keep_connected(self) -> None:
         """Warm the signing keys and our token; after a failed send, probe again with backoff."""
-        assert self._keys is not None and self._token is not None
+        keys, token = self._keys, self._token
+        assert keys is not None and token is not None
         backoff = Backoff()
         while True:
             try:
-                await self._keys.warm()
-                await self._token.get()
+                await keys.warm()
+                await token.get()
                 self._healthy = True
                 backoff.reset()
                 self._wake.clear()
                 await self._wake.wait()
-                self._token.forget()
+                token.forget()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -289,13 +305,14 @@ class TeamsAdapter(ChatAdapter):
         return activity
 
     async def deliver(self, out: Outgoing) -> None:
-        if self._session is None or self._token is None:
+        session, bot_token = self._session, self._token
+        if session is None or bot_token is None:
             raise DeliveryFailed("teams adapter not started", transient=True)
         base = self._service_urls.get(out.channel, self.config.service_url)
         url = f"{base.rstrip('/')}/v3/conversations/{quote(out.channel, safe='')}/activities"
         try:
-            token = await self._token.get()
-            async with self._session.post(url, json=self._activity(out), headers={"Authorization": f"Bearer {token}"},
+            token = await bot_token.get()
+            async with session.post(url, json=self._activity(out), headers={"Authorization": f"Bearer {token}"},
                                           timeout=aiohttp.ClientTimeout(total=15)) as resp:
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -307,7 +324,7 @@ class TeamsAdapter(ChatAdapter):
         if status == 429:
             raise DeliveryFailed("teams rate limit", transient=True, retry_after=retry_after_s(retry_after))
         if status == 401:
-            self._token.forget()
+            bot_token.forget()
             raise DeliveryFailed("teams refused our token; fetching a new one", transient=True)
         if status >= 500:
             self._away()

@@ -6,6 +6,9 @@ Plain aiohttp (already a dependency) rather than python-telegram-bot: opsroom ne
 methods, its own Starlette route for the webhook and the send queue's retry semantics (429's
 retry_after surfaced as DeliveryFailed), all of which PTB's Application would wrap in its own
 update queue, rate limiter and web server.
+
+In webhook mode every server of a cluster takes updates (`listen`); only the holder of
+`chat:NAME` sets the webhook (or polls) and sends (`start`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hmac
 import html
 import json
 import re
+import time
 from typing import Any, Literal
 
 import aiohttp
@@ -37,6 +41,7 @@ from opsroom.chat.base import (
     Outgoing,
     Person,
     PlatformConfig,
+    ended,
 )
 from opsroom.chat.platforms.telegram.api import UPDATES, ApiError, BotApi, button_key, callback_data, parse_callback
 from opsroom.chat.safe import render
@@ -46,6 +51,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BODY = 256 * 1024  # an Update is a few KB
 SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name
+ASK_ME_EVERY_S = 30.0  # a server without the connection asks the bot's own name at most this often
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]+)(?:@[A-Za-z0-9_]+)?")
 
 
@@ -93,29 +99,39 @@ class TelegramAdapter(ChatAdapter):
         self._connected = False
         self._wake = asyncio.Event()
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the outbound side (start)
+        self._inbound: asyncio.Task[None] | None = None  # the inbound side (listen)
+        self._asked_me = -ASK_ME_EVERY_S
         self._people: dict[str, Person] = {}
         self._present: dict[str, dict[str, Person]] = {}
 
     # --- lifecycle ---------------------------------------------------------------
 
-    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+    async def listen(self, sink: AdapterSink, channels: list[str]) -> None:
+        """Webhook updates, on any server: the sink, the chats, the inbox, and the Bot API for
+        answering a button's callback (its spinner) where the click arrived."""
+        if self._session is not None:
+            return
         self._sink, self._channels = sink, set(channels)
         self._session = aiohttp.ClientSession()
         self._api = BotApi(self._session, api_url=self.config.api_url, token=self.config.token.get_secret_value())
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run(), name=f"{self.name}:connect"),
-                       loop.create_task(self._handle_inbox(), name=f"{self.name}:inbox")]
+        self._inbound = asyncio.get_running_loop().create_task(self._handle_inbox(), name=f"{self.name}:inbox")
+
+    async def start(self, sink: AdapterSink, channels: list[str]) -> None:
+        """Polling or setting the webhook, and sending, on the server holding the connection."""
+        await self.listen(sink, channels)
+        self._tasks = [asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}:connect")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await ended(*self._tasks)
         self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._connected = False
+
+    async def close(self) -> None:
+        await self.stop()
+        await ended(self._inbound, session=self._session)
+        self._inbound = self._session = None
+        self._api = None
         self._sink = None
 
     def is_connected(self) -> bool:
@@ -213,7 +229,21 @@ class TelegramAdapter(ChatAdapter):
         # In arrival order, without holding Telegram's request open for the command.
         while True:
             update = await self._inbox.get()
+            if self.username is None:
+                await self._ask_me()
             await self._handle_safely(update, trusted=True)
+
+    async def _ask_me(self) -> None:
+        """The bot's own name (`@bot status` reads as `status`), on a server that took an update
+        without holding the connection (whose loop asks at connect): at most every ASK_ME_EVERY_S."""
+        if self._api is None or time.monotonic() - self._asked_me < ASK_ME_EVERY_S:
+            return
+        self._asked_me = time.monotonic()
+        try:
+            me = await self._api.call("getMe")
+            self.bot_id, self.username = int(me["id"]), me.get("username")
+        except Exception as exc:
+            log.warning("telegram: getMe failed", platform=self.name, error=type(exc).__name__)
 
     async def _handle_safely(self, update: dict[str, Any], *, trusted: bool) -> None:
         try:
@@ -307,7 +337,7 @@ class TelegramAdapter(ChatAdapter):
         return f'<a href="tg://user?id={m.account_id}">{name}</a>' if m.account_id.isdigit() else name
 
     async def deliver(self, out: Outgoing) -> None:
-        if self._api is None:
+        if self._api is None or not self._tasks:
             raise DeliveryFailed("telegram adapter not started", transient=True)
         chat_id: int | str = int(out.channel) if out.channel.lstrip("-").isdigit() else out.channel
         params: dict[str, Any] = {"chat_id": chat_id, "text": render(out, self.capabilities, mention=self._mention),

@@ -1,0 +1,126 @@
+"""What a platform POSTs is taken by any server, not only the one holding its connection (issue 14:
+"web, API and chat on every one of them, behind any load balancer").
+
+Two real `opsroom serve` processes on one PostgreSQL, room `ops` bound to a Teams conversation of
+the local Bot Framework fake (which signs Activities as the channel does). A holds `chat:teams`;
+B does not. Activities POSTed to B (a `link CODE`, a command, an Approve click) are verified and
+handled by B, and their answers reach Teams through A, the holder: B never fetched a Bot
+Framework token. The same Activity POSTed to both servers (the channel's retry after a timeout,
+routed elsewhere by the balancer) runs once: the delivery id is claimed in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from opsroom.chat.platforms.teams.fake_server import TeamsFake
+from tests.chat.drivers.teams import CONVERSATION, TeamsDriver
+from tests.cluster.test_announce_once import _env, _serve, _sql, _token, _until
+from tests.e2e.harness import Demo
+from tests.factories import small_catalog
+
+QUIET_S = 2.0  # a second answer (from the other server) would be here by now
+
+
+def holder_pid(url: str, platform: str = "teams") -> int | None:
+    rows = _sql(url, f"SELECT holder FROM cluster_leases WHERE name = 'chat:{platform}' AND holder IS NOT NULL "
+                     "AND expires_at >= extract(epoch from clock_timestamp())")
+    return int(rows[0][0].split(":")[1]) if rows else None
+
+
+def endpoint(server: Demo) -> str:
+    return f"{server.base}/chat/teams/messages"
+
+
+@contextlib.asynccontextmanager
+async def teams_cluster(tmp_path: Path, url: str) -> AsyncIterator[tuple[TeamsDriver, Demo, Demo, Path]]:
+    """The Teams fake; server A (holding chat:teams), then B; the catalog."""
+    driver = TeamsDriver()
+    await driver.start(tmp_path / "platform")
+    servers: list[Demo] = []
+    try:
+        catalog = small_catalog(
+            tmp_path, platforms=[driver.platform_item()], rooms=[{"name": "ops", "bind": [f"teams:{CONVERSATION}"]}],
+            users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
+                   {"name": "boss", "roles": ["approver"], "password_env": "OPSROOM_TEST_PW_BOSS"}])
+        servers.append(_serve(tmp_path, "a", catalog, _env(url)))
+        await _until("A holds chat:teams", lambda: holder_pid(url) == servers[0].proc.pid, 15)
+        servers.append(_serve(tmp_path, "b", catalog, _env(url)))
+        yield driver, servers[0], servers[1], catalog
+    finally:
+        for server in servers:
+            server.stop()
+        await driver.stop()
+
+
+async def post_to(fake: TeamsFake, server: Demo, activity: dict[str, Any], how: str = "valid") -> int:
+    fake.endpoint = endpoint(server)
+    return await fake.post(activity, how=how)
+
+
+def said_by(driver: TeamsDriver, needle: str) -> list[str]:
+    return [t for t in driver.received() if needle in t]
+
+
+async def link_bob_through(driver: TeamsDriver, server: Demo, catalog: Path) -> None:
+    """bob's Teams account acts as boss: `link CODE` said to `server`."""
+    boss = _token(server, catalog, "boss")
+    made = httpx.post(f"{server.base}/api/v1/me/link-code", headers={"Authorization": f"Bearer {boss}"}, timeout=10)
+    assert made.status_code == 201, made.text
+    activity = driver.fake.activity(conversation=CONVERSATION, user_id=driver.account_id("bob"), name="bob",
+                                    text=f"link {made.json()['code']}", mention_bot=True)
+    assert await post_to(driver.fake, server, activity) == 200
+    await driver.fake.wait_reply(lambda a: "acts as opsroom user boss" in str(a.get("text")), 15)
+
+
+async def test_a_delivery_to_the_non_holder_is_handled_once_and_answered_by_the_holder(
+        tmp_path: Path, pg_own_url: str) -> None:
+    async with teams_cluster(tmp_path, pg_own_url) as (driver, a, b, catalog):
+        fake = driver.fake
+        await link_bob_through(driver, b, catalog)
+        assert holder_pid(pg_own_url) == a.proc.pid
+
+        # A command POSTed to B, and the same Activity again to A (the channel's retry): once.
+        mark = len(driver.received())
+        status = fake.activity(conversation=CONVERSATION, user_id=driver.account_id("bob"), name="bob",
+                               text="status", mention_bot=True)
+        assert await post_to(fake, b, status) == 200
+        await fake.wait_reply(lambda r: "Sys" in str(r.get("text")), 15)
+        assert await post_to(fake, a, status) == 200
+        await asyncio.sleep(QUIET_S)
+        assert len(driver.received()[mark:]) == 1, driver.received()[mark:]
+        rows = _sql(pg_own_url, "SELECT count(*) FROM room_messages WHERE room = 'ops' AND text = 'status'")
+        assert rows[0][0] == 1, "the retried line was stored twice"
+
+        # A request (asked through B's API) is announced with its card, sent by A. bob clicks
+        # Approve; the click reaches B, and its retry A: approved once, announced once.
+        you = _token(b, catalog, "you")
+        asked = httpx.post(f"{b.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"},
+                           headers={"Authorization": f"Bearer {you}"}, timeout=10)
+        assert asked.status_code in (200, 201, 202), asked.text
+        card = await fake.wait_reply(lambda r: bool(r.get("attachments")), 15)
+        approval_id = int(re.search(r"#(\d+)", card["attachments"][0]["content"]["body"][0]["text"])  # type: ignore[union-attr]
+                          .group(1))
+        click = fake.activity(conversation=CONVERSATION, user_id=driver.account_id("bob"), name="bob",
+                              value={"opsroom": "approval", "approval_id": approval_id, "decision": "approve"})
+        assert await post_to(fake, b, click) == 200
+        assert await post_to(fake, a, click) == 200
+        await fake.wait_reply(lambda r: "approved" in str(r.get("text")).lower() and "boss" in str(r.get("text")), 15)
+        await asyncio.sleep(QUIET_S)
+        votes = _sql(pg_own_url, f"SELECT count(*) FROM approval_votes WHERE approval_id = {approval_id}")
+        assert votes[0][0] == 1, votes
+        assert len([t for t in driver.received() if "approved" in t.lower() and "boss" in t]) == 1, driver.received()
+        # Nothing was refused as a second vote either (it would be said in the room).
+        assert not said_by(driver, "already"), driver.received()
+
+        # B never spoke to Teams itself: the only Bot Framework token is A's.
+        assert len(fake.tokens) == 1, "B fetched a token: it sends on its own"
+        claimed = _sql(pg_own_url, "SELECT count(*) FROM chat_deliveries WHERE platform = 'teams'")
+        assert claimed[0][0] == 3  # link, status, the click: each claimed once
