@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 from opsroom.chat.platforms.teams.fake_server import TeamsFake
+from tests.chat.drivers.slack import SlackDriver
 from tests.chat.drivers.teams import CONVERSATION, TeamsDriver
 from tests.cluster.test_announce_once import _env, _serve, _sql, _token, _until
 from tests.e2e.harness import Demo
@@ -124,3 +127,62 @@ async def test_a_delivery_to_the_non_holder_is_handled_once_and_answered_by_the_
         assert len(fake.tokens) == 1, "B fetched a token: it sends on its own"
         claimed = _sql(pg_own_url, "SELECT count(*) FROM chat_deliveries WHERE platform = 'teams'")
         assert claimed[0][0] == 3  # link, status, the click: each claimed once
+
+
+async def test_a_signed_slack_click_to_the_non_holder_approves_once(tmp_path: Path, pg_own_url: str) -> None:
+    """Slack through Socket Mode on the holder and its interactivity request URL on every server; the
+    binding names the channel (`#ops`), which B, never connected, looks up when a click comes."""
+    driver = SlackDriver()
+    await driver.start(tmp_path / "platform")
+    fake = driver.fake
+    servers: list[Demo] = []
+    try:
+        catalog = small_catalog(
+            tmp_path, platforms=[driver.platform_item()], rooms=[{"name": "ops", "bind": ["slack:#ops"]}],
+            users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
+                   {"name": "boss", "roles": ["approver"], "password_env": "OPSROOM_TEST_PW_BOSS"}])
+        a = _serve(tmp_path, "a", catalog, _env(pg_own_url))
+        servers.append(a)
+        await _until("A holds chat:slack", lambda: holder_pid(pg_own_url, "slack") == a.proc.pid, 15)
+        b = _serve(tmp_path, "b", catalog, _env(pg_own_url))
+        servers.append(b)
+        await fake.wait(lambda: fake.sockets, timeout=15)
+
+        boss = _token(b, catalog, "boss")
+        made = httpx.post(f"{b.base}/api/v1/me/link-code", headers={"Authorization": f"Bearer {boss}"}, timeout=10)
+        await fake.say("bob", f"link {made.json()['code']}", "C0OPS")
+        await fake.wait(lambda: any("acts as opsroom user boss" in str(p["text"]) for p in fake.bot_posts()), 15)
+
+        you = _token(b, catalog, "you")
+        asked = httpx.post(f"{b.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"},
+                           headers={"Authorization": f"Bearer {you}"}, timeout=10)
+        assert asked.status_code in (200, 201, 202), asked.text
+        await fake.wait(lambda: any(p.get("blocks") for p in fake.bot_posts()), 15)
+        approval_id = int(next(p for p in fake.bot_posts() if p.get("blocks"))["blocks"][1]["block_id"].split("-")[1])
+
+        # One click as Slack signs it, POSTed to B (approved by B), then the very same request to A
+        # (Slack's retry): nothing more.
+        body = urlencode({"payload": json.dumps(fake.click_payload("bob", approval_id, "approve"))}).encode()
+        headers = fake.signed(body)
+
+        async def click(server: Demo) -> None:
+            # In a thread: B asks the fake (on this loop) who clicked while the request is open.
+            got = await asyncio.to_thread(httpx.post, f"{server.base}/chat/slack/actions", content=body,
+                                          headers=headers, timeout=10)
+            assert got.status_code == 200, (server.base, got.status_code, got.text)
+
+        await click(b)
+        await fake.wait(lambda: any("approved" in str(p["text"]).lower() and "boss" in str(p["text"])
+                                    for p in fake.bot_posts()), 15)
+        await click(a)
+        await asyncio.sleep(QUIET_S)
+        assert not _sql(pg_own_url, "SELECT details FROM audit_records WHERE action = 'chat.refused'")
+        votes = _sql(pg_own_url, f"SELECT count(*) FROM approval_votes WHERE approval_id = {approval_id}")
+        assert votes[0][0] == 1, votes
+        approved = [p for p in fake.bot_posts() if "approved" in str(p["text"]).lower() and "boss" in str(p["text"])]
+        assert len(approved) == 1, [p["text"] for p in fake.bot_posts()]
+        assert fake.connections == 1, "B opened a Socket Mode connection"
+    finally:
+        for server in servers:
+            server.stop()
+        await driver.stop()
