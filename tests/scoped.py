@@ -27,7 +27,7 @@ def scoped_catalog(tmp: Path, users: dict[str, list[Any]] | None = None) -> Path
     """Environments test and prod (protected); prod has systems sys-a and sys-b.
 
     `poke SERVICE` runs at once in the service's environment; `guarded SERVICE` waits for an
-    approver there."""
+    approver there; `tail SERVICE` is readonly."""
     # `tag` tells otherwise identical runs apart (one active run per runbook and parameters).
     params = {"service": {"type": "service"}, "tag": {"type": "string", "required": False, "default": ""}}
     step = [{"command": [sys.executable, "-c", "import sys; print('poked', sys.argv[1])", "{{ params.service }}"]}]
@@ -40,7 +40,9 @@ def scoped_catalog(tmp: Path, users: dict[str, list[Any]] | None = None) -> Path
         checks=[{"name": f"{s}-cmd", "type": "command", "service": s, "interval": "60s", "argv": OK}
                 for s in ("svc", "svc-a", "svc-b")],
         runbooks=[{"name": "poke", "approval": "none", "parameters": params, "steps": step},
-                  {"name": "guarded", "approval": "role approver", "parameters": params, "steps": step}],
+                  {"name": "guarded", "approval": "role approver", "parameters": params, "steps": step},
+                  # Read-only production: a viewer's `tail SERVICE` (no approval on prod either).
+                  {"name": "tail", "readonly": True, "parameters": params, "steps": step}],
         aliases=[],
         rooms=[{"name": "ops"}],
         users=[{"name": n, "roles": r} for n, r in (users or USERS).items()],

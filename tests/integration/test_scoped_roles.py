@@ -228,3 +228,26 @@ async def test_the_cli_and_the_api_give_the_same_answer(tmp_path: Path) -> None:
     assert shown.stdout.splitlines()[:2] == [
         "ALLOWED: dev run poke service=svc (environment test, system sys)",
         "  binding operator on environment test grants runbook.run in environment test, system sys"]
+
+
+async def test_a_viewer_reads_production_through_readonly_runbooks_and_nothing_more(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        assert rt.catalog.is_protected("prod")
+        dev = await access.actor_by_name(rt, name="dev", door="chat")  # viewer, operator on test
+        tail = await runbooks.request_run(rt, actor=dev, runbook="tail", params={"service": "svc-a"})
+        assert tail.environment == "prod" and tail.approval_id is None  # readonly: no approval on prod
+        with pytest.raises(PermissionDenied, match="may not run poke in environment prod"):
+            await runbooks.request_run(rt, actor=dev, runbook="poke", params={"service": "svc-a"})
+        await settle(rt)
+        async with rt.read() as s:
+            assert (await s.get_one(type(tail), tail.id)).status == "succeeded"
+        admin = await access.actor_by_name(rt, name="admin", door="api")
+        said = await explaining.explain(rt, actor=admin, user="dev", action="run", target="tail svc-a")
+        assert said.allowed and said.permission == "execution.read" and said.decided_by == "unscoped role viewer"
+        # A readonly runbook is still scoped: read access bound to test reads nothing of prod.
+        tester = await access.actor_by_name(rt, name="tester", door="api")
+        with pytest.raises(PermissionDenied, match="in environment prod"):
+            await runbooks.request_run(rt, actor=tester, runbook="tail", params={"service": "svc-a"})
+        # And readonly is part of what an approval binds: flipping it changes the runbook's hash.
+        rb = rt.catalog.runbooks["tail"]
+        assert rb.model_copy(update={"readonly": False}).content_hash != rb.content_hash

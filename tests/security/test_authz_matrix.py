@@ -2,8 +2,10 @@
 table of expected outcomes computed here, on a running opsroom with its real store. 0 mismatches,
 and every refusal leaves a refused audit record.
 
-Scopes: the role unscoped (every environment), bound to test, bound to prod. Each action is tried
-on a target in test and one in prod. Doors: the JSON API with a bearer token, the web (a browser
+Actions: view an execution, run a runbook, approve a request, cancel someone else's waiting
+run, run a check, and run a `readonly: true` runbook (tail). Scopes: the role unscoped (every
+environment), bound to test, bound to prod. Each action is tried on a target in test and one in
+prod. Doors: the JSON API with a bearer token, the web (a browser
 session on the same API: cookie, CSRF token, the page's decision token), and chat through the hub
 (the fake adapter; chat has no command that runs one check, so `check` is API and web only).
 The outcome is read from the store, never from the door's wording.
@@ -48,7 +50,9 @@ CHECKS = {"test": "svc-cmd", "prod": "svc-a-cmd"}
 ACTIONS = {"view": ("execution.read", "execution.read"), "run": ("runbook.run", "runbook.run"),
            "approve": ("approval.decide", "approval.approve"),
            # someone else's waiting run: only approval.decide there lets a non-requester cancel it
-           "cancel": ("approval.decide", "execution.cancel"), "check": ("check.run", "check.run")}
+           "cancel": ("approval.decide", "execution.cancel"), "check": ("check.run", "check.run"),
+           # a `readonly: true` runbook (read-only production): execution.read, or runbook.run
+           "tail": ("execution.read", "runbook.run")}
 DOORS = ("api", "web", "chat")
 PASSWORD = "matrix-test-password"
 
@@ -56,7 +60,8 @@ PASSWORD = "matrix-test-password"
 def expected(role: str, scope: str, action: str, env: str) -> bool:
     """The table: the role's permission, where its scope covers the target's environment."""
     perms = BUILTIN_ROLES[role]
-    return ("*" in perms or ACTIONS[action][0] in perms) and scope in ("unscoped", env)
+    needs = {ACTIONS[action][0], "runbook.run"} if action == "tail" else {ACTIONS[action][0]}
+    return ("*" in perms or bool(needs & perms)) and scope in ("unscoped", env)
 
 
 def user_name(role: str, scope: str) -> str:
@@ -131,15 +136,16 @@ async def attempt(w: World, user: str, door: str, action: str, env: str) -> bool
             await w.call(user, door, "GET", f"/api/v1/executions/{eid}")
         return await _count(rt, AuditRecordRow.actor == user, AuditRecordRow.action == "execution.view",
                             AuditRecordRow.target == f"execution:{eid}", AuditRecordRow.outcome != "refused") > before
-    if action == "run":
-        before = await _runs(rt, user)
+    if action in ("run", "tail"):
+        runbook = "poke" if action == "run" else "tail"
+        before = await _runs(rt, user, runbook)
         tag = w.tag()
         if door == "chat":
-            await w.fake.say("ops", user, f"run poke service={ENVS[env]} tag={tag}")
+            await w.fake.say("ops", user, f"run {runbook} service={ENVS[env]} tag={tag}")
         else:
-            await w.call(user, door, "POST", "/api/v1/runbooks/poke/run",
+            await w.call(user, door, "POST", f"/api/v1/runbooks/{runbook}/run",
                          {"params": {"service": ENVS[env], "tag": tag}})
-        return await _runs(rt, user) > before
+        return await _runs(rt, user, runbook) > before
     if action == "approve":
         row = await w.waiting(env)
         assert row.approval_id is not None
@@ -227,10 +233,10 @@ async def test_every_role_scope_action_has_its_expected_outcome(tmp_path: Path, 
     assert mismatches == [], "\n".join(mismatches)
 
 
-async def _runs(rt: Runtime, user: str) -> int:
+async def _runs(rt: Runtime, user: str, runbook: str) -> int:
     async with rt.read() as s:
         return int((await s.execute(select(func.count()).select_from(ExecutionRow).where(
-            ExecutionRow.requested_by == user, ExecutionRow.runbook == "poke"))).scalar_one())
+            ExecutionRow.requested_by == user, ExecutionRow.runbook == runbook))).scalar_one())
 
 
 def test_the_table_itself() -> None:
@@ -239,4 +245,5 @@ def test_the_table_itself() -> None:
     assert not expected("viewer", "unscoped", "run", "test") and expected("viewer", "prod", "view", "prod")
     assert expected("approver", "prod", "cancel", "prod") and not expected("operator", "unscoped", "cancel", "prod")
     assert expected("admin", "unscoped", "approve", "prod") and not expected("admin", "test", "approve", "prod")
+    assert expected("viewer", "prod", "tail", "prod") and not expected("viewer", "test", "tail", "prod")
 

@@ -60,6 +60,9 @@ async def _answer(rt: Runtime, who: Actor, action: str, target: str) -> ExplainO
         rb, params = _runbook_target(rt, target)
         where = _run_scope(rt, rb, params)
         shown = " ".join([rb.name, *(f"{k}={v}" for k, v in params.items())])
+        # A readonly runbook: runbook.run or the read it needs (runbooks.run_permission) will do.
+        if rb.readonly and not who.can("runbook.run", environment=where.environment, system=where.system):
+            permission = runbooks.run_permission(rb)
     elif action == "check":
         name, suggestions = rt.catalog.find_check(target)
         if name is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -23,10 +23,18 @@ State = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
 class Obj(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Fields added after stores held hashes: left out while at their default, so an upgrade
+    # does not void the approvals (and quarantine) of every runbook that does not use them.
+    _HASH_UNLESS_SET: ClassVar[tuple[str, ...]] = ()
+
     @property
     def content_hash(self) -> str:
         """sha256 of the object's canonical JSON: detects unapproved edits and binds approvals."""
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for name in self._HASH_UNLESS_SET:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -321,8 +329,12 @@ class Runbook(Obj):
     steps: list[Step] = Field(min_length=1)
     timeout: Duration = 600.0
     # Who must approve a run a person asks for. 'auto' = role approver on protected
-    # environments, none elsewhere.
+    # environments, none elsewhere (none for a readonly runbook: it changes nothing).
     approval: Approval = "auto"
+    # A reviewed claim that it only reads (`tail-log service-b`): running it needs execution.read,
+    # what a viewer holds, instead of runbook.run (docs/access.md, "Read-only production").
+    readonly: bool = False
+    _HASH_UNLESS_SET: ClassVar[tuple[str, ...]] = ("readonly",)
     summary: str | None = None  # e.g. "start {{ params.service }}"
     success_message: str | None = None
     failure_message: str | None = None

@@ -123,6 +123,9 @@ def lock_key(runbook: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([runbook, params], sort_keys=True, default=str).encode()).hexdigest()
 
 
+READONLY_RUN = "execution.read"  # what running a `readonly: true` runbook needs (run_permission)
+
+
 class RuleHeldError(Conflict):
     """A rule's claim held the run (its budget or cooldown): the hold is stored, no execution is."""
 
@@ -139,7 +142,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     what the claim wrote, no execution, RuleHeldError); then as claim(s, execution_id). So a
     rule's budget is decided and spent in one transaction with its run, on every server.
     """
-    if not actor.can_somewhere("runbook.run"):
+    if not actor.can_somewhere("runbook.run") and not (actor.can_somewhere(READONLY_RUN) and _readonly(rt, runbook)):
         await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{runbook[:64]}",
                                  outcome="refused", details={"reason": "missing permission runbook.run"})
         actor.require("runbook.run", what="run runbooks")
@@ -155,7 +158,7 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     protected = rt.catalog.is_protected(env)
     roles = approval_roles(approval if approval is not None else rb.approval)
     if roles is None:
-        roles = ["approver"] if protected else []
+        roles = ["approver"] if protected and not rb.readonly else []
     key = lock_key(rb.name, clean)
     summary = _summary(rb, clean)
     room = room if room in rt.catalog.rooms else _home_room(rt, rb, clean)
@@ -290,16 +293,27 @@ async def mark_finished(rt: Runtime, execution_id: int, *, status: str, output: 
     await rt.transact(body)
 
 
+def _readonly(rt: Runtime, name: str) -> bool:
+    found = rt.catalog.find_runbook(name)[0]
+    return found is not None and rt.catalog.runbooks[found].readonly
+
+
+def run_permission(rb: Runbook) -> str:
+    """A readonly runbook is a read (a viewer's `tail-log`); any other run needs runbook.run."""
+    return READONLY_RUN if rb.readonly else "runbook.run"
+
+
 async def _require_run_scope(rt: Runtime, actor: Actor, rb: Runbook, params: dict[str, Any]) -> None:
     """runbook.run where the run lands: a role bound to test gives nothing on prod (docs/access.md)."""
     env = _environment(rt, rb, params)
     system = scope.run_system(rt.catalog, rb, params)
-    if actor.can("runbook.run", environment=env, system=system):
+    needed = run_permission(rb)
+    if actor.can("runbook.run", environment=env, system=system) or actor.can(needed, environment=env, system=system):
         return
     where = scope.Scope(env, system).label
     await audit.append_alone(rt, actor=actor, action="runbook.run", target=f"runbook:{rb.name}", outcome="refused",
-                             details={"reason": f"no role grants runbook.run in {where}", "environment": env})
-    actor.require("runbook.run", what=f"run {rb.name}", environment=env, system=system)
+                             details={"reason": f"no role grants {needed} in {where}", "environment": env})
+    actor.require(needed, what=f"run {rb.name}", environment=env, system=system)
 
 
 def _may_cancel(actor: Actor, row: ExecutionRow, catalog: Catalog | None = None) -> bool:
