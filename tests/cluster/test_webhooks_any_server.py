@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 import httpx
 
 from opsroom.chat.platforms.teams.fake_server import TeamsFake
+from tests.chat.drivers.mattermost import MattermostDriver
 from tests.chat.drivers.slack import SlackDriver
 from tests.chat.drivers.teams import CONVERSATION, TeamsDriver
 from tests.chat.drivers.telegram import TelegramDriver
@@ -228,6 +229,50 @@ async def test_a_telegram_webhook_update_to_the_non_holder_is_answered_once(tmp_
         refused = _sql(pg_own_url, "SELECT details FROM audit_records WHERE action = 'chat.refused' "
                                    "AND target = 'platform:telegram'")
         assert len(refused) == 1 and "secret token missing" in str(refused[0][0]), refused
+    finally:
+        for server in servers:
+            server.stop()
+        await driver.stop()
+
+
+async def test_a_mattermost_click_to_the_non_holder_approves(tmp_path: Path, pg_own_url: str) -> None:
+    """Mattermost's button POSTs to the integration URL (behind the balancer: any server); the binding
+    names TEAM/CHANNEL, which B, never connected, looks up when a click comes."""
+    driver = MattermostDriver()
+    await driver.start(tmp_path / "platform")
+    fake = driver.fake
+    servers: list[Demo] = []
+    try:
+        catalog = small_catalog(
+            tmp_path, platforms=[driver.platform_item()], rooms=[{"name": "ops", "bind": ["mattermost:opsroom/ops"]}],
+            users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
+                   {"name": "boss", "roles": ["approver"], "password_env": "OPSROOM_TEST_PW_BOSS"}])
+        a = _serve(tmp_path, "a", catalog, _env(pg_own_url))
+        servers.append(a)
+        await _until("A holds chat:mattermost", lambda: holder_pid(pg_own_url, "mattermost") == a.proc.pid, 15)
+        b = _serve(tmp_path, "b", catalog, _env(pg_own_url))
+        servers.append(b)
+        await fake.wait(lambda: fake.sockets, timeout=15)
+
+        boss = _token(b, catalog, "boss")
+        made = httpx.post(f"{b.base}/api/v1/me/link-code", headers={"Authorization": f"Bearer {boss}"}, timeout=10)
+        await fake.say("bob", f"link {made.json()['code']}")
+        await fake.wait(lambda: any("acts as opsroom user boss" in p["message"] for p in fake.bot_posts()), 15)
+        you = _token(b, catalog, "you")
+        asked = httpx.post(f"{b.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"},
+                           headers={"Authorization": f"Bearer {you}"}, timeout=10)
+        assert asked.status_code in (200, 201, 202), asked.text
+        await fake.wait(lambda: any(p["props"].get("attachments") for p in fake.bot_posts()), 15)
+        post = next(p for p in fake.bot_posts() if p["props"].get("attachments"))
+        approval_id = int(post["props"]["attachments"][0]["actions"][0]["integration"]["context"]["approval_id"])
+
+        assert await fake.click("bob", approval_id, "approve", url=f"{b.base}/chat/mattermost/actions") == 200
+        await fake.wait(lambda: any("approved" in p["message"].lower() and "boss" in p["message"]
+                                    for p in fake.bot_posts()), 15)
+        votes = _sql(pg_own_url, f"SELECT user_name, decision FROM approval_votes WHERE approval_id = {approval_id}")
+        assert [tuple(v) for v in votes] == [("boss", "approve")], votes
+        assert not _sql(pg_own_url, "SELECT details FROM audit_records WHERE action = 'chat.refused'")
+        assert fake.connections == 1, "B opened a websocket"
     finally:
         for server in servers:
             server.stop()
