@@ -157,8 +157,10 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     env = _environment(rt, rb, clean)
     protected = rt.catalog.is_protected(env)
     roles = approval_roles(approval if approval is not None else rb.approval)
+    if roles is None and rb.readonly:
+        roles = []  # `auto` for a readonly runbook: reading changes nothing (docs/access.md)
     if roles is None:
-        roles = ["approver"] if protected and not rb.readonly else []
+        roles = ["approver"] if protected else []
     key = lock_key(rb.name, clean)
     summary = _summary(rb, clean)
     room = room if room in rt.catalog.rooms else _home_room(rt, rb, clean)
