@@ -21,12 +21,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from sqlalchemy import select
 
+from opsroom.chat.inbound import ChatDirectReply
 from opsroom.chat.platforms.teams.fake_server import TeamsFake
+from opsroom.eventlog import log as eventlog
+from opsroom.eventlog.models import EventRow
 from tests.chat.drivers.mattermost import MattermostDriver
 from tests.chat.drivers.slack import SlackDriver
 from tests.chat.drivers.teams import CONVERSATION, TeamsDriver
 from tests.chat.drivers.telegram import TelegramDriver
+from tests.chat.harness import serve
 from tests.cluster.test_announce_once import _env, _serve, _sql, _token, _until
 from tests.e2e.harness import Demo
 from tests.factories import small_catalog
@@ -276,4 +281,24 @@ async def test_a_mattermost_click_to_the_non_holder_approves(tmp_path: Path, pg_
     finally:
         for server in servers:
             server.stop()
+        await driver.stop()
+
+
+async def test_a_direct_reply_in_the_log_is_sent_by_the_holder(tmp_path: Path) -> None:
+    """A reply in a channel bound to no room, made on a server without the connection, is a
+    `chat.direct` row of the event log; the holder (here the only server, on SQLite) sends it."""
+    driver = TeamsDriver()
+    await driver.start(tmp_path / "platform")
+    try:
+        async with serve(tmp_path, driver) as served:
+            await driver.attach(served)
+            await eventlog.emit(served.rt, ChatDirectReply(platform="teams", channel="a:direct-chat",
+                                                           text="linked, directly"))
+            await driver.fake.wait_reply(lambda r: "linked, directly" in str(r.get("text")), 15)
+            async with served.rt.read() as s:
+                kinds = list((await s.execute(select(EventRow.type).where(EventRow.type == "chat.direct"))).scalars())
+            assert kinds == ["chat.direct"]
+            assert [r["conversation"] for r in driver.fake.replies if "directly" in str(r["activity"].get("text"))] \
+                == ["a:direct-chat"]
+    finally:
         await driver.stop()
