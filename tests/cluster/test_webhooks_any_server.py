@@ -27,6 +27,7 @@ from opsroom.chat.inbound import ChatDirectReply
 from opsroom.chat.platforms.teams.fake_server import TeamsFake
 from opsroom.eventlog import log as eventlog
 from opsroom.eventlog.models import EventRow
+from tests.chat.driver import Driver
 from tests.chat.drivers.mattermost import MattermostDriver
 from tests.chat.drivers.slack import SlackDriver
 from tests.chat.drivers.teams import CONVERSATION, TeamsDriver
@@ -50,24 +51,46 @@ def endpoint(server: Demo) -> str:
 
 
 @contextlib.asynccontextmanager
-async def teams_cluster(tmp_path: Path, url: str) -> AsyncIterator[tuple[TeamsDriver, Demo, Demo, Path]]:
-    """The Teams fake; server A (holding chat:teams), then B; the catalog."""
-    driver = TeamsDriver()
+async def cluster(tmp_path: Path, url: str, driver: Driver, bind: str) -> AsyncIterator[tuple[Demo, Demo, Path]]:
+    """The platform's fake (the driver's); server A (holding chat:<platform>), then B; the catalog,
+    room `ops` bound to `bind`, users `you` (operator) and `boss` (approver)."""
     await driver.start(tmp_path / "platform")
     servers: list[Demo] = []
     try:
         catalog = small_catalog(
-            tmp_path, platforms=[driver.platform_item()], rooms=[{"name": "ops", "bind": [f"teams:{CONVERSATION}"]}],
+            tmp_path, platforms=[driver.platform_item()], rooms=[{"name": "ops", "bind": [bind]}],
             users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
                    {"name": "boss", "roles": ["approver"], "password_env": "OPSROOM_TEST_PW_BOSS"}])
         servers.append(_serve(tmp_path, "a", catalog, _env(url)))
-        await _until("A holds chat:teams", lambda: holder_pid(url) == servers[0].proc.pid, 15)
+        await _until(f"A holds chat:{driver.name}", lambda: holder_pid(url, driver.name) == servers[0].proc.pid, 15)
         servers.append(_serve(tmp_path, "b", catalog, _env(url)))
-        yield driver, servers[0], servers[1], catalog
+        yield servers[0], servers[1], catalog
     finally:
         for server in servers:
             server.stop()
         await driver.stop()
+
+
+@contextlib.asynccontextmanager
+async def teams_cluster(tmp_path: Path, url: str) -> AsyncIterator[tuple[TeamsDriver, Demo, Demo, Path]]:
+    driver = TeamsDriver()
+    async with cluster(tmp_path, url, driver, f"teams:{CONVERSATION}") as (a, b, catalog):
+        yield driver, a, b, catalog
+
+
+def link_code(server: Demo, catalog: Path, user: str = "boss") -> str:
+    token = _token(server, catalog, user)
+    made = httpx.post(f"{server.base}/api/v1/me/link-code", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert made.status_code == 201, made.text
+    return str(made.json()["code"])
+
+
+def ask_deploy(server: Demo, catalog: Path) -> None:
+    """`you` runs the protected deploy: its request is announced in the room, with buttons."""
+    you = _token(server, catalog, "you")
+    asked = httpx.post(f"{server.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"},
+                       headers={"Authorization": f"Bearer {you}"}, timeout=10)
+    assert asked.status_code in (200, 201, 202), asked.text
 
 
 async def post_to(fake: TeamsFake, server: Demo, activity: dict[str, Any], how: str = "valid") -> int:
@@ -81,11 +104,8 @@ def said_by(driver: TeamsDriver, needle: str) -> list[str]:
 
 async def link_bob_through(driver: TeamsDriver, server: Demo, catalog: Path) -> None:
     """bob's Teams account acts as boss: `link CODE` said to `server`."""
-    boss = _token(server, catalog, "boss")
-    made = httpx.post(f"{server.base}/api/v1/me/link-code", headers={"Authorization": f"Bearer {boss}"}, timeout=10)
-    assert made.status_code == 201, made.text
     activity = driver.fake.activity(conversation=CONVERSATION, user_id=driver.account_id("bob"), name="bob",
-                                    text=f"link {made.json()['code']}", mention_bot=True)
+                                    text=f"link {link_code(server, catalog)}", mention_bot=True)
     assert await post_to(driver.fake, server, activity) == 200
     await driver.fake.wait_reply(lambda a: "acts as opsroom user boss" in str(a.get("text")), 15)
 
@@ -112,10 +132,7 @@ async def test_a_delivery_to_the_non_holder_is_handled_once_and_answered_by_the_
 
         # A request (asked through B's API) is announced with its card, sent by A. bob clicks
         # Approve; the click reaches B, and its retry A: approved once, announced once.
-        you = _token(b, catalog, "you")
-        asked = httpx.post(f"{b.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"},
-                           headers={"Authorization": f"Bearer {you}"}, timeout=10)
-        assert asked.status_code in (200, 201, 202), asked.text
+        ask_deploy(b, catalog)
         card = await fake.wait_reply(lambda r: bool(r.get("attachments")), 15)
         approval_id = int(re.search(r"#(\d+)", card["attachments"][0]["content"]["body"][0]["text"])  # type: ignore[union-attr]
                           .group(1))
@@ -141,30 +158,12 @@ async def test_a_signed_slack_click_to_the_non_holder_approves_once(tmp_path: Pa
     """Slack through Socket Mode on the holder and its interactivity request URL on every server; the
     binding names the channel (`#ops`), which B, never connected, looks up when a click comes."""
     driver = SlackDriver()
-    await driver.start(tmp_path / "platform")
     fake = driver.fake
-    servers: list[Demo] = []
-    try:
-        catalog = small_catalog(
-            tmp_path, platforms=[driver.platform_item()], rooms=[{"name": "ops", "bind": ["slack:#ops"]}],
-            users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
-                   {"name": "boss", "roles": ["approver"], "password_env": "OPSROOM_TEST_PW_BOSS"}])
-        a = _serve(tmp_path, "a", catalog, _env(pg_own_url))
-        servers.append(a)
-        await _until("A holds chat:slack", lambda: holder_pid(pg_own_url, "slack") == a.proc.pid, 15)
-        b = _serve(tmp_path, "b", catalog, _env(pg_own_url))
-        servers.append(b)
+    async with cluster(tmp_path, pg_own_url, driver, "slack:#ops") as (a, b, catalog):
         await fake.wait(lambda: fake.sockets, timeout=15)
-
-        boss = _token(b, catalog, "boss")
-        made = httpx.post(f"{b.base}/api/v1/me/link-code", headers={"Authorization": f"Bearer {boss}"}, timeout=10)
-        await fake.say("bob", f"link {made.json()['code']}", "C0OPS")
+        await fake.say("bob", f"link {link_code(b, catalog)}", "C0OPS")
         await fake.wait(lambda: any("acts as opsroom user boss" in str(p["text"]) for p in fake.bot_posts()), 15)
-
-        you = _token(b, catalog, "you")
-        asked = httpx.post(f"{b.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"},
-                           headers={"Authorization": f"Bearer {you}"}, timeout=10)
-        assert asked.status_code in (200, 201, 202), asked.text
+        ask_deploy(b, catalog)
         await fake.wait(lambda: any(p.get("blocks") for p in fake.bot_posts()), 15)
         approval_id = int(next(p for p in fake.bot_posts() if p.get("blocks"))["blocks"][1]["block_id"].split("-")[1])
 
@@ -190,29 +189,14 @@ async def test_a_signed_slack_click_to_the_non_holder_approves_once(tmp_path: Pa
         approved = [p for p in fake.bot_posts() if "approved" in str(p["text"]).lower() and "boss" in str(p["text"])]
         assert len(approved) == 1, [p["text"] for p in fake.bot_posts()]
         assert fake.connections == 1, "B opened a Socket Mode connection"
-    finally:
-        for server in servers:
-            server.stop()
-        await driver.stop()
 
 
 async def test_a_telegram_webhook_update_to_the_non_holder_is_answered_once(tmp_path: Path, pg_own_url: str) -> None:
     """Webhook mode: the holder sets the webhook (its own URL); a balancer in front of both servers
     sends Telegram's POSTs to either, as the fake does here by moving the URL to B."""
     driver = TelegramDriver(mode="webhook")
-    await driver.start(tmp_path / "platform")
     fake = driver.fake
-    servers: list[Demo] = []
-    try:
-        catalog = small_catalog(
-            tmp_path, platforms=[driver.platform_item()],
-            rooms=[{"name": "ops", "bind": [f"telegram:{driver.channel}"]}],
-            users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"}])
-        a = _serve(tmp_path, "a", catalog, _env(pg_own_url))
-        servers.append(a)
-        await _until("A holds chat:telegram", lambda: holder_pid(pg_own_url, "telegram") == a.proc.pid, 15)
-        b = _serve(tmp_path, "b", catalog, _env(pg_own_url))
-        servers.append(b)
+    async with cluster(tmp_path, pg_own_url, driver, f"telegram:{driver.channel}") as (a, b, _catalog):
         await _until("A set the webhook", lambda: fake.webhook is not None, 15)
         assert fake.webhook is not None
 
@@ -234,39 +218,18 @@ async def test_a_telegram_webhook_update_to_the_non_holder_is_answered_once(tmp_
         refused = _sql(pg_own_url, "SELECT details FROM audit_records WHERE action = 'chat.refused' "
                                    "AND target = 'platform:telegram'")
         assert len(refused) == 1 and "secret token missing" in str(refused[0][0]), refused
-    finally:
-        for server in servers:
-            server.stop()
-        await driver.stop()
 
 
 async def test_a_mattermost_click_to_the_non_holder_approves(tmp_path: Path, pg_own_url: str) -> None:
     """Mattermost's button POSTs to the integration URL (behind the balancer: any server); the binding
     names TEAM/CHANNEL, which B, never connected, looks up when a click comes."""
     driver = MattermostDriver()
-    await driver.start(tmp_path / "platform")
     fake = driver.fake
-    servers: list[Demo] = []
-    try:
-        catalog = small_catalog(
-            tmp_path, platforms=[driver.platform_item()], rooms=[{"name": "ops", "bind": ["mattermost:opsroom/ops"]}],
-            users=[{"name": "you", "roles": ["operator"], "password_env": "OPSROOM_TEST_PW_YOU"},
-                   {"name": "boss", "roles": ["approver"], "password_env": "OPSROOM_TEST_PW_BOSS"}])
-        a = _serve(tmp_path, "a", catalog, _env(pg_own_url))
-        servers.append(a)
-        await _until("A holds chat:mattermost", lambda: holder_pid(pg_own_url, "mattermost") == a.proc.pid, 15)
-        b = _serve(tmp_path, "b", catalog, _env(pg_own_url))
-        servers.append(b)
+    async with cluster(tmp_path, pg_own_url, driver, "mattermost:opsroom/ops") as (_a, b, catalog):
         await fake.wait(lambda: fake.sockets, timeout=15)
-
-        boss = _token(b, catalog, "boss")
-        made = httpx.post(f"{b.base}/api/v1/me/link-code", headers={"Authorization": f"Bearer {boss}"}, timeout=10)
-        await fake.say("bob", f"link {made.json()['code']}")
+        await fake.say("bob", f"link {link_code(b, catalog)}")
         await fake.wait(lambda: any("acts as opsroom user boss" in p["message"] for p in fake.bot_posts()), 15)
-        you = _token(b, catalog, "you")
-        asked = httpx.post(f"{b.base}/api/v1/runbooks/deploy/run", json={"params": {}, "room": "ops"},
-                           headers={"Authorization": f"Bearer {you}"}, timeout=10)
-        assert asked.status_code in (200, 201, 202), asked.text
+        ask_deploy(b, catalog)
         await fake.wait(lambda: any(p["props"].get("attachments") for p in fake.bot_posts()), 15)
         post = next(p for p in fake.bot_posts() if p["props"].get("attachments"))
         approval_id = int(post["props"]["attachments"][0]["actions"][0]["integration"]["context"]["approval_id"])
@@ -278,10 +241,6 @@ async def test_a_mattermost_click_to_the_non_holder_approves(tmp_path: Path, pg_
         assert [tuple(v) for v in votes] == [("boss", "approve")], votes
         assert not _sql(pg_own_url, "SELECT details FROM audit_records WHERE action = 'chat.refused'")
         assert fake.connections == 1, "B opened a websocket"
-    finally:
-        for server in servers:
-            server.stop()
-        await driver.stop()
 
 
 async def test_a_direct_reply_in_the_log_is_sent_by_the_holder(tmp_path: Path) -> None:
