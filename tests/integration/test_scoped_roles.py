@@ -251,3 +251,23 @@ async def test_a_viewer_reads_production_through_readonly_runbooks_and_nothing_m
         # And readonly is part of what an approval binds: flipping it changes the runbook's hash.
         rb = rt.catalog.runbooks["tail"]
         assert rb.model_copy(update={"readonly": False}).content_hash != rb.content_hash
+
+
+async def test_a_scoped_only_reader_lists_the_runs_and_requests_of_its_scope(tmp_path: Path) -> None:
+    async with booted(tmp_path, scoped_catalog(tmp_path)) as (rt, _fake):
+        you = await access.actor_by_name(rt, name="you", door="api")
+        runs = {svc: await runbooks.request_run(rt, actor=you, runbook="guarded", params={"service": svc})
+                for svc in ("svc", "svc-a", "svc-b")}
+        tester = await access.actor_by_name(rt, name="tester", door="api")  # test only
+        assert [r.id for r in await runbooks.list_executions(rt, actor=tester)] == [runs["svc"].id]
+        assert [r.execution_id for r in await approvals.list_open(rt, actor=tester)] == [runs["svc"].id]
+        sysa = await access.actor_by_name(rt, name="sysa", door="api")  # prod's system-a only
+        assert [r.id for r in await runbooks.list_executions(rt, actor=sysa)] == [runs["svc-a"].id]
+        viewed = await approvals.list_open_viewed(rt, actor=sysa, action="status", target="status")
+        assert [r.execution_id for r in viewed] == [runs["svc-a"].id]
+        # An unscoped reader sees them all, newest first, as before scopes.
+        assert [r.id for r in await runbooks.list_executions(rt, actor=you)] == [
+            runs["svc-b"].id, runs["svc-a"].id, runs["svc"].id]
+        for row in runs.values():
+            await runbooks.cancel_execution(rt, actor=you, execution_id=row.id)
+        await settle(rt)

@@ -85,6 +85,10 @@ class Actor:
         return _grants(self.permissions, permission) or any(_grants(b.permissions, permission)
                                                             for b in self.bindings)
 
+    def environments_with(self, permission: str) -> frozenset[str]:
+        """Where a binding grants it (for a list narrowed to what a scoped-only holder may read)."""
+        return frozenset(b.environment for b in self.bindings if _grants(b.permissions, permission))
+
     def roles_in(self, environment: str | None, system: str | None = None) -> frozenset[str]:
         """The roles that count for a target there: the unscoped ones and the covering bindings'."""
         return self.roles | {b.role for b in self.bindings if b.covers(environment, system)}

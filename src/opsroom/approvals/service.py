@@ -209,11 +209,11 @@ _OPEN = select(ApprovalRow).where(ApprovalRow.status == "open").order_by(Approva
 
 async def list_open(rt: Runtime, *, actor: Actor, audited: bool = True) -> list[ApprovalRow]:
     """The open requests; `audited=False` for a caller that audits the whole view it is part of."""
-    await _require_read(rt, actor, action="approval.list", target="approvals")
+    await _require_read(rt, actor, action="approval.list", target="approvals", where=None)
     async with rt.read() as s:
         rows = list((await s.execute(_OPEN)).scalars())
     now = time.time()
-    found = [r for r in rows if r.expires_at >= now]
+    found = await _readable(rt, actor, [r for r in rows if r.expires_at >= now])
     if audited:
         await audit.append_alone(rt, actor=actor, action="approval.list", target="approvals",
                                  details={"count": len(found)})
@@ -225,16 +225,38 @@ async def list_open_viewed(rt: Runtime, *, actor: Actor, action: str, target: st
     """The open requests, read in the same hop to the store as the audit record of the view they
     are part of (`status`: the most asked question; a read of its own and then a write cost two
     hops, half the command's time on SQLite). The record counts what was shown."""
-    await _require_read(rt, actor, action=action, target=target)
+    await _require_read(rt, actor, action=action, target=target, where=None)
 
     def view(s: Session) -> list[ApprovalRow]:
         now = time.time()
         found = [r for r in s.execute(_OPEN).scalars() if r.expires_at >= now]
+        if not actor.can("approval.read"):  # bindings only: the requests of the runs they cover
+            runs = {e.id: e for e in s.execute(select(ExecutionRow).where(
+                ExecutionRow.id.in_([r.execution_id for r in found]))).scalars()}
+            found = [r for r in found if _covers(rt, actor, runs.get(r.execution_id))]
         audit.append_in(s, actor=actor, action=action, target=target,
                         details={**(details or {}), "open_requests": len(found)})
         return found
 
     return await rt.transact(view)
+
+
+def _covers(rt: Runtime, actor: Actor, execution: ExecutionRow | None) -> bool:
+    if execution is None:
+        return False
+    where = scope.execution_scope(rt.catalog, runbook=execution.runbook, params=execution.params,
+                                  environment=execution.environment)
+    return actor.can("approval.read", environment=where.environment, system=where.system)
+
+
+async def _readable(rt: Runtime, actor: Actor, rows: list[ApprovalRow]) -> list[ApprovalRow]:
+    """All of them for an unscoped reader; for a scoped-only one, the requests of runs it covers."""
+    if actor.can("approval.read") or not rows:
+        return rows
+    async with rt.read() as s:
+        runs = {e.id: e for e in (await s.execute(select(ExecutionRow).where(
+            ExecutionRow.id.in_([r.execution_id for r in rows])))).scalars()}
+    return [r for r in rows if _covers(rt, actor, runs.get(r.execution_id))]
 
 
 async def get(rt: Runtime, *, actor: Actor, approval_id: int) -> ApprovalRow:

@@ -475,15 +475,21 @@ async def _require_read(rt: Runtime, actor: Actor, *, what: str, target: str,
 async def list_executions(rt: Runtime, *, actor: Actor, limit: int = 50, status: str | None = None,
                           before: int | None = None) -> list[ExecutionRow]:
     """Newest first; `before`: only those with a smaller id (the API's next page)."""
-    await _require_read(rt, actor, what="list executions", target="executions", where=scope.Scope(None))
+    await _require_read(rt, actor, what="list executions", target="executions")
     # One past the API's largest page (500): the API reads whether another page follows.
     stmt = select(ExecutionRow).order_by(ExecutionRow.id.desc()).limit(min(limit, 501))
     if status:
         stmt = stmt.where(ExecutionRow.status == status)
     if before is not None:
         stmt = stmt.where(ExecutionRow.id < before)
+    everywhere = actor.can("execution.read")
+    if not everywhere:  # bindings only: the runs of their environments (a system binding: below)
+        stmt = stmt.where(ExecutionRow.environment.in_(sorted(actor.environments_with("execution.read"))))
     async with rt.read() as s:
         rows = list((await s.execute(stmt)).scalars())
+    if not everywhere:
+        rows = [r for r in rows if actor.can("execution.read", environment=r.environment,
+                                             system=_scope_of(r, rt.catalog).system)]
     await audit.append_alone(rt, actor=actor, action="execution.list", target="executions")
     return rows
 
