@@ -211,10 +211,14 @@ async def test_the_cli_and_the_api_give_the_same_answer(tmp_path: Path) -> None:
             other = await client.get("/api/v1/access/explain",
                                      params={"user": "boss", "action": "run", "target": "poke svc-a"},
                                      headers={"Authorization": f"Bearer {token}"})
+            users = await client.get("/api/v1/users", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 200, resp.text
     api = ExplainOut.model_validate(resp.json())
     assert not api.allowed and api.user == "dev" and api.environment == "prod"
     assert other.status_code == 403
+    assert {u["name"]: u["bindings"] for u in users.json()}["sysa"] == [
+        {"role": "operator", "environment": "prod", "system": "sys-a"},
+        {"role": "approver", "environment": "prod", "system": "sys-a"}]
     # The CLI: a local admin on the server host, on the store the server used.
     done = subprocess.run([sys.executable, "-m", "opsroom", "access", "explain", "dev", "run", "poke", "svc-a",
                            "--data", str(tmp_path / "data"), "--catalog", str(catalog), "--json"],

@@ -7,11 +7,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from opsroom.web.apitypes import UtcTime
 
 
+class BindingOut(BaseModel):
+    """A role held in one environment (and system) only; `roles` are held everywhere."""
+
+    role: str
+    environment: str
+    system: str | None = None
+
+
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     name: str
     display_name: str | None
     roles: list[str]
+    bindings: list[BindingOut] = []
     disabled: bool
     source: str
 
