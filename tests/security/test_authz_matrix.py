@@ -5,21 +5,29 @@ and every refusal leaves a refused audit record.
 Actions: view an execution, run a runbook, approve a request, cancel someone else's waiting
 run, run a check, and run a `readonly: true` runbook (tail). Scopes: the role unscoped (every
 environment), bound to test, bound to prod. Each action is tried on a target in test and one in
-prod. Doors: the JSON API with a bearer token, the web (a browser
-session on the same API: cookie, CSRF token, the page's decision token), and chat through the hub
-(the fake adapter; chat has no command that runs one check, so `check` is API and web only).
+prod. Doors: the JSON API with a bearer token, the web (a browser session on the same API:
+cookie, CSRF token, the page's decision token), chat through the hub (the fake adapter; chat has
+no command that runs one check, so `check` is not tried there), and the CLI as a client with a
+token (`opsroom runbook run`, `approve`, `cancel`, `execution`, `check run` against the API
+served on loopback).
 The outcome is read from the store, never from the door's wording.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -38,7 +46,7 @@ from opsroom.runtime import Runtime
 from opsroom.web import errors
 from opsroom.web.deps import SESSION_COOKIE
 from opsroom.web.security import decision_token
-from tests.factories import token_for
+from tests.factories import free_port, token_for
 from tests.inprocess import booted, settle
 from tests.scoped import scoped_catalog
 
@@ -53,7 +61,7 @@ ACTIONS = {"view": ("execution.read", "execution.read"), "run": ("runbook.run", 
            "cancel": ("approval.decide", "execution.cancel"), "check": ("check.run", "check.run"),
            # a `readonly: true` runbook (read-only production): execution.read, or runbook.run
            "tail": ("execution.read", "runbook.run")}
-DOORS = ("api", "web", "chat")
+DOORS = ("api", "web", "chat", "cli")
 PASSWORD = "matrix-test-password"
 
 
@@ -83,6 +91,8 @@ class World:
     tokens: dict[str, str]
     sessions: dict[str, tuple[str, str]]  # user -> (session token, csrf)
     views: dict[str, int]  # env -> a finished execution there
+    url: str = ""
+    home: Path = Path()
     n: int = 0
 
     def tag(self) -> str:
@@ -104,6 +114,15 @@ class World:
             self.http.cookies.set(name, value)
         resp = await self.http.request(method, path, json=body, headers=self.headers(user, door, extra))
         return resp.status_code
+
+    async def cli(self, user: str, *args: str) -> int:
+        """The CLI on another machine: its own HOME, no OPSROOM_* settings, the server and a token."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPSROOM_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "opsroom", *args, "--server", self.url, "--token", self.tokens[user],
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env={**env, "HOME": str(self.home)})
+        return await proc.wait()
 
     async def waiting(self, env: str) -> ExecutionRow:
         you = await access.actor_by_name(self.rt, name="you", door="api")
@@ -132,6 +151,8 @@ async def attempt(w: World, user: str, door: str, action: str, env: str) -> bool
                               AuditRecordRow.target == f"execution:{eid}", AuditRecordRow.outcome != "refused")
         if door == "chat":
             await w.fake.say("ops", user, f"execution {eid}")
+        elif door == "cli":
+            await w.cli(user, "execution", str(eid))
         else:
             await w.call(user, door, "GET", f"/api/v1/executions/{eid}")
         return await _count(rt, AuditRecordRow.actor == user, AuditRecordRow.action == "execution.view",
@@ -142,6 +163,8 @@ async def attempt(w: World, user: str, door: str, action: str, env: str) -> bool
         tag = w.tag()
         if door == "chat":
             await w.fake.say("ops", user, f"run {runbook} service={ENVS[env]} tag={tag}")
+        elif door == "cli":
+            await w.cli(user, "runbook", "run", runbook, f"service={ENVS[env]}", f"tag={tag}", "--no-wait")
         else:
             await w.call(user, door, "POST", f"/api/v1/runbooks/{runbook}/run",
                          {"params": {"service": ENVS[env], "tag": tag}})
@@ -151,6 +174,8 @@ async def attempt(w: World, user: str, door: str, action: str, env: str) -> bool
         assert row.approval_id is not None
         if door == "chat":
             await w.fake.say("ops", user, f"approve {row.approval_id}")
+        elif door == "cli":
+            await w.cli(user, "approve", str(row.approval_id))
         else:
             async with rt.read() as s:
                 binding = (await s.get_one(ApprovalRow, row.approval_id)).binding_hash
@@ -163,6 +188,8 @@ async def attempt(w: World, user: str, door: str, action: str, env: str) -> bool
         row = await w.waiting(env)
         if door == "chat":
             await w.fake.say("ops", user, f"cancel {row.id}")
+        elif door == "cli":
+            await w.cli(user, "cancel", str(row.id))
         else:
             await w.call(user, door, "POST", f"/api/v1/executions/{row.id}/cancel")
         async with rt.read() as s:
@@ -174,7 +201,10 @@ async def attempt(w: World, user: str, door: str, action: str, env: str) -> bool
         return None
     before = await _count(rt, AuditRecordRow.actor == user, AuditRecordRow.action == "check.run",
                           AuditRecordRow.outcome != "refused")
-    await w.call(user, door, "POST", f"/api/v1/checks/{CHECKS[env]}/run")
+    if door == "cli":
+        await w.cli(user, "check", "run", CHECKS[env])
+    else:
+        await w.call(user, door, "POST", f"/api/v1/checks/{CHECKS[env]}/run")
     return await _count(rt, AuditRecordRow.actor == user, AuditRecordRow.action == "check.run",
                         AuditRecordRow.outcome != "refused") > before
 
@@ -205,12 +235,32 @@ def _app(rt: Runtime) -> FastAPI:
     return app
 
 
+@asynccontextmanager
+async def _served(rt: Runtime, door: str) -> AsyncIterator[str]:
+    """For the CLI door: the same API served on loopback, in this loop, for the client processes."""
+    if door != "cli":
+        yield ""
+        return
+    server = uvicorn.Server(uvicorn.Config(_app(rt), host="127.0.0.1", port=free_port(), log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "the API server did not start"
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
 @pytest.mark.parametrize("door", DOORS)
 async def test_every_role_scope_action_has_its_expected_outcome(tmp_path: Path, door: str) -> None:
     async with booted(tmp_path, scoped_catalog(tmp_path, users=matrix_users())) as (rt, fake):
         transport = httpx.ASGITransport(app=_app(rt))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http, _served(rt, door) as url:
             w = await _world(rt, fake, http)
+            w.url, w.home = url, tmp_path / "laptop"
+            w.home.mkdir()
             mismatches: list[str] = []
             cases = refusals = 0
             for role, scope, action, env in itertools.product(ROLES, SCOPES, ACTIONS, ENVS):
