@@ -13,7 +13,7 @@ from opsroom.errors import NotFound, PermissionDenied
 from opsroom.integrity import monitor, service
 from opsroom.integrity.snapshot import absolute
 from opsroom.runtime import Runtime
-from tests.integrity.conftest import Tree, make_tree
+from tests.integrity.conftest import Tree, changes, make_tree, opened
 
 ADMIN = Actor("alice", "cli", frozenset({"admin"}), frozenset({"*"}))
 OPERATOR = Actor("olga", "api", frozenset({"operator"}), frozenset({"runbook.run", "status.read"}))
@@ -111,3 +111,20 @@ async def test_a_change_not_yet_heard_of_refuses_too(tree: Tree, rt: Runtime) ->
     why = await service.refusal(rt, runbook="linked-prod")
     assert why is not None and "real.sh" in why and "a moment ago" in why
     assert await service.refusal(rt, runbook="restart-prod") is None
+
+
+async def test_two_servers_of_one_store_on_one_host_keep_their_own_baselines(tree: Tree) -> None:
+    # Servers of a cluster on one host share the store and the catalog but not the data dir, so
+    # not the key that signs a baseline: each must find its own, never take the other's for forged.
+    shared = f"sqlite+aiosqlite:///{tree.root / 'shared.db'}"
+    async with opened(tree, data=tree.root / "data-a", database_url=shared) as a:
+        await service.scan_now(a, found_by="start")
+        async with opened(tree, data=tree.root / "data-b", database_url=shared) as b:
+            await service.scan_now(b, found_by="start")
+            await service.scan_now(a, found_by="scan")
+            assert not changes(a) and not changes(b), [e.changes for e in changes(a) + changes(b)]
+            assert service.scope(a).site != service.scope(b).site
+            tree.restart.write_text("#!/bin/sh\necho changed\n")
+            await service.scan_now(b, found_by="scan")
+            assert [c["kinds"] for e in changes(b) for c in e.changes if c["path"].endswith("restart.sh")]
+            assert all(e.baseline_ok for e in changes(b))

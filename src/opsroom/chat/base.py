@@ -17,11 +17,6 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-# The chat tables join Base.metadata wherever chat is imported (the runtime imports this module,
-# and store/base.py's import_models imports the runtime's modules): Alembic and the models test
-# see them until import_models names opsroom.chat.models itself.
-import opsroom.chat.models  # noqa: F401
-
 Formatting = Literal["plain", "markdown", "mrkdwn", "html", "irc"]
 
 

@@ -31,14 +31,18 @@ class Scope:
     files: tuple[str, ...]  # single files watched (their directory is watched for swaps)
     runbooks: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
-    root: str = ""  # the catalog's path: with the host, names the baseline
+    root: str = ""  # the catalog's path: with the host and the data dir, names the baseline
+    data: str = ""  # the data dir, whose key signs the baseline
 
     @property
     def site(self) -> str:
-        """Whose baseline this is: this host and this catalog. A cluster's servers each keep their
-        own; two servers of one store on one host with different catalogs do not take each
-        other's files for added ones; the admin CLI given the server's --catalog finds its baseline."""
-        digest = hashlib.sha256(self.root.encode(errors="surrogateescape")).hexdigest()[:8]
+        """Whose baseline this is: this host, this catalog and this data dir. A cluster's servers
+        each keep their own; two servers of one store on one host with different catalogs do not
+        take each other's files for added ones, nor (different data dirs, so different keys) each
+        other's baseline for a forged one; the admin CLI given the server's --catalog and --data
+        finds its baseline."""
+        where = f"{self.root}\0{self.data}" if self.data else self.root
+        digest = hashlib.sha256(where.encode(errors="surrogateescape")).hexdigest()[:8]
         return f"{socket.gethostname()[:100]}:{digest}"
 
     def covers(self, path: str) -> bool:
@@ -111,4 +115,4 @@ def scope_of(settings: Settings, catalog: Catalog) -> Scope:
         (trees if os.path.isdir(p) and not os.path.islink(p) else files).add(p)
     files = {f for f in files if not any(f == t or f.startswith(t.rstrip("/") + "/") for t in trees)}
     return Scope(trees=tuple(sorted(trees)), files=tuple(sorted(files)), runbooks=runbooks,
-                 root=os.path.realpath(root) if root else "")
+                 root=os.path.realpath(root) if root else "", data=os.path.realpath(settings.data))

@@ -32,6 +32,7 @@ def import_models() -> None:
     import opsroom.approvals.models
     import opsroom.audit.models
     import opsroom.automation.models
+    import opsroom.chat.models
     import opsroom.checks.models
     import opsroom.cluster.models
     import opsroom.eventlog.models

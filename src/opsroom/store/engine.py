@@ -62,11 +62,13 @@ def _bound_ping(engine: AsyncEngine) -> None:
     unbounded = dialect.do_ping
 
     def do_ping(dbapi_connection: Any) -> bool:
-        ping = getattr(dbapi_connection, "_async_ping", None)  # SQLAlchemy's asyncpg adapter
-        if ping is None:
+        raw = getattr(dbapi_connection, "_connection", None)  # SQLAlchemy's asyncpg adapter
+        if raw is None or not hasattr(dbapi_connection, "_async_ping"):
             return unbounded(dbapi_connection)
         try:
-            await_only(asyncio.wait_for(ping(), PING_TIMEOUT_S))
+            # One round trip: the adapter's own ping wraps it in BEGIN/ROLLBACK (for pgbouncer's
+            # transaction mode), three round trips before every pooled use on the dispatch path.
+            await_only(asyncio.wait_for(raw.fetchrow(";"), PING_TIMEOUT_S))
         except TimeoutError:
             # Closed, it reads as a disconnect: the pool invalidates it and connects anew.
             dbapi_connection._connection.terminate()
