@@ -23,7 +23,7 @@ from opsroom.approvals import service as approvals
 from opsroom.audit.models import AuditRecordRow
 from opsroom.catalog.loader import load_catalog
 from opsroom.checks import service as checks
-from opsroom.errors import Invalid, PermissionDenied
+from opsroom.errors import Invalid, NotFound, PermissionDenied
 from opsroom.events import AccessChanged
 from opsroom.runbooks import service as runbooks
 from opsroom.runtime import Runtime
@@ -192,6 +192,15 @@ async def test_explain_about_someone_else_needs_user_manage_and_is_audited(tmp_p
         assert len(await _refusals(rt, "dev", "access.explain")) == 1
         with pytest.raises(Invalid, match="unknown action"):
             await explaining.explain(rt, actor=dev, user="dev", action="destroy", target="poke svc")
+        # Whether someone exists is not told either; an admin is told plainly.
+        with pytest.raises(PermissionDenied):
+            await explaining.explain(rt, actor=dev, user="nobody", action="run", target="poke svc")
+        assert len(await _refusals(rt, "dev", "access.explain")) == 2
+        admin = await access.actor_by_name(rt, name="admin", door="api")
+        with pytest.raises(NotFound, match="there is no active user 'nobody'"):
+            await explaining.explain(rt, actor=admin, user="Nobody", action="run", target="poke svc")
+        # One's own name, however it is spelled, is one's own.
+        assert (await explaining.explain(rt, actor=dev, user="DEV", action="run", target="poke svc")).allowed
         with pytest.raises(Invalid, match="depends on the service"):
             await explaining.explain(rt, actor=dev, user="dev", action="run", target="poke")
 

@@ -14,6 +14,7 @@ from typing import Any
 from opsroom.access import scope
 from opsroom.access import service as access
 from opsroom.access.identity import Actor, Binding, permissions_for
+from opsroom.access.names import normalise_name
 from opsroom.access.schemas import ExplainOut, GroundOut
 
 __all__ = ["ACTIONS", "ExplainOut", "explain"]
@@ -21,7 +22,7 @@ from opsroom.approvals.models import ApprovalRow
 from opsroom.audit import service as audit
 from opsroom.catalog.schema import Runbook
 from opsroom.domain.approval import may_vote
-from opsroom.errors import Invalid, NotFound
+from opsroom.errors import Invalid, NotFound, Unauthenticated
 from opsroom.runbooks import service as runbooks
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
@@ -40,12 +41,20 @@ async def explain(rt: Runtime, *, actor: Actor, user: str, action: str, target: 
     if action not in ACTIONS:
         raise Invalid(f"unknown action {action[:32]!r}",
                       hint="one of: " + ", ".join(f"{a} {t}" for a, t in TARGETS.items()))
-    who = await access.actor_by_name(rt, name=user, door="api")
-    if who.user_id != actor.user_id or actor.user_id is None:
+    try:
+        asked = normalise_name(user)
+    except Invalid:
+        asked = user[:64]
+    # Decided before the lookup: whether someone else exists is not told to whoever may not ask.
+    if asked != actor.name or actor.user_id is None:
         if not (actor.can("user.manage") or actor.can("audit.read")):
-            await audit.append_alone(rt, actor=actor, action="access.explain", target=f"user:{who.name}",
+            await audit.append_alone(rt, actor=actor, action="access.explain", target=f"user:{asked}",
                                      outcome="refused", details={"reason": "missing permission user.manage"})
-            actor.require("user.manage", what=f"see what {who.name} may do")
+            actor.require("user.manage", what=f"see what {asked} may do")
+    try:
+        who = await access.actor_by_name(rt, name=user, door="api")
+    except Unauthenticated:
+        raise NotFound(f"there is no active user {asked!r}", hint="see them with `opsroom user list`") from None
     out = await _answer(rt, who, action, target.strip())
     await audit.append_alone(rt, actor=actor, action="access.explain", target=f"user:{who.name}",
                              details={"action": action, "target": out.target, "allowed": out.allowed,
