@@ -305,7 +305,7 @@ class RoomHub:
             actor = await self._actor(msg.author.user)
         # Only what a person who may run runbooks types as a secret is taught to the process-wide
         # masker: anyone else could make any word of the logs vanish by "typing it as a secret".
-        may_run = isinstance(actor, Actor) and actor.can("runbook.run")
+        may_run = isinstance(actor, Actor) and actor.can_somewhere("runbook.run")
         shown = accounts.redact(commands.redact(self.rt, msg.text, learn=may_run))
         stored = await self.post(msg if shown == msg.text else dataclasses.replace(msg, text=shown))
         reply = await self.answer(msg, actor)

@@ -22,6 +22,7 @@ from opsroom.automation.templates import render
 from opsroom.catalog.schema import Runbook, Step
 from opsroom.errors import OpsroomError
 from opsroom.events import Event, ExecutionCancelRequested, ExecutionFinished, ExecutionOutput, ExecutionReady
+from opsroom.integrity import service as integrity
 from opsroom.runbooks import processes
 from opsroom.runbooks import service as store
 from opsroom.runbooks.models import ExecutionRow
@@ -151,6 +152,10 @@ class Executor:
         status, error = "succeeded", None
         body: asyncio.Task[None] | None = None
         try:
+            if claimed is None:  # approved (or resumed) since it was asked: its files may have changed
+                quarantined = await integrity.refusal(rt, runbook=row.runbook, environment=row.environment)
+                if quarantined is not None:
+                    raise StepFailed(quarantined)
             ctx["params"] = {**row.params, **store.secret_params(rt, row)}
             body = self._bodies[row.id] = asyncio.get_running_loop().create_task(self._steps(runbook, ctx, out, row.id))
             if row.id in self._cancelled_by:  # asked before the steps began

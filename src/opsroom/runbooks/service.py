@@ -41,6 +41,7 @@ from opsroom.events import (
     ExecutionStarted,
     uuid7,
 )
+from opsroom.integrity import service as integrity
 from opsroom.runbooks import params as runbook_params
 from opsroom.runbooks import processes
 from opsroom.runbooks.models import ExecutionRow
@@ -155,6 +156,8 @@ async def request_run(rt: Runtime, *, actor: Actor, runbook: str, params: dict[s
     sealed = sealing.seal(data_key(rt), secret) if secret else None
     clean = _masked(rb, clean)
     env = _environment(rt, rb, clean)
+    if (quarantined := await integrity.refusal(rt, runbook=rb.name, environment=env)) is not None:
+        raise Conflict(quarantined, hint="`opsroom integrity status` on the server host shows the change")
     protected = rt.catalog.is_protected(env)
     roles = approval_roles(approval if approval is not None else rb.approval)
     if roles is None and rb.readonly:
