@@ -30,6 +30,7 @@ from opsroom.catalog.errors import CatalogError, Problem
 from opsroom.catalog.loader import load_catalog
 from opsroom.errors import Conflict, Invalid, OpsroomError, PermissionDenied
 from opsroom.events import CatalogReloaded
+from opsroom.integrity import service as integrity
 from opsroom.runbooks import service as execution_service
 from opsroom.runbooks.models import ExecutionRow
 from opsroom.runtime import Runtime
@@ -268,9 +269,23 @@ async def _reload(rt: Runtime, *, actor: Actor, path: Path) -> Reloaded:
                                "changed": _listed(c.changed)} for k, c in changes.items()}}
     await audit.append_alone(rt, actor=actor, action="catalog.reload", target="catalog", outcome="applied",
                              details=details)
+    await _accept_catalog_files(rt, actor=actor, path=path)
     log.info("catalog reloaded", by=actor.name, old=old_hash[:12], new=new_hash[:12], changes=result.summary(),
              notes=notes, took_ms=round(result.took_s * 1000, 1))
     return result
+
+
+async def _accept_catalog_files(rt: Runtime, *, actor: Actor, path: Path) -> None:
+    """A reload is the admin's deliberate act of applying the catalog's files as they are: their
+    file integrity changes are accepted with it (audited as integrity.accept), so the protected
+    runbooks they define are not left quarantined. Scripts the runbooks run are not catalog
+    files: a change to one still waits for `opsroom integrity accept`. Until change control
+    (a second person approving a protected change) lands, this is one person's approval."""
+    try:
+        await integrity.accept(rt, actor=actor, paths=[str(path)])
+    except OpsroomError as exc:  # e.g. a baseline that cannot be trusted: only a whole accept helps
+        log.warning("catalog reloaded, but its files' integrity changes were not accepted",
+                    reason=exc.message, hint=exc.hint)
 
 
 AUDITED_NAMES = 1000  # per kind and list: a first load of 20,000 checks is named by its count
