@@ -157,3 +157,30 @@ async def test_newest_checkpoints_deleted_from_a_git_directory(store_rt: Runtime
     result = await audit.verify(store_rt)
     assert not result.ok and result.bad_checkpoint == new.path.name, result
     assert "git history and is gone" in (result.reason or "")
+
+
+async def test_git_is_not_handed_the_servers_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Secret exposure to a child process: the server's environment holds OPSROOM_SECRET_KEY, the
+    # store's URL with its password and OIDC client secrets; git, run for checkpoints, gets none.
+    real_git = shutil.which("git")
+    assert real_git is not None
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    wrapper = tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nenv > "{seen}/$$.env"\nexec {real_git} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("OPSROOM_SECRET_KEY", "canary-secret-key-0123456789")
+    monkeypatch.setenv("OPSROOM_DATABASE_URL", "postgresql+asyncpg://u:canary-db-password@127.0.0.1/x")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([real_git, "init", "-q", str(repo)], check=True)
+    cp = cps.Checkpoint(log="opsroom", size=1, head="0" * 64, at=1.0, key="k", sig="s")
+    path = cps.write_dir(repo, cp)
+    cps.git_commit(repo, path, cp)
+    assert cps.git_removed(repo) == []
+    dumps = [p.read_text() for p in seen.iterdir()]
+    assert len(dumps) >= 3  # add, commit, and the work-tree check of git_removed
+    assert not any("canary" in d for d in dumps)
+    assert all("GIT_COMMITTER_NAME=opsroom" in d for d in dumps)  # only what it needs, and our identity

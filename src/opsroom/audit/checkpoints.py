@@ -141,6 +141,17 @@ def write_dir(directory: Path, cp: Checkpoint) -> Path:
     return final
 
 
+_GIT_ENV = {"GIT_AUTHOR_NAME": "opsroom", "GIT_AUTHOR_EMAIL": "opsroom@localhost",
+            "GIT_COMMITTER_NAME": "opsroom", "GIT_COMMITTER_EMAIL": "opsroom@localhost"}
+# What git is given of the server's environment: never the rest of it (OPSROOM_SECRET_KEY, the
+# store's URL with its password, OIDC client secrets are all there).
+_GIT_KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+
+
+def git_env() -> dict[str, str]:
+    return {**{k: os.environ[k] for k in _GIT_KEPT if k in os.environ}, **_GIT_ENV}
+
+
 def is_git_work_tree(directory: Path) -> bool:
     """The directory itself is the top of a git work tree (one inside some other repository, a data
     dir under a checkout, is not taken for one)."""
@@ -148,7 +159,7 @@ def is_git_work_tree(directory: Path) -> bool:
         return False
     try:
         done = subprocess.run(["git", "-C", str(directory), "rev-parse", "--show-toplevel"],
-                              capture_output=True, text=True, timeout=30, check=False)
+                              env=git_env(), capture_output=True, text=True, timeout=30, check=False)
     except OSError:  # no git installed: a plain directory
         return False
     return done.returncode == 0 and Path(done.stdout.strip()).resolve() == directory.resolve()
@@ -160,18 +171,15 @@ def git_removed(directory: Path) -> list[str]:
     if not is_git_work_tree(directory):
         return []
     done = subprocess.run(["git", "-C", str(directory), "log", "--diff-filter=A", "--name-only", "--format=",
-                           "--relative", "--", "."], capture_output=True, text=True, timeout=60, check=False)
+                           "--relative", "--", "."], env=git_env(), capture_output=True, text=True, timeout=60,
+                          check=False)
     added = {line.strip() for line in done.stdout.splitlines() if line.strip().endswith(".json")}
     return sorted(name for name in added if "/" not in name and not (directory / name).exists())
 
 
-_GIT_ENV = {"GIT_AUTHOR_NAME": "opsroom", "GIT_AUTHOR_EMAIL": "opsroom@localhost",
-            "GIT_COMMITTER_NAME": "opsroom", "GIT_COMMITTER_EMAIL": "opsroom@localhost"}
-
-
 def git_commit(directory: Path, path: Path, cp: Checkpoint) -> None:
     """Commit the one new file (argv lists only: a file name never reaches a shell)."""
-    env = {**os.environ, **_GIT_ENV}
+    env = git_env()
     name = str(path.relative_to(directory))
     for argv in (["git", "-C", str(directory), "add", "--", name],
                  ["git", "-C", str(directory), "commit", "--quiet", "--no-verify", "--no-gpg-sign",

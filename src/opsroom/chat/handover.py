@@ -32,19 +32,14 @@ import asyncio
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import CursorResult, exists, func, insert, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from opsroom.chat.arrivals import relayed
 from opsroom.chat.base import Binding, ChatAdapter, Outgoing
-from opsroom.cluster.clock import db_now
-from opsroom.cluster.models import LeaseRow
-from opsroom.eventlog.log import Position, decode, newest_in
-from opsroom.eventlog.models import ConsumerPositionRow, EventRow
+from opsroom.eventlog import sent
+from opsroom.eventlog.log import Position
 from opsroom.events import RoomMessagePosted
 from opsroom.runtime import Runtime
 
@@ -111,34 +106,9 @@ class Handover:
 
     async def taken(self, platform: str) -> int:
         """Right after taking the platform's lease: queue what it missed; how many messages."""
-        def body(s: Session) -> tuple[Position, list[RoomMessagePosted]]:
-            name = position_name(platform)
-            row = s.execute(select(ConsumerPositionRow.position, func.coalesce(ConsumerPositionRow.txid, 0))
-                            .where(ConsumerPositionRow.consumer == name)).first()
-            if row is None:  # the platform's first holder: it has missed nothing
-                start = newest_in(s)
-                try:
-                    with s.begin_nested():
-                        s.execute(insert(ConsumerPositionRow).values(
-                            consumer=name, position=start.id, txid=start.txid, updated_at=time.time(),
-                            holder=self.rt.node_id))
-                except IntegrityError:
-                    pass
-                return start, []
-            pos = Position(int(row[1]), int(row[0]))
-            # Every committed row after the position, not only those below the readers' horizon:
-            # a message committed before this server held the platform, whatever its txid, was
-            # fanned out without it. The newest ones, if too many.
-            key = tuple_(EventRow.txid, EventRow.id)
-            rows = s.execute(
-                select(EventRow.id, EventRow.txid, EventRow.uid, EventRow.type, EventRow.origin, EventRow.payload)
-                .where(EventRow.type == _TYPE, key > tuple_(pos.txid, pos.id),
-                       EventRow.at >= time.time() - CATCH_UP_S)
-                .order_by(EventRow.txid.desc(), EventRow.id.desc()).limit(CATCH_UP_MAX)).all()
-            found = [decode(r) for r in reversed(rows)]
-            return pos, [ev for ev in found if isinstance(ev, RoomMessagePosted)]
-
-        pos, missed = await self.rt.transact(body)
+        pos, found = await sent.missed(self.rt, name=position_name(platform), type_=_TYPE, within_s=CATCH_UP_S,
+                                       limit=CATCH_UP_MAX)
+        missed = [ev for ev in found if isinstance(ev, RoomMessagePosted)]
         adapter = self.hub.adapters[platform]
         _TAKEN[adapter] = time.monotonic()
         self.written[platform] = pos
@@ -197,18 +167,4 @@ class Handover:
         return True
 
     async def _store(self, platform: str, upto: Position) -> bool:
-        def body(s: Session) -> bool:
-            now = db_now(s.get_bind().dialect.name)
-            held = exists().where(LeaseRow.name == self.lease(platform), LeaseRow.holder == self.rt.node_id,
-                                  LeaseRow.expires_at >= now)
-            moved = cast(CursorResult[Any], s.execute(
-                update(ConsumerPositionRow)
-                .where(ConsumerPositionRow.consumer == position_name(platform), held,
-                       tuple_(func.coalesce(ConsumerPositionRow.txid, 0), ConsumerPositionRow.position)
-                       < tuple_(upto.txid, upto.id))
-                .values(position=upto.id, txid=upto.txid, updated_at=time.time(),
-                        holder=self.rt.node_id)
-                .execution_options(synchronize_session=False)))
-            return moved.rowcount == 1
-
-        return await self.rt.transact(body)
+        return await sent.store(self.rt, name=position_name(platform), lease=self.lease(platform), upto=upto)

@@ -29,15 +29,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from opsroom.chat import handover
 from opsroom.chat.base import AdapterSink, ChatAdapter, DeliveryFailed, Outgoing, Person
 from opsroom.chat.handover import MARK_S, Handover
-from opsroom.cluster.clock import db_now
 from opsroom.cluster.leases import Leases
-from opsroom.cluster.models import LeaseRow
 from opsroom.runtime import Runtime
 from opsroom.ticks import ticks
 
@@ -163,13 +159,7 @@ class ChatOwnership:
         a dead holder's connection moves half a pass sooner on average, a whole one at worst."""
         if name in self._at_expiry:
             return
-
-        def body(s: Session) -> float | None:
-            row = s.execute(select(LeaseRow.expires_at - db_now(s.get_bind().dialect.name))
-                            .where(LeaseRow.name == lease_name(name), LeaseRow.holder.is_not(None))).first()
-            return float(row[0]) if row is not None else None
-
-        left = await self.rt.transact(body)
+        left = await self.leases.left(lease_name(name))
         if left is not None and 0 <= left < self.every:
             self._at_expiry[name] = asyncio.get_running_loop().create_task(self._take_at(name, left))
 

@@ -117,6 +117,16 @@ class Leases:
 
         return await self.rt.transact(body)
 
+    async def left(self, name: str) -> float | None:
+        """Seconds until the held lease `name` expires, by the store's clock (negative: expired);
+        None when nobody holds it."""
+        def body(s: Session) -> float | None:
+            row = s.execute(select(LeaseRow.expires_at - self._now())
+                            .where(LeaseRow.name == name, LeaseRow.holder.is_not(None))).first()
+            return float(row[0]) if row is not None else None
+
+        return await self.rt.transact(body)
+
     async def forget(self, prefix: str) -> None:
         """Delete the rows under `prefix` (shards renumbered, a platform removed from the catalog)."""
         def body(s: Session) -> None:
